@@ -1,0 +1,169 @@
+// Backend choice for TensorFlow.js: tensorflow (native, optional) > webgpu (real adapter) > wasm.
+// `cpu` is the pure-JS reference backend, used only when asked for (tests compare against it).
+import * as tf from "@tensorflow/tfjs";
+import { setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
+import { registerWasmKernels } from "./wasm_kernels/mod.ts";
+import { registerBlasKernels } from "./blas/mod.ts";
+
+export const BACKENDS = ["tensorflow", "webgpu", "wasm", "cpu"] as const;
+export type BackendName = (typeof BACKENDS)[number];
+
+/** Environment variable that overrides the automatic choice (a `--backend` flag wins over it). */
+export const BACKEND_ENV = "DP_BACKEND";
+
+/** What `initEngine` settled on; recorded in every results JSON. */
+export interface EngineInfo {
+  readonly backend: BackendName;
+  /** Backend plus the kernel sets layered on it, e.g. `wasm+kernels+blas`. */
+  readonly engine: string;
+  readonly tfjs: string;
+  readonly details: Readonly<Record<string, string | number | boolean>>;
+}
+
+let current: EngineInfo | undefined;
+
+/** The engine chosen by `initEngine`; throws if it has not run yet. */
+export function engineInfo(): EngineInfo {
+  if (!current) throw new Error("Engine not initialised: call initEngine() first");
+  return current;
+}
+
+function wasmDistDir(): string {
+  // With "nodeModulesDir": "auto" the package lives in ./node_modules; resolve it from this
+  // module's URL so scripts work from any working directory inside the repository.
+  const candidates = [
+    new URL("../../node_modules/@tensorflow/tfjs-backend-wasm/dist/", import.meta.url),
+    new URL(`file://${Deno.cwd()}/node_modules/@tensorflow/tfjs-backend-wasm/dist/`),
+  ];
+  for (const url of candidates) {
+    try {
+      Deno.statSync(new URL("tfjs-backend-wasm-simd.wasm", url));
+      return url.pathname;
+    } catch { /* try the next one */ }
+  }
+  throw new Error(
+    "Cannot find tfjs-backend-wasm-simd.wasm under node_modules: run `deno install` in the repository",
+  );
+}
+
+// The native packages need libtensorflow, which their install script downloads; where that ran,
+// the binding file exists. Import only then: a bare `npm:` import would try to install them.
+function nativeBindingInstalled(pkg: string): boolean {
+  const store = new URL("../../node_modules/.deno/", import.meta.url);
+  try {
+    for (const dir of Deno.readDirSync(store)) {
+      if (!dir.name.startsWith(`@tensorflow+${pkg}@`)) continue;
+      const lib = new URL(`${dir.name}/node_modules/@tensorflow/${pkg}/lib/`, store);
+      for (const napi of Deno.readDirSync(lib)) {
+        try {
+          Deno.statSync(new URL(`${napi.name}/tfjs_binding.node`, lib));
+          return true;
+        } catch { /* not built */ }
+      }
+    }
+  } catch { /* no store, or no lib/ */ }
+  return false;
+}
+
+async function tryNative(): Promise<string | undefined> {
+  for (const pkg of ["tfjs-node-gpu", "tfjs-node"]) {
+    if (!nativeBindingInstalled(pkg)) continue;
+    try {
+      await import(`npm:@tensorflow/${pkg}@4.22.0`);
+      if (tf.findBackendFactory("tensorflow")) return `@tensorflow/${pkg}`;
+    } catch { /* binding present but unusable */ }
+  }
+  return undefined;
+}
+
+async function realGpuAdapter(): Promise<string | undefined> {
+  const gpu = (navigator as { gpu?: { requestAdapter(): Promise<unknown> } }).gpu;
+  if (!gpu) return undefined;
+  try {
+    const adapter = await gpu.requestAdapter() as
+      | { isFallbackAdapter?: boolean; info?: { isFallbackAdapter?: boolean; description?: string; vendor?: string } }
+      | null;
+    if (!adapter) return undefined;
+    // Software adapters (Mesa llvmpipe) train ~50x slower than wasm here: skip them.
+    if (adapter.isFallbackAdapter || adapter.info?.isFallbackAdapter) return undefined;
+    return adapter.info?.description || adapter.info?.vendor || "gpu";
+  } catch {
+    return undefined;
+  }
+}
+
+function parseBackend(name: string, source: string): BackendName {
+  if ((BACKENDS as readonly string[]).includes(name)) return name as BackendName;
+  throw new Error(`Unknown backend "${name}" from ${source}: expected one of ${BACKENDS.join(", ")}`);
+}
+
+export interface EngineOptions {
+  /** Backend asked for on the command line; overrides the environment and the automatic choice. */
+  readonly backend?: string;
+  /** Use the OpenBLAS kernels on wasm when available. @default true */
+  readonly blas?: boolean;
+  /** Print the one-line engine summary on stderr. @default true */
+  readonly announce?: boolean;
+}
+
+/**
+ * Choose and initialise the backend, register the project kernels, and announce the choice on
+ * stderr in one line. Safe to call again: it re-initialises only when the answer changes.
+ */
+export async function initEngine(opts: EngineOptions = {}): Promise<EngineInfo> {
+  const envChoice = Deno.env.get(BACKEND_ENV);
+  const asked = opts.backend
+    ? parseBackend(opts.backend, "--backend")
+    : envChoice
+    ? parseBackend(envChoice, BACKEND_ENV)
+    : undefined;
+  const details: Record<string, string | number | boolean> = {};
+  let backend: BackendName | undefined = asked;
+  if (!backend || backend === "tensorflow") {
+    const native = await tryNative();
+    if (native) {
+      backend = "tensorflow";
+      details.package = native;
+    } else if (backend === "tensorflow") {
+      throw new Error(
+        "Backend tensorflow asked for, but neither @tensorflow/tfjs-node-gpu nor @tensorflow/tfjs-node imports",
+      );
+    }
+  }
+  if (!backend || backend === "webgpu") {
+    const adapter = await realGpuAdapter();
+    if (adapter) {
+      await import("@tensorflow/tfjs-backend-webgpu");
+      backend = "webgpu";
+      details.adapter = adapter;
+    } else if (backend === "webgpu") {
+      throw new Error("Backend webgpu asked for, but no non-fallback WebGPU adapter is available");
+    }
+  }
+  backend ??= "wasm";
+
+  const layers: string[] = [backend];
+  if (backend === "wasm") {
+    setWasmPaths(wasmDistDir());
+    registerWasmKernels();
+    layers.push("kernels");
+    if (opts.blas ?? true) {
+      const blas = registerBlasKernels();
+      if (blas) {
+        layers.push("blas");
+        Object.assign(details, blas);
+      }
+    }
+  }
+  if (tf.getBackend() !== backend) {
+    const ok = await tf.setBackend(backend);
+    if (!ok) throw new Error(`Backend ${backend} failed to initialise`);
+  }
+  await tf.ready();
+  current = { backend, engine: layers.join("+"), tfjs: tf.version.tfjs, details };
+  if (opts.announce ?? true) {
+    const extra = Object.entries(details).map(([k, v]) => `${k}=${v}`).join(" ");
+    console.error(`engine: ${current.engine} (tfjs ${current.tfjs})${extra ? " " + extra : ""}`);
+  }
+  return current;
+}
