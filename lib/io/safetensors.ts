@@ -1,0 +1,281 @@
+// The safetensors format (huggingface/safetensors, docs "Format"): an 8-byte little-endian u64 N,
+// an N-byte UTF-8 JSON header {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__":
+// {string: string}}, then the byte buffer; offsets are relative to the buffer's start, and the
+// buffer is fully indexed without holes or overlaps. Floats decode to float32, integers to int32.
+import * as E from "fp-ts/lib/Either.js";
+import * as A from "fp-ts/lib/Array.js";
+import * as NEA from "fp-ts/lib/NonEmptyArray.js";
+import { pipe } from "fp-ts/lib/function.js";
+import { writeFileAtomic } from "./atomic.ts";
+
+/** Bytes per element of each dtype this module reads. */
+export const DTYPE_BYTES = {
+  F64: 8,
+  F32: 4,
+  F16: 2,
+  BF16: 2,
+  I64: 8,
+  I32: 4,
+  I16: 2,
+  I8: 1,
+  U8: 1,
+  BOOL: 1,
+} as const;
+export type Dtype = keyof typeof DTYPE_BYTES;
+
+/** A tensor to write: float32 as F32, int32 as I32. */
+export type TensorIn =
+  | { readonly dtype: "F32"; readonly shape: readonly number[]; readonly data: Float32Array }
+  | { readonly dtype: "I32"; readonly shape: readonly number[]; readonly data: Int32Array };
+
+/** A decoded tensor: `dtype` is the stored one; floats come back as float32, integers as int32. */
+export interface DecodedTensor {
+  readonly dtype: Dtype;
+  readonly shape: number[];
+  readonly data: Float32Array | Int32Array;
+}
+
+export interface Decoded {
+  readonly tensors: Record<string, DecodedTensor>;
+  readonly metadata: Record<string, string>;
+}
+
+interface Entry {
+  readonly name: string;
+  readonly dtype: Dtype;
+  readonly shape: number[];
+  readonly begin: number;
+  readonly end: number;
+}
+
+type Errors = NEA.NonEmptyArray<string>;
+const fail = <T>(msg: string): E.Either<Errors, T> => E.left(NEA.of(msg));
+
+if (new Uint8Array(new Uint16Array([1]).buffer)[0] !== 1) {
+  throw new Error("safetensors.ts assumes a little-endian host"); // typed-array views below
+}
+
+// ---------------------------------------------------------------- encode
+
+/**
+ * The safetensors bytes of `tensors` (in insertion order) and string metadata, as chunks: the
+ * length-and-header chunk, then views on each tensor's data (nothing is copied).
+ * @throws if a shape does not match its data length
+ */
+export function safetensorsChunks(
+  tensors: Readonly<Record<string, TensorIn>>,
+  metadata: Readonly<Record<string, string>> = {},
+): Uint8Array[] {
+  const header: Record<string, unknown> = {};
+  if (Object.keys(metadata).length > 0) header.__metadata__ = { ...metadata };
+  let offset = 0;
+  for (const [name, t] of Object.entries(tensors)) {
+    const n = t.shape.reduce((a, b) => a * b, 1);
+    if (n !== t.data.length) {
+      throw new Error(`Tensor "${name}" has shape [${t.shape}] but ${t.data.length} values`);
+    }
+    header[name] = { dtype: t.dtype, shape: [...t.shape], data_offsets: [offset, offset + 4 * n] };
+    offset += 4 * n;
+  }
+  // Pad the header with spaces to a multiple of 8 so the buffer starts aligned (as upstream does).
+  const text = JSON.stringify(header);
+  const len = new TextEncoder().encode(text).length;
+  const json = new TextEncoder().encode(text + " ".repeat(Math.ceil(len / 8) * 8 - len));
+  const head = new Uint8Array(8 + json.length);
+  new DataView(head.buffer).setBigUint64(0, BigInt(json.length), true);
+  head.set(json, 8);
+  const views = Object.values(tensors).map((t) => new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+  return [head, ...views];
+}
+
+/**
+ * Encode tensors and string metadata as one safetensors byte array.
+ * @example
+ * ```ts
+ * const bytes = encodeSafetensors({ w: { dtype: "F32", shape: [2], data: new Float32Array([1, 2]) } });
+ * ```
+ */
+export function encodeSafetensors(
+  tensors: Readonly<Record<string, TensorIn>>,
+  metadata: Readonly<Record<string, string>> = {},
+): Uint8Array {
+  const chunks = safetensorsChunks(tensors, metadata);
+  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.length;
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- header validation
+
+const isNat = (x: unknown): x is number => typeof x === "number" && Number.isSafeInteger(x) && x >= 0;
+
+function checkEntry(name: string, raw: unknown): E.Either<Errors, Entry> {
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
+    return fail(`tensor "${name}" is not an object`);
+  }
+  const { dtype, shape, data_offsets: offs } = raw as Record<string, unknown>;
+  const problems: string[] = [];
+  if (typeof dtype !== "string" || !(dtype in DTYPE_BYTES)) {
+    problems.push(`tensor "${name}" has unknown dtype ${JSON.stringify(dtype)}`);
+  }
+  if (!Array.isArray(shape) || !shape.every(isNat)) {
+    problems.push(`tensor "${name}" has a bad shape ${JSON.stringify(shape)}`);
+  }
+  const offsOk = Array.isArray(offs) && offs.length === 2 && offs.every(isNat) && offs[0] <= offs[1];
+  if (!offsOk) problems.push(`tensor "${name}" has bad data_offsets ${JSON.stringify(offs)}`);
+  if (problems.length > 0) return E.left(problems as Errors);
+  const [begin, end] = offs as [number, number];
+  const bytes = (shape as number[]).reduce((a, b) => a * b, 1) * DTYPE_BYTES[dtype as Dtype];
+  if (end - begin !== bytes) {
+    return fail(`tensor "${name}" spans ${end - begin} bytes but ${dtype} [${shape}] needs ${bytes}`);
+  }
+  return E.right({ name, dtype: dtype as Dtype, shape: shape as number[], begin, end });
+}
+
+function checkMetadata(raw: unknown): E.Either<Errors, Record<string, string>> {
+  if (raw === undefined) return E.right({});
+  const ok = typeof raw === "object" && raw !== null && !Array.isArray(raw) &&
+    Object.values(raw).every((v) => typeof v === "string");
+  return ok ? E.right(raw as Record<string, string>) : fail("__metadata__ is not a map of strings");
+}
+
+// The buffer must be covered exactly: sorted by begin, each entry starts where the last ended.
+function checkLayout(entries: Entry[], bufferBytes: number): string[] {
+  const sorted = [...entries].sort((a, b) => a.begin - b.begin || a.end - b.end);
+  const problems: string[] = [];
+  let at = 0;
+  let prev = "";
+  for (const e of sorted) {
+    if (e.begin < at) problems.push(`tensor "${e.name}" overlaps "${prev}"`);
+    else if (e.begin > at) problems.push(`bytes ${at}..${e.begin} before "${e.name}" are not indexed`);
+    if (e.end > bufferBytes) {
+      problems.push(`tensor "${e.name}" ends at byte ${e.end}, past the ${bufferBytes}-byte buffer`);
+    }
+    if (e.end >= at) [at, prev] = [e.end, e.name];
+  }
+  if (at < bufferBytes) problems.push(`buffer is ${bufferBytes} bytes but tensors index ${at}`);
+  return problems;
+}
+
+function parseHeader(bytes: Uint8Array): E.Either<Errors, { header: Record<string, unknown>; start: number }> {
+  if (bytes.length < 8) return fail(`file is ${bytes.length} bytes, shorter than the 8-byte header length`);
+  const n = new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0, true);
+  if (n > BigInt(bytes.length - 8)) {
+    return fail(`header length ${n} exceeds the ${bytes.length - 8} bytes after it (truncated file?)`);
+  }
+  const start = 8 + Number(n);
+  let header: unknown;
+  try {
+    header = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(8, start)));
+  } catch (e) {
+    return fail(`header is not valid JSON (${(e as Error).message})`);
+  }
+  if (typeof header !== "object" || header === null || Array.isArray(header)) {
+    return fail("header is not a JSON object");
+  }
+  return E.right({ header: header as Record<string, unknown>, start });
+}
+
+// ---------------------------------------------------------------- decode
+
+function half(h: number): number {
+  const s = h & 0x8000 ? -1 : 1;
+  const e = (h >> 10) & 0x1f;
+  const m = h & 0x3ff;
+  if (e === 0) return s * m * 2 ** -24; // subnormal
+  if (e === 31) return m ? NaN : s * Infinity;
+  return s * (1 + m / 1024) * 2 ** (e - 15);
+}
+
+// `raw` is an aligned copy of the tensor's bytes.
+function convert(dtype: Dtype, raw: ArrayBuffer): Float32Array | Int32Array {
+  switch (dtype) {
+    case "F32":
+      return new Float32Array(raw);
+    case "F64":
+      return Float32Array.from(new Float64Array(raw));
+    case "F16":
+      return Float32Array.from(new Uint16Array(raw), half);
+    case "BF16": {
+      const u = new Uint16Array(raw);
+      const w = new Uint32Array(u.length);
+      for (let i = 0; i < u.length; i++) w[i] = u[i] << 16; // bf16 = top half of a float32
+      return new Float32Array(w.buffer);
+    }
+    case "I32":
+      return new Int32Array(raw);
+    case "I64":
+      return Int32Array.from(new BigInt64Array(raw), (v) => Number(BigInt.asIntN(32, v)));
+    case "I16":
+      return Int32Array.from(new Int16Array(raw));
+    case "I8":
+      return Int32Array.from(new Int8Array(raw));
+    case "U8":
+    case "BOOL":
+      return Int32Array.from(new Uint8Array(raw));
+  }
+}
+
+/**
+ * Decode safetensors bytes. Every problem with the header or layout is collected; nothing is
+ * decoded unless all checks pass.
+ * @returns Left with every problem found, or Right with the tensors and metadata
+ */
+export function decodeSafetensors(bytes: Uint8Array): E.Either<string[], Decoded> {
+  return pipe(
+    parseHeader(bytes),
+    E.chain(({ header, start }): E.Either<Errors, Decoded> => {
+      const { __metadata__: meta, ...rest } = header;
+      const { left, right: entries } = A.separate(Object.entries(rest).map(([k, v]) => checkEntry(k, v)));
+      const problems = [
+        ...left.flat(),
+        ...pipe(checkMetadata(meta), E.match((es) => es, () => [])),
+        ...checkLayout(entries, bytes.length - start), // on the well-formed entries
+      ];
+      if (A.isNonEmpty(problems)) return E.left(problems);
+      const tensors: Record<string, DecodedTensor> = {};
+      for (const e of entries) {
+        const raw = bytes.slice(start + e.begin, start + e.end).buffer; // aligned copy
+        tensors[e.name] = { dtype: e.dtype, shape: e.shape, data: convert(e.dtype, raw) };
+      }
+      return E.right({ tensors, metadata: (meta ?? {}) as Record<string, string> });
+    }),
+  );
+}
+
+/** One line naming the file and every fault, for errors. */
+export function formatProblems(path: string, problems: readonly string[]): string {
+  return `Cannot read safetensors file "${path}": ${problems.join("; ")}`;
+}
+
+/**
+ * Read and decode a safetensors file (the whole file is read into memory).
+ * @throws one-line Error naming the file and every fault (missing file, truncation, bad header)
+ */
+export async function readSafetensors(path: string): Promise<Decoded> {
+  let bytes: Uint8Array;
+  try {
+    bytes = await Deno.readFile(path);
+  } catch (e) {
+    throw new Error(formatProblems(path, [(e as Error).message]));
+  }
+  return pipe(
+    decodeSafetensors(bytes),
+    E.getOrElseW((problems) => {
+      throw new Error(formatProblems(path, problems));
+    }),
+  );
+}
+
+/** Encode and write a safetensors file atomically (temp file, fsync, rename). */
+export async function writeSafetensors(
+  path: string,
+  tensors: Readonly<Record<string, TensorIn>>,
+  metadata: Readonly<Record<string, string>> = {},
+): Promise<void> {
+  await writeFileAtomic(path, safetensorsChunks(tensors, metadata));
+}

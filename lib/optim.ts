@@ -1,0 +1,165 @@
+// Optimisers as pure init/update pairs over flat parameter records (optax style). State is a flat
+// record of named tensors plus a step count, so a checkpoint stores it as is and a resumed run
+// continues with the same moments. `update` returns fresh tensors; the caller owns and disposes.
+import * as tf from "@tensorflow/tfjs";
+import type { Params } from "./params.ts";
+
+/** Named tensors: gradients, updates, optimiser moments, EMA weights. */
+export type Tensors = Readonly<Record<string, tf.Tensor>>;
+
+/** Optimiser state: moments keyed `<slot>.<param name>`, and how many updates were made. */
+export interface OptState {
+  readonly count: number;
+  readonly slots: Tensors;
+}
+
+export interface Optimizer {
+  readonly name: string;
+  init(params: Params): OptState;
+  /** Updates to add to the parameters, and the next state (the old state is not disposed). */
+  update(grads: Tensors, state: OptState, params: Params): { updates: Tensors; state: OptState };
+}
+
+export interface AdamOptions {
+  /** @default 1e-4 (ADM and DiT both train with 1e-4) */
+  readonly lr?: number | ((count: number) => number);
+  /** @default 0.9 */
+  readonly beta1?: number;
+  /** @default 0.999 */
+  readonly beta2?: number;
+  /** @default 1e-8 */
+  readonly eps?: number;
+  /** Decoupled weight decay (AdamW); 0 gives Adam. @default 0 */
+  readonly weightDecay?: number;
+}
+
+const lrAt = (lr: number | ((count: number) => number), count: number) =>
+  typeof lr === "number" ? lr : lr(count);
+
+/** Adam / AdamW with bias correction, as in torch.optim.AdamW. */
+export function adam(opts: AdamOptions = {}): Optimizer {
+  const { lr = 1e-4, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weightDecay = 0 } = opts;
+  return {
+    name: weightDecay > 0 ? "adamw" : "adam",
+    init: (params) => {
+      const slots: Record<string, tf.Tensor> = {};
+      for (const [k, v] of Object.entries(params)) {
+        slots[`m.${k}`] = tf.zerosLike(v);
+        slots[`v.${k}`] = tf.zerosLike(v);
+      }
+      return { count: 0, slots };
+    },
+    update: (grads, state, params) =>
+      tf.tidy(() => {
+        const count = state.count + 1;
+        const a = lrAt(lr, state.count);
+        // Bias corrections folded into the step size (Kingma & Ba, Alg. 1, last paragraph of §2).
+        const stepSize = a * Math.sqrt(1 - beta2 ** count) / (1 - beta1 ** count);
+        const updates: Record<string, tf.Tensor> = {};
+        const slots: Record<string, tf.Tensor> = {};
+        for (const [k, g] of Object.entries(grads)) {
+          const m = tf.add(tf.mul(state.slots[`m.${k}`], beta1), tf.mul(g, 1 - beta1));
+          const v = tf.add(tf.mul(state.slots[`v.${k}`], beta2), tf.mul(tf.square(g), 1 - beta2));
+          let u = tf.mul(tf.div(m, tf.add(tf.sqrt(v), eps * Math.sqrt(1 - beta2 ** count))), -stepSize);
+          if (weightDecay > 0) u = tf.sub(u, tf.mul(params[k], a * weightDecay));
+          slots[`m.${k}`] = m;
+          slots[`v.${k}`] = v;
+          updates[k] = u;
+        }
+        return { updates, state: { count, slots } };
+      }),
+  };
+}
+
+export interface SgdOptions {
+  readonly lr: number | ((count: number) => number);
+  /** @default 0 (the diffssl probes use plain SGD) */
+  readonly momentum?: number;
+  /** @default 0 */
+  readonly weightDecay?: number;
+}
+
+/** SGD with optional momentum and L2 weight decay, as torch.optim.SGD. */
+export function sgd(opts: SgdOptions): Optimizer {
+  const { lr, momentum = 0, weightDecay = 0 } = opts;
+  return {
+    name: "sgd",
+    init: (params) => {
+      const slots: Record<string, tf.Tensor> = {};
+      if (momentum > 0) for (const [k, v] of Object.entries(params)) slots[`b.${k}`] = tf.zerosLike(v);
+      return { count: 0, slots };
+    },
+    update: (grads, state, params) =>
+      tf.tidy(() => {
+        const a = lrAt(lr, state.count);
+        const updates: Record<string, tf.Tensor> = {};
+        const slots: Record<string, tf.Tensor> = {};
+        for (const [k, g0] of Object.entries(grads)) {
+          let g = weightDecay > 0 ? tf.add(g0, tf.mul(params[k], weightDecay)) : g0;
+          if (momentum > 0) {
+            // torch: the first step's buffer is the gradient itself.
+            g = state.count === 0 ? tf.clone(g) : tf.add(tf.mul(state.slots[`b.${k}`], momentum), g);
+            slots[`b.${k}`] = g;
+          }
+          updates[k] = tf.mul(g, -a);
+        }
+        return { updates, state: { count: state.count + 1, slots } };
+      }),
+  };
+}
+
+/** Global L2 norm of a set of gradients, as a number. */
+export function globalNorm(grads: Tensors): number {
+  return Math.sqrt(
+    tf.tidy(() => tf.addN(Object.values(grads).map((g) => tf.sum(tf.square(g)))).dataSync()[0]),
+  );
+}
+
+/**
+ * Scale gradients so their global norm is at most `maxNorm` (torch.nn.utils.clip_grad_norm_).
+ * Returns new tensors and the norm before clipping.
+ */
+export function clipByGlobalNorm(grads: Tensors, maxNorm: number): { grads: Tensors; norm: number } {
+  const norm = globalNorm(grads);
+  const scale = Math.min(1, maxNorm / (norm + 1e-6));
+  const out: Record<string, tf.Tensor> = {};
+  for (const [k, g] of Object.entries(grads)) out[k] = scale < 1 ? tf.mul(g, scale) : tf.clone(g);
+  return { grads: out, norm };
+}
+
+/** Add updates to the parameters in place (variables keep their identity), then free them. */
+export function applyUpdates(params: Params, updates: Tensors): void {
+  for (const [k, u] of Object.entries(updates)) {
+    const p = params[k];
+    if (!p) throw new Error(`Update for unknown parameter "${k}"`);
+    // assign() inside tidy: the summed tensor is freed once the variable holds its data.
+    tf.tidy(() => p.assign(tf.add(p, u)));
+    u.dispose();
+  }
+}
+
+/** Free every tensor of an optimiser state or record. */
+export function disposeTensors(ts: Tensors | OptState): void {
+  const rec = "slots" in ts && typeof ts.count === "number" ? (ts as OptState).slots : (ts as Tensors);
+  for (const t of Object.values(rec)) t.dispose();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exponential moving average of weights (a second parameter record, as in haiku's examples).
+
+/** A copy of the parameters to average into. */
+export function emaInit(params: Params): Tensors {
+  const out: Record<string, tf.Tensor> = {};
+  for (const [k, v] of Object.entries(params)) out[k] = tf.clone(v);
+  return out;
+}
+
+/** ema ← rate·ema + (1 − rate)·params; returns the new record and frees the old one. */
+export function emaUpdate(ema: Tensors, params: Params, rate: number): Tensors {
+  const out: Record<string, tf.Tensor> = {};
+  for (const [k, e] of Object.entries(ema)) {
+    out[k] = tf.tidy(() => tf.add(tf.mul(e, rate), tf.mul(params[k], 1 - rate)));
+    e.dispose();
+  }
+  return out;
+}

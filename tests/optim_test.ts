@@ -1,0 +1,109 @@
+import * as tf from "@tensorflow/tfjs";
+import { assertClose, assertNoLeaks } from "./assert.ts";
+import { initEngine } from "../lib/engine/mod.ts";
+import { adam, applyUpdates, clipByGlobalNorm, disposeTensors, emaInit, emaUpdate, type Optimizer, sgd } from "../lib/optim.ts";
+import { disposeParams, toVariables } from "../lib/params.ts";
+
+await initEngine({ backend: "wasm", announce: false });
+
+// Float64 references written from the algorithms' definitions (torch.optim docs).
+function adamReference(w: number[], gradsPerStep: number[][], lr: number, b1: number, b2: number, eps: number, wd: number) {
+  const m = w.map(() => 0), v = w.map(() => 0), p = [...w];
+  gradsPerStep.forEach((g, i) => {
+    const t = i + 1;
+    for (let j = 0; j < p.length; j++) {
+      p[j] -= lr * wd * p[j];
+      m[j] = b1 * m[j] + (1 - b1) * g[j];
+      v[j] = b2 * v[j] + (1 - b2) * g[j] ** 2;
+      const mHat = m[j] / (1 - b1 ** t), vHat = v[j] / (1 - b2 ** t);
+      p[j] -= lr * mHat / (Math.sqrt(vHat) + eps);
+    }
+  });
+  return p;
+}
+
+function sgdReference(w: number[], gradsPerStep: number[][], lr: number, mu: number, wd: number) {
+  const p = [...w], buf = w.map(() => 0);
+  gradsPerStep.forEach((g0, i) => {
+    for (let j = 0; j < p.length; j++) {
+      const g = g0[j] + wd * p[j];
+      buf[j] = i === 0 ? g : mu * buf[j] + g;
+      p[j] -= lr * (mu > 0 ? buf[j] : g);
+    }
+  });
+  return p;
+}
+
+function run(opt: Optimizer, w0: number[], gradsPerStep: number[][]) {
+  const params = toVariables({ w: tf.tensor1d(w0) });
+  let state = opt.init(params);
+  for (const g of gradsPerStep) {
+    const grad = { w: tf.tensor1d(g) };
+    const r = opt.update(grad, state, params);
+    disposeTensors(grad);
+    disposeTensors(state);
+    applyUpdates(params, r.updates);
+    state = r.state;
+  }
+  const out = Array.from(params.w.dataSync());
+  disposeTensors(state);
+  disposeParams(params);
+  return out;
+}
+
+const w0 = [0.5, -1.25, 2.0];
+const grads = [[0.1, -0.2, 0.3], [1.0, 0.5, -0.25], [-0.3, 0.0, 2.0], [0.05, -0.05, 0.5]];
+
+Deno.test("adam() matches a float64 reference of torch's Adam and AdamW", async () => {
+  await assertNoLeaks(() => {
+    assertClose(run(adam({ lr: 0.1 }), w0, grads), adamReference(w0, grads, 0.1, 0.9, 0.999, 1e-8, 0), { rtol: 1e-5 });
+    assertClose(
+      run(adam({ lr: 0.05, beta1: 0.8, beta2: 0.99, weightDecay: 0.1 }), w0, grads),
+      adamReference(w0, grads, 0.05, 0.8, 0.99, 1e-8, 0.1),
+      { rtol: 1e-5 },
+    );
+  });
+});
+
+Deno.test("sgd() matches a float64 reference with and without momentum", async () => {
+  await assertNoLeaks(() => {
+    assertClose(run(sgd({ lr: 0.1 }), w0, grads), sgdReference(w0, grads, 0.1, 0, 0), { rtol: 1e-6 });
+    assertClose(run(sgd({ lr: 0.1, momentum: 0.9, weightDecay: 0.01 }), w0, grads), sgdReference(w0, grads, 0.1, 0.9, 0.01), {
+      rtol: 1e-6,
+    });
+  });
+});
+
+Deno.test("adam() takes a learning-rate schedule by step count", () => {
+  // With lr(0) = 0 the first step must not move the weights.
+  assertClose(run(adam({ lr: (c) => (c === 0 ? 0 : 0.1) }), w0, grads.slice(0, 1)), w0);
+});
+
+Deno.test("clipByGlobalNorm() rescales to the norm only when above it", async () => {
+  await assertNoLeaks(() => {
+    const g = { a: tf.tensor1d([3, 0]), b: tf.tensor1d([4]) }; // global norm 5
+    const clipped = clipByGlobalNorm(g, 1);
+    assertClose([clipped.norm], [5]);
+    assertClose(clipped.grads.a, [0.6, 0], { rtol: 1e-5 });
+    assertClose(clipped.grads.b, [0.8], { rtol: 1e-5 });
+    const kept = clipByGlobalNorm(g, 10);
+    assertClose(kept.grads.a, [3, 0]);
+    disposeTensors(g);
+    disposeTensors(clipped.grads);
+    disposeTensors(kept.grads);
+  });
+});
+
+Deno.test("emaUpdate() follows ema = r·ema + (1 − r)·w", async () => {
+  await assertNoLeaks(() => {
+    const params = toVariables({ w: tf.tensor1d([1, 2]) });
+    let ema = emaInit(params);
+    tf.tidy(() => params.w.assign(tf.tensor1d([3, 6])));
+    ema = emaUpdate(ema, params, 0.9);
+    ema = emaUpdate(ema, params, 0.9);
+    // After two updates toward a constant target: target + r²·(start − target).
+    assertClose(ema.w, [3 + 0.81 * (1 - 3), 6 + 0.81 * (2 - 6)], { rtol: 1e-6 });
+    disposeTensors(ema);
+    disposeParams(params);
+  });
+});
