@@ -96,7 +96,8 @@ export async function decodeImage(
   size?: number,
 ): Promise<{ data: Uint8Array; width: number; height: number }> {
   try {
-    let img = sharp(path, { failOn: "warning" }).removeAlpha();
+    // Bytes rather than a path: libvips would otherwise cache decodes keyed by file name.
+    let img = sharp(await Deno.readFile(path), { failOn: "warning" }).removeAlpha();
     img = channels === 1 ? img.greyscale() : img.toColourspace("srgb");
     // fit "cover" scales the shorter side to `size`; position "centre" crops the longer one.
     if (size) img = img.resize(size, size, { fit: "cover", position: "centre", kernel: "cubic" });
