@@ -36,9 +36,15 @@ export interface LoadedCheckpoint {
 }
 
 async function toTensorIn(name: string, t: tf.Tensor): Promise<TensorIn> {
-  if (t.dtype === "float32") return { dtype: "F32", shape: t.shape, data: (await t.data()) as Float32Array };
+  if (t.dtype === "float32") {
+    return { dtype: "F32", shape: t.shape, data: (await t.data()) as Float32Array };
+  }
   if (t.dtype === "int32" || t.dtype === "bool") {
-    return { dtype: "I32", shape: t.shape, data: Int32Array.from(await t.data() as ArrayLike<number>) };
+    return {
+      dtype: "I32",
+      shape: t.shape,
+      data: Int32Array.from(await t.data() as ArrayLike<number>),
+    };
   }
   throw new Error(`Cannot checkpoint tensor "${name}" of dtype ${t.dtype}`);
 }
@@ -48,20 +54,32 @@ async function toTensorIn(name: string, t: tf.Tensor): Promise<TensorIn> {
  * @throws if a parameter name starts with a reserved prefix (`ema.`, `opt.`) or a dtype is unsupported
  */
 export async function saveCheckpoint(path: string, state: CheckpointState): Promise<void> {
-  const clash = Object.keys(state.params).filter((k) => k.startsWith(EMA_PREFIX) || k.startsWith(OPT_PREFIX));
+  const clash = Object.keys(state.params).filter((k) =>
+    k.startsWith(EMA_PREFIX) || k.startsWith(OPT_PREFIX)
+  );
   if (clash.length > 0) {
-    throw new Error(`Parameter names use a reserved checkpoint prefix: ${clash.map((k) => `"${k}"`).join(", ")}`);
+    throw new Error(
+      `Parameter names use a reserved checkpoint prefix: ${clash.map((k) => `"${k}"`).join(", ")}`,
+    );
   }
-  if (!Number.isSafeInteger(state.step) || state.step < 0) throw new Error(`Bad checkpoint step ${state.step}`);
+  if (!Number.isSafeInteger(state.step) || state.step < 0) {
+    throw new Error(`Bad checkpoint step ${state.step}`);
+  }
   const groups: [string, Named][] = [["", state.params], [EMA_PREFIX, state.ema ?? {}], [
     OPT_PREFIX,
     state.optState ?? {},
   ]];
   const tensors: Record<string, TensorIn> = {};
   for (const [prefix, group] of groups) {
-    for (const [name, t] of Object.entries(group)) tensors[prefix + name] = await toTensorIn(prefix + name, t);
+    for (const [name, t] of Object.entries(group)) {
+      tensors[prefix + name] = await toTensorIn(prefix + name, t);
+    }
   }
-  const metadata = { format: FORMAT, step: String(state.step), meta: JSON.stringify(state.meta ?? {}) };
+  const metadata = {
+    format: FORMAT,
+    step: String(state.step),
+    meta: JSON.stringify(state.meta ?? {}),
+  };
   await writeSafetensors(path, tensors, metadata);
 }
 
@@ -83,7 +101,9 @@ export async function loadCheckpoint(path: string): Promise<LoadedCheckpoint> {
     } catch (e) {
       throw new Error(`Checkpoint "${path}" has unreadable meta JSON: ${(e as Error).message}`);
     }
-    if (!Number.isSafeInteger(step)) throw new Error(`Checkpoint "${path}" has a bad step "${metadata.step}"`);
+    if (!Number.isSafeInteger(step)) {
+      throw new Error(`Checkpoint "${path}" has a bad step "${metadata.step}"`);
+    }
   }
   const out: LoadedCheckpoint = { params: {}, ema: {}, optState: {}, step, meta };
   for (const [key, t] of Object.entries(tensors)) {
@@ -126,6 +146,8 @@ export function loadParamsStrict(
     extra.length > 0 ? `${extra.length} unexpected (${extra.join(", ")})` : "",
     misshapen.length > 0 ? `${misshapen.length} misshapen (${misshapen.join("; ")})` : "",
   ].filter((p) => p !== "");
-  if (parts.length > 0) throw new Error(`Parameters in ${source} do not match the model: ${parts.join("; ")}`);
+  if (parts.length > 0) {
+    throw new Error(`Parameters in ${source} do not match the model: ${parts.join("; ")}`);
+  }
   return toVariables(tensors);
 }

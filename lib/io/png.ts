@@ -28,7 +28,8 @@ export interface RawImage {
 }
 
 /** [-1, 1] -> {0..255}, clamped: the inverse of x / 127.5 - 1. */
-export const toByte = (x: number): number => Math.min(255, Math.max(0, Math.round((x + 1) * 127.5)));
+export const toByte = (x: number): number =>
+  Math.min(255, Math.max(0, Math.round((x + 1) * 127.5)));
 
 /**
  * Lay out a batch of images as one grid image (pure; no I/O).
@@ -39,7 +40,9 @@ export function imageGrid(images: ImageBatch, opts: GridOptions = {}): RawImage 
   if (n < 1) throw new Error("Cannot make an image grid of an empty batch");
   if (c !== 1 && c !== 3) throw new Error(`Image grids need 1 or 3 channels, got ${c}`);
   if (images.data.length !== n * h * w * c) {
-    throw new Error(`Image data has ${images.data.length} values, shape [${images.shape}] needs ${n * h * w * c}`);
+    throw new Error(
+      `Image data has ${images.data.length} values, shape [${images.shape}] needs ${n * h * w * c}`,
+    );
   }
   const cols = Math.min(n, opts.cols ?? Math.ceil(Math.sqrt(n)));
   const pad = opts.pad ?? 2;
@@ -76,22 +79,24 @@ export async function saveImageGrid(
     ? { data: Float32Array.from(await images.data()), shape: images.shape }
     : images;
   const grid = imageGrid(batch, opts);
+  // sharp converts to sRGB on output unless told otherwise: keep 1-channel grids gray.
   const png = await sharp(grid.data, {
     raw: { width: grid.width, height: grid.height, channels: grid.channels },
-  }).png().toBuffer();
+  }).toColourspace(grid.channels === 1 ? "b-w" : "srgb").png().toBuffer();
   await writeFileAtomic(path, new Uint8Array(png.buffer, png.byteOffset, png.byteLength));
 }
 
 /** Read a PNG back as raw 8-bit pixels (1 channel for gray, 3 for colour; alpha dropped). */
 export async function readPng(path: string): Promise<RawImage> {
-  const { data, info } = await sharp(path).removeAlpha().raw().toBuffer({ resolveWithObject: true });
-  if (info.channels !== 1 && info.channels !== 3) {
-    throw new Error(`PNG "${path}" has ${info.channels} channels, expected 1 or 3`);
-  }
+  const { space } = await sharp(path).metadata();
+  const { data, info } = await sharp(path).removeAlpha().toColourspace(
+    space === "b-w" ? "b-w" : "srgb",
+  ).raw()
+    .toBuffer({ resolveWithObject: true });
   return {
     data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
     width: info.width,
     height: info.height,
-    channels: info.channels,
+    channels: info.channels as 1 | 3,
   };
 }

@@ -84,7 +84,9 @@ export function safetensorsChunks(
   const head = new Uint8Array(8 + json.length);
   new DataView(head.buffer).setBigUint64(0, BigInt(json.length), true);
   head.set(json, 8);
-  const views = Object.values(tensors).map((t) => new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+  const views = Object.values(tensors).map((t) =>
+    new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength)
+  );
   return [head, ...views];
 }
 
@@ -111,7 +113,8 @@ export function encodeSafetensors(
 
 // ---------------------------------------------------------------- header validation
 
-const isNat = (x: unknown): x is number => typeof x === "number" && Number.isSafeInteger(x) && x >= 0;
+const isNat = (x: unknown): x is number =>
+  typeof x === "number" && Number.isSafeInteger(x) && x >= 0;
 
 function checkEntry(name: string, raw: unknown): E.Either<Errors, Entry> {
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
@@ -125,13 +128,16 @@ function checkEntry(name: string, raw: unknown): E.Either<Errors, Entry> {
   if (!Array.isArray(shape) || !shape.every(isNat)) {
     problems.push(`tensor "${name}" has a bad shape ${JSON.stringify(shape)}`);
   }
-  const offsOk = Array.isArray(offs) && offs.length === 2 && offs.every(isNat) && offs[0] <= offs[1];
+  const offsOk = Array.isArray(offs) && offs.length === 2 && offs.every(isNat) &&
+    offs[0] <= offs[1];
   if (!offsOk) problems.push(`tensor "${name}" has bad data_offsets ${JSON.stringify(offs)}`);
   if (problems.length > 0) return E.left(problems as Errors);
   const [begin, end] = offs as [number, number];
   const bytes = (shape as number[]).reduce((a, b) => a * b, 1) * DTYPE_BYTES[dtype as Dtype];
   if (end - begin !== bytes) {
-    return fail(`tensor "${name}" spans ${end - begin} bytes but ${dtype} [${shape}] needs ${bytes}`);
+    return fail(
+      `tensor "${name}" spans ${end - begin} bytes but ${dtype} [${shape}] needs ${bytes}`,
+    );
   }
   return E.right({ name, dtype: dtype as Dtype, shape: shape as number[], begin, end });
 }
@@ -151,9 +157,13 @@ function checkLayout(entries: Entry[], bufferBytes: number): string[] {
   let prev = "";
   for (const e of sorted) {
     if (e.begin < at) problems.push(`tensor "${e.name}" overlaps "${prev}"`);
-    else if (e.begin > at) problems.push(`bytes ${at}..${e.begin} before "${e.name}" are not indexed`);
+    else if (e.begin > at) {
+      problems.push(`bytes ${at}..${e.begin} before "${e.name}" are not indexed`);
+    }
     if (e.end > bufferBytes) {
-      problems.push(`tensor "${e.name}" ends at byte ${e.end}, past the ${bufferBytes}-byte buffer`);
+      problems.push(
+        `tensor "${e.name}" ends at byte ${e.end}, past the ${bufferBytes}-byte buffer`,
+      );
     }
     if (e.end >= at) [at, prev] = [e.end, e.name];
   }
@@ -161,11 +171,17 @@ function checkLayout(entries: Entry[], bufferBytes: number): string[] {
   return problems;
 }
 
-function parseHeader(bytes: Uint8Array): E.Either<Errors, { header: Record<string, unknown>; start: number }> {
-  if (bytes.length < 8) return fail(`file is ${bytes.length} bytes, shorter than the 8-byte header length`);
+function parseHeader(
+  bytes: Uint8Array,
+): E.Either<Errors, { header: Record<string, unknown>; start: number }> {
+  if (bytes.length < 8) {
+    return fail(`file is ${bytes.length} bytes, shorter than the 8-byte header length`);
+  }
   const n = new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0, true);
   if (n > BigInt(bytes.length - 8)) {
-    return fail(`header length ${n} exceeds the ${bytes.length - 8} bytes after it (truncated file?)`);
+    return fail(
+      `header length ${n} exceeds the ${bytes.length - 8} bytes after it (truncated file?)`,
+    );
   }
   const start = 8 + Number(n);
   let header: unknown;
@@ -230,10 +246,12 @@ export function decodeSafetensors(bytes: Uint8Array): E.Either<string[], Decoded
     parseHeader(bytes),
     E.chain(({ header, start }): E.Either<Errors, Decoded> => {
       const { __metadata__: meta, ...rest } = header;
-      const { left, right: entries } = A.separate(Object.entries(rest).map(([k, v]) => checkEntry(k, v)));
+      const { left, right: entries } = A.separate(
+        Object.entries(rest).map(([k, v]) => checkEntry(k, v)),
+      );
       const problems = [
         ...left.flat(),
-        ...pipe(checkMetadata(meta), E.match((es) => es, () => [])),
+        ...pipe(checkMetadata(meta), E.match((es): string[] => es, () => [])),
         ...checkLayout(entries, bytes.length - start), // on the well-formed entries
       ];
       if (A.isNonEmpty(problems)) return E.left(problems);

@@ -1,10 +1,82 @@
 // OpenBLAS-backed kernels for the wasm backend, through Deno FFI (zero copy on the wasm heap).
-// STUB: to be filled in by the BLAS work.
+// They replace the wasm backend's own matmul and conv kernels; the replaced ones are kept and
+// called for what these do not handle (non-float32 inputs, NCHW, unknown activations).
+import * as tf from "@tensorflow/tfjs";
+import { loadOpenBlas } from "./openblas.ts";
+import type { Blas } from "./openblas.ts";
+import { makeBatchMatMul, makeFusedMatMul } from "./matmul.ts";
+import {
+  makeConv2D,
+  makeConv2DBackpropFilter,
+  makeConv2DBackpropInput,
+  makeFusedConv2D,
+} from "./conv.ts";
+
+export { BLAS_ENV, BLAS_THREADS_ENV, loadOpenBlas, OPENBLAS_ENV, openBlas } from "./openblas.ts";
+export type { Blas } from "./openblas.ts";
+
+const BACKEND = "wasm";
+
+const FACTORIES: ReadonlyArray<
+  readonly [string, (blas: Blas, fallback?: tf.KernelFunc) => tf.KernelFunc]
+> = [
+  ["BatchMatMul", makeBatchMatMul],
+  ["_FusedMatMul", makeFusedMatMul],
+  ["Conv2D", makeConv2D],
+  ["FusedConv2D", makeFusedConv2D],
+  ["Conv2DBackpropInput", makeConv2DBackpropInput],
+  ["Conv2DBackpropFilter", makeConv2DBackpropFilter],
+];
+
+/** Names of the kernels `registerBlasKernels` replaces on the wasm backend. */
+export const BLAS_KERNELS: readonly string[] = FACTORIES.map(([name]) => name);
+
+let active: { blas: Blas; replaced: Map<string, tf.KernelConfig | undefined> } | undefined;
 
 /**
- * Register sgemm-backed kernels when libopenblas loads and FFI is allowed.
- * Returns details for the engine line (library path, threads), or undefined when unavailable.
+ * Register sgemm-backed kernels when libopenblas loads and FFI is allowed. Each replaced
+ * kernel's setup runs through the new registration, so it stays callable as the fallback even
+ * when this runs before `tf.setBackend("wasm")`. Idempotent.
+ * Returns details for the engine line (library path, threads), or undefined when unavailable
+ * (`DP_BLAS=0`, no FFI permission, or no library).
  */
 export function registerBlasKernels(): Record<string, string | number> | undefined {
-  return undefined;
+  const blas = active?.blas ?? loadOpenBlas();
+  if (!blas) return undefined;
+  if (!active) {
+    const replaced = new Map<string, tf.KernelConfig | undefined>();
+    for (const [name, make] of FACTORIES) {
+      const original = tf.getKernel(name, BACKEND);
+      if (original) tf.unregisterKernel(name, BACKEND);
+      replaced.set(name, original);
+      tf.registerKernel({
+        kernelName: name,
+        backendName: BACKEND,
+        kernelFunc: make(blas, original?.kernelFunc),
+        setupFunc: original?.setupFunc,
+        disposeFunc: original?.disposeFunc,
+      });
+    }
+    active = { blas, replaced };
+  }
+  return { blas: blas.path, blasThreads: blas.threads };
+}
+
+/**
+ * Put back the kernels `registerBlasKernels` replaced (for comparisons in tests and benches).
+ * Returns true when BLAS kernels were registered.
+ */
+export function unregisterBlasKernels(): boolean {
+  if (!active) return false;
+  for (const [name, original] of active.replaced) {
+    tf.unregisterKernel(name, BACKEND);
+    if (original) tf.registerKernel(original);
+  }
+  active = undefined;
+  return true;
+}
+
+/** The loaded OpenBLAS while the BLAS kernels are registered, else undefined. */
+export function activeBlas(): Blas | undefined {
+  return active?.blas;
 }

@@ -32,3 +32,10 @@ export function delegate(
   out.dispose();
   return info;
 }
+
+/** A kernel's named input; throws naming the kernel when it is missing. */
+export function input(kernel: string, inputs: tf.NamedTensorInfoMap, name: string): tf.TensorInfo {
+  const t = inputs[name];
+  if (!t) throw new Error(`${kernel} (wasm_kernels): input "${name}" is missing`);
+  return t;
+}

@@ -1,0 +1,47 @@
+// Zero-copy access to tensors on the tfjs wasm backend's heap.
+// Each wasm tensor lives at `dataIdMap.get(dataId).memoryOffset` inside the module's memory
+// (tfjs-backend-wasm dist/backend_wasm.js). Any allocation may grow that memory and detach
+// earlier views, so kernels allocate every output first and take views afterwards.
+import type * as tf from "@tensorflow/tfjs";
+
+/** The parts of tfjs-backend-wasm's BackendWasm that the project kernels use. */
+export interface WasmBackend {
+  readonly wasm: { readonly HEAPU8: Uint8Array };
+  readonly dataIdMap: { get(dataId: unknown): { memoryOffset: number } | undefined };
+  makeOutput(shape: number[], dtype: "float32"): tf.TensorInfo;
+}
+
+/** The wasm backend handed to a kernel function, checked to have the fields used here. */
+export function asWasmBackend(backend: unknown): WasmBackend {
+  const b = backend as Partial<WasmBackend> | undefined;
+  if (!b?.wasm?.HEAPU8 || !b.dataIdMap || typeof b.makeOutput !== "function") {
+    throw new Error("Project kernel in lib/engine/blas/heap.ts needs the wasm backend");
+  }
+  return b as WasmBackend;
+}
+
+/** Float32 view of a tensor's data on the wasm heap (valid until the next allocation). */
+export function f32View(backend: WasmBackend, t: tf.TensorInfo): Float32Array {
+  const data = backend.dataIdMap.get(t.dataId);
+  if (!data) throw new Error("Tensor data not found on the wasm heap in lib/engine/blas/heap.ts");
+  let size = 1;
+  for (const d of t.shape) size *= d;
+  return new Float32Array(backend.wasm.HEAPU8.buffer, data.memoryOffset, size);
+}
+
+/** Number of elements of a shape. */
+export function sizeOf(shape: readonly number[]): number {
+  let n = 1;
+  for (const d of shape) n *= d;
+  return n;
+}
+
+/** A growable scratch buffer off the wasm heap, reused between calls: `get(n)` returns a view of
+ * `n` elements with unspecified contents. */
+export function makeScratch(): (n: number) => Float32Array {
+  let buf = new Float32Array(0);
+  return (n) => {
+    if (buf.length < n) buf = new Float32Array(Math.max(n, buf.length * 2));
+    return buf.subarray(0, n);
+  };
+}

@@ -1,0 +1,200 @@
+// BatchMatMul and _FusedMatMul on sgemm, reading and writing the wasm heap in place.
+import type * as tf from "@tensorflow/tfjs";
+import type { Blas } from "./openblas.ts";
+import { asWasmBackend, f32View, sizeOf } from "./heap.ts";
+import {
+  applyEpilogue,
+  broadcastOperand,
+  type Epilogue,
+  isActivation,
+  isIdentity,
+  NONE,
+  type Operand,
+} from "./epilogue.ts";
+
+/** Geometry of a (batched) product op(A)·op(B) with tfjs's batch broadcasting. */
+interface MatMulPlan {
+  readonly m: number;
+  readonly n: number;
+  readonly k: number;
+  readonly outShape: number[];
+  /** For each output batch, the batch index into A and into B. */
+  readonly aIndex: Int32Array;
+  readonly bIndex: Int32Array;
+}
+
+/** Plan a batched product; throws with tfjs's wording when the shapes do not fit. */
+export function planMatMul(
+  aShape: readonly number[],
+  bShape: readonly number[],
+  transposeA: boolean,
+  transposeB: boolean,
+): MatMulPlan {
+  const ra = aShape.length, rb = bShape.length;
+  if (ra < 2 || rb < 2) {
+    throw new Error(`Matmul in lib/engine/blas needs rank >= 2, got [${aShape}] and [${bShape}]`);
+  }
+  const m = transposeA ? aShape[ra - 1] : aShape[ra - 2];
+  const ka = transposeA ? aShape[ra - 2] : aShape[ra - 1];
+  const kb = transposeB ? bShape[rb - 1] : bShape[rb - 2];
+  const n = transposeB ? bShape[rb - 2] : bShape[rb - 1];
+  if (ka !== kb) {
+    throw new Error(
+      `Error in matMul: inner shapes (${ka}) and (${kb}) of Tensors with shapes ${aShape} and ` +
+        `${bShape} and transposeA=${transposeA} and transposeB=${transposeB} must match.`,
+    );
+  }
+  const aBatch = aShape.slice(0, -2), bBatch = bShape.slice(0, -2);
+  const r = Math.max(aBatch.length, bBatch.length);
+  const pa = [...new Array(r - aBatch.length).fill(1), ...aBatch];
+  const pb = [...new Array(r - bBatch.length).fill(1), ...bBatch];
+  const outBatch = pa.map((d, i) => {
+    if (d !== pb[i] && d !== 1 && pb[i] !== 1) {
+      throw new Error(`Operands could not be broadcast together with shapes ${aShape} and ${bShape}.`);
+    }
+    return Math.max(d, pb[i]);
+  });
+  const total = sizeOf(outBatch);
+  const aIndex = new Int32Array(total), bIndex = new Int32Array(total);
+  const idx = new Array<number>(r).fill(0);
+  for (let o = 0; o < total; o++) {
+    let ai = 0, bi = 0;
+    for (let d = 0; d < r; d++) {
+      ai = ai * pa[d] + (pa[d] === 1 ? 0 : idx[d]);
+      bi = bi * pb[d] + (pb[d] === 1 ? 0 : idx[d]);
+    }
+    aIndex[o] = ai;
+    bIndex[o] = bi;
+    for (let d = r - 1; d >= 0; d--) {
+      if (++idx[d] < outBatch[d]) break;
+      idx[d] = 0;
+    }
+  }
+  return { m, n, k: ka, outShape: [...outBatch, m, n], aIndex, bIndex };
+}
+
+/** out ← op(A)·op(B) per batch; every view on the heap, taken after the output exists. */
+function runPlan(
+  blas: Blas,
+  p: MatMulPlan,
+  transposeA: boolean,
+  transposeB: boolean,
+  a: Float32Array,
+  b: Float32Array,
+  out: Float32Array,
+): void {
+  const { m, n, k, aIndex, bIndex } = p;
+  const batches = aIndex.length;
+  if (m === 0 || n === 0 || batches === 0) return;
+  if (k === 0) {
+    out.fill(0);
+    return;
+  }
+  const lda = transposeA ? m : k, ldb = transposeB ? k : n;
+  const aSize = m * k, bSize = k * n, oSize = m * n;
+  // One shared B and row-major A: the batches stack into one taller GEMM (linear layers on
+  // [N, T, D] activations), which keeps sgemm in its efficient regime.
+  const sharedB = bIndex.every((v) => v === bIndex[0]);
+  const aInOrder = aIndex.every((v, i) => v === i);
+  if (!transposeA && sharedB && aInOrder && batches > 1) {
+    const bv = b.subarray(bIndex[0] * bSize);
+    blas.sgemm(false, transposeB, batches * m, n, k, 1, a, lda, bv, ldb, 0, out, n);
+    return;
+  }
+  for (let o = 0; o < batches; o++) {
+    blas.sgemm(
+      transposeA,
+      transposeB,
+      m,
+      n,
+      k,
+      1,
+      a.subarray(aIndex[o] * aSize),
+      lda,
+      b.subarray(bIndex[o] * bSize),
+      ldb,
+      0,
+      out.subarray(o * oSize),
+      n,
+    );
+  }
+}
+
+type KernelArgs = Parameters<tf.KernelFunc>[0];
+
+/** BatchMatMul kernel on sgemm; `fallback` handles dtypes other than float32. */
+export function makeBatchMatMul(blas: Blas, fallback?: tf.KernelFunc): tf.KernelFunc {
+  return (args: KernelArgs) => {
+    const { a, b } = args.inputs as Record<string, tf.TensorInfo>;
+    const { transposeA = false, transposeB = false } = (args.attrs ?? {}) as {
+      transposeA?: boolean;
+      transposeB?: boolean;
+    };
+    if ((a.dtype !== "float32" || b.dtype !== "float32") && fallback) return fallback(args);
+    const backend = asWasmBackend(args.backend);
+    const plan = planMatMul(a.shape, b.shape, transposeA, transposeB);
+    const out = backend.makeOutput(plan.outShape, "float32");
+    runPlan(
+      blas,
+      plan,
+      transposeA,
+      transposeB,
+      f32View(backend, a),
+      f32View(backend, b),
+      f32View(backend, out),
+    );
+    return out;
+  };
+}
+
+/** Read an optional bias-like input as an operand broadcast against `outShape`. */
+export function operandOf(
+  backend: ReturnType<typeof asWasmBackend>,
+  t: tf.TensorInfo | undefined,
+  outShape: readonly number[],
+): Operand | undefined {
+  if (!t) return NONE;
+  if (t.dtype !== "float32") return undefined;
+  return broadcastOperand(f32View(backend, t), t.shape, outShape);
+}
+
+/** _FusedMatMul kernel: sgemm, then bias and activation in place. */
+export function makeFusedMatMul(blas: Blas, fallback?: tf.KernelFunc): tf.KernelFunc {
+  return (args: KernelArgs) => {
+    const { a, b, bias, preluActivationWeights } = args.inputs as Record<
+      string,
+      tf.TensorInfo | undefined
+    >;
+    const attrs = (args.attrs ?? {}) as {
+      transposeA?: boolean;
+      transposeB?: boolean;
+      activation?: string;
+      leakyreluAlpha?: number;
+    };
+    const { transposeA = false, transposeB = false } = attrs;
+    const activation = attrs.activation ?? "linear";
+    const unsupported = (why: string) => {
+      if (fallback) return fallback(args);
+      throw new Error(`_FusedMatMul in lib/engine/blas/matmul.ts: ${why}`);
+    };
+    if (!a || !b) return unsupported("inputs a and b are required");
+    if (a.dtype !== "float32" || b.dtype !== "float32") return unsupported("float32 only");
+    if (!isActivation(activation)) return unsupported(`activation "${activation}" unsupported`);
+    const backend = asWasmBackend(args.backend);
+    const plan = planMatMul(a.shape, b.shape, transposeA, transposeB);
+    const biasOp = operandOf(backend, bias, plan.outShape);
+    const preluOp = operandOf(backend, preluActivationWeights, plan.outShape);
+    if (!biasOp || !preluOp) return unsupported("bias or PReLU weights do not broadcast");
+    const epilogue: Epilogue = {
+      bias: biasOp,
+      activation,
+      prelu: preluOp,
+      leakyreluAlpha: attrs.leakyreluAlpha ?? 0.2,
+    };
+    const out = backend.makeOutput(plan.outShape, "float32");
+    const ov = f32View(backend, out);
+    runPlan(blas, plan, transposeA, transposeB, f32View(backend, a), f32View(backend, b), ov);
+    if (!isIdentity(epilogue)) applyEpilogue(ov, 0, ov.length, plan.n, epilogue);
+    return out;
+  };
+}

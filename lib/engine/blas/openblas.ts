@@ -1,0 +1,154 @@
+// OpenBLAS through Deno FFI: finds the library, binds cblas_sgemm, sets the thread count.
+// Loading never throws: a missing library or FFI permission yields undefined.
+
+/** Environment variable naming the OpenBLAS shared library to load first. */
+export const OPENBLAS_ENV = "DP_OPENBLAS";
+/** Environment variable with the OpenBLAS thread count (default: all hardware threads). */
+export const BLAS_THREADS_ENV = "DP_BLAS_THREADS";
+/** Environment variable that turns the BLAS kernels off when set to `0`. */
+export const BLAS_ENV = "DP_BLAS";
+
+// Debian's pthread build first (the one measured in engine-facts.md), then sonames for the
+// dynamic loader to resolve through its own search path (the ldconfig cache).
+const CANDIDATES = [
+  "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
+  "/usr/lib/aarch64-linux-gnu/openblas-pthread/libopenblas.so.0",
+  "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
+  "libopenblas.so.0",
+  "libopenblas.so",
+  "libopenblas.dylib",
+];
+
+const SYMBOLS = {
+  cblas_sgemm: {
+    // order, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc
+    parameters: [
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "f32",
+      "buffer",
+      "i32",
+      "buffer",
+      "i32",
+      "f32",
+      "buffer",
+      "i32",
+    ],
+    result: "void",
+  },
+  openblas_set_num_threads: { parameters: ["i32"], result: "void" },
+  openblas_get_num_threads: { parameters: [], result: "i32" },
+} as const;
+
+const ROW_MAJOR = 101;
+const NO_TRANS = 111;
+const TRANS = 112;
+
+/** A loaded OpenBLAS: row-major single-precision GEMM on typed-array views. */
+export interface Blas {
+  /** The path or soname the library was opened from. */
+  readonly path: string;
+  /** Threads OpenBLAS runs with. */
+  readonly threads: number;
+  /**
+   * Row-major C ← alpha·op(A)·op(B) + beta·C, op(A) [m, k], op(B) [k, n]. Views may start
+   * anywhere in their buffer (wasm heap or not); lda/ldb/ldc are row strides in elements.
+   */
+  sgemm(
+    transA: boolean,
+    transB: boolean,
+    m: number,
+    n: number,
+    k: number,
+    alpha: number,
+    a: Float32Array,
+    lda: number,
+    b: Float32Array,
+    ldb: number,
+    beta: number,
+    c: Float32Array,
+    ldc: number,
+  ): void;
+}
+
+function processEnv(name: string): string | undefined {
+  try {
+    return Deno.env.get(name);
+  } catch {
+    return undefined; // no env permission: behave as unset
+  }
+}
+
+function ffiGranted(path: string): boolean {
+  try {
+    const query = path.includes("/")
+      ? { name: "ffi" as const, path }
+      : { name: "ffi" as const };
+    return Deno.permissions.querySync(query).state === "granted";
+  } catch {
+    return false;
+  }
+}
+
+function threadCount(env: (name: string) => string | undefined): number {
+  const asked = Number(env(BLAS_THREADS_ENV));
+  if (Number.isInteger(asked) && asked > 0) return asked;
+  return Math.max(1, navigator.hardwareConcurrency || 1);
+}
+
+/**
+ * Open OpenBLAS (uncached): the `DP_OPENBLAS` path first, then the usual Debian paths and
+ * sonames. Undefined when `DP_BLAS=0`, when FFI is not permitted, or when nothing opens.
+ * `env` reads configuration (tests pass their own).
+ */
+export function openBlas(env: (name: string) => string | undefined = processEnv): Blas | undefined {
+  if (env(BLAS_ENV) === "0") return undefined;
+  const override = env(OPENBLAS_ENV);
+  for (const path of override ? [override, ...CANDIDATES] : CANDIDATES) {
+    if (!ffiGranted(path)) continue;
+    let lib: Deno.DynamicLibrary<typeof SYMBOLS>;
+    try {
+      lib = Deno.dlopen(path, SYMBOLS);
+    } catch {
+      continue;
+    }
+    const s = lib.symbols;
+    s.openblas_set_num_threads(threadCount(env));
+    const threads = s.openblas_get_num_threads();
+    return {
+      path,
+      threads,
+      sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) {
+        s.cblas_sgemm(
+          ROW_MAJOR,
+          transA ? TRANS : NO_TRANS,
+          transB ? TRANS : NO_TRANS,
+          m,
+          n,
+          k,
+          alpha,
+          a,
+          lda,
+          b,
+          ldb,
+          beta,
+          c,
+          ldc,
+        );
+      },
+    };
+  }
+  return undefined;
+}
+
+let cached: Blas | null | undefined;
+
+/** `openBlas()` once per process (the library and its thread pool are process-wide). */
+export function loadOpenBlas(): Blas | undefined {
+  if (cached === undefined) cached = openBlas() ?? null;
+  return cached ?? undefined;
+}

@@ -1,0 +1,21 @@
+// Fused elementwise kernels for the wasm backend (GroupNorm with scale-shift, SiLU), with
+// composed-op versions used on every other backend and as test references.
+import { registerGroupNormKernels } from "./group_norm.ts";
+import { registerSiluKernels } from "./silu.ts";
+
+export {
+  GROUP_NORM,
+  GROUP_NORM_GRAD,
+  GROUP_NORM_MOD,
+  groupNorm,
+  groupNormComposed,
+  groupNormScaleShift,
+} from "./group_norm.ts";
+export { SILU, SILU_GRAD, silu, siluComposed } from "./silu.ts";
+
+/** Register every fused kernel and its gradient for wasm (idempotent; the ops also do it). */
+export function registerFusedKernels(): string[] {
+  registerGroupNormKernels();
+  registerSiluKernels();
+  return ["DpGroupNorm", "DpGroupNormScaleShift", "DpGroupNormGrad", "DpSilu", "DpSiluGrad"];
+}

@@ -1,0 +1,240 @@
+// Shared building blocks for the models, as pure functions of tensors (guided_diffusion/nn.py
+// and unet.py, facts.md §1). Layout is NHWC; conv kernels [kh, kw, in, out]; linear weights
+// [in, out]. `groupNorm`, `groupNormScaleShift` and `silu` are the hot elementwise paths: keep
+// their signatures, since fused kernels are meant to replace their bodies.
+import * as tf from "@tensorflow/tfjs";
+import { foldName, normal, type Rng, uniform } from "../random.ts";
+
+// ---------------------------------------------------------------------------------------------
+// Dense and convolution
+// ---------------------------------------------------------------------------------------------
+
+/** y = x·W + b for x [..., in], W [in, out], b [out] → [..., out]. */
+export function linear(x: tf.Tensor, w: tf.Tensor, b?: tf.Tensor): tf.Tensor {
+  return tf.tidy(() => {
+    const inDim = w.shape[0];
+    const lead = x.shape.slice(0, -1);
+    const x2 = x.rank === 2 ? x as tf.Tensor2D : tf.reshape(x, [-1, inDim]) as tf.Tensor2D;
+    const y = tf.fused.matMul({ a: x2, b: w as tf.Tensor2D, bias: b }); // [M, out]
+    return x.rank === 2 ? y : tf.reshape(y, [...lead, -1]);
+  });
+}
+
+/** Options of `conv2d`. */
+export interface ConvOptions {
+  /** @default 1 */
+  readonly stride?: number;
+  /** Symmetric zero padding as in PyTorch's `padding=p`. @default (kernel − 1) / 2 */
+  readonly padding?: number;
+}
+
+/**
+ * 2-D convolution with bias, PyTorch padding semantics: x [N, H, W, Cin], w [kh, kw, Cin, Cout],
+ * b [Cout] → [N, H', W', Cout]. Stride 2 with padding 1 pads both sides (tfjs "same" would pad
+ * only the bottom/right and shift the grid), so the padding is passed explicitly.
+ */
+export function conv2d(x: tf.Tensor4D, w: tf.Tensor, b: tf.Tensor | undefined, opts: ConvOptions = {}): tf.Tensor4D {
+  const stride = opts.stride ?? 1;
+  const k = w.shape[0];
+  const p = opts.padding ?? (k - 1) / 2;
+  // Stride-1 odd kernels with p = (k − 1)/2 are exactly "same": prefer the named mode there.
+  const pad = stride === 1 && 2 * p === k - 1 ? (p === 0 ? "valid" : "same") : p;
+  return tf.fused.conv2d({ x, filter: w as tf.Tensor4D, strides: stride, pad, bias: b });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Normalisation and activations (fusion targets)
+// ---------------------------------------------------------------------------------------------
+
+/** SiLU (swish): x·σ(x). */
+export function silu<T extends tf.Tensor>(x: T): T {
+  return tf.tidy(() => tf.mul(x, tf.sigmoid(x)) as T);
+}
+
+// Normalise x [N, H, W, C] over (H, W, C/G) per group; no affine.
+function groupStandardize(x: tf.Tensor4D, groups: number, eps: number): tf.Tensor4D {
+  const [n, h, w, c] = x.shape;
+  if (c % groups !== 0) throw new Error(`nn.ts: groupNorm needs channels (${c}) divisible by groups (${groups})`);
+  const xg = tf.reshape(x, [n, h * w, groups, c / groups]); // [N, HW, G, C/G]
+  const { mean, variance } = tf.moments(xg, [1, 3], true); // [N, 1, G, 1]
+  const y = tf.mul(tf.sub(xg, mean), tf.rsqrt(tf.add(variance, eps)));
+  return tf.reshape(y, [n, h, w, c]);
+}
+
+/**
+ * GroupNorm (PyTorch semantics, biased variance): x [N, H, W, C], gamma/beta [C] → [N, H, W, C].
+ * @param groups 32 in ADM (GroupNorm32) @param eps 1e-5 (PyTorch default)
+ */
+export function groupNorm(x: tf.Tensor4D, gamma: tf.Tensor, beta: tf.Tensor, groups = 32, eps = 1e-5): tf.Tensor4D {
+  return tf.tidy(() => tf.add(tf.mul(groupStandardize(x, groups, eps), gamma), beta));
+}
+
+/**
+ * GN(x)·(1 + scale) + shift, the scale-shift norm of ADM ResBlocks: x [N, H, W, C], gamma/beta
+ * [C], scale/shift [N, 1, 1, C] → [N, H, W, C].
+ */
+export function groupNormScaleShift(
+  x: tf.Tensor4D,
+  gamma: tf.Tensor,
+  beta: tf.Tensor,
+  scale: tf.Tensor,
+  shift: tf.Tensor,
+  groups = 32,
+  eps = 1e-5,
+): tf.Tensor4D {
+  return tf.tidy(() => tf.add(tf.mul(groupNorm(x, gamma, beta, groups, eps), tf.add(scale, 1)), shift));
+}
+
+/**
+ * LayerNorm over `axes` (default: the last) with optional affine parameters shaped like those axes.
+ * @param eps 1e-5 (PyTorch default; DiT uses 1e-6)
+ */
+export function layerNorm(
+  x: tf.Tensor,
+  gamma?: tf.Tensor,
+  beta?: tf.Tensor,
+  eps = 1e-5,
+  axes: number[] = [-1],
+): tf.Tensor {
+  return tf.tidy(() => {
+    const ax = axes.map((a) => (a < 0 ? x.rank + a : a));
+    const { mean, variance } = tf.moments(x, ax, true);
+    let y = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps)));
+    if (gamma) y = tf.mul(y, gamma);
+    if (beta) y = tf.add(y, beta);
+    return y;
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Embeddings, attention, resampling
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * Sinusoidal timestep embedding, cos first (guided_diffusion/nn.py): t [N] → [N, dim] with
+ * f_i = exp(−ln(maxPeriod)·i/half), i < half = ⌊dim/2⌋; zero-padded when dim is odd.
+ */
+export function timestepEmbedding(t: tf.Tensor1D, dim: number, maxPeriod = 10000): tf.Tensor2D {
+  return tf.tidy(() => {
+    const half = Math.floor(dim / 2);
+    const freqs = Float32Array.from({ length: half }, (_, i) => Math.exp((-Math.log(maxPeriod) * i) / half));
+    const args = tf.mul(tf.reshape(tf.cast(t, "float32"), [-1, 1]), tf.tensor2d(freqs, [1, half])); // [N, half]
+    const parts = [tf.cos(args), tf.sin(args)];
+    if (dim % 2) parts.push(tf.zeros([t.shape[0], 1]));
+    return tf.concat(parts, 1) as tf.Tensor2D;
+  });
+}
+
+/** Channel order of a fused qkv projection (facts.md §1). */
+export type QkvOrder = "legacy" | "new";
+
+/**
+ * Multi-head self-attention from a fused projection: qkv [N, T, 3C] → [N, T, C].
+ * "legacy" (QKVAttentionLegacy): channels grouped per head as [q, k, v] (heads outermost);
+ * "new" (QKVAttention, also timm/DiT): [q | k | v], each split into heads. q and k are each
+ * scaled by ch^(−1/4), ch = C / heads; output channels are head-major.
+ */
+export function qkvAttention(qkv: tf.Tensor3D, heads: number, order: QkvOrder): tf.Tensor3D {
+  return tf.tidy(() => {
+    const [n, len, width] = qkv.shape;
+    if (width % (3 * heads) !== 0) throw new Error(`nn.ts: qkv width ${width} is not divisible by 3·${heads}`);
+    const ch = width / (3 * heads);
+    // legacy: [N, T, H, 3, ch]; new: [N, T, 3, H, ch]. Bring to [3, N, H, T, ch].
+    const split = order === "legacy"
+      ? tf.transpose(tf.reshape(qkv, [n, len, heads, 3, ch]), [3, 0, 2, 1, 4])
+      : tf.transpose(tf.reshape(qkv, [n, len, 3, heads, ch]), [2, 0, 3, 1, 4]);
+    const [q, k, v] = tf.unstack(split, 0) as tf.Tensor4D[]; // each [N, H, T, ch]
+    const scale = Math.pow(ch, -0.25);
+    const logits = tf.matMul(
+      tf.reshape(tf.mul(q, scale), [n * heads, len, ch]) as tf.Tensor3D,
+      tf.reshape(tf.mul(k, scale), [n * heads, len, ch]) as tf.Tensor3D,
+      false,
+      true,
+    ); // [NH, T, T]
+    const a = tf.matMul(tf.softmax(logits, -1), tf.reshape(v, [n * heads, len, ch]) as tf.Tensor3D); // [NH, T, ch]
+    return tf.reshape(tf.transpose(tf.reshape(a, [n, heads, len, ch]), [0, 2, 1, 3]), [n, len, heads * ch]);
+  });
+}
+
+/** 2×2 average pooling, stride 2: [N, H, W, C] → [N, H/2, W/2, C]. */
+export function avgPool2(x: tf.Tensor4D): tf.Tensor4D {
+  return tf.avgPool(x, 2, 2, "valid");
+}
+
+/** Nearest-neighbour ×2 upsampling: [N, H, W, C] → [N, 2H, 2W, C] (PyTorch "nearest"). */
+export function upsampleNearest2(x: tf.Tensor4D): tf.Tensor4D {
+  return tf.image.resizeNearestNeighbor(x, [2 * x.shape[1], 2 * x.shape[2]], false, false);
+}
+
+/**
+ * Inverted dropout with its mask drawn from `rng` (rate 0 or no rng: identity, as in eval).
+ */
+export function dropout<T extends tf.Tensor>(x: T, rate: number, rng?: Rng): T {
+  if (!rng || rate <= 0) return x;
+  return tf.tidy(() => {
+    const keep = tf.cast(tf.greaterEqual(uniform(rng, x.shape), rate), "float32");
+    return tf.mul(x, tf.mul(keep, 1 / (1 - rate))) as T;
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Initialisation
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * How one parameter starts: PyTorch's default for Linear/Conv weights and biases is
+ * U(−1/√fan_in, 1/√fan_in) (kaiming_uniform with a = √5); norms start at ones/zeros;
+ * nn.Embedding at N(0, 1); ADM zero-initialises some convs.
+ */
+export type InitSpec =
+  | { readonly kind: "uniform"; readonly fanIn: number }
+  | { readonly kind: "zeros" }
+  | { readonly kind: "ones" }
+  | { readonly kind: "normal"; readonly std: number };
+
+/** One parameter's shape and initialiser. */
+export interface ParamSpec {
+  readonly shape: readonly number[];
+  readonly init: InitSpec;
+}
+
+/**
+ * The initial value of parameter `name`; random draws depend only on (rng, name), so adding
+ * or removing other parameters never changes this one.
+ */
+export function initParam(rng: Rng, name: string, spec: ParamSpec): tf.Tensor {
+  const shape = [...spec.shape];
+  const init = spec.init;
+  switch (init.kind) {
+    case "zeros":
+      return tf.zeros(shape);
+    case "ones":
+      return tf.ones(shape);
+    case "normal":
+      return tf.tidy(() => tf.mul(normal(foldName(rng, name), shape), init.std));
+    case "uniform": {
+      const bound = 1 / Math.sqrt(init.fanIn);
+      return uniform(foldName(rng, name), shape, -bound, bound);
+    }
+  }
+}
+
+/** Specs of a conv (weight [k, k, in, out], bias [out]) under `prefix`, PyTorch-default init. */
+export function convSpecs(prefix: string, k: number, cin: number, cout: number, zero = false): [string, ParamSpec][] {
+  const init: InitSpec = zero ? { kind: "zeros" } : { kind: "uniform", fanIn: cin * k * k };
+  return [[`${prefix}.weight`, { shape: [k, k, cin, cout], init }], [`${prefix}.bias`, { shape: [cout], init }]];
+}
+
+/** Specs of a linear layer (weight [in, out], bias [out]) under `prefix`. */
+export function linearSpecs(prefix: string, cin: number, cout: number, zero = false): [string, ParamSpec][] {
+  const init: InitSpec = zero ? { kind: "zeros" } : { kind: "uniform", fanIn: cin };
+  return [[`${prefix}.weight`, { shape: [cin, cout], init }], [`${prefix}.bias`, { shape: [cout], init }]];
+}
+
+/** Specs of an affine norm (weight ones, bias zeros, both [c]) under `prefix`. */
+export function normSpecs(prefix: string, c: number): [string, ParamSpec][] {
+  return [[`${prefix}.weight`, { shape: [c], init: { kind: "ones" } }], [`${prefix}.bias`, {
+    shape: [c],
+    init: { kind: "zeros" },
+  }]];
+}

@@ -1,0 +1,453 @@
+// The ADM U-Net of "Diffusion Models Beat GANs on Image Synthesis" (guided_diffusion/unet.py,
+// facts.md §1–2) as pure functions: `paramShapes(config)` (no allocation), `init(config, rng)`,
+// `apply(config, params, x, t)`, plus `blockTable(config)` for the feature-block numbering of
+// the diffusion-classifier papers (b = 1..N over input blocks, middle, output blocks).
+//
+// Layout is NHWC. Parameter keys are guided-diffusion's state_dict names; values are in tfjs
+// layout: conv [kh, kw, in, out], linear [in, out], and the attention `qkv` / `proj_out` 1×1
+// conv1d kernels stored as linear [in, out] (PyTorch [out, in, 1], squeezed and transposed).
+// Positional keys, for reading: ResBlock in_layers.0 GN, .2 conv3×3; emb_layers.1 linear;
+// out_layers.0 GN, .3 conv3×3 (zero-init); skip_connection 1×1 conv. Attention norm, qkv,
+// proj_out (zero-init). Downsample `op` (3×3 stride 2), Upsample `conv`. time_embed.0/.2
+// linears, out.0 GN, out.2 conv (zero-init). Symbols: N batch, S side, C channels, E = 4·mc.
+import * as tf from "@tensorflow/tfjs";
+import type { Rng } from "../random.ts";
+import { countParams, type Params, type ParamShapes, toVariables } from "../params.ts";
+import {
+  avgPool2,
+  conv2d,
+  convSpecs,
+  dropout,
+  groupNorm,
+  groupNormScaleShift,
+  initParam,
+  linear,
+  linearSpecs,
+  normSpecs,
+  type ParamSpec,
+  qkvAttention,
+  silu,
+  timestepEmbedding,
+  upsampleNearest2,
+} from "./nn.ts";
+import { foldName } from "../random.ts";
+
+// ---------------------------------------------------------------------------------------------
+// Config and presets
+// ---------------------------------------------------------------------------------------------
+
+/** Hyper-parameters of `UNetModel`, named after guided-diffusion's flags. */
+export interface UNetConfig {
+  /** Side S of the square input. */
+  readonly imageSize: number;
+  readonly inChannels: number;
+  /** Data channels predicted; the network outputs 2× this with learnSigma. */
+  readonly outChannels: number;
+  /** Base width mc; level l has mc·channelMult[l] channels. Every width must divide by 32 (GN). */
+  readonly modelChannels: number;
+  readonly numResBlocks: number;
+  /** Resolutions in pixels (the README's `attention_resolutions` flag, e.g. 32,16,8 at 256 px), not ds factors. */
+  readonly attentionResolutions: readonly number[];
+  readonly dropout: number;
+  readonly channelMult: readonly number[];
+  /** Class-conditional when set: label embedding added to the time embedding. */
+  readonly numClasses?: number;
+  readonly numHeads: number;
+  /** Channels per head; −1 uses numHeads instead. */
+  readonly numHeadChannels: number;
+  /** Heads in the decoder when numHeadChannels is −1; −1 means numHeads. */
+  readonly numHeadsUpsample: number;
+  readonly useScaleShiftNorm: boolean;
+  /** Resample with (parameter-free) ResBlocks instead of strided / nearest+conv convolutions. */
+  readonly resblockUpdown: boolean;
+  readonly useNewAttentionOrder: boolean;
+  readonly learnSigma: boolean;
+}
+
+/** Named configurations. */
+export const UNET_CONFIGS = {
+  /** CI size: 16 px grayscale, two levels, attention at 8×8; trains in seconds. */
+  tiny: {
+    imageSize: 16, inChannels: 1, outChannels: 1, modelChannels: 32, numResBlocks: 1,
+    attentionResolutions: [8], dropout: 0, channelMult: [1, 2], numHeads: 2, numHeadChannels: -1,
+    numHeadsUpsample: -1, useScaleShiftNorm: true, resblockUpdown: true, useNewAttentionOrder: false,
+    learnSigma: false,
+  },
+  /**
+   * Fashion-MNIST pre-training on a 2-core CPU: 28 px native (28 → 14 → 7, no padding), ADM's
+   * block design at 64 channels with one ResBlock per level and attention only at 7×7. ~3.4 M
+   * params and ~0.2 GFLOP per image forward, about 1/9 of the 7.7 M (64 ch, 2 blocks, 32 px)
+   * model that PyTorch trains at 9.4 img/s here, so ~40+ img/s is within reach with BLAS
+   * convs. 32 channels would be cheaper still but GroupNorm32 would degenerate to per-channel
+   * norm at level 0.
+   */
+  small: {
+    imageSize: 28, inChannels: 1, outChannels: 1, modelChannels: 64, numResBlocks: 1,
+    attentionResolutions: [7], dropout: 0, channelMult: [1, 2, 2], numHeads: 4, numHeadChannels: -1,
+    numHeadsUpsample: -1, useScaleShiftNorm: true, resblockUpdown: true, useNewAttentionOrder: false,
+    learnSigma: true,
+  },
+  /** 256×256_diffusion_uncond.pt (guided-diffusion README flags + defaults): ≈552.8 M params. */
+  adm256: {
+    imageSize: 256, inChannels: 3, outChannels: 3, modelChannels: 256, numResBlocks: 2,
+    attentionResolutions: [32, 16, 8], dropout: 0, channelMult: [1, 1, 2, 2, 4, 4], numHeads: 4,
+    numHeadChannels: 64, numHeadsUpsample: -1, useScaleShiftNorm: true, resblockUpdown: true,
+    useNewAttentionOrder: false, learnSigma: true,
+  },
+} as const satisfies Record<string, UNetConfig>;
+
+export type UNetConfigName = keyof typeof UNET_CONFIGS;
+
+// ---------------------------------------------------------------------------------------------
+// Plan: the module tree as data, built once from a config
+// ---------------------------------------------------------------------------------------------
+
+type Layer =
+  | { readonly kind: "stem"; readonly key: string; readonly cin: number; readonly cout: number }
+  | {
+    readonly kind: "res";
+    readonly key: string;
+    readonly cin: number;
+    readonly cout: number;
+    readonly resample: "none" | "down" | "up";
+  }
+  | { readonly kind: "attn"; readonly key: string; readonly channels: number; readonly heads: number }
+  | { readonly kind: "downConv" | "upConv"; readonly key: string; readonly channels: number };
+
+/** One numbered block: what `taps` can return. */
+export interface BlockInfo {
+  /** 1-based block number (diffssl's b). */
+  readonly b: number;
+  /** state_dict prefix: `input_blocks.i`, `middle_block` or `output_blocks.j`. */
+  readonly module: string;
+  /** Layers, e.g. "RB+A", "RB-dn", "RB+A+up", "conv". */
+  readonly layers: string;
+  /** Output side in pixels. */
+  readonly resolution: number;
+  /** Output channels. */
+  readonly channels: number;
+}
+
+interface Block extends BlockInfo {
+  readonly plan: readonly Layer[];
+}
+
+function validate(c: UNetConfig): void {
+  const levels = c.channelMult.length;
+  const fault = (msg: string) => new Error(`unet.ts: bad config: ${msg}`);
+  if (levels < 1) throw fault("channelMult is empty");
+  if (c.imageSize % 2 ** (levels - 1) !== 0) throw fault(`imageSize ${c.imageSize} does not halve ${levels - 1} times`);
+  for (const m of c.channelMult) {
+    if ((c.modelChannels * m) % 32 !== 0) throw fault(`width ${c.modelChannels * m} is not divisible by 32 groups`);
+  }
+  if (c.numResBlocks < 1) throw fault("numResBlocks must be at least 1");
+}
+
+function heads(c: UNetConfig, channels: number, decoder: boolean): number {
+  if (c.numHeadChannels !== -1) {
+    if (channels % c.numHeadChannels !== 0) {
+      throw new Error(`unet.ts: ${channels} channels are not divisible by numHeadChannels ${c.numHeadChannels}`);
+    }
+    return channels / c.numHeadChannels;
+  }
+  return decoder && c.numHeadsUpsample !== -1 ? c.numHeadsUpsample : c.numHeads;
+}
+
+const describe = (plan: readonly Layer[]): string =>
+  plan.map((l) =>
+    l.kind === "stem" ? "conv" : l.kind === "attn" ? "A" : l.kind === "res"
+      ? (l.resample === "none" ? "RB" : l.resample === "down" ? "RB-dn" : "up")
+      : l.kind === "downConv" ? "dn" : "up"
+  ).join("+");
+
+const outChannelsOf = (l: Layer): number => ("cout" in l ? l.cout : l.channels);
+
+const planCache = new WeakMap<UNetConfig, readonly Block[]>();
+
+/** The blocks in b order; resolution and width bookkeeping happen here only. */
+function blocks(c: UNetConfig): readonly Block[] {
+  const cached = planCache.get(c);
+  if (cached) return cached;
+  validate(c);
+  const L = c.channelMult.length;
+  const width = (l: number) => c.modelChannels * c.channelMult[l];
+  const side = (l: number) => c.imageSize / 2 ** l;
+  const attnAt = (l: number) => c.attentionResolutions.includes(side(l));
+  const make = (part: string, i: number, plan: Layer[], resolution: number): Omit<Block, "b"> => ({
+    module: part === "middle_block" ? part : `${part}.${i}`,
+    layers: describe(plan),
+    resolution,
+    channels: outChannelsOf(plan[plan.length - 1]),
+    plan,
+  });
+  const res = (key: string, cin: number, cout: number, resample: "none" | "down" | "up" = "none"): Layer => ({
+    kind: "res", key, cin, cout, resample,
+  });
+  const attn = (key: string, ch: number, decoder: boolean): Layer => ({
+    kind: "attn", key, channels: ch, heads: heads(c, ch, decoder),
+  });
+
+  // Encoder: stem, then per level numResBlocks × [RB (+A)] and a down block except at the end.
+  type Spec = { plan: (key: string) => Layer[]; resolution: number };
+  const enc: Spec[] = [{ plan: (k) => [{ kind: "stem", key: `${k}.0`, cin: c.inChannels, cout: width(0) }], resolution: side(0) }];
+  for (let l = 0; l < L; l++) {
+    for (let i = 0; i < c.numResBlocks; i++) {
+      const cin = i > 0 ? width(l) : width(Math.max(l - 1, 0));
+      enc.push({
+        plan: (k) => [res(`${k}.0`, cin, width(l)), ...(attnAt(l) ? [attn(`${k}.1`, width(l), false)] : [])],
+        resolution: side(l),
+      });
+    }
+    if (l < L - 1) {
+      enc.push({
+        plan: (k) => [c.resblockUpdown ? res(`${k}.0`, width(l), width(l), "down") : { kind: "downConv", key: `${k}.0`, channels: width(l) }],
+        resolution: side(l + 1),
+      });
+    }
+  }
+  const input = enc.map((s, i) => make("input_blocks", i, s.plan(`input_blocks.${i}`), s.resolution));
+  const top = width(L - 1);
+  const middle = make("middle_block", 0, [
+    res("middle_block.0", top, top),
+    attn("middle_block.1", top, false),
+    res("middle_block.2", top, top),
+  ], side(L - 1));
+
+  // Decoder: levels in reverse, numResBlocks + 1 blocks each, input = [h, skip] concatenated.
+  const output: Omit<Block, "b">[] = [];
+  let ch = top;
+  for (let l = L - 1; l >= 0; l--) {
+    for (let i = 0; i <= c.numResBlocks; i++) {
+      const j = output.length;
+      const k = `output_blocks.${j}`;
+      const skip = input[input.length - 1 - j].channels;
+      const plan: Layer[] = [res(`${k}.0`, ch + skip, width(l))];
+      if (attnAt(l)) plan.push(attn(`${k}.1`, width(l), true));
+      const up = l > 0 && i === c.numResBlocks;
+      if (up) {
+        const key = `${k}.${plan.length}`;
+        plan.push(c.resblockUpdown ? res(key, width(l), width(l), "up") : { kind: "upConv", key, channels: width(l) });
+      }
+      output.push(make("output_blocks", j, plan, up ? side(l - 1) : side(l)));
+      ch = width(l);
+    }
+  }
+  const all = [...input, middle, ...output].map((blk, i) => ({ ...blk, b: i + 1 }));
+  planCache.set(c, all);
+  return all;
+}
+
+/** The b → module, resolution, channels table (adm256: 37 rows, b = 19 the middle block). */
+export function blockTable(c: UNetConfig): BlockInfo[] {
+  return blocks(c).map(({ b, module, layers, resolution, channels }) => ({ b, module, layers, resolution, channels }));
+}
+
+/** Channels of the network output: outChannels, doubled with learnSigma. */
+export function outputChannels(c: UNetConfig): number {
+  return c.outChannels * (c.learnSigma ? 2 : 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parameters
+// ---------------------------------------------------------------------------------------------
+
+function layerSpecs(c: UNetConfig, l: Layer, embDim: number): [string, ParamSpec][] {
+  switch (l.kind) {
+    case "stem":
+      return convSpecs(l.key, 3, l.cin, l.cout);
+    case "res":
+      return [
+        ...normSpecs(`${l.key}.in_layers.0`, l.cin),
+        ...convSpecs(`${l.key}.in_layers.2`, 3, l.cin, l.cout),
+        ...linearSpecs(`${l.key}.emb_layers.1`, embDim, (c.useScaleShiftNorm ? 2 : 1) * l.cout),
+        ...normSpecs(`${l.key}.out_layers.0`, l.cout),
+        ...convSpecs(`${l.key}.out_layers.3`, 3, l.cout, l.cout, true), // zero-init: block starts as its skip
+        ...(l.cin !== l.cout ? convSpecs(`${l.key}.skip_connection`, 1, l.cin, l.cout) : []),
+      ];
+    case "attn":
+      return [
+        ...normSpecs(`${l.key}.norm`, l.channels),
+        ...linearSpecs(`${l.key}.qkv`, l.channels, 3 * l.channels),
+        ...linearSpecs(`${l.key}.proj_out`, l.channels, l.channels, true), // zero-init: identity at start
+      ];
+    case "downConv":
+      return convSpecs(`${l.key}.op`, 3, l.channels, l.channels);
+    case "upConv":
+      return convSpecs(`${l.key}.conv`, 3, l.channels, l.channels);
+  }
+}
+
+/** Every parameter's shape and initialiser, in state_dict order. */
+export function paramSpecs(c: UNetConfig): Record<string, ParamSpec> {
+  const mc = c.modelChannels, embDim = 4 * mc;
+  const entries: [string, ParamSpec][] = [
+    ...linearSpecs("time_embed.0", mc, embDim),
+    ...linearSpecs("time_embed.2", embDim, embDim),
+    ...(c.numClasses !== undefined
+      ? [["label_emb.weight", { shape: [c.numClasses, embDim], init: { kind: "normal", std: 1 } }] as [string, ParamSpec]]
+      : []),
+    ...blocks(c).flatMap((blk) => blk.plan.flatMap((l) => layerSpecs(c, l, embDim))),
+    ...normSpecs("out.0", mc * c.channelMult[0]),
+    ...convSpecs("out.2", 3, mc * c.channelMult[0], outputChannels(c), true), // zero-init: ε̂ = 0 at start
+  ];
+  return Object.fromEntries(entries);
+}
+
+/** Parameter shapes from the config alone (nothing allocated): drives init, counts and loading. */
+export function paramShapes(c: UNetConfig): ParamShapes {
+  return Object.fromEntries(Object.entries(paramSpecs(c)).map(([k, s]) => [k, s.shape]));
+}
+
+/** Number of parameters, from shapes (adm256: 552,814,086). */
+export function numParams(c: UNetConfig): number {
+  return countParams(paramShapes(c));
+}
+
+/** Fresh parameters: PyTorch-default init, zero-init where ADM uses it; draws keyed by name. */
+export function init(c: UNetConfig, rng: Rng): Params {
+  const values: Record<string, tf.Tensor> = {};
+  for (const [name, spec] of Object.entries(paramSpecs(c))) values[name] = initParam(rng, name, spec);
+  return toVariables(values);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward pass
+// ---------------------------------------------------------------------------------------------
+
+/** Options of `apply`. */
+export interface ApplyOptions {
+  /** Block numbers whose outputs to return (see `blockTable`). */
+  readonly taps?: readonly number[];
+  /** Class labels, int32 [N]; required exactly when the config has numClasses. */
+  readonly y?: tf.Tensor1D;
+  /** Run the whole network; false stops after the deepest tap. @default true */
+  readonly needEps?: boolean;
+  /** Dropout masks are drawn from this key when config.dropout > 0 (training); none in eval. */
+  readonly dropoutRng?: Rng;
+}
+
+/** What `apply` returns; the caller owns (and disposes) every tensor. */
+export interface ApplyResult {
+  /** Network output [N, S, S, outputChannels]: ε̂, then v with learnSigma. */
+  readonly eps?: tf.Tensor4D;
+  readonly taps: Map<number, tf.Tensor4D>;
+}
+
+interface Ctx {
+  readonly c: UNetConfig;
+  readonly p: Params;
+  readonly semb: tf.Tensor2D; // SiLU(emb), shared by every ResBlock's emb_layers: [N, E]
+  readonly rng?: Rng;
+}
+
+function param(p: Params, key: string): tf.Variable {
+  const v = p[key];
+  if (!v) throw new Error(`unet.ts: parameter "${key}" is missing`);
+  return v;
+}
+
+const w = (ctx: Ctx, key: string): tf.Variable => param(ctx.p, key);
+
+function resBlock(ctx: Ctx, l: Extract<Layer, { kind: "res" }>, x: tf.Tensor4D): tf.Tensor4D {
+  const k = l.key;
+  const resample = l.resample === "down" ? avgPool2 : l.resample === "up" ? upsampleNearest2 : (t: tf.Tensor4D) => t;
+  let h = silu(groupNorm(x, w(ctx, `${k}.in_layers.0.weight`), w(ctx, `${k}.in_layers.0.bias`))); // [N, S, S, Cin]
+  h = conv2d(resample(h), w(ctx, `${k}.in_layers.2.weight`), w(ctx, `${k}.in_layers.2.bias`)); // [N, S', S', Cout]
+  const e = linear(ctx.semb, w(ctx, `${k}.emb_layers.1.weight`), w(ctx, `${k}.emb_layers.1.bias`));
+  const e4 = tf.reshape(e, [e.shape[0], 1, 1, -1]); // [N, 1, 1, (2·)Cout]
+  const [g, b] = [w(ctx, `${k}.out_layers.0.weight`), w(ctx, `${k}.out_layers.0.bias`)];
+  if (ctx.c.useScaleShiftNorm) {
+    const [scale, shift] = tf.split(e4, 2, 3); // scale first, then shift
+    h = silu(groupNormScaleShift(h, g, b, scale, shift));
+  } else {
+    h = silu(groupNorm(tf.add(h, e4), g, b));
+  }
+  h = dropout(h, ctx.c.dropout, ctx.rng && foldName(ctx.rng, k));
+  h = conv2d(h, w(ctx, `${k}.out_layers.3.weight`), w(ctx, `${k}.out_layers.3.bias`));
+  const xs = resample(x);
+  const skip = l.cin === l.cout
+    ? xs
+    : conv2d(xs, w(ctx, `${k}.skip_connection.weight`), w(ctx, `${k}.skip_connection.bias`));
+  return tf.add(skip, h);
+}
+
+function attentionBlock(ctx: Ctx, l: Extract<Layer, { kind: "attn" }>, x: tf.Tensor4D): tf.Tensor4D {
+  const [n, hh, ww, ch] = x.shape;
+  const k = l.key;
+  const hn = tf.reshape(groupNorm(x, w(ctx, `${k}.norm.weight`), w(ctx, `${k}.norm.bias`)), [n, hh * ww, ch]);
+  const qkv = linear(hn, w(ctx, `${k}.qkv.weight`), w(ctx, `${k}.qkv.bias`)) as tf.Tensor3D; // [N, T, 3C]
+  const a = qkvAttention(qkv, l.heads, ctx.c.useNewAttentionOrder ? "new" : "legacy"); // [N, T, C]
+  const h = linear(a, w(ctx, `${k}.proj_out.weight`), w(ctx, `${k}.proj_out.bias`));
+  return tf.add(x, tf.reshape(h, [n, hh, ww, ch]));
+}
+
+function layer(ctx: Ctx, l: Layer, x: tf.Tensor4D): tf.Tensor4D {
+  switch (l.kind) {
+    case "stem":
+      return conv2d(x, w(ctx, `${l.key}.weight`), w(ctx, `${l.key}.bias`));
+    case "res":
+      return resBlock(ctx, l, x);
+    case "attn":
+      return attentionBlock(ctx, l, x);
+    case "downConv":
+      return conv2d(x, w(ctx, `${l.key}.op.weight`), w(ctx, `${l.key}.op.bias`), { stride: 2, padding: 1 });
+    case "upConv":
+      return conv2d(upsampleNearest2(x), w(ctx, `${l.key}.conv.weight`), w(ctx, `${l.key}.conv.bias`));
+  }
+}
+
+/**
+ * Run the U-Net: x [N, S, S, inChannels], t [N] model timesteps → output and taps. Taps are the
+ * outputs of blocks b (after their resample, before `out`); with needEps false the decoder stops
+ * after the deepest tap. Runs in one tidy: only returned tensors survive.
+ */
+export function apply(c: UNetConfig, p: Params, x: tf.Tensor4D, t: tf.Tensor1D, opts: ApplyOptions = {}): ApplyResult {
+  const all = blocks(c);
+  const tapSet = new Set(opts.taps ?? []);
+  for (const b of tapSet) {
+    if (!Number.isInteger(b) || b < 1 || b > all.length) throw new Error(`unet.ts: tap ${b} is outside 1..${all.length}`);
+  }
+  const needEps = opts.needEps ?? true;
+  if (!needEps && tapSet.size === 0) throw new Error("unet.ts: apply with needEps false needs at least one tap");
+  const [n, hh, ww, cin] = x.shape;
+  if (hh !== c.imageSize || ww !== c.imageSize || cin !== c.inChannels) {
+    throw new Error(`unet.ts: input is [${x.shape}], expected [N, ${c.imageSize}, ${c.imageSize}, ${c.inChannels}]`);
+  }
+  if (t.shape[0] !== n) throw new Error(`unet.ts: ${t.shape[0]} timesteps for a batch of ${n}`);
+  if ((opts.y !== undefined) !== (c.numClasses !== undefined)) {
+    throw new Error("unet.ts: labels y must be given exactly when the config is class-conditional");
+  }
+  const last = needEps ? all.length : Math.max(...tapSet);
+  const nIn = all.findIndex((blk) => blk.module === "middle_block"); // input blocks before it
+
+  const out = tf.tidy(() => {
+    let emb = linear(timestepEmbedding(t, c.modelChannels), param(p, "time_embed.0.weight"), param(p, "time_embed.0.bias"));
+    emb = linear(silu(emb), param(p, "time_embed.2.weight"), param(p, "time_embed.2.bias")); // [N, E]
+    if (opts.y && c.numClasses !== undefined) {
+      // One-hot matmul instead of gather: its gradient needs no UnsortedSegmentSum kernel.
+      emb = tf.add(emb, tf.matMul(tf.oneHot(tf.cast(opts.y, "int32"), c.numClasses), param(p, "label_emb.weight")));
+    }
+    const ctx: Ctx = { c, p, semb: silu(emb) as tf.Tensor2D, rng: opts.dropoutRng };
+    const skips: tf.Tensor4D[] = [];
+    const taps: tf.Tensor4D[] = [];
+    let h = x;
+    for (const blk of all.slice(0, last)) {
+      const i = blk.b - 1;
+      if (i > nIn) h = tf.concat([h, skips[2 * nIn - i]], 3); // decoder b takes encoder 2·nIn+2−b
+      for (const l of blk.plan) h = layer(ctx, l, h);
+      if (i < nIn) skips.push(h);
+      if (tapSet.has(blk.b)) taps.push(h);
+    }
+    const eps = needEps
+      ? conv2d(
+        silu(groupNorm(h, param(p, "out.0.weight"), param(p, "out.0.bias"))),
+        param(p, "out.2.weight"),
+        param(p, "out.2.bias"),
+      )
+      : undefined;
+    return { eps, taps };
+  });
+  const sorted = [...tapSet].sort((a, b) => a - b);
+  return { eps: out.eps, taps: new Map(sorted.map((b, i) => [b, out.taps[i]])) };
+}
+

@@ -1,0 +1,297 @@
+// The results schema: one JSON file per run at <resultsDir>/<experiment>/<run>.json, the only input
+// of the report. `startRun` records config, seed and environment; `finishRun` adds metrics,
+// timings (seconds) and artifacts, validates, and writes atomically. Artifact paths are stored
+// relative to the JSON file's directory, so a results tree can be moved as a whole.
+import * as E from "fp-ts/lib/Either.js";
+import * as A from "fp-ts/lib/Array.js";
+import * as NEA from "fp-ts/lib/NonEmptyArray.js";
+import { sequenceS } from "fp-ts/lib/Apply.js";
+import { dirname, join, relative, resolve } from "node:path";
+import { writeFileAtomic } from "./io/atomic.ts";
+
+export const SCHEMA_VERSION = 1;
+/** Environment variable overriding the results directory (tests point it at a temp dir). */
+export const RESULTS_DIR_ENV = "DP_RESULTS_DIR";
+
+export interface RunEnv {
+  readonly backend: string;
+  readonly engine: string;
+  readonly deno: string;
+  readonly tfjs: string;
+  /** `git rev-parse HEAD`, `-dirty` appended if tracked files changed; "unknown" without git. */
+  readonly commit: string;
+  readonly cpus: number;
+  readonly os: string;
+}
+
+/** One run's results file. Values of config and metrics are plain JSON. */
+export interface RunResult {
+  readonly schema: 1;
+  readonly experiment: string;
+  readonly run: string;
+  readonly config: Readonly<Record<string, unknown>>;
+  readonly seed: number;
+  readonly env: RunEnv;
+  /** ISO 8601 times. */
+  readonly started: string;
+  readonly finished: string;
+  readonly metrics: Readonly<Record<string, unknown>>;
+  /** Seconds per phase; `total_s` is the wall time from `startRun` to `finishRun` unless given. */
+  readonly timings: Readonly<Record<string, number>>;
+  readonly artifacts: readonly string[];
+}
+
+// ---------------------------------------------------------------- validation
+
+type V<T> = E.Either<NEA.NonEmptyArray<string>, T>;
+const applicative = E.getApplicativeValidation(NEA.getSemigroup<string>());
+const errors = <T>(v: V<T>): string[] => E.isLeft(v) ? v.left : [];
+const NAME = /^[A-Za-z0-9_][A-Za-z0-9._=+-]*$/;
+
+const isObject = (x: unknown): x is Record<string, unknown> =>
+  typeof x === "object" && x !== null && !Array.isArray(x);
+
+// Problems that would make a value not survive JSON unchanged (NaN, typed arrays, undefined...).
+function jsonProblems(x: unknown, path: string): string[] {
+  if (x === null || typeof x === "string" || typeof x === "boolean") return [];
+  if (typeof x === "number") {
+    return Number.isFinite(x) ? [] : [`${path} is ${x}, not a finite number`];
+  }
+  if (Array.isArray(x)) return x.flatMap((v, i) => jsonProblems(v, `${path}[${i}]`));
+  if (isObject(x) && [Object.prototype, null].includes(Object.getPrototypeOf(x))) {
+    return Object.entries(x).flatMap(([k, v]) => jsonProblems(v, `${path}.${k}`));
+  }
+  const kind = typeof x === "object" ? (x as object).constructor?.name ?? "object" : typeof x;
+  return [`${path} is a ${kind}, not plain JSON`];
+}
+
+const check = <T>(ok: boolean, x: unknown, path: string, what: string): V<T> =>
+  ok ? E.right(x as T) : E.left(NEA.of(`${path} should be ${what}, got ${JSON.stringify(x)}`));
+const collect = <T>(problems: string[], x: T): V<T> =>
+  A.isNonEmpty(problems) ? E.left(problems) : E.right(x);
+
+const str = (x: unknown, path: string) => check<string>(typeof x === "string", x, path, "a string");
+const name = (x: unknown, path: string) =>
+  check<string>(typeof x === "string" && NAME.test(x), x, path, "a file-safe name");
+const int = (x: unknown, path: string) =>
+  check<number>(Number.isSafeInteger(x), x, path, "an integer");
+const time = (x: unknown, path: string) =>
+  check<string>(typeof x === "string" && !Number.isNaN(Date.parse(x)), x, path, "an ISO time");
+const record = (x: unknown, path: string): V<Record<string, unknown>> =>
+  isObject(x) ? collect(jsonProblems(x, path), x) : check(false, x, path, "an object");
+const seconds = (x: unknown, path: string): V<Record<string, number>> =>
+  isObject(x)
+    ? collect(
+      Object.entries(x).flatMap(([k, v]) =>
+        errors(check(typeof v === "number" && v >= 0 && v < Infinity, v, `${path}.${k}`, "seconds"))
+      ),
+      x as Record<string, number>,
+    )
+    : check(false, x, path, "an object");
+const strings = (x: unknown, path: string): V<string[]> =>
+  Array.isArray(x)
+    ? collect(x.flatMap((v, i) => errors(str(v, `${path}[${i}]`))), x as string[])
+    : check(false, x, path, "an array of strings");
+function env(x: unknown): V<RunEnv> {
+  if (!isObject(x)) return check(false, x, "env", "an object");
+  return sequenceS(applicative)({
+    backend: str(x.backend, "env.backend"),
+    engine: str(x.engine, "env.engine"),
+    deno: str(x.deno, "env.deno"),
+    tfjs: str(x.tfjs, "env.tfjs"),
+    commit: str(x.commit, "env.commit"),
+    cpus: int(x.cpus, "env.cpus"),
+    os: str(x.os, "env.os"),
+  });
+}
+
+/** Check a parsed JSON value against the schema, collecting every problem. */
+export function validateResult(x: unknown): E.Either<string[], RunResult> {
+  if (!isObject(x)) return E.left(["results file is not a JSON object"]);
+  return sequenceS(applicative)({
+    schema: check<1>(x.schema === SCHEMA_VERSION, x.schema, "schema", `${SCHEMA_VERSION}`),
+    experiment: name(x.experiment, "experiment"),
+    run: name(x.run, "run"),
+    config: record(x.config, "config"),
+    seed: int(x.seed, "seed"),
+    env: env(x.env),
+    started: time(x.started, "started"),
+    finished: time(x.finished, "finished"),
+    metrics: record(x.metrics, "metrics"),
+    timings: seconds(x.timings, "timings"),
+    artifacts: strings(x.artifacts, "artifacts"),
+  });
+}
+
+/**
+ * Parse and validate a results file's text.
+ * @throws one-line Error naming the file and every problem
+ */
+export function parseResult(text: string, path: string): RunResult {
+  const r = E.chain(validateResult)(
+    E.tryCatch((): unknown => JSON.parse(text), (e) => [`bad JSON (${(e as Error).message})`]),
+  );
+  if (E.isLeft(r)) throw new Error(`Invalid results file "${path}": ${r.left.join("; ")}`);
+  return r.right;
+}
+
+// ---------------------------------------------------------------- writing
+
+/** The results directory: the option, else $DP_RESULTS_DIR, else `results`. */
+export function resultsDir(dir?: string): string {
+  return dir || Deno.env.get(RESULTS_DIR_ENV) || "results"; // needs --allow-env (-E)
+}
+
+async function gitCommit(): Promise<string> {
+  const repo = new URL("..", import.meta.url).pathname; // the toolkit's own repository
+  const git = async (...args: string[]) => {
+    const out = await new Deno.Command("git", { args, cwd: repo, stdout: "piped", stderr: "null" })
+      .output();
+    if (!out.success) throw new Error(`git ${args[0]} failed`);
+    return new TextDecoder().decode(out.stdout).trim();
+  };
+  try {
+    const head = await git("rev-parse", "HEAD");
+    const dirty = await git("status", "--porcelain", "--untracked-files=no");
+    return dirty ? `${head}-dirty` : head;
+  } catch { // git missing, no permission, or not a repository
+    return "unknown";
+  }
+}
+
+/** Capture the environment: engine (if `initEngine` ran), Deno, git commit, CPUs, OS. */
+export async function captureEnv(): Promise<RunEnv> {
+  // Imported lazily so that reading results (the report) does not load TensorFlow.js.
+  const { engineInfo } = await import("./engine/mod.ts");
+  let engine = { backend: "none", engine: "none", tfjs: "unknown" };
+  try {
+    engine = engineInfo();
+  } catch { /* engine not initialised: a run without tensors */ }
+  let release = "";
+  try {
+    release = ` ${Deno.osRelease()}`;
+  } catch { /* no --allow-sys */ }
+  return {
+    backend: engine.backend,
+    engine: engine.engine,
+    deno: Deno.version.deno,
+    tfjs: engine.tfjs,
+    commit: await gitCommit(),
+    cpus: navigator.hardwareConcurrency,
+    os: `${Deno.build.os}-${Deno.build.arch}${release}`,
+  };
+}
+
+/** A run in progress, from `startRun`: the leading fields of its results, and a clock. */
+export type RunHandle =
+  & Pick<RunResult, "experiment" | "run" | "config" | "seed" | "env" | "started">
+  & { readonly t0: number };
+
+/**
+ * Start a run: check the names and config, and capture the environment. Call after `initEngine`.
+ * @throws if a name is not file-safe or the config is not plain JSON
+ */
+export async function startRun(
+  experiment: string,
+  run: string,
+  config: object,
+  seed: number,
+): Promise<RunHandle> {
+  const problems = [
+    ...errors(name(experiment, "experiment")),
+    ...errors(name(run, "run")),
+    ...errors(int(seed, "seed")),
+    ...jsonProblems(config, "config"),
+  ];
+  if (problems.length > 0) throw new Error(`Cannot start run: ${problems.join("; ")}`);
+  return {
+    experiment,
+    run,
+    config: structuredClone(config) as Record<string, unknown>,
+    seed,
+    env: await captureEnv(),
+    started: new Date().toISOString(),
+    t0: performance.now(),
+  };
+}
+
+/** What a run produced. */
+export interface RunOutcome {
+  readonly metrics: object;
+  /** Seconds per phase. */
+  readonly timings?: Readonly<Record<string, number>>;
+  /** Files the run wrote, as paths relative to the working directory (or absolute). */
+  readonly artifacts?: readonly string[];
+}
+
+/**
+ * Finish a run: validate and write `<resultsDir>/<experiment>/<run>.json` atomically.
+ * @returns the path written
+ * @throws one-line Error listing every schema problem (nothing is written then)
+ */
+export async function finishRun(
+  h: RunHandle,
+  outcome: RunOutcome,
+  opts: { readonly resultsDir?: string } = {},
+): Promise<string> {
+  const path = join(resultsDir(opts.resultsDir), h.experiment, `${h.run}.json`);
+  const { t0, ...head } = h;
+  const result = {
+    schema: SCHEMA_VERSION,
+    ...head,
+    finished: new Date().toISOString(),
+    metrics: outcome.metrics,
+    timings: { total_s: (performance.now() - t0) / 1000, ...outcome.timings },
+    artifacts: (outcome.artifacts ?? []).map((a) => relative(dirname(resolve(path)), resolve(a))),
+  };
+  const checked = validateResult(result);
+  if (E.isLeft(checked)) {
+    throw new Error(`Cannot write results "${path}": ${checked.left.join("; ")}`);
+  }
+  await writeFileAtomic(path, JSON.stringify(checked.right, null, 2) + "\n");
+  return path;
+}
+
+// ---------------------------------------------------------------- reading
+
+/** A results file and where it was read from. */
+export interface LoadedResult {
+  readonly path: string;
+  readonly result: RunResult;
+}
+
+async function* jsonFiles(dir: string): AsyncGenerator<string> {
+  for await (const entry of Deno.readDir(dir)) {
+    const path = join(dir, entry.name);
+    if (entry.isDirectory) yield* jsonFiles(path);
+    else if (entry.isFile && entry.name.endsWith(".json") && !entry.name.startsWith(".")) {
+      yield path;
+    }
+  }
+}
+
+/**
+ * Read every `*.json` under `dir` (recursively), sorted by path. A missing directory gives no
+ * results; invalid files are skipped and described, one line each, in `problems`.
+ */
+export async function readAllResults(
+  dir: string,
+): Promise<{ results: LoadedResult[]; problems: string[] }> {
+  let paths: string[];
+  try {
+    paths = (await Array.fromAsync(jsonFiles(dir))).sort();
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return { results: [], problems: [] };
+    throw e;
+  }
+  const results: LoadedResult[] = [];
+  const problems: string[] = [];
+  for (const path of paths) {
+    try {
+      results.push({ path, result: parseResult(await Deno.readTextFile(path), path) });
+    } catch (e) {
+      problems.push((e as Error).message);
+    }
+  }
+  return { results, problems };
+}

@@ -1,0 +1,21 @@
+// deno task report: render REPORT.md from every results JSON under results/.
+import { type FlagSpecs, parseCli, runMain } from "../lib/cli.ts";
+import { writeReport } from "../lib/report/mod.ts";
+
+const FLAGS = {
+  results: {
+    kind: "string",
+    default: "results",
+    help: "directory of results JSON files (searched recursively)",
+  },
+  out: { kind: "string", default: "REPORT.md", help: "markdown file to write" },
+} as const satisfies FlagSpecs;
+
+async function main(): Promise<void> {
+  const args = parseCli("report", "Render the results of every run as one markdown report.", FLAGS);
+  const s = await writeReport(args.results, args.out);
+  for (const p of s.problems) console.error(`warning: ${p}`);
+  console.error(`report: ${s.runs} run(s) in ${s.experiments} experiment(s) -> ${args.out}`);
+}
+
+if (import.meta.main) await runMain(main);

@@ -1,0 +1,62 @@
+// deno task sample: draw images from a pre-training checkpoint (DDPM or DDIM) into a PNG grid and a
+// raw float32 array file (for generation metrics), and write results/sample/<run>.json.
+import { COMMON_FLAGS, parseCli, runMain, UsageError } from "../lib/cli.ts";
+import { initEngine } from "../lib/engine/mod.ts";
+import { disposeCheckpoint, loadCheckpoint, loadParamsStrict } from "../lib/io/checkpoint.ts";
+import { saveImageGrid } from "../lib/io/png.ts";
+import { writeRawArray } from "../lib/io/raw_array.ts";
+import * as unet from "../lib/models/unet.ts";
+import type { PretrainConfig } from "../lib/pretrain.ts";
+import { disposeParams } from "../lib/params.ts";
+import { sampleImages } from "../lib/pretrain.ts";
+import { progress } from "../lib/progress.ts";
+import { finishRun, resultsDir, startRun } from "../lib/results.ts";
+import { basename, dirname } from "node:path";
+
+const FLAGS = {
+  ...COMMON_FLAGS,
+  checkpoint: { kind: "string", help: "checkpoint.safetensors or an exported .weights.safetensors (required)" },
+  n: { kind: "int", default: 64, help: "number of images", min: 1 },
+  method: { kind: "string", default: "ddim", help: "sampler", choices: ["ddim", "ddpm"] },
+  steps: { kind: "int", default: 50, help: "network calls (fewer than T respaces the schedule)", min: 1 },
+  weights: { kind: "string", default: "ema", help: "which weights of a training checkpoint", choices: ["ema", "raw"] },
+  run: { kind: "string", help: "run name (default: <checkpoint dir>-<method><steps>-seed<seed>)" },
+} as const;
+
+await runMain(async () => {
+  const a = parseCli(
+    "sample",
+    "Draw images from a diffusion checkpoint to results/sample/<run>.png and <run>.safetensors.",
+    FLAGS,
+  );
+  if (!a.checkpoint) throw new UsageError("--checkpoint is required");
+  await initEngine({ backend: a.backend });
+  const ck = await loadCheckpoint(a.checkpoint);
+  const cfg = ck.meta.config as PretrainConfig | undefined;
+  if (!cfg?.model) {
+    disposeCheckpoint(ck);
+    throw new Error(`Checkpoint "${a.checkpoint}" has no pre-training config in its metadata`);
+  }
+  const source = a.weights === "ema" && Object.keys(ck.ema).length > 0 ? ck.ema : ck.params;
+  const weights = loadParamsStrict(unet.paramShapes(cfg.model), source, a.checkpoint);
+
+  const stem = basename(dirname(a.checkpoint)) || "checkpoint";
+  const run = a.run ?? `${stem}-${a.method}${a.steps}-seed${a.seed}`;
+  const handle = await startRun("sample", run, { checkpoint: a.checkpoint, n: a.n, method: a.method, steps: a.steps, weights: a.weights, model: cfg.modelName }, a.seed);
+  const bar = progress({ label: "sample", total: a.steps });
+  const images = sampleImages(cfg, weights, a.n, a.seed, { method: a.method as "ddim" | "ddpm", steps: a.steps, onStep: (d) => bar.tick(d) });
+  bar.done();
+
+  const out = `${resultsDir()}/sample`;
+  const png = `${out}/${run}.png`, raw = `${out}/${run}.safetensors`;
+  await saveImageGrid(png, images);
+  await writeRawArray(raw, Float32Array.from(await images.data()), images.shape, { checkpoint: a.checkpoint, range: "[-1, 1]", layout: "NHWC" });
+  const data = await images.data();
+  images.dispose();
+  disposeParams(weights);
+  disposeCheckpoint(ck);
+  let mean = 0;
+  for (const v of data) mean += v / data.length;
+  const path = await finishRun(handle, { metrics: { images: a.n, pixel_mean: mean }, artifacts: [png, raw] });
+  console.error(`sample: wrote ${path}`);
+});

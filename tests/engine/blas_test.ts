@@ -1,0 +1,364 @@
+// BLAS kernels (lib/engine/blas) against the pure-JS `cpu` backend and against wasm without them.
+import * as tf from "@tensorflow/tfjs";
+import assert from "node:assert/strict";
+import { initEngine } from "../../lib/engine/mod.ts";
+import {
+  BLAS_KERNELS,
+  loadOpenBlas,
+  openBlas,
+  registerBlasKernels,
+  unregisterBlasKernels,
+} from "../../lib/engine/blas/mod.ts";
+import { planMatMul } from "../../lib/engine/blas/matmul.ts";
+
+await initEngine({ backend: "wasm", announce: false });
+const ignore = loadOpenBlas() === undefined; // no library or no FFI: nothing to test
+
+// ---------------------------------------------------------------------------------------------
+// Helpers: seeded inputs as plain arrays, the same computation on two backends.
+
+function rand(seed: number, n: number): Float32Array {
+  let s = seed >>> 0;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    out[i] = (((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1;
+  }
+  return out;
+}
+
+interface Input {
+  readonly values: Float32Array;
+  readonly shape: number[];
+}
+
+const input = (seed: number, shape: number[]): Input => ({
+  values: rand(seed, shape.reduce((a, b) => a * b, 1)),
+  shape,
+});
+
+/** Run `f` on `backend` with fresh tensors made from `inputs`; return every output's values. */
+async function on(
+  backend: string,
+  inputs: Input[],
+  f: (...ts: tf.Tensor[]) => tf.Tensor | tf.Tensor[],
+): Promise<Float32Array[]> {
+  await tf.setBackend(backend);
+  const ts = inputs.map((i) => tf.tensor(i.values, i.shape));
+  const out = f(...ts);
+  const outs = Array.isArray(out) ? out : [out];
+  const values = await Promise.all(outs.map((o) => o.data() as Promise<Float32Array>));
+  tf.dispose([...ts, ...outs]);
+  await tf.setBackend("wasm");
+  return values;
+}
+
+function assertClose(actual: Float32Array[], expected: Float32Array[], tol: number, what: string) {
+  assert.equal(actual.length, expected.length, `${what}: output count`);
+  actual.forEach((a, k) => {
+    const e = expected[k];
+    assert.equal(a.length, e.length, `${what}: output ${k} size`);
+    let scale = 1;
+    for (const v of e) scale = Math.max(scale, Math.abs(v));
+    for (let i = 0; i < a.length; i++) {
+      if (!(Math.abs(a[i] - e[i]) <= tol * scale)) {
+        assert.fail(`${what}: output ${k}[${i}] = ${a[i]}, expected ${e[i]} (scale ${scale})`);
+      }
+    }
+  });
+}
+
+/** Compare `f` on wasm+BLAS with `ref` (default `f`) on the cpu backend. */
+async function vsCpu(
+  what: string,
+  inputs: Input[],
+  f: (...ts: tf.Tensor[]) => tf.Tensor | tf.Tensor[],
+  tol = 1e-5,
+  ref = f,
+) {
+  const got = await on("wasm", inputs, f);
+  const want = await on("cpu", inputs, ref);
+  assertClose(got, want, tol, what);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loader and registration
+
+Deno.test({
+  name: "openBlas() honours DP_BLAS=0 and falls back past a missing DP_OPENBLAS path",
+  ignore,
+  fn() {
+    assert.equal(openBlas((k) => (k === "DP_BLAS" ? "0" : undefined)), undefined);
+    const blas = openBlas((k) => (k === "DP_OPENBLAS" ? "/nonexistent/libopenblas.so" : undefined));
+    assert.ok(blas);
+    assert.notEqual(blas.path, "/nonexistent/libopenblas.so");
+    assert.ok(blas.threads >= 1);
+  },
+});
+
+Deno.test({
+  name: "registerBlasKernels() is idempotent and unregisterBlasKernels() restores the originals",
+  ignore,
+  fn() {
+    const details = registerBlasKernels();
+    assert.ok(details && typeof details.blas === "string" && Number(details.blasThreads) >= 1);
+    const mine = BLAS_KERNELS.map((k) => tf.getKernel(k, "wasm").kernelFunc);
+    assert.deepEqual(registerBlasKernels(), details);
+    assert.deepEqual(BLAS_KERNELS.map((k) => tf.getKernel(k, "wasm").kernelFunc), mine);
+    assert.ok(unregisterBlasKernels());
+    for (const [i, k] of BLAS_KERNELS.entries()) {
+      assert.notEqual(tf.getKernel(k, "wasm")?.kernelFunc, mine[i], k);
+    }
+    assert.equal(unregisterBlasKernels(), false);
+    registerBlasKernels();
+  },
+});
+
+Deno.test("planMatMul() broadcasts batch dimensions as tfjs does", () => {
+  const p = planMatMul([2, 1, 4, 5], [3, 5, 6], false, false);
+  assert.deepEqual(p.outShape, [2, 3, 4, 6]);
+  assert.deepEqual([...p.aIndex], [0, 0, 0, 1, 1, 1]);
+  assert.deepEqual([...p.bIndex], [0, 1, 2, 0, 1, 2]);
+  assert.throws(() => planMatMul([2, 4, 5], [3, 5, 6], false, false), /broadcast/);
+  assert.throws(() => planMatMul([4, 5], [4, 6], false, false), /inner shapes/);
+});
+
+// ---------------------------------------------------------------------------------------------
+// Matmul
+
+const MATMULS: [number[], number[], boolean, boolean][] = [
+  [[7, 5], [5, 3], false, false],
+  [[5, 7], [5, 3], true, false],
+  [[7, 5], [3, 5], false, true],
+  [[5, 7], [3, 5], true, true],
+  [[2, 3, 4, 5], [5, 6], false, false], // shared B: one tall GEMM
+  [[3, 4, 5], [3, 5, 6], false, false],
+  [[3, 5, 4], [3, 6, 5], true, true],
+  [[1, 4, 5], [3, 6, 5], false, true],
+  [[4, 1], [1, 6], false, false], // outer product, K = 1
+  [[64, 300], [300, 70], false, false], // big enough for OpenBLAS threading
+];
+
+Deno.test({
+  name: "BatchMatMul on sgemm matches cpu for transposes and batch broadcasting",
+  ignore,
+  async fn() {
+    for (const [i, [as, bs, ta, tb]] of MATMULS.entries()) {
+      await vsCpu(
+        `matMul ${as} ${bs} ${ta} ${tb}`,
+        [input(i, as), input(100 + i, bs)],
+        (a, b) => tf.matMul(a, b, ta, tb),
+      );
+    }
+    // Both sides broadcast: tfjs's cpu kernel flattens batches, so the reference tiles first.
+    await vsCpu(
+      "matMul [2,1,4,5] [3,5,6]",
+      [input(20, [2, 1, 4, 5]), input(21, [3, 5, 6])],
+      (a, b) => tf.matMul(a, b),
+      1e-5,
+      (a, b) => tf.matMul(tf.tile(a, [1, 3, 1, 1]), tf.broadcastTo(b, [2, 3, 5, 6])),
+    );
+  },
+});
+
+Deno.test({
+  name: "_FusedMatMul applies bias and every activation like cpu",
+  ignore,
+  async fn() {
+    const acts = ["linear", "relu", "relu6", "elu", "sigmoid", "leakyrelu", "prelu"] as const;
+    for (const activation of acts) {
+      for (const [j, biasShape] of [[6], [4, 6], [1]].entries()) {
+        await vsCpu(
+          `fused matMul ${activation} bias [${biasShape}]`,
+          [input(1, [3, 4, 5]), input(2, [5, 6]), input(3, biasShape), input(4, [6])],
+          (a, b, bias, alpha) =>
+            tf.fused.matMul({
+              a,
+              b: j === 2 ? tf.mul(b, 3) : b, // push values past relu6's cap
+              bias,
+              activation,
+              preluActivationWeights: activation === "prelu" ? alpha : undefined,
+              leakyreluAlpha: 0.3,
+            }),
+        );
+      }
+    }
+    await vsCpu(
+      "fused matMul transposed, no bias",
+      [input(5, [2, 5, 4]), input(6, [2, 6, 5])],
+      (a, b) => tf.fused.matMul({ a, b, transposeA: true, transposeB: true, activation: "relu" }),
+    );
+  },
+});
+
+// ---------------------------------------------------------------------------------------------
+// Convolutions: forward, fused, both gradients
+
+interface ConvCase {
+  readonly x: number[];
+  readonly w: number[];
+  readonly stride: number | [number, number];
+  readonly pad: "same" | "valid" | number | [[0, 0], [number, number], [number, number], [0, 0]];
+  readonly dilation?: number;
+  readonly rounding?: "floor" | "round" | "ceil";
+}
+
+const CONVS: ConvCase[] = [
+  { x: [2, 8, 8, 3], w: [3, 3, 3, 5], stride: 1, pad: "same" },
+  { x: [2, 9, 9, 4], w: [3, 3, 4, 6], stride: 2, pad: "same" },
+  { x: [1, 8, 7, 4], w: [3, 3, 4, 2], stride: 1, pad: "valid" },
+  { x: [3, 9, 8, 2], w: [3, 3, 2, 4], stride: 2, pad: "valid" },
+  { x: [2, 5, 5, 6], w: [1, 1, 6, 7], stride: 1, pad: "same" }, // pointwise: plain GEMM
+  { x: [2, 6, 6, 6], w: [1, 1, 6, 3], stride: 2, pad: "valid" },
+  { x: [2, 8, 8, 3], w: [4, 4, 3, 8], stride: 4, pad: "valid" }, // patch embedding
+  { x: [2, 8, 8, 3], w: [2, 2, 3, 4], stride: 2, pad: "valid" },
+  { x: [2, 7, 6, 3], w: [3, 3, 3, 4], stride: 1, pad: [[0, 0], [1, 2], [2, 0], [0, 0]] },
+  { x: [1, 9, 9, 2], w: [5, 5, 2, 3], stride: 2, pad: "same" },
+  { x: [2, 6, 5, 3], w: [3, 1, 3, 4], stride: [2, 1], pad: "same" },
+  { x: [2, 7, 7, 3], w: [3, 3, 3, 2], stride: 2, pad: 1, rounding: "floor" },
+  { x: [2, 6, 6, 24], w: [3, 3, 24, 5], stride: 1, pad: "same" }, // long runs copied with set()
+  // 14884 rows of K = 72: two im2col chunks of 2^20 floats, split mid image row.
+  { x: [1, 122, 122, 8], w: [3, 3, 8, 4], stride: 1, pad: "same" },
+];
+
+const conv = (c: ConvCase) => (x: tf.Tensor, w: tf.Tensor) =>
+  tf.conv2d(
+    x as tf.Tensor4D,
+    w as tf.Tensor4D,
+    c.stride,
+    c.pad,
+    "NHWC",
+    c.dilation ?? 1,
+    c.rounding,
+  );
+
+Deno.test({
+  name: "Conv2D on sgemm matches cpu for strides, paddings, 1×1, patch and batch sizes",
+  ignore,
+  async fn() {
+    const cases: ConvCase[] = [
+      ...CONVS,
+      { x: [2, 9, 9, 3], w: [3, 3, 3, 4], stride: 1, pad: "same", dilation: 2 },
+    ];
+    for (const [i, c] of cases.entries()) {
+      await vsCpu(`conv2d ${JSON.stringify(c)}`, [input(i, c.x), input(50 + i, c.w)], conv(c));
+    }
+  },
+});
+
+Deno.test({
+  name: "Conv2DBackpropInput and Conv2DBackpropFilter on sgemm match cpu",
+  ignore,
+  async fn() {
+    for (const [i, c] of CONVS.entries()) {
+      const f = conv(c);
+      await vsCpu(
+        `conv2d grads ${JSON.stringify(c)}`,
+        [input(i, c.x), input(50 + i, c.w)],
+        (x, w) => {
+          const r = tf.randomUniform(f(x, w).shape, -1, 1, "float32", 7);
+          return tf.grads((a: tf.Tensor, b: tf.Tensor) => tf.sum(tf.mul(f(a, b), r)))([x, w]);
+        },
+        2e-5,
+      );
+    }
+  },
+});
+
+Deno.test({
+  name: "FusedConv2D applies bias, activations, PReLU weights and leaky-ReLU alpha like cpu",
+  ignore,
+  async fn() {
+    const acts = ["linear", "relu", "relu6", "elu", "sigmoid", "leakyrelu", "prelu"] as const;
+    for (const [i, c] of [CONVS[1], CONVS[4], CONVS[8]].entries()) {
+      for (const activation of acts) {
+        const o = c.w[3];
+        await vsCpu(
+          `fused conv2d ${activation} ${JSON.stringify(c)}`,
+          [input(i, c.x), input(10 + i, c.w), input(20 + i, [o]), input(30 + i, [o])],
+          (x, w, bias, alpha) =>
+            tf.fused.conv2d({
+              x: x as tf.Tensor4D,
+              filter: tf.mul(w, 2) as tf.Tensor4D,
+              strides: c.stride,
+              pad: c.pad,
+              bias,
+              activation,
+              preluActivationWeights: activation === "prelu" ? alpha : undefined,
+              leakyreluAlpha: 0.15,
+            }),
+        );
+      }
+    }
+  },
+});
+
+// ---------------------------------------------------------------------------------------------
+// A small conv net: gradients with and without BLAS, and no leaks.
+
+function convNet(x: tf.Tensor, w1: tf.Tensor, w2: tf.Tensor, w3: tf.Tensor, b: tf.Tensor) {
+  const h1 = tf.relu(tf.conv2d(x as tf.Tensor4D, w1 as tf.Tensor4D, 1, "same"));
+  const h2 = tf.fused.conv2d({
+    x: h1,
+    filter: w2 as tf.Tensor4D,
+    strides: 2,
+    pad: "same",
+    bias: b,
+    activation: "relu",
+  });
+  const h3 = tf.conv2d(h2, w3 as tf.Tensor4D, 1, "valid"); // 1×1 head
+  const flat = tf.reshape(h3, [x.shape[0], -1]);
+  return tf.mean(tf.square(tf.matMul(flat, flat, false, true)));
+}
+
+const NET_INPUTS = [
+  input(1, [4, 12, 12, 3]),
+  input(2, [3, 3, 3, 16]),
+  input(3, [3, 3, 16, 32]),
+  input(4, [1, 1, 32, 8]),
+  input(5, [32]),
+];
+
+async function netGrads(): Promise<Float32Array[]> {
+  return await on("wasm", NET_INPUTS, (...ts) => {
+    const g = tf.grads((x, w1, w2, w3, b) => convNet(x, w1, w2, w3, b));
+    return g(ts);
+  });
+}
+
+Deno.test({
+  name: "gradients of a small conv net agree with and without the BLAS kernels",
+  ignore,
+  async fn() {
+    const withBlas = await netGrads();
+    unregisterBlasKernels();
+    let without: Float32Array[];
+    try {
+      without = await netGrads();
+    } finally {
+      registerBlasKernels();
+    }
+    assertClose(withBlas, without, 1e-4, "conv net grads");
+  },
+});
+
+Deno.test({
+  name: "BLAS kernels leak no tensors through a train step",
+  ignore,
+  fn() {
+    const ts = NET_INPUTS.map((i) => tf.tensor(i.values, i.shape));
+    const step = () => {
+      const g = tf.grads((x, w1, w2, w3, b) => convNet(x, w1, w2, w3, b));
+      tf.dispose(g(ts));
+    };
+    step();
+    const before = tf.memory().numTensors;
+    step();
+    step();
+    assert.equal(tf.memory().numTensors, before);
+    tf.dispose(ts);
+  },
+});

@@ -1,0 +1,190 @@
+// Fused GroupNorm / SiLU kernels (lib/engine/fused) against the composed ops on the cpu backend.
+import * as tf from "@tensorflow/tfjs";
+import assert from "node:assert/strict";
+import { initEngine } from "../../lib/engine/mod.ts";
+import {
+  GROUP_NORM,
+  GROUP_NORM_MOD,
+  groupNorm,
+  groupNormComposed,
+  groupNormScaleShift,
+  SILU,
+  silu,
+  siluComposed,
+} from "../../lib/engine/fused/mod.ts";
+
+await initEngine({ backend: "wasm", announce: false });
+
+function rand(seed: number, n: number, lo = -1, hi = 1): Float32Array {
+  let s = seed >>> 0;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    out[i] = lo + (((t ^ (t >>> 14)) >>> 0) / 4294967296) * (hi - lo);
+  }
+  return out;
+}
+
+interface Input {
+  readonly values: Float32Array;
+  readonly shape: number[];
+}
+
+const input = (seed: number, shape: number[], lo = -1, hi = 1): Input => ({
+  values: rand(seed, shape.reduce((a, b) => a * b, 1), lo, hi),
+  shape,
+});
+
+async function on(
+  backend: string,
+  inputs: Input[],
+  f: (...ts: tf.Tensor[]) => tf.Tensor | tf.Tensor[],
+): Promise<Float32Array[]> {
+  await tf.setBackend(backend);
+  const ts = inputs.map((i) => tf.tensor(i.values, i.shape));
+  const out = f(...ts);
+  const outs = Array.isArray(out) ? out : [out];
+  const values = await Promise.all(outs.map((o) => o.data() as Promise<Float32Array>));
+  tf.dispose([...ts, ...outs]);
+  await tf.setBackend("wasm");
+  return values;
+}
+
+function assertClose(actual: Float32Array[], expected: Float32Array[], tol: number, what: string) {
+  assert.equal(actual.length, expected.length, `${what}: output count`);
+  actual.forEach((a, k) => {
+    const e = expected[k];
+    assert.equal(a.length, e.length, `${what}: output ${k} size`);
+    let scale = 1;
+    for (const v of e) scale = Math.max(scale, Math.abs(v));
+    for (let i = 0; i < a.length; i++) {
+      if (!(Math.abs(a[i] - e[i]) <= tol * scale)) {
+        assert.fail(`${what}: output ${k}[${i}] = ${a[i]}, expected ${e[i]} (scale ${scale})`);
+      }
+    }
+  });
+}
+
+/** `fused` on wasm against `composed` on cpu, values and gradients w.r.t. every input. */
+async function compare(
+  what: string,
+  inputs: Input[],
+  fused: (...ts: tf.Tensor[]) => tf.Tensor,
+  composed: (...ts: tf.Tensor[]) => tf.Tensor,
+  tol = 2e-5,
+) {
+  const withGrads = (f: (...ts: tf.Tensor[]) => tf.Tensor) => (...ts: tf.Tensor[]) => {
+    const y = f(...ts);
+    // A fixed random cotangent, so every output element matters to the gradient.
+    const r = tf.tensor(rand(99, y.size), y.shape);
+    const grads = tf.grads((...a: tf.Tensor[]) => tf.sum(tf.mul(f(...a), r)))(ts);
+    tf.dispose(r);
+    return [y, ...grads];
+  };
+  const got = await on("wasm", inputs, withGrads(fused));
+  const want = await on("cpu", inputs, withGrads(composed));
+  assertClose(got, want, tol, what);
+}
+
+const composedSilu = (x: tf.Tensor) => tf.mul(x, tf.sigmoid(x));
+
+const SHAPES: [number[], number][] = [
+  [[2, 4, 4, 8], 4],
+  [[3, 5, 6, 12], 3],
+  [[2, 3, 3, 6], 6], // one channel per group (instance norm)
+  [[2, 4, 4, 6], 1], // one group (layer norm over H, W, C)
+  [[2, 7, 6], 2], // rank 3: [N, T, C]
+  [[1, 8, 8, 64], 32], // ADM: 32 groups of 2 channels
+];
+
+Deno.test("groupNorm() fused on wasm matches composed ops on cpu, values and gradients", async () => {
+  for (const [i, [shape, groups]] of SHAPES.entries()) {
+    const c = shape[shape.length - 1];
+    for (const act of [false, true]) {
+      await compare(
+        `groupNorm ${shape} G=${groups} silu=${act}`,
+        [input(i, shape, -2, 3), input(10 + i, [c], 0.5, 1.5), input(20 + i, [c])],
+        (x, g, b) => groupNorm(x, g, b, groups, 1e-5, act),
+        (x, g, b) => {
+          const y = groupNormComposed(x, g, b, groups, 1e-5);
+          return act ? composedSilu(y) : y;
+        },
+      );
+    }
+  }
+});
+
+Deno.test("groupNormScaleShift() fused matches GN·(1 + scale) + shift on cpu, with gradients", async () => {
+  for (const [i, [shape, groups]] of SHAPES.entries()) {
+    const n = shape[0], c = shape[shape.length - 1];
+    const mod = [n, ...new Array(shape.length - 2).fill(1), c];
+    for (const act of [false, true]) {
+      await compare(
+        `groupNormScaleShift ${shape} G=${groups} silu=${act}`,
+        [
+          input(i, shape, -1, 2),
+          input(10 + i, [c], 0.5, 1.5),
+          input(20 + i, [c]),
+          input(30 + i, mod),
+          input(40 + i, mod),
+        ],
+        (x, g, b, sc, sh) => groupNormScaleShift(x, g, b, sc, sh, groups, 1e-5, act),
+        (x, g, b, sc, sh) => {
+          const y = tf.add(tf.mul(groupNormComposed(x, g, b, groups, 1e-5), tf.add(sc, 1)), sh);
+          return act ? composedSilu(y) : y;
+        },
+      );
+    }
+  }
+});
+
+Deno.test("silu() fused on wasm matches x·σ(x) on cpu, with gradient", async () => {
+  await compare("silu", [input(1, [3, 5, 7], -8, 8)], silu, composedSilu);
+  await compare("silu of a scalar", [input(2, [], -1, 1)], silu, composedSilu);
+});
+
+Deno.test("fused ops pick the fused kernels on wasm and composed ops elsewhere", async () => {
+  const x = tf.ones([1, 2, 2, 4]), g = tf.ones([4]), b = tf.zeros([4]);
+  const s = tf.zeros([1, 1, 1, 4]);
+  const profile = await tf.profile(() => {
+    tf.dispose([groupNorm(x, g, b, 2), groupNormScaleShift(x, g, b, s, s, 2), silu(x)]);
+  });
+  const names = profile.kernels.map((k) => k.name);
+  assert.deepEqual(names, [GROUP_NORM, GROUP_NORM_MOD, SILU]);
+  tf.dispose([x, g, b, s]);
+  const [y] = await on("cpu", [input(1, [1, 2, 2, 4])], (t) => silu(t));
+  const [z] = await on("cpu", [input(1, [1, 2, 2, 4])], (t) => siluComposed(t));
+  assert.deepEqual(y, z);
+});
+
+Deno.test("groupNorm() rejects channels that do not split into groups, and bad scale shapes", () => {
+  const x = tf.ones([1, 2, 2, 6]), g = tf.ones([6]), b = tf.zeros([6]);
+  assert.throws(() => groupNorm(x, g, b, 4), /do not split into 4 groups/);
+  assert.throws(() => groupNorm(x, tf.ones([3]), b, 3), /need 6 values/);
+  const bad = tf.zeros([2, 1, 1, 6]);
+  assert.throws(() => groupNormScaleShift(x, g, b, bad, bad, 3), /must be \[1, 1, 1, 6\]/);
+  tf.dispose([x, g, b, bad]);
+});
+
+Deno.test("fused ops leak no tensors through forward and backward", () => {
+  const x = tf.randomNormal([2, 4, 4, 8], 0, 1, "float32", 1);
+  const g = tf.ones([8]), b = tf.zeros([8]), s = tf.zeros([2, 1, 1, 8]);
+  const step = () =>
+    tf.dispose(
+      tf.grads((x, g, b, s) => tf.sum(silu(groupNormScaleShift(x, g, b, s, s, 4, 1e-5, true))))([
+        x,
+        g,
+        b,
+        s,
+      ]),
+    );
+  step();
+  const before = tf.memory().numTensors;
+  step();
+  step();
+  assert.equal(tf.memory().numTensors, before);
+  tf.dispose([x, g, b, s]);
+});
