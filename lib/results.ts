@@ -241,7 +241,7 @@ export async function finishRun(
     ...head,
     finished: new Date().toISOString(),
     metrics: outcome.metrics,
-    timings: { total_s: (performance.now() - t0) / 1000, ...outcome.timings },
+    timings: { total_s: Math.round(performance.now() - t0) / 1000, ...outcome.timings },
     artifacts: (outcome.artifacts ?? []).map((a) => relative(dirname(resolve(path)), resolve(a))),
   };
   const checked = validateResult(result);

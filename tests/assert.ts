@@ -3,17 +3,25 @@
 import * as assertStrict from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
 
-export const assert: (value: unknown, message?: string) => asserts value = assertStrict.ok;
-export const assertEquals = <T>(actual: T, expected: T, message?: string) =>
-  assertStrict.deepStrictEqual(actual, expected, message);
-export const assertNotEquals = <T>(actual: T, expected: T, message?: string) =>
-  assertStrict.notDeepStrictEqual(actual, expected, message);
+// Node's messages include a diff only when no message is passed, so pass one only when given.
+export function assert(value: unknown, message?: string): asserts value {
+  if (message === undefined) assertStrict.ok(value);
+  else assertStrict.ok(value, message);
+}
+export function assertEquals<T>(actual: T, expected: T, message?: string): void {
+  if (message === undefined) assertStrict.deepStrictEqual(actual, expected);
+  else assertStrict.deepStrictEqual(actual, expected, message);
+}
+export function assertNotEquals<T>(actual: T, expected: T, message?: string): void {
+  if (message === undefined) assertStrict.notDeepStrictEqual(actual, expected);
+  else assertStrict.notDeepStrictEqual(actual, expected, message);
+}
 export const assertThrows = assertStrict.throws;
 export const assertRejects = assertStrict.rejects;
 
 /** Largest |a - b| / (atol + rtol·|b|) over the elements; ≤ 1 means close. */
 export function closeness(a: ArrayLike<number>, b: ArrayLike<number>, rtol: number, atol: number): number {
-  assertStrict.equal(a.length, b.length, `length ${a.length} != ${b.length}`);
+  assertStrict.equal(a.length, b.length, `length ${a.length} != ${b.length}` as string);
   let worst = 0;
   for (let i = 0; i < a.length; i++) {
     if (Number.isNaN(a[i]) || Number.isNaN(b[i])) return Infinity;

@@ -7,21 +7,9 @@ import * as A from "fp-ts/lib/Array.js";
 import * as NEA from "fp-ts/lib/NonEmptyArray.js";
 import { pipe } from "fp-ts/lib/function.js";
 import { writeFileAtomic } from "./atomic.ts";
+import { decodeElements, type Dtype, DTYPE_BYTES } from "./dtype.ts";
 
-/** Bytes per element of each dtype this module reads. */
-export const DTYPE_BYTES = {
-  F64: 8,
-  F32: 4,
-  F16: 2,
-  BF16: 2,
-  I64: 8,
-  I32: 4,
-  I16: 2,
-  I8: 1,
-  U8: 1,
-  BOOL: 1,
-} as const;
-export type Dtype = keyof typeof DTYPE_BYTES;
+export { type Dtype, DTYPE_BYTES } from "./dtype.ts";
 
 /** A tensor to write: float32 as F32, int32 as I32. */
 export type TensorIn =
@@ -50,10 +38,6 @@ interface Entry {
 
 type Errors = NEA.NonEmptyArray<string>;
 const fail = <T>(msg: string): E.Either<Errors, T> => E.left(NEA.of(msg));
-
-if (new Uint8Array(new Uint16Array([1]).buffer)[0] !== 1) {
-  throw new Error("safetensors.ts assumes a little-endian host"); // typed-array views below
-}
 
 // ---------------------------------------------------------------- encode
 
@@ -171,70 +155,49 @@ function checkLayout(entries: Entry[], bufferBytes: number): string[] {
   return problems;
 }
 
-function parseHeader(
-  bytes: Uint8Array,
-): E.Either<Errors, { header: Record<string, unknown>; start: number }> {
-  if (bytes.length < 8) {
-    return fail(`file is ${bytes.length} bytes, shorter than the 8-byte header length`);
+// The header's length from the first 8 bytes, checked against the file's size.
+function headerLength(first: Uint8Array, fileBytes: number): E.Either<Errors, number> {
+  if (fileBytes < 8) {
+    return fail(`file is ${fileBytes} bytes, shorter than the 8-byte header length`);
   }
-  const n = new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0, true);
-  if (n > BigInt(bytes.length - 8)) {
-    return fail(
-      `header length ${n} exceeds the ${bytes.length - 8} bytes after it (truncated file?)`,
-    );
+  const n = new DataView(first.buffer, first.byteOffset, 8).getBigUint64(0, true);
+  if (n > BigInt(fileBytes - 8)) {
+    return fail(`header length ${n} exceeds the ${fileBytes - 8} bytes after it (truncated file?)`);
   }
-  const start = 8 + Number(n);
+  return E.right(Number(n));
+}
+
+interface Layout {
+  readonly entries: Entry[];
+  readonly metadata: Record<string, string>;
+}
+
+// The header's JSON, checked entry by entry and against the buffer's size; collects every problem.
+function checkHeader(json: Uint8Array, bufferBytes: number): E.Either<Errors, Layout> {
   let header: unknown;
   try {
-    header = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(8, start)));
+    header = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(json));
   } catch (e) {
     return fail(`header is not valid JSON (${(e as Error).message})`);
   }
   if (typeof header !== "object" || header === null || Array.isArray(header)) {
     return fail("header is not a JSON object");
   }
-  return E.right({ header: header as Record<string, unknown>, start });
+  const { __metadata__: meta, ...rest } = header as Record<string, unknown>;
+  const { left, right: entries } = A.separate(
+    Object.entries(rest).map(([k, v]) => checkEntry(k, v)),
+  );
+  const metadata = checkMetadata(meta);
+  const problems = [
+    ...left.flat(),
+    ...(E.isLeft(metadata) ? metadata.left : []),
+    ...checkLayout(entries, bufferBytes), // on the well-formed entries
+  ];
+  if (A.isNonEmpty(problems)) return E.left(problems);
+  return E.right({ entries, metadata: E.isRight(metadata) ? metadata.right : {} });
 }
 
 // ---------------------------------------------------------------- decode
-
-function half(h: number): number {
-  const s = h & 0x8000 ? -1 : 1;
-  const e = (h >> 10) & 0x1f;
-  const m = h & 0x3ff;
-  if (e === 0) return s * m * 2 ** -24; // subnormal
-  if (e === 31) return m ? NaN : s * Infinity;
-  return s * (1 + m / 1024) * 2 ** (e - 15);
-}
-
-// `raw` is an aligned copy of the tensor's bytes.
-function convert(dtype: Dtype, raw: ArrayBuffer): Float32Array | Int32Array {
-  switch (dtype) {
-    case "F32":
-      return new Float32Array(raw);
-    case "F64":
-      return Float32Array.from(new Float64Array(raw));
-    case "F16":
-      return Float32Array.from(new Uint16Array(raw), half);
-    case "BF16": {
-      const u = new Uint16Array(raw);
-      const w = new Uint32Array(u.length);
-      for (let i = 0; i < u.length; i++) w[i] = u[i] << 16; // bf16 = top half of a float32
-      return new Float32Array(w.buffer);
-    }
-    case "I32":
-      return new Int32Array(raw);
-    case "I64":
-      return Int32Array.from(new BigInt64Array(raw), (v) => Number(BigInt.asIntN(32, v)));
-    case "I16":
-      return Int32Array.from(new Int16Array(raw));
-    case "I8":
-      return Int32Array.from(new Int8Array(raw));
-    case "U8":
-    case "BOOL":
-      return Int32Array.from(new Uint8Array(raw));
-  }
-}
 
 /**
  * Decode safetensors bytes. Every problem with the header or layout is collected; nothing is
@@ -243,25 +206,24 @@ function convert(dtype: Dtype, raw: ArrayBuffer): Float32Array | Int32Array {
  */
 export function decodeSafetensors(bytes: Uint8Array): E.Either<string[], Decoded> {
   return pipe(
-    parseHeader(bytes),
-    E.chain(({ header, start }): E.Either<Errors, Decoded> => {
-      const { __metadata__: meta, ...rest } = header;
-      const { left, right: entries } = A.separate(
-        Object.entries(rest).map(([k, v]) => checkEntry(k, v)),
-      );
-      const problems = [
-        ...left.flat(),
-        ...pipe(checkMetadata(meta), E.match((es): string[] => es, () => [])),
-        ...checkLayout(entries, bytes.length - start), // on the well-formed entries
-      ];
-      if (A.isNonEmpty(problems)) return E.left(problems);
-      const tensors: Record<string, DecodedTensor> = {};
-      for (const e of entries) {
-        const raw = bytes.slice(start + e.begin, start + e.end).buffer; // aligned copy
-        tensors[e.name] = { dtype: e.dtype, shape: e.shape, data: convert(e.dtype, raw) };
-      }
-      return E.right({ tensors, metadata: (meta ?? {}) as Record<string, string> });
-    }),
+    headerLength(bytes, bytes.length),
+    E.chain((n) =>
+      pipe(
+        checkHeader(bytes.subarray(8, 8 + n), bytes.length - 8 - n),
+        E.map(({ entries, metadata }) => {
+          const tensors: Record<string, DecodedTensor> = {};
+          for (const e of entries) {
+            const raw = bytes.slice(8 + n + e.begin, 8 + n + e.end).buffer; // aligned copy
+            tensors[e.name] = {
+              dtype: e.dtype,
+              shape: e.shape,
+              data: decodeElements(e.dtype, raw),
+            };
+          }
+          return { tensors, metadata };
+        }),
+      )
+    ),
   );
 }
 
@@ -270,23 +232,50 @@ export function formatProblems(path: string, problems: readonly string[]): strin
   return `Cannot read safetensors file "${path}": ${problems.join("; ")}`;
 }
 
+async function readAt(
+  file: Deno.FsFile,
+  pos: number,
+  length: number,
+): Promise<Uint8Array<ArrayBuffer>> {
+  const out = new Uint8Array(length);
+  await file.seek(pos, Deno.SeekMode.Start);
+  for (let at = 0; at < length;) {
+    const n = await file.read(out.subarray(at));
+    if (n === null) throw new Error(`file ended at byte ${pos + at} while reading`);
+    at += n;
+  }
+  return out;
+}
+
 /**
- * Read and decode a safetensors file (the whole file is read into memory).
+ * Read and decode a safetensors file: the header first, validated against the file's size, then
+ * each tensor straight into its own buffer (so files over 2 GiB load too).
  * @throws one-line Error naming the file and every fault (missing file, truncation, bad header)
  */
 export async function readSafetensors(path: string): Promise<Decoded> {
-  let bytes: Uint8Array;
+  let file: Deno.FsFile | undefined;
   try {
-    bytes = await Deno.readFile(path);
+    file = await Deno.open(path, { read: true });
+    const size = (await file.stat()).size;
+    const n = headerLength(await readAt(file, 0, Math.min(8, size)), size);
+    if (E.isLeft(n)) throw new Error(n.left.join("; "));
+    const layout = checkHeader(await readAt(file, 8, n.right), size - 8 - n.right);
+    if (E.isLeft(layout)) throw new Error(layout.left.join("; "));
+    const tensors: Record<string, DecodedTensor> = {};
+    for (const e of layout.right.entries) {
+      const raw = await readAt(file, 8 + n.right + e.begin, e.end - e.begin);
+      tensors[e.name] = {
+        dtype: e.dtype,
+        shape: e.shape,
+        data: decodeElements(e.dtype, raw.buffer),
+      };
+    }
+    return { tensors, metadata: layout.right.metadata };
   } catch (e) {
     throw new Error(formatProblems(path, [(e as Error).message]));
+  } finally {
+    file?.close();
   }
-  return pipe(
-    decodeSafetensors(bytes),
-    E.getOrElseW((problems) => {
-      throw new Error(formatProblems(path, problems));
-    }),
-  );
 }
 
 /** Encode and write a safetensors file atomically (temp file, fsync, rename). */

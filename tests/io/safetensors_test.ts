@@ -58,7 +58,7 @@ Deno.test("encodeSafetensors() round trips shapes, values and metadata", () => {
 Deno.test("decodeSafetensors() reads a hand-built file with every dtype", () => {
   const f64 = new Float64Array([1.5, -2.25]);
   const f16 = new Uint16Array([0x3c00, 0xc000, 0x7bff, 0x0001, 0x7c00, 0x3555]);
-  const bf16 = new Uint16Array([0x3f80, 0x4049]);
+  const bf16 = new Uint16Array([0x3f80, 0x4049, 0xbf80]);
   const i64 = new BigInt64Array([-3n, 5n]);
   const i8 = new Int8Array([-128, 127]);
   const u8 = new Uint8Array([0, 255]);
@@ -68,7 +68,7 @@ Deno.test("decodeSafetensors() reads a hand-built file with every dtype", () => 
   const header: Record<string, unknown> = { __metadata__: { format: "pt" } };
   let at = 0;
   parts.forEach((p, i) => {
-    const n = [2, 6, 2, 2, 2, 2][i];
+    const n = [2, 6, 3, 2, 2, 2][i];
     header[names[i]] = { dtype: dtypes[i], shape: [n], data_offsets: [at, at + p.length] };
     at += p.length;
   });
@@ -80,7 +80,7 @@ Deno.test("decodeSafetensors() reads a hand-built file with every dtype", () => 
   assert.deepEqual([...t.f64.data], [1.5, -2.25]);
   assert.deepEqual([...t.f16.data].slice(0, 5), [1, -2, 65504, 2 ** -24, Infinity]);
   assert.ok(Math.abs(t.f16.data[5] - 1 / 3) < 1e-3);
-  assert.deepEqual([...t.bf16.data], [1, 3.140625]);
+  assert.deepEqual([...t.bf16.data], [1, 3.140625, -1]);
   assert.ok(t.i64.data instanceof Int32Array);
   assert.deepEqual([...t.i64.data], [-3, 5]);
   assert.deepEqual([...t.i8.data], [-128, 127]);
@@ -136,13 +136,27 @@ Deno.test("decodeSafetensors() collects every problem of a corrupt file", async 
       ],
     ],
   ];
-  for (const [name, bytes, expected] of cases) {
-    await t.step(name, () => {
-      const found = problems(bytes);
-      for (const re of expected) {
-        assert.ok(found.some((p) => re.test(p)), `${re} not in ${JSON.stringify(found)}`);
-      }
-    });
+  const dir = await Deno.makeTempDir();
+  try {
+    for (const [name, bytes, expected] of cases) {
+      await t.step(name, async () => {
+        const found = problems(bytes);
+        for (const re of expected) {
+          assert.ok(found.some((p) => re.test(p)), `${re} not in ${JSON.stringify(found)}`);
+        }
+        // The file reader (a separate, streaming path) reports the same, in one line.
+        const path = join(dir, "bad.safetensors");
+        await Deno.writeFile(path, bytes);
+        await assert.rejects(() => readSafetensors(path), (e: Error) => {
+          assert.ok(e.message.startsWith(`Cannot read safetensors file "${path}": `), e.message);
+          assert.ok(!e.message.includes("\n"), "one line");
+          for (const re of expected) assert.match(e.message, re);
+          return true;
+        });
+      });
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });
 

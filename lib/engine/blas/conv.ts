@@ -81,7 +81,13 @@ function accumulate(src: Float32Array, s: number, dst: Float32Array, d: number, 
 }
 
 /** col[r - r0, :] ← patch of output row r, for r in [r0, r1); zeros where padding is read. */
-export function im2col(x: Float32Array, g: ConvGeometry, r0: number, r1: number, col: Float32Array) {
+export function im2col(
+  x: Float32Array,
+  g: ConvGeometry,
+  r0: number,
+  r1: number,
+  col: Float32Array,
+) {
   const { h, w, c, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl } = g;
   const run = kw * c;
   const plane = oh * ow;
@@ -127,7 +133,13 @@ export function im2col(x: Float32Array, g: ConvGeometry, r0: number, r1: number,
 }
 
 /** dx += patches col[r - r0, :] scattered back to their input positions (adjoint of im2col). */
-export function col2im(col: Float32Array, g: ConvGeometry, r0: number, r1: number, dx: Float32Array) {
+export function col2im(
+  col: Float32Array,
+  g: ConvGeometry,
+  r0: number,
+  r1: number,
+  dx: Float32Array,
+) {
   const { h, w, c, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl } = g;
   const run = kw * c;
   const plane = oh * ow;
@@ -274,7 +286,12 @@ function info(
   );
 }
 
-function unsupported(name: string, why: string, fallback: tf.KernelFunc | undefined, args: KernelArgs) {
+function unsupported(
+  name: string,
+  why: string,
+  fallback: tf.KernelFunc | undefined,
+  args: KernelArgs,
+) {
   if (fallback) return fallback(args);
   throw new Error(`${name} in lib/engine/blas/conv.ts: ${why}`);
 }
@@ -288,7 +305,9 @@ export function makeConv2D(blas: Blas, fallback?: tf.KernelFunc): tf.KernelFunc 
   return (args: KernelArgs) => {
     const { x, filter } = args.inputs as Record<string, tf.TensorInfo>;
     const attrs = args.attrs as unknown as ConvAttrs;
-    if (!plainNhwc(attrs, x, filter)) return unsupported("Conv2D", "NHWC float32 only", fallback, args);
+    if (!plainNhwc(attrs, x, filter)) {
+      return unsupported("Conv2D", "NHWC float32 only", fallback, args);
+    }
     const backend = asWasmBackend(args.backend);
     const ci = info(x.shape, filter.shape, attrs);
     const out = backend.makeOutput(ci.outShape, "float32");

@@ -9,12 +9,16 @@ export interface WasmBackend {
   readonly wasm: { readonly HEAPU8: Uint8Array };
   readonly dataIdMap: { get(dataId: unknown): { memoryOffset: number } | undefined };
   makeOutput(shape: number[], dtype: "float32"): tf.TensorInfo;
+  disposeData(dataId: unknown, force?: boolean): boolean;
 }
 
 /** The wasm backend handed to a kernel function, checked to have the fields used here. */
 export function asWasmBackend(backend: unknown): WasmBackend {
   const b = backend as Partial<WasmBackend> | undefined;
-  if (!b?.wasm?.HEAPU8 || !b.dataIdMap || typeof b.makeOutput !== "function") {
+  if (
+    !b?.wasm?.HEAPU8 || !b.dataIdMap || typeof b.makeOutput !== "function" ||
+    typeof b.disposeData !== "function"
+  ) {
     throw new Error("Project kernel in lib/engine/blas/heap.ts needs the wasm backend");
   }
   return b as WasmBackend;

@@ -50,7 +50,9 @@ export function planMatMul(
   const pb = [...new Array(r - bBatch.length).fill(1), ...bBatch];
   const outBatch = pa.map((d, i) => {
     if (d !== pb[i] && d !== 1 && pb[i] !== 1) {
-      throw new Error(`Operands could not be broadcast together with shapes ${aShape} and ${bShape}.`);
+      throw new Error(
+        `Operands could not be broadcast together with shapes ${aShape} and ${bShape}.`,
+      );
     }
     return Math.max(d, pb[i]);
   });

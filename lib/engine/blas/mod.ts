@@ -12,7 +12,7 @@ import {
   makeFusedConv2D,
 } from "./conv.ts";
 
-export { BLAS_ENV, BLAS_THREADS_ENV, loadOpenBlas, OPENBLAS_ENV, openBlas } from "./openblas.ts";
+export { BLAS_ENV, BLAS_THREADS_ENV, loadOpenBlas, openBlas, OPENBLAS_ENV } from "./openblas.ts";
 export type { Blas } from "./openblas.ts";
 
 const BACKEND = "wasm";

@@ -85,9 +85,7 @@ function processEnv(name: string): string | undefined {
 
 function ffiGranted(path: string): boolean {
   try {
-    const query = path.includes("/")
-      ? { name: "ffi" as const, path }
-      : { name: "ffi" as const };
+    const query = path.includes("/") ? { name: "ffi" as const, path } : { name: "ffi" as const };
     return Deno.permissions.querySync(query).state === "granted";
   } catch {
     return false;

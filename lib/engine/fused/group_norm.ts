@@ -12,6 +12,7 @@
 //   ∂x = r·(k·d − mean_g(k·d) − x̂·mean_g(k·d·x̂)), an affine map of (d, x) per channel.
 import * as tf from "@tensorflow/tfjs";
 import { asWasmBackend, f32View, type WasmBackend } from "../blas/heap.ts";
+import { siluFromSigmoid, wasmSigmoid } from "./silu.ts";
 
 /** Kernel names (project-specific, registered for the wasm backend). */
 export const GROUP_NORM = "DpGroupNorm";
@@ -24,189 +25,189 @@ interface GnAttrs {
   readonly silu: boolean;
 }
 
-interface GnDims {
+/** x viewed as [N, S, C] in G groups. */
+export interface GnDims {
   readonly n: number;
   readonly s: number;
   readonly c: number;
   readonly g: number;
 }
 
-function dims(shape: readonly number[], groups: number): GnDims {
+/** Dimensions of x [N, ..., C] split into `groups` groups. */
+export function gnDims(shape: readonly number[], groups: number): GnDims {
   const n = shape[0], c = shape[shape.length - 1];
   let s = 1;
   for (let i = 1; i < shape.length - 1; i++) s *= shape[i];
   return { n, s, c, g: groups };
 }
 
-/** Per-group mean and rstd of example n, from per-channel sums in float64. */
-function groupStats(
+/** Per-(n, g) mean and rstd, indexed n·G + g. */
+export interface GnStats {
+  readonly mean: Float64Array;
+  readonly rstd: Float64Array;
+}
+
+/** Group statistics from per-channel sums in float64 (one pass over x). */
+export function groupNormStats(x: Float32Array, d: GnDims, eps: number): GnStats {
+  const { n: nb, s, c, g } = d;
+  const cpg = c / g, count = s * cpg;
+  const sum = new Float64Array(c), sq = new Float64Array(c);
+  const mean = new Float64Array(nb * g), rstd = new Float64Array(nb * g);
+  for (let n = 0; n < nb; n++) {
+    sum.fill(0);
+    sq.fill(0);
+    for (let p = 0, i = n * s * c; p < s; p++, i += c) {
+      for (let ch = 0; ch < c; ch++) {
+        const v = x[i + ch];
+        sum[ch] += v;
+        sq[ch] += v * v;
+      }
+    }
+    for (let gi = 0; gi < g; gi++) {
+      let a = 0, b = 0;
+      for (let ch = gi * cpg; ch < (gi + 1) * cpg; ch++) {
+        a += sum[ch];
+        b += sq[ch];
+      }
+      const m = a / count;
+      mean[n * g + gi] = m;
+      rstd[n * g + gi] = 1 / Math.sqrt(Math.max(0, b / count - m * m) + eps);
+    }
+  }
+  return { mean, rstd };
+}
+
+/** Affine operands: γ, β [C]; scale, shift [N·C] or absent. */
+export interface GnParams {
+  readonly gamma: Float32Array;
+  readonly beta: Float32Array;
+  readonly scale?: Float32Array;
+  readonly shift?: Float32Array;
+}
+
+/** A[c], B[c] of example n such that y1 = x·A + B. */
+function coefficients(
+  n: number,
+  d: GnDims,
+  st: GnStats,
+  p: GnParams,
+  A: Float32Array,
+  B: Float32Array,
+): void {
+  const { c, g } = d;
+  const cpg = c / g;
+  for (let ch = 0; ch < c; ch++) {
+    const k = n * g + Math.floor(ch / cpg);
+    const mod = p.scale ? 1 + p.scale[n * c + ch] : 1;
+    const a = st.rstd[k] * p.gamma[ch];
+    A[ch] = a * mod;
+    B[ch] = (p.beta[ch] - st.mean[k] * a) * mod + (p.shift ? p.shift[n * c + ch] : 0);
+  }
+}
+
+/** y1 ← GN(x)·(1 + scale) + shift, one pass over x. */
+export function groupNormAffine(
   x: Float32Array,
   d: GnDims,
-  n: number,
-  eps: number,
-  sum: Float64Array,
-  sq: Float64Array,
-  mean: Float64Array,
-  rstd: Float64Array,
-): void {
-  const { s, c, g } = d;
-  sum.fill(0);
-  sq.fill(0);
-  for (let p = 0, i = n * s * c; p < s; p++, i += c) {
-    for (let ch = 0; ch < c; ch++) {
-      const v = x[i + ch];
-      sum[ch] += v;
-      sq[ch] += v * v;
-    }
-  }
-  const cpg = c / g, count = s * cpg;
-  for (let gi = 0; gi < g; gi++) {
-    let a = 0, b = 0;
-    for (let ch = gi * cpg; ch < (gi + 1) * cpg; ch++) {
-      a += sum[ch];
-      b += sq[ch];
-    }
-    const m = a / count;
-    const v = Math.max(0, b / count - m * m);
-    mean[gi] = m;
-    rstd[gi] = 1 / Math.sqrt(v + eps);
-  }
-}
-
-/** y ← [silu](GN(x)·(1 + scale) + shift) with all operands as flat views. */
-export function groupNormForward(
-  x: Float32Array,
-  shape: readonly number[],
-  gamma: Float32Array,
-  beta: Float32Array,
-  scale: Float32Array | undefined,
-  shift: Float32Array | undefined,
-  attrs: GnAttrs,
+  st: GnStats,
+  p: GnParams,
   y: Float32Array,
 ): void {
-  const d = dims(shape, attrs.groups);
-  const { n: nb, s, c, g } = d;
-  const cpg = c / g;
-  const sum = new Float64Array(c), sq = new Float64Array(c);
-  const mean = new Float64Array(g), rstd = new Float64Array(g);
+  const { n: nb, s, c } = d;
   const A = new Float32Array(c), B = new Float32Array(c);
   for (let n = 0; n < nb; n++) {
-    groupStats(x, d, n, attrs.eps, sum, sq, mean, rstd);
-    for (let ch = 0; ch < c; ch++) {
-      const gi = Math.floor(ch / cpg);
-      const mod = scale ? 1 + scale[n * c + ch] : 1;
-      const a = rstd[gi] * gamma[ch];
-      A[ch] = a * mod;
-      B[ch] = (beta[ch] - mean[gi] * a) * mod + (shift ? shift[n * c + ch] : 0);
-    }
+    coefficients(n, d, st, p, A, B);
     const end = (n + 1) * s * c;
-    if (attrs.silu) {
-      for (let i = n * s * c; i < end; i += c) {
-        for (let ch = 0; ch < c; ch++) {
-          const v = x[i + ch] * A[ch] + B[ch];
-          y[i + ch] = v / (1 + Math.exp(-v));
-        }
-      }
-    } else {
-      for (let i = n * s * c; i < end; i += c) {
-        for (let ch = 0; ch < c; ch++) y[i + ch] = x[i + ch] * A[ch] + B[ch];
-      }
+    for (let i = n * s * c; i < end; i += c) {
+      for (let ch = 0; ch < c; ch++) y[i + ch] = x[i + ch] * A[ch] + B[ch];
     }
   }
 }
 
-/** Gradients of `groupNormForward`; `dscale`/`dshift` only when modulated. */
+/** Gradient outputs; dscale and dshift only when modulated. */
+export interface GnGrads {
+  readonly dx: Float32Array;
+  readonly dgamma: Float32Array;
+  readonly dbeta: Float32Array;
+  readonly dscale?: Float32Array;
+  readonly dshift?: Float32Array;
+}
+
+/**
+ * Gradients from dy = ∂L/∂y. With `silu`, y1 holds the pre-activation and s holds σ(y1) on
+ * entry; s is overwritten with ∂L/∂y1. Without it, dy is ∂L/∂y1 itself.
+ */
 export function groupNormBackward(
   dy: Float32Array,
   x: Float32Array,
-  shape: readonly number[],
-  gamma: Float32Array,
-  beta: Float32Array,
-  scale: Float32Array | undefined,
-  shift: Float32Array | undefined,
-  attrs: GnAttrs,
-  out: {
-    dx: Float32Array;
-    dgamma: Float32Array;
-    dbeta: Float32Array;
-    dscale?: Float32Array;
-    dshift?: Float32Array;
-  },
+  d: GnDims,
+  st: GnStats,
+  p: GnParams,
+  out: GnGrads,
+  silu?: { readonly y1: Float32Array; readonly s: Float32Array },
 ): void {
-  const d = dims(shape, attrs.groups);
   const { n: nb, s, c, g } = d;
   const cpg = c / g, count = s * cpg;
   const { dx } = out;
-  const sum = new Float64Array(c), sq = new Float64Array(c);
-  const mean = new Float64Array(g), rstd = new Float64Array(g);
-  const A = new Float32Array(c), B = new Float32Array(c);
   const S1 = new Float64Array(c), S2 = new Float64Array(c), T = new Float64Array(c);
   const P = new Float32Array(c), Q = new Float32Array(c), R = new Float32Array(c);
   const dgamma = new Float64Array(c), dbeta = new Float64Array(c);
+  const dd = silu ? silu.s : dy; // ∂L/∂y1 after pass 1
   for (let n = 0; n < nb; n++) {
-    groupStats(x, d, n, attrs.eps, sum, sq, mean, rstd);
-    for (let ch = 0; ch < c; ch++) {
-      const gi = Math.floor(ch / cpg);
-      const mod = scale ? 1 + scale[n * c + ch] : 1;
-      const a = rstd[gi] * gamma[ch];
-      A[ch] = a * mod;
-      B[ch] = (beta[ch] - mean[gi] * a) * mod + (shift ? shift[n * c + ch] : 0);
-    }
-    // Pass 1: d = ∂L/∂y1 (kept in dx for now), S1 and S2 per channel.
+    const start = n * s * c, end = (n + 1) * s * c;
+    // Pass 1: ∂L/∂y1 (through SiLU if any), S1 = Σ_s d and S2 = Σ_s d·x per channel.
     S1.fill(0);
     S2.fill(0);
-    const start = n * s * c, end = (n + 1) * s * c;
-    if (attrs.silu) {
+    if (silu) {
+      const { y1, s: sg } = silu;
       for (let i = start; i < end; i += c) {
         for (let ch = 0; ch < c; ch++) {
-          const xv = x[i + ch];
-          const v = xv * A[ch] + B[ch];
-          const sg = 1 / (1 + Math.exp(-v));
-          const dv = dy[i + ch] * sg * (1 + v * (1 - sg));
-          dx[i + ch] = dv;
+          const j = i + ch;
+          const v = sg[j];
+          const dv = dy[j] * v * (1 + y1[j] * (1 - v));
+          sg[j] = dv;
           S1[ch] += dv;
-          S2[ch] += dv * xv;
+          S2[ch] += dv * x[j];
         }
       }
     } else {
       for (let i = start; i < end; i += c) {
         for (let ch = 0; ch < c; ch++) {
           const dv = dy[i + ch];
-          dx[i + ch] = dv;
           S1[ch] += dv;
           S2[ch] += dv * x[i + ch];
         }
       }
     }
-    // Per-channel and per-group reductions, then dx = P·d + Q·x + R.
+    // Per-channel parameter gradients, then dx = P·d + Q·x + R per channel.
     for (let ch = 0; ch < c; ch++) {
-      const gi = Math.floor(ch / cpg);
-      const mod = scale ? 1 + scale[n * c + ch] : 1;
-      T[ch] = rstd[gi] * (S2[ch] - mean[gi] * S1[ch]);
+      const k = n * g + Math.floor(ch / cpg);
+      const mod = p.scale ? 1 + p.scale[n * c + ch] : 1;
+      T[ch] = st.rstd[k] * (S2[ch] - st.mean[k] * S1[ch]);
       dbeta[ch] += mod * S1[ch];
       dgamma[ch] += mod * T[ch];
       if (out.dshift) out.dshift[n * c + ch] = S1[ch];
-      if (out.dscale) out.dscale[n * c + ch] = gamma[ch] * T[ch] + beta[ch] * S1[ch];
+      if (out.dscale) out.dscale[n * c + ch] = p.gamma[ch] * T[ch] + p.beta[ch] * S1[ch];
     }
     for (let gi = 0; gi < g; gi++) {
       let ag = 0, bg = 0;
       for (let ch = gi * cpg; ch < (gi + 1) * cpg; ch++) {
-        const k = (scale ? 1 + scale[n * c + ch] : 1) * gamma[ch];
+        const k = (p.scale ? 1 + p.scale[n * c + ch] : 1) * p.gamma[ch];
         ag += k * S1[ch];
         bg += k * T[ch];
       }
       ag /= count;
       bg /= count;
-      const r = rstd[gi];
+      const r = st.rstd[n * g + gi], m = st.mean[n * g + gi];
       for (let ch = gi * cpg; ch < (gi + 1) * cpg; ch++) {
-        const k = (scale ? 1 + scale[n * c + ch] : 1) * gamma[ch];
+        const k = (p.scale ? 1 + p.scale[n * c + ch] : 1) * p.gamma[ch];
         P[ch] = r * k;
         Q[ch] = -r * r * bg;
-        R[ch] = r * r * bg * mean[gi] - r * ag;
+        R[ch] = r * r * bg * m - r * ag;
       }
     }
     for (let i = start; i < end; i += c) {
-      for (let ch = 0; ch < c; ch++) dx[i + ch] = P[ch] * dx[i + ch] + Q[ch] * x[i + ch] + R[ch];
+      for (let ch = 0; ch < c; ch++) dx[i + ch] = P[ch] * dd[i + ch] + Q[ch] * x[i + ch] + R[ch];
     }
   }
   out.dgamma.set(dgamma);
@@ -224,79 +225,89 @@ function need(t: tf.TensorInfo | undefined, name: string): tf.TensorInfo {
   return t;
 }
 
-function view(b: WasmBackend, t: tf.TensorInfo | undefined): Float32Array | undefined {
-  return t ? f32View(b, t) : undefined;
+function params(b: WasmBackend, inputs: Inputs): GnParams {
+  return {
+    gamma: f32View(b, need(inputs.gamma, "gamma")),
+    beta: f32View(b, need(inputs.beta, "beta")),
+    scale: inputs.scale && f32View(b, inputs.scale),
+    shift: inputs.shift && f32View(b, inputs.shift),
+  };
 }
 
 function forwardKernel(args: KernelArgs): tf.TensorInfo {
   const inputs = args.inputs as Inputs;
-  const x = need(inputs.x, "x"), gamma = need(inputs.gamma, "gamma");
-  const beta = need(inputs.beta, "beta");
+  const attrs = args.attrs as unknown as GnAttrs;
+  const x = need(inputs.x, "x");
   const backend = asWasmBackend(args.backend);
-  const out = backend.makeOutput([...x.shape], "float32");
-  groupNormForward(
-    f32View(backend, x),
-    x.shape,
-    f32View(backend, gamma),
-    f32View(backend, beta),
-    view(backend, inputs.scale),
-    view(backend, inputs.shift),
-    args.attrs as unknown as GnAttrs,
-    f32View(backend, out),
+  const d = gnDims(x.shape, attrs.groups);
+  const y1 = backend.makeOutput([...x.shape], "float32");
+  const xv = f32View(backend, x);
+  groupNormAffine(
+    xv,
+    d,
+    groupNormStats(xv, d, attrs.eps),
+    params(backend, inputs),
+    f32View(backend, y1),
   );
-  return out;
+  if (!attrs.silu) return y1;
+  const y = wasmSigmoid(backend, y1); // allocates: views are taken afresh below
+  siluFromSigmoid(f32View(backend, y1), f32View(backend, y));
+  backend.disposeData(y1.dataId);
+  return y;
 }
 
 function gradKernel(args: KernelArgs): tf.TensorInfo[] {
   const inputs = args.inputs as Inputs;
-  const x = need(inputs.x, "x"), gamma = need(inputs.gamma, "gamma");
-  const beta = need(inputs.beta, "beta"), dy = need(inputs.dy, "dy");
+  const attrs = args.attrs as unknown as GnAttrs;
+  const x = need(inputs.x, "x"), dy = need(inputs.dy, "dy");
   const { scale, shift } = inputs;
   const backend = asWasmBackend(args.backend);
+  const d = gnDims(x.shape, attrs.groups);
   const outs = [
     backend.makeOutput([...x.shape], "float32"),
-    backend.makeOutput([...gamma.shape], "float32"),
-    backend.makeOutput([...beta.shape], "float32"),
+    backend.makeOutput([...need(inputs.gamma, "gamma").shape], "float32"),
+    backend.makeOutput([...need(inputs.beta, "beta").shape], "float32"),
   ];
   if (scale && shift) {
     outs.push(backend.makeOutput([...scale.shape], "float32"));
     outs.push(backend.makeOutput([...shift.shape], "float32"));
   }
+  const st = groupNormStats(f32View(backend, x), d, attrs.eps);
+  let sig: tf.TensorInfo | undefined;
+  if (attrs.silu) {
+    // The pre-activation y1 goes into dx's buffer, σ(y1) into a temporary.
+    groupNormAffine(f32View(backend, x), d, st, params(backend, inputs), f32View(backend, outs[0]));
+    sig = wasmSigmoid(backend, outs[0]);
+  }
   const v = outs.map((o) => f32View(backend, o));
   groupNormBackward(
     f32View(backend, dy),
     f32View(backend, x),
-    x.shape,
-    f32View(backend, gamma),
-    f32View(backend, beta),
-    view(backend, scale),
-    view(backend, shift),
-    args.attrs as unknown as GnAttrs,
+    d,
+    st,
+    params(backend, inputs),
     { dx: v[0], dgamma: v[1], dbeta: v[2], dscale: v[3], dshift: v[4] },
+    sig && { y1: v[0], s: f32View(backend, sig) },
   );
+  if (sig) backend.disposeData(sig.dataId);
   return outs;
 }
 
 function gradFunc(modulated: boolean): tf.GradFunc {
   return (dy, saved, attrs) => {
     const [x, gamma, beta, scale, shift] = saved;
-    let grads: tf.Tensor[] | undefined;
-    // One backward kernel yields every input's gradient: run it once, on first demand.
-    const get = (i: number) => () => {
-      grads ??= tf.engine().runKernel(
-        GROUP_NORM_GRAD,
-        modulated ? { dy: dy as tf.Tensor, x, gamma, beta, scale, shift } : {
-          dy: dy as tf.Tensor,
-          x,
-          gamma,
-          beta,
-        },
-        attrs as unknown as tf.NamedAttrMap,
-      ) as tf.Tensor[];
-      return grads[i];
-    };
-    const base = { x: get(0), gamma: get(1), beta: get(2) };
-    return modulated ? { ...base, scale: get(3), shift: get(4) } : base;
+    // One backward kernel yields every input's gradient. Run it here, not inside the returned
+    // closures: tfjs calls each closure in its own tidy, which would dispose the siblings.
+    const inputs: tf.NamedTensorMap = modulated
+      ? { dy: dy as tf.Tensor, x, gamma, beta, scale, shift }
+      : { dy: dy as tf.Tensor, x, gamma, beta };
+    const grads = tf.engine().runKernel(
+      GROUP_NORM_GRAD,
+      inputs,
+      attrs as unknown as tf.NamedAttrMap,
+    ) as tf.Tensor[];
+    const base = { x: () => grads[0], gamma: () => grads[1], beta: () => grads[2] };
+    return modulated ? { ...base, scale: () => grads[3], shift: () => grads[4] } : base;
   };
 }
 
@@ -364,19 +375,19 @@ function fused(...ts: tf.Tensor[]): boolean {
 }
 
 /** GroupNorm from composed tfjs ops (any backend); the reference for the fused kernel. */
-export function groupNormComposed(
-  x: tf.Tensor,
+export function groupNormComposed<T extends tf.Tensor>(
+  x: T,
   gamma: tf.Tensor,
   beta: tf.Tensor,
   groups: number,
   eps = 1e-5,
-): tf.Tensor {
+): T {
   return tf.tidy(() => {
     const n = x.shape[0], c = x.shape[x.rank - 1];
     const xg = tf.reshape(x, [n, -1, groups, c / groups]); // [N, S, G, C/G]
     const { mean, variance } = tf.moments(xg, [1, 3], true);
     const xn = tf.reshape(tf.mul(tf.sub(xg, mean), tf.rsqrt(tf.add(variance, eps))), x.shape);
-    return tf.add(tf.mul(xn, tf.reshape(gamma, [c])), tf.reshape(beta, [c]));
+    return tf.add(tf.mul(xn, tf.reshape(gamma, [c])), tf.reshape(beta, [c])) as T;
   });
 }
 
@@ -389,21 +400,25 @@ export function groupNormComposed(
  * const h = groupNorm(x, p["norm.weight"], p["norm.bias"], 32, 1e-5, true); // GN → SiLU
  * ```
  */
-export function groupNorm(
-  x: tf.Tensor,
+export function groupNorm<T extends tf.Tensor>(
+  x: T,
   gamma: tf.Tensor,
   beta: tf.Tensor,
   groups: number,
   eps = 1e-5,
   silu = false,
-): tf.Tensor {
+): T {
   check(x, gamma, beta, groups);
   if (fused(x, gamma, beta)) {
-    return tf.engine().runKernel(GROUP_NORM, { x, gamma, beta }, { groups, eps, silu }) as tf.Tensor;
+    return tf.engine().runKernel(GROUP_NORM, { x, gamma, beta }, {
+      groups,
+      eps,
+      silu,
+    }) as T;
   }
   return tf.tidy(() => {
     const y = groupNormComposed(x, gamma, beta, groups, eps);
-    return silu ? tf.mul(y, tf.sigmoid(y)) : y;
+    return (silu ? tf.mul(y, tf.sigmoid(y)) : y) as T;
   });
 }
 
@@ -412,8 +427,8 @@ export function groupNorm(
  * (guided_diffusion/unet.py ResBlock with use_scale_shift_norm). Fused on wasm; `silu` also
  * applies the SiLU that follows it in the ResBlock.
  */
-export function groupNormScaleShift(
-  x: tf.Tensor,
+export function groupNormScaleShift<T extends tf.Tensor>(
+  x: T,
   gamma: tf.Tensor,
   beta: tf.Tensor,
   scale: tf.Tensor,
@@ -421,7 +436,7 @@ export function groupNormScaleShift(
   groups: number,
   eps = 1e-5,
   silu = false,
-): tf.Tensor {
+): T {
   check(x, gamma, beta, groups);
   checkMod(x, scale, "scale");
   checkMod(x, shift, "shift");
@@ -430,7 +445,7 @@ export function groupNormScaleShift(
       GROUP_NORM_MOD,
       { x, gamma, beta, scale, shift },
       { groups, eps, silu },
-    ) as tf.Tensor;
+    ) as T;
   }
   return tf.tidy(() => {
     const n = x.shape[0], c = x.shape[x.rank - 1];
@@ -439,6 +454,6 @@ export function groupNormScaleShift(
       tf.mul(groupNormComposed(x, gamma, beta, groups, eps), tf.add(tf.reshape(scale, bshape), 1)),
       tf.reshape(shift, bshape),
     );
-    return silu ? tf.mul(y, tf.sigmoid(y)) : y;
+    return (silu ? tf.mul(y, tf.sigmoid(y)) : y) as T;
   });
 }

@@ -11,7 +11,7 @@ export {
   groupNormComposed,
   groupNormScaleShift,
 } from "./group_norm.ts";
-export { SILU, SILU_GRAD, silu, siluComposed } from "./silu.ts";
+export { SILU, silu, SILU_GRAD, siluComposed } from "./silu.ts";
 
 /** Register every fused kernel and its gradient for wasm (idempotent; the ops also do it). */
 export function registerFusedKernels(): string[] {

@@ -1,0 +1,211 @@
+// Bench suite for the BLAS and fused kernels on wasm: matMul GFLOP/s through the registered
+// kernel vs raw sgemm, a 3×3 conv forward / train step with and without BLAS, and GroupNorm /
+// SiLU ns per element fused vs composed. Standalone:
+//   deno run -R -E --allow-ffi --allow-sys bench/blas.ts [--quick]
+import * as tf from "@tensorflow/tfjs";
+import { parseArgs } from "node:util";
+import { initEngine } from "../lib/engine/mod.ts";
+import {
+  activeBlas,
+  loadOpenBlas,
+  registerBlasKernels,
+  unregisterBlasKernels,
+} from "../lib/engine/blas/mod.ts";
+import {
+  groupNorm,
+  groupNormComposed,
+  groupNormScaleShift,
+  silu,
+  siluComposed,
+} from "../lib/engine/fused/mod.ts";
+
+/** Options every suite takes. */
+export interface BenchOptions {
+  /** Fewer repetitions and smaller shapes, for smoke runs. @default false */
+  readonly quick?: boolean;
+  /** Print one line per measurement on stderr. @default true */
+  readonly log?: boolean;
+}
+
+/** Named measurements (units in the key: `_ms`, `_gflops`, `_ns_per_el`). */
+export type BenchResult = Record<string, number>;
+
+/** Median wall time of `f` in milliseconds, after one warm-up call. */
+function timeMs(f: () => void, reps: number): number {
+  f();
+  const ts: number[] = [];
+  for (let i = 0; i < reps; i++) {
+    const t0 = performance.now();
+    f();
+    ts.push(performance.now() - t0);
+  }
+  ts.sort((a, b) => a - b);
+  return ts[Math.floor(ts.length / 2)];
+}
+
+/** Run `f` with the BLAS kernels in place (`on`) or replaced by the wasm ones. */
+function withBlas<T>(on: boolean, f: () => T): T {
+  if (on) {
+    registerBlasKernels();
+    return f();
+  }
+  const was = unregisterBlasKernels();
+  try {
+    return f();
+  } finally {
+    if (was) registerBlasKernels();
+  }
+}
+
+function benchMatMul(r: BenchResult, n: number, reps: number, log: (s: string) => void) {
+  const blas = loadOpenBlas();
+  const flop = 2 * n * n * n;
+  const gflops = (ms: number) => flop / ms / 1e6;
+  if (blas) {
+    const a = new Float32Array(n * n).fill(1), b = new Float32Array(n * n).fill(1);
+    const c = new Float32Array(n * n);
+    const ms = timeMs(() => blas.sgemm(false, false, n, n, n, 1, a, n, b, n, 0, c, n), reps);
+    r[`sgemm_${n}_gflops`] = gflops(ms);
+    log(`sgemm raw ${n}²: ${ms.toFixed(2)} ms, ${gflops(ms).toFixed(1)} GFLOP/s`);
+  }
+  const x = tf.randomNormal([n, n]), y = tf.randomNormal([n, n]);
+  for (const on of blas ? [true, false] : [false]) {
+    const ms = withBlas(on, () => timeMs(() => tf.dispose(tf.matMul(x, y)), reps));
+    const key = on ? "blas" : "wasm";
+    r[`matmul_${n}_${key}_gflops`] = gflops(ms);
+    log(`tf.matMul ${n}² ${key}: ${ms.toFixed(2)} ms, ${gflops(ms).toFixed(1)} GFLOP/s`);
+  }
+  if (blas) {
+    const ratio = r[`matmul_${n}_blas_gflops`] / r[`sgemm_${n}_gflops`];
+    r[`matmul_${n}_blas_vs_sgemm`] = ratio;
+    log(`registered kernel / raw sgemm: ${(100 * ratio).toFixed(0)} %`);
+  }
+  tf.dispose([x, y]);
+}
+
+function benchConv(r: BenchResult, n: number, reps: number, log: (s: string) => void) {
+  // 3×3 conv, x [n, 32, 32, 32] → 64 channels, stride 1, same (engine-facts.md's probe).
+  const x = tf.randomNormal([n, 32, 32, 32]) as tf.Tensor4D;
+  const w = tf.randomNormal([3, 3, 32, 64], 0, 0.1) as tf.Tensor4D;
+  const dy = tf.randomNormal([n, 32, 32, 64]);
+  const loss = (a: tf.Tensor, b: tf.Tensor) =>
+    tf.sum(tf.mul(tf.conv2d(a as tf.Tensor4D, b as tf.Tensor4D, 1, "same"), dy));
+  const grads = tf.grads(loss);
+  for (const on of activeBlas() || loadOpenBlas() ? [true, false] : [false]) {
+    const key = on ? "blas" : "wasm";
+    withBlas(on, () => {
+      const fwd = timeMs(() => tf.dispose(tf.conv2d(x, w, 1, "same")), reps);
+      const dx = timeMs(
+        () => tf.dispose(tf.conv2dTranspose(dy as tf.Tensor4D, w, x.shape, 1, "same")),
+        reps,
+      );
+      const step = timeMs(() => tf.dispose(grads([x, w])), Math.max(1, Math.floor(reps / 2)));
+      r[`conv3x3_${n}_fwd_${key}_ms`] = fwd;
+      r[`conv3x3_${n}_dx_${key}_ms`] = dx;
+      r[`conv3x3_${n}_train_${key}_ms`] = step;
+      log(
+        `conv 3×3 ${n}×32×32×32→64 ${key}: forward ${fwd.toFixed(1)} ms, ` +
+          `grad input ${dx.toFixed(1)} ms, train step ${step.toFixed(1)} ms`,
+      );
+    });
+  }
+  tf.dispose([x, w, dy]);
+}
+
+function benchElementwise(r: BenchResult, n: number, reps: number, log: (s: string) => void) {
+  const shape = [n, 32, 32, 64], size = n * 32 * 32 * 64;
+  const x = tf.randomNormal(shape), gamma = tf.ones([64]), beta = tf.zeros([64]);
+  const scale = tf.randomNormal([n, 1, 1, 64], 0, 0.1), shift = tf.randomNormal([n, 1, 1, 64]);
+  const ns = (ms: number) => (ms * 1e6) / size;
+  const cases: [string, () => tf.Tensor, (t: tf.Tensor[]) => tf.Tensor][] = [
+    ["silu_fused", () => silu(x), ([a]) => silu(a)],
+    ["silu_composed", () => siluComposed(x), ([a]) => siluComposed(a)],
+    [
+      "groupnorm_fused",
+      () => groupNorm(x, gamma, beta, 32),
+      ([a]) => groupNorm(a, gamma, beta, 32),
+    ],
+    [
+      "groupnorm_composed",
+      () => groupNormComposed(x, gamma, beta, 32),
+      ([a]) => groupNormComposed(a, gamma, beta, 32),
+    ],
+    [
+      "gn_scale_shift_silu_fused",
+      () => groupNormScaleShift(x, gamma, beta, scale, shift, 32, 1e-5, true),
+      ([a]) => groupNormScaleShift(a, gamma, beta, scale, shift, 32, 1e-5, true),
+    ],
+    [
+      "gn_scale_shift_silu_composed",
+      () =>
+        siluComposed(
+          tf.add(tf.mul(groupNormComposed(x, gamma, beta, 32), tf.add(scale, 1)), shift),
+        ),
+      ([a]) =>
+        siluComposed(
+          tf.add(tf.mul(groupNormComposed(a, gamma, beta, 32), tf.add(scale, 1)), shift),
+        ),
+    ],
+  ];
+  for (const [name, fwd, f] of cases) {
+    const ft = timeMs(() => tf.tidy(() => void fwd()), reps);
+    const grad = tf.grad((a: tf.Tensor) => tf.sum(f([a])));
+    const bt = timeMs(() => tf.dispose(grad(x)), reps);
+    r[`${name}_fwd_ns_per_el`] = ns(ft);
+    r[`${name}_fwd_bwd_ns_per_el`] = ns(bt);
+    log(`${name}: forward ${ns(ft).toFixed(2)} ns/el, forward+backward ${ns(bt).toFixed(2)} ns/el`);
+  }
+  tf.dispose([x, gamma, beta, scale, shift]);
+}
+
+/** Where time goes in a small conv net's train step, by kernel (tf.profile). */
+async function profileConvNet(n: number, log: (s: string) => void): Promise<BenchResult> {
+  const x = tf.randomNormal([n, 32, 32, 32]);
+  const w1 = tf.randomNormal([3, 3, 32, 64], 0, 0.1), w2 = tf.randomNormal([3, 3, 64, 64], 0, 0.1);
+  const g1 = tf.ones([64]), b1 = tf.zeros([64]);
+  const loss = (a: tf.Tensor, k1: tf.Tensor, k2: tf.Tensor) => {
+    let h = tf.conv2d(a as tf.Tensor4D, k1 as tf.Tensor4D, 1, "same");
+    h = groupNorm(h, g1, b1, 32, 1e-5, true);
+    h = tf.conv2d(h as tf.Tensor4D, k2 as tf.Tensor4D, 2, "same");
+    return tf.mean(tf.square(h));
+  };
+  const grads = tf.grads(loss);
+  tf.dispose(grads([x, w1, w2]));
+  const info = await tf.profile(() => tf.dispose(grads([x, w1, w2])));
+  const byKernel = new Map<string, number>();
+  for (const k of info.kernels) {
+    byKernel.set(k.name, (byKernel.get(k.name) ?? 0) + (k.kernelTimeMs as number));
+  }
+  const total = [...byKernel.values()].reduce((a, b) => a + b, 0);
+  const out: BenchResult = {};
+  for (const [name, ms] of [...byKernel].sort((a, b) => b[1] - a[1])) {
+    out[`profile_${name}_ms`] = ms;
+    log(`  ${name.padEnd(24)} ${ms.toFixed(1).padStart(8)} ms ${(100 * ms / total).toFixed(0)} %`);
+  }
+  tf.dispose([x, w1, w2, g1, b1]);
+  return out;
+}
+
+/** The BLAS / fused-kernel bench suite. */
+export const suite = {
+  name: "blas",
+  description: "matMul and 3×3 conv with/without OpenBLAS; fused GroupNorm/SiLU vs composed",
+  async run(opts: BenchOptions = {}): Promise<BenchResult> {
+    const log = (s: string) => (opts.log ?? true) && console.error(s);
+    await initEngine({ backend: "wasm", announce: opts.log ?? true });
+    const quick = opts.quick ?? false;
+    const r: BenchResult = {};
+    benchMatMul(r, quick ? 256 : 1024, quick ? 3 : 10, log);
+    benchConv(r, quick ? 8 : 64, quick ? 2 : 4, log);
+    benchElementwise(r, quick ? 4 : 64, quick ? 2 : 5, log);
+    log(`train step of conv3×3 → GN+SiLU → conv3×3/2, batch ${quick ? 8 : 64}, by kernel:`);
+    Object.assign(r, await profileConvNet(quick ? 8 : 64, log));
+    return r;
+  },
+};
+
+if (import.meta.main) {
+  const { values } = parseArgs({ args: Deno.args, options: { quick: { type: "boolean" } } });
+  const r = await suite.run({ quick: values.quick });
+  console.log(JSON.stringify(r, null, 2));
+}

@@ -1,0 +1,167 @@
+import * as tf from "@tensorflow/tfjs";
+import { assert, assertClose, assertEquals, assertThrows } from "../assert.ts";
+import { initEngine } from "../../lib/engine/mod.ts";
+import { normal, rng } from "../../lib/random.ts";
+import {
+  avgPool2,
+  conv2d,
+  dropout,
+  groupNorm,
+  groupNormScaleShift,
+  initParam,
+  layerNorm,
+  linear,
+  qkvAttention,
+  silu,
+  timestepEmbedding,
+  upsampleNearest2,
+} from "../../lib/models/nn.ts";
+
+await initEngine({ backend: "wasm", announce: false });
+const randn = (seed: number, shape: number[]) => normal(rng(seed), shape);
+
+Deno.test("linear() is x·W + b for any leading shape", () => {
+  tf.tidy(() => {
+    const x = randn(1, [2, 3, 4]), w = randn(2, [4, 5]), b = randn(3, [5]);
+    const y = linear(x, w, b);
+    assertEquals(y.shape, [2, 3, 5]);
+    assertClose(y, tf.add(tf.reshape(tf.matMul(tf.reshape(x, [6, 4]), w), [2, 3, 5]), b), { rtol: 1e-5, atol: 1e-6 });
+  });
+});
+
+Deno.test("conv2d() pads like PyTorch, including stride 2", () => {
+  tf.tidy(() => {
+    const x = randn(4, [2, 6, 6, 3]) as tf.Tensor4D, w = randn(5, [3, 3, 3, 4]), b = randn(6, [4]);
+    const padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]);
+    for (const stride of [1, 2]) {
+      const ref = tf.add(tf.conv2d(padded, w as tf.Tensor4D, stride, "valid"), b);
+      assertClose(conv2d(x, w, b, { stride, padding: 1 }), ref, { rtol: 1e-4, atol: 1e-5 });
+    }
+    assertEquals(conv2d(x, w, b, { stride: 2, padding: 1 }).shape, [2, 3, 3, 4]);
+    assertEquals(conv2d(x, randn(7, [1, 1, 3, 8]), undefined).shape, [2, 6, 6, 8]);
+  });
+});
+
+Deno.test("groupNorm() standardises each group over space and its channels", () => {
+  tf.tidy(() => {
+    const [n, h, w, c, g] = [2, 3, 3, 8, 4];
+    const x = tf.add(tf.mul(randn(8, [n, h, w, c]), 3), 1) as tf.Tensor4D;
+    const y = groupNorm(x, tf.ones([c]), tf.zeros([c]), g);
+    const xs = x.arraySync(), ys = y.arraySync();
+    for (let i = 0; i < n; i++) {
+      for (let k = 0; k < g; k++) {
+        const vals: number[] = [], outs: number[] = [];
+        for (let a = 0; a < h; a++) {
+          for (let bb = 0; bb < w; bb++) {
+            for (let ch = k * 2; ch < k * 2 + 2; ch++) {
+              vals.push(xs[i][a][bb][ch]);
+              outs.push(ys[i][a][bb][ch]);
+            }
+          }
+        }
+        const m = vals.reduce((s, v) => s + v, 0) / vals.length;
+        const v = vals.reduce((s, u) => s + (u - m) ** 2, 0) / vals.length; // biased, as PyTorch
+        assertClose(outs, vals.map((u) => (u - m) / Math.sqrt(v + 1e-5)), { rtol: 1e-4, atol: 1e-4 });
+      }
+    }
+    const gamma = randn(9, [c]), beta = randn(10, [c]), scale = randn(11, [n, 1, 1, c]), shift = randn(12, [n, 1, 1, c]);
+    const affine = groupNorm(x, gamma, beta, g);
+    assertClose(groupNormScaleShift(x, gamma, beta, scale, shift, g), tf.add(tf.mul(affine, tf.add(scale, 1)), shift), {
+      rtol: 1e-5,
+      atol: 1e-5,
+    });
+  });
+  assertThrows(() => groupNorm(tf.zeros([1, 2, 2, 48]) as tf.Tensor4D, tf.ones([48]), tf.zeros([48])), /divisible/);
+});
+
+Deno.test("silu() and layerNorm() match their formulas", () => {
+  tf.tidy(() => {
+    const xs = [-3, -0.5, 0, 2];
+    assertClose(silu(tf.tensor1d(xs)), xs.map((x) => x / (1 + Math.exp(-x))), { rtol: 1e-5, atol: 1e-7 });
+    const x = tf.tensor2d([[1, 2, 3, 6]]);
+    const m = 3, v = (4 + 1 + 0 + 9) / 4;
+    assertClose(layerNorm(x), [1, 2, 3, 6].map((u) => (u - m) / Math.sqrt(v + 1e-5)), { rtol: 1e-5 });
+    assertClose(layerNorm(x, tf.fill([4], 2), tf.fill([4], 1)), [1, 2, 3, 6].map((u) => (2 * (u - m)) / Math.sqrt(v + 1e-5) + 1), {
+      rtol: 1e-5,
+    });
+  });
+});
+
+Deno.test("timestepEmbedding() puts cos first and pads odd widths", () => {
+  tf.tidy(() => {
+    const e = timestepEmbedding(tf.tensor1d([0, 7], "int32"), 6).arraySync();
+    assertClose(e[0], [1, 1, 1, 0, 0, 0], { atol: 1e-7 });
+    const freqs = [0, 1, 2].map((i) => Math.exp((-Math.log(10000) * i) / 3));
+    assertClose(e[1], [...freqs.map((f) => Math.cos(7 * f)), ...freqs.map((f) => Math.sin(7 * f))], { rtol: 1e-5, atol: 1e-6 });
+    const odd = timestepEmbedding(tf.tensor1d([3]), 5);
+    assertEquals(odd.shape, [1, 5]);
+    assertEquals(odd.arraySync()[0][4], 0);
+  });
+});
+
+// Naive attention on one head: q, k, v are [T][ch] arrays.
+function naiveHead(q: number[][], k: number[][], v: number[][]): number[][] {
+  const scale = 1 / Math.sqrt(q[0].length);
+  return q.map((qi) => {
+    const logits = k.map((kj) => kj.reduce((s, x, c) => s + x * qi[c], 0) * scale);
+    const mx = Math.max(...logits);
+    const ex = logits.map((l) => Math.exp(l - mx));
+    const z = ex.reduce((a, b) => a + b, 0);
+    return v[0].map((_, c) => ex.reduce((s, e, j) => s + (e / z) * v[j][c], 0));
+  });
+}
+
+Deno.test("qkvAttention() legacy and new orders read the channels as documented", () => {
+  tf.tidy(() => {
+    const [n, len, heads, ch] = [2, 5, 2, 3];
+    const qkv = randn(13, [n, len, 3 * heads * ch]) as tf.Tensor3D;
+    const arr = qkv.arraySync();
+    for (const order of ["legacy", "new"] as const) {
+      const out = qkvAttention(qkv, heads, order).arraySync();
+      for (let b = 0; b < n; b++) {
+        for (let h = 0; h < heads; h++) {
+          // Channel of (part j ∈ {q, k, v}, head h, c).
+          const idx = (j: number, c: number) => (order === "legacy" ? h * 3 * ch + j * ch + c : j * heads * ch + h * ch + c);
+          const part = (j: number) => arr[b].map((row) => Array.from({ length: ch }, (_, c) => row[idx(j, c)]));
+          const expected = naiveHead(part(0), part(1), part(2));
+          const got = out[b].map((row) => row.slice(h * ch, (h + 1) * ch));
+          assertClose(got.flat(), expected.flat(), { rtol: 1e-4, atol: 1e-5, message: `${order} b${b} h${h}` });
+        }
+      }
+    }
+    // One head: both orders are [q | k | v].
+    const one = randn(14, [1, 4, 6]) as tf.Tensor3D;
+    assertClose(qkvAttention(one, 1, "legacy"), qkvAttention(one, 1, "new"), { rtol: 1e-6, atol: 1e-7 });
+  });
+});
+
+Deno.test("avgPool2() and upsampleNearest2() resample by 2", () => {
+  tf.tidy(() => {
+    const x = tf.tensor4d([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16], [1, 4, 4, 1]);
+    assertClose(avgPool2(x), [3.5, 5.5, 11.5, 13.5]);
+    const u = upsampleNearest2(tf.tensor4d([1, 2, 3, 4], [1, 2, 2, 1]));
+    assertClose(u, [1, 1, 2, 2, 1, 1, 2, 2, 3, 3, 4, 4, 3, 3, 4, 4]);
+  });
+});
+
+Deno.test("initParam() is PyTorch's default uniform, keyed by name", () => {
+  tf.tidy(() => {
+    const spec = { shape: [3, 3, 16, 8], init: { kind: "uniform", fanIn: 144 } } as const;
+    const a = initParam(rng(0), "x.weight", spec).dataSync();
+    assert(a.every((v) => Math.abs(v) <= 1 / 12) && Math.max(...a) > 0.07, "bound 1/√144");
+    assertEquals(Array.from(initParam(rng(0), "x.weight", spec).dataSync()), Array.from(a));
+    assert(initParam(rng(0), "y.weight", spec).dataSync()[0] !== a[0]);
+    assertEquals(Array.from(initParam(rng(0), "z", { shape: [2], init: { kind: "ones" } }).dataSync()), [1, 1]);
+  });
+});
+
+Deno.test("dropout() is the identity without a key and keeps ~1 − rate of units scaled up", () => {
+  tf.tidy(() => {
+    const x = tf.ones([10000]);
+    assert(dropout(x, 0.3) === x);
+    const y = dropout(x, 0.3, rng(1)).dataSync();
+    const kept = y.filter((v) => v > 0);
+    assert(Math.abs(kept.length / 10000 - 0.7) < 0.03, `kept ${kept.length}`);
+    assertClose([kept[0]], [1 / 0.7], { rtol: 1e-6 });
+  });
+});
