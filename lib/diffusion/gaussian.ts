@@ -43,26 +43,50 @@ function assertSameShape(a: tf.Tensor, b: tf.Tensor, what: string): void {
 // ---------------------------------------------------------------------------------------------
 
 /** x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε (Ho et al. 2020, eq. 4). */
-export function qSample(s: Schedule, x0: tf.Tensor4D, t: Timesteps, noise: tf.Tensor4D): tf.Tensor4D {
+export function qSample(
+  s: Schedule,
+  x0: tf.Tensor4D,
+  t: Timesteps,
+  noise: tf.Tensor4D,
+): tf.Tensor4D {
   assertSameShape(x0, noise, "x0 and noise");
   return tf.tidy(() =>
-    tf.add(tf.mul(extract(s.sqrtAlphasCumprod, t), x0), tf.mul(extract(s.sqrtOneMinusAlphasCumprod, t), noise))
+    tf.add(
+      tf.mul(extract(s.sqrtAlphasCumprod, t), x0),
+      tf.mul(extract(s.sqrtOneMinusAlphasCumprod, t), noise),
+    )
   );
 }
 
 /** x̂_0 = √(1/ᾱ_t)·x_t − √(1/ᾱ_t − 1)·ε̂. */
-export function predictX0FromEps(s: Schedule, xt: tf.Tensor4D, t: Timesteps, eps: tf.Tensor4D): tf.Tensor4D {
+export function predictX0FromEps(
+  s: Schedule,
+  xt: tf.Tensor4D,
+  t: Timesteps,
+  eps: tf.Tensor4D,
+): tf.Tensor4D {
   assertSameShape(xt, eps, "x_t and eps");
   return tf.tidy(() =>
-    tf.sub(tf.mul(extract(s.sqrtRecipAlphasCumprod, t), xt), tf.mul(extract(s.sqrtRecipm1AlphasCumprod, t), eps))
+    tf.sub(
+      tf.mul(extract(s.sqrtRecipAlphasCumprod, t), xt),
+      tf.mul(extract(s.sqrtRecipm1AlphasCumprod, t), eps),
+    )
   );
 }
 
 /** ε̂ = (√(1/ᾱ_t)·x_t − x̂_0) / √(1/ᾱ_t − 1), the inverse of `predictX0FromEps`. */
-export function predictEpsFromX0(s: Schedule, xt: tf.Tensor4D, t: Timesteps, x0: tf.Tensor4D): tf.Tensor4D {
+export function predictEpsFromX0(
+  s: Schedule,
+  xt: tf.Tensor4D,
+  t: Timesteps,
+  x0: tf.Tensor4D,
+): tf.Tensor4D {
   assertSameShape(xt, x0, "x_t and x0");
   return tf.tidy(() =>
-    tf.div(tf.sub(tf.mul(extract(s.sqrtRecipAlphasCumprod, t), xt), x0), extract(s.sqrtRecipm1AlphasCumprod, t))
+    tf.div(
+      tf.sub(tf.mul(extract(s.sqrtRecipAlphasCumprod, t), xt), x0),
+      extract(s.sqrtRecipm1AlphasCumprod, t),
+    )
   );
 }
 
@@ -81,10 +105,18 @@ export interface MeanVariance {
  * q(x_{t−1} | x_t, x_0): mean = c1·x_0 + c2·x_t, variance β̃_t, log variance clipped at t = 0
  * (Ho et al. 2020, eqs. 6–7).
  */
-export function posteriorMeanVariance(s: Schedule, x0: tf.Tensor4D, xt: tf.Tensor4D, t: Timesteps): MeanVariance {
+export function posteriorMeanVariance(
+  s: Schedule,
+  x0: tf.Tensor4D,
+  xt: tf.Tensor4D,
+  t: Timesteps,
+): MeanVariance {
   assertSameShape(x0, xt, "x0 and x_t");
   return tf.tidy(() => ({
-    mean: tf.add(tf.mul(extract(s.posteriorMeanCoef1, t), x0), tf.mul(extract(s.posteriorMeanCoef2, t), xt)) as tf.Tensor4D,
+    mean: tf.add(
+      tf.mul(extract(s.posteriorMeanCoef1, t), x0),
+      tf.mul(extract(s.posteriorMeanCoef2, t), xt),
+    ) as tf.Tensor4D,
     variance: extract(s.posteriorVariance, t),
     logVariance: extract(s.posteriorLogVarianceClipped, t),
   }));
@@ -103,10 +135,16 @@ export interface ModelOutputOptions {
 }
 
 /** Split a model output into ε̂ [N, H, W, C] and, with learnSigma, v [N, H, W, C]. */
-export function splitOutput(out: tf.Tensor4D, channels: number, learnSigma: boolean): [tf.Tensor4D, tf.Tensor4D?] {
+export function splitOutput(
+  out: tf.Tensor4D,
+  channels: number,
+  learnSigma: boolean,
+): [tf.Tensor4D, tf.Tensor4D?] {
   const c = out.shape[3];
   if (c !== (learnSigma ? 2 : 1) * channels) {
-    throw new Error(`gaussian.ts: model output has ${c} channels, expected ${(learnSigma ? 2 : 1) * channels}`);
+    throw new Error(
+      `gaussian.ts: model output has ${c} channels, expected ${(learnSigma ? 2 : 1) * channels}`,
+    );
   }
   if (!learnSigma) return [out];
   const [eps, v] = tf.split(out, 2, 3) as [tf.Tensor4D, tf.Tensor4D];
@@ -204,7 +242,9 @@ export function ddimStep(
   xt: tf.Tensor4D,
   opts: DdimOptions = {},
 ): StepResult {
-  if (!(tPrev < t && tPrev >= -1)) throw new Error(`gaussian.ts: DDIM needs −1 ≤ tPrev < t, got ${tPrev}, ${t}`);
+  if (!(tPrev < t && tPrev >= -1)) {
+    throw new Error(`gaussian.ts: DDIM needs −1 ≤ tPrev < t, got ${tPrev}, ${t}`);
+  }
   const eta = opts.eta ?? 0;
   if (eta > 0 && !opts.noise) throw new Error("gaussian.ts: DDIM with eta > 0 needs noise");
   const ab = s.alphasCumprod[t];

@@ -11,7 +11,12 @@ import { pMeanVariance, posteriorMeanVariance, qSample, splitOutput } from "./ga
 // ---------------------------------------------------------------------------------------------
 
 /** KL(N(μ1, e^{lv1}) ‖ N(μ2, e^{lv2})) elementwise; arguments broadcast. */
-export function normalKl(mean1: tf.Tensor, logvar1: tf.Tensor, mean2: tf.Tensor, logvar2: tf.Tensor): tf.Tensor {
+export function normalKl(
+  mean1: tf.Tensor,
+  logvar1: tf.Tensor,
+  mean2: tf.Tensor,
+  logvar2: tf.Tensor,
+): tf.Tensor {
   return tf.tidy(() => {
     const sq = tf.squaredDifference(mean1, mean2);
     const inner = tf.add(tf.sub(tf.sub(logvar2, logvar1), 1), tf.exp(tf.sub(logvar1, logvar2)));
@@ -32,7 +37,11 @@ export function approxStandardNormalCdf(x: tf.Tensor): tf.Tensor {
  * log p(x) of 8-bit data scaled to [−1, 1] under N(mean, e^{2·logScale}) discretised into bins
  * of width 2/255; the edge bins extend to ±∞.
  */
-export function discretizedGaussianLogLikelihood(x: tf.Tensor, means: tf.Tensor, logScales: tf.Tensor): tf.Tensor {
+export function discretizedGaussianLogLikelihood(
+  x: tf.Tensor,
+  means: tf.Tensor,
+  logScales: tf.Tensor,
+): tf.Tensor {
   return tf.tidy(() => {
     const centered = tf.sub(x, means);
     const invStd = tf.exp(tf.neg(logScales));
@@ -89,7 +98,10 @@ export function vbTermsBpd(
     const p = pMeanVariance(s, modelOut, xt, t, { learnSigma, clip: false });
     const kl = tf.div(meanFlat(normalKl(q.mean, q.logVariance, p.mean, p.logVariance)), Math.LN2);
     const logScales = tf.broadcastTo(tf.mul(0.5, p.logVariance), x0.shape);
-    const nll = tf.div(meanFlat(tf.neg(discretizedGaussianLogLikelihood(x0, p.mean, logScales))), Math.LN2);
+    const nll = tf.div(
+      meanFlat(tf.neg(discretizedGaussianLogLikelihood(x0, p.mean, logScales))),
+      Math.LN2,
+    );
     return tf.where(tf.equal(t, 0), nll, kl) as tf.Tensor1D;
   });
 }
@@ -122,7 +134,9 @@ export function trainingLosses(
   const learnSigma = opts.learnSigma ?? false;
   return tf.tidy(() => {
     const xt = qSample(s, x0, t, noise);
-    const modelT = isIdentity(s) ? t : tf.gather(tf.tensor1d(s.timestepMap, "int32"), t) as tf.Tensor1D;
+    const modelT = isIdentity(s)
+      ? t
+      : tf.gather(tf.tensor1d(s.timestepMap, "int32"), t) as tf.Tensor1D;
     const out = model(xt, modelT);
     const [eps, v] = splitOutput(out, x0.shape[3], learnSigma);
     const mse = meanFlat(tf.squaredDifference(noise, eps));
@@ -148,4 +162,3 @@ export function diffusionLoss(
 function isIdentity(s: Schedule): boolean {
   return s.timestepMap.every((v, i) => v === i);
 }
-

@@ -42,7 +42,11 @@ export function sampleLoop(
   const method = opts.method ?? "ddpm";
   const steps = opts.steps ?? s.T;
   const learnSigma = opts.learnSigma ?? false;
-  const kept = samplingTimesteps(s.T, steps, opts.spacing ?? (method === "ddim" ? "ddim" : "uniform"));
+  const kept = samplingTimesteps(
+    s.T,
+    steps,
+    opts.spacing ?? (method === "ddim" ? "ddim" : "uniform"),
+  );
   // DDPM walks a respaced schedule; DDIM walks the kept indices of the original one.
   const ddpmSched = method === "ddpm" && kept.length !== s.T ? respace(s, kept) : s;
   const [initKey, stepKey] = split(rng);
@@ -60,7 +64,8 @@ export function sampleLoop(
       const [eps] = splitOutput(out, shape[3], learnSigma);
       const eta = opts.eta ?? 0;
       const noise = eta > 0 ? normal(fold(stepKey, j), shape) as tf.Tensor4D : undefined;
-      return ddimStep(s, eps, kept[j], j > 0 ? kept[j - 1] : -1, x, { eta, noise, clip: opts.clip }).prev;
+      return ddimStep(s, eps, kept[j], j > 0 ? kept[j - 1] : -1, x, { eta, noise, clip: opts.clip })
+        .prev;
     });
     x.dispose();
     x = next;

@@ -50,7 +50,9 @@ export function cosineAlphaBar(s: number): number {
  * @throws when T is not a positive integer
  */
 export function betaSchedule(name: BetaScheduleName, T = 1000): Float64Array {
-  if (!Number.isInteger(T) || T < 1) throw new Error(`schedule.ts: T must be a positive integer, got ${T}`);
+  if (!Number.isInteger(T) || T < 1) {
+    throw new Error(`schedule.ts: T must be a positive integer, got ${T}`);
+  }
   const betas = new Float64Array(T);
   if (name === "linear") {
     const scale = 1000 / T;
@@ -94,7 +96,9 @@ export function makeSchedule(
     if (!(b > 0 && b <= 1)) throw new Error(`schedule.ts: beta[${i}] = ${b} is outside (0, 1]`);
   });
   const map_ = timestepMap ?? Int32Array.from({ length: T }, (_, i) => i);
-  if (map_.length !== T) throw new Error(`schedule.ts: timestepMap has ${map_.length} entries, expected ${T}`);
+  if (map_.length !== T) {
+    throw new Error(`schedule.ts: timestepMap has ${map_.length} entries, expected ${T}`);
+  }
   const b = Float64Array.from(betas);
   const alphas = map(b, (x) => 1 - x);
   const acp = new Float64Array(T);
@@ -120,7 +124,10 @@ export function makeSchedule(
     sqrtRecipm1AlphasCumprod: map(acp, (a) => Math.sqrt(1 / a - 1)),
     posteriorVariance: postVar,
     // β̃_0 = 0; guided-diffusion substitutes β̃_1 (with T = 1 there is none: keep β_0).
-    posteriorLogVarianceClipped: map(postVar, (v, i) => Math.log(i === 0 ? (T > 1 ? postVar[1] : b[0]) : v)),
+    posteriorLogVarianceClipped: map(
+      postVar,
+      (v, i) => Math.log(i === 0 ? (T > 1 ? postVar[1] : b[0]) : v),
+    ),
     posteriorMeanCoef1: map(b, (x, i) => (x * Math.sqrt(acpPrev[i])) / (1 - acp[i])),
     posteriorMeanCoef2: map(acp, (a, i) => ((1 - acpPrev[i]) * Math.sqrt(alphas[i])) / (1 - a)),
   });
@@ -157,7 +164,11 @@ function roundHalfEven(x: number): number {
  * (space_timesteps "ddimN"); throws when no stride gives that count. "uniform": one section of
  * fractional stride (T−1)/(steps−1), rounded (space_timesteps "N"), which always exists.
  */
-export function samplingTimesteps(T: number, steps: number, spacing: "ddim" | "uniform" = "ddim"): number[] {
+export function samplingTimesteps(
+  T: number,
+  steps: number,
+  spacing: "ddim" | "uniform" = "ddim",
+): number[] {
   if (!Number.isInteger(steps) || steps < 1 || steps > T) {
     throw new Error(`schedule.ts: cannot sample ${T} steps in ${steps}: need 1 ≤ steps ≤ T`);
   }
@@ -165,7 +176,9 @@ export function samplingTimesteps(T: number, steps: number, spacing: "ddim" | "u
     for (let k = 1; k <= T; k++) {
       if (Math.ceil(T / k) === steps) return Array.from({ length: steps }, (_, i) => i * k);
     }
-    throw new Error(`schedule.ts: no integer stride gives exactly ${steps} of ${T} steps; use "uniform" spacing`);
+    throw new Error(
+      `schedule.ts: no integer stride gives exactly ${steps} of ${T} steps; use "uniform" spacing`,
+    );
   }
   const stride = steps <= 1 ? 1 : (T - 1) / (steps - 1);
   const kept = new Set<number>();

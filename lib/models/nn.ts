@@ -4,6 +4,7 @@
 // their signatures, since fused kernels are meant to replace their bodies.
 import * as tf from "@tensorflow/tfjs";
 import { foldName, normal, type Rng, uniform } from "../random.ts";
+import * as fused from "../engine/fused/mod.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Dense and convolution
@@ -33,7 +34,12 @@ export interface ConvOptions {
  * b [Cout] → [N, H', W', Cout]. Stride 2 with padding 1 pads both sides (tfjs "same" would pad
  * only the bottom/right and shift the grid), so the padding is passed explicitly.
  */
-export function conv2d(x: tf.Tensor4D, w: tf.Tensor, b: tf.Tensor | undefined, opts: ConvOptions = {}): tf.Tensor4D {
+export function conv2d(
+  x: tf.Tensor4D,
+  w: tf.Tensor,
+  b: tf.Tensor | undefined,
+  opts: ConvOptions = {},
+): tf.Tensor4D {
   const stride = opts.stride ?? 1;
   const k = w.shape[0];
   const p = opts.padding ?? (k - 1) / 2;
@@ -46,32 +52,31 @@ export function conv2d(x: tf.Tensor4D, w: tf.Tensor, b: tf.Tensor | undefined, o
 // Normalisation and activations (fusion targets)
 // ---------------------------------------------------------------------------------------------
 
-/** SiLU (swish): x·σ(x). */
+/** SiLU (swish): x·σ(x); a fused kernel on wasm. */
 export function silu<T extends tf.Tensor>(x: T): T {
-  return tf.tidy(() => tf.mul(x, tf.sigmoid(x)) as T);
-}
-
-// Normalise x [N, H, W, C] over (H, W, C/G) per group; no affine.
-function groupStandardize(x: tf.Tensor4D, groups: number, eps: number): tf.Tensor4D {
-  const [n, h, w, c] = x.shape;
-  if (c % groups !== 0) throw new Error(`nn.ts: groupNorm needs channels (${c}) divisible by groups (${groups})`);
-  const xg = tf.reshape(x, [n, h * w, groups, c / groups]); // [N, HW, G, C/G]
-  const { mean, variance } = tf.moments(xg, [1, 3], true); // [N, 1, G, 1]
-  const y = tf.mul(tf.sub(xg, mean), tf.rsqrt(tf.add(variance, eps)));
-  return tf.reshape(y, [n, h, w, c]);
+  return fused.silu(x);
 }
 
 /**
  * GroupNorm (PyTorch semantics, biased variance): x [N, H, W, C], gamma/beta [C] → [N, H, W, C].
+ * Fused on wasm (one pass, and only x kept for the gradient); `thenSilu` applies the SiLU that
+ * follows almost every norm in ADM in the same pass.
  * @param groups 32 in ADM (GroupNorm32) @param eps 1e-5 (PyTorch default)
  */
-export function groupNorm(x: tf.Tensor4D, gamma: tf.Tensor, beta: tf.Tensor, groups = 32, eps = 1e-5): tf.Tensor4D {
-  return tf.tidy(() => tf.add(tf.mul(groupStandardize(x, groups, eps), gamma), beta));
+export function groupNorm(
+  x: tf.Tensor4D,
+  gamma: tf.Tensor,
+  beta: tf.Tensor,
+  groups = 32,
+  eps = 1e-5,
+  thenSilu = false,
+): tf.Tensor4D {
+  return fused.groupNorm(x, gamma, beta, groups, eps, thenSilu);
 }
 
 /**
  * GN(x)·(1 + scale) + shift, the scale-shift norm of ADM ResBlocks: x [N, H, W, C], gamma/beta
- * [C], scale/shift [N, 1, 1, C] → [N, H, W, C].
+ * [C], scale/shift [N, 1, 1, C] → [N, H, W, C]; `thenSilu` as in `groupNorm`.
  */
 export function groupNormScaleShift(
   x: tf.Tensor4D,
@@ -81,8 +86,9 @@ export function groupNormScaleShift(
   shift: tf.Tensor,
   groups = 32,
   eps = 1e-5,
+  thenSilu = false,
 ): tf.Tensor4D {
-  return tf.tidy(() => tf.add(tf.mul(groupNorm(x, gamma, beta, groups, eps), tf.add(scale, 1)), shift));
+  return fused.groupNormScaleShift(x, gamma, beta, scale, shift, groups, eps, thenSilu);
 }
 
 /**
@@ -117,7 +123,10 @@ export function layerNorm(
 export function timestepEmbedding(t: tf.Tensor1D, dim: number, maxPeriod = 10000): tf.Tensor2D {
   return tf.tidy(() => {
     const half = Math.floor(dim / 2);
-    const freqs = Float32Array.from({ length: half }, (_, i) => Math.exp((-Math.log(maxPeriod) * i) / half));
+    const freqs = Float32Array.from(
+      { length: half },
+      (_, i) => Math.exp((-Math.log(maxPeriod) * i) / half),
+    );
     const args = tf.mul(tf.reshape(tf.cast(t, "float32"), [-1, 1]), tf.tensor2d(freqs, [1, half])); // [N, half]
     const parts = [tf.cos(args), tf.sin(args)];
     if (dim % 2) parts.push(tf.zeros([t.shape[0], 1]));
@@ -137,22 +146,28 @@ export type QkvOrder = "legacy" | "new";
 export function qkvAttention(qkv: tf.Tensor3D, heads: number, order: QkvOrder): tf.Tensor3D {
   return tf.tidy(() => {
     const [n, len, width] = qkv.shape;
-    if (width % (3 * heads) !== 0) throw new Error(`nn.ts: qkv width ${width} is not divisible by 3·${heads}`);
+    if (width % (3 * heads) !== 0) {
+      throw new Error(`nn.ts: qkv width ${width} is not divisible by 3·${heads}`);
+    }
     const ch = width / (3 * heads);
-    // legacy: [N, T, H, 3, ch]; new: [N, T, 3, H, ch]. Bring to [3, N, H, T, ch].
-    const split = order === "legacy"
-      ? tf.transpose(tf.reshape(qkv, [n, len, heads, 3, ch]), [3, 0, 2, 1, 4])
-      : tf.transpose(tf.reshape(qkv, [n, len, 3, heads, ch]), [2, 0, 3, 1, 4]);
-    const [q, k, v] = tf.unstack(split, 0) as tf.Tensor4D[]; // each [N, H, T, ch]
+    // Rank-4 transposes only (the wasm backend's general-rank transpose is slow).
+    let q: tf.Tensor, k: tf.Tensor, v: tf.Tensor;
+    if (order === "legacy") {
+      const perHead = tf.transpose(tf.reshape(qkv, [n, len, heads, 3 * ch]), [0, 2, 1, 3]); // [N, H, T, 3ch]
+      [q, k, v] = tf.split(perHead, 3, 3); // each [N, H, T, ch]
+    } else {
+      const parts = tf.transpose(tf.reshape(qkv, [n, len, 3 * heads, ch]), [0, 2, 1, 3]); // [N, 3H, T, ch]
+      [q, k, v] = tf.split(parts, 3, 1); // each [N, H, T, ch]
+    }
+    const flat = (x: tf.Tensor) => tf.reshape(x, [n * heads, len, ch]) as tf.Tensor3D;
     const scale = Math.pow(ch, -0.25);
-    const logits = tf.matMul(
-      tf.reshape(tf.mul(q, scale), [n * heads, len, ch]) as tf.Tensor3D,
-      tf.reshape(tf.mul(k, scale), [n * heads, len, ch]) as tf.Tensor3D,
-      false,
-      true,
-    ); // [NH, T, T]
-    const a = tf.matMul(tf.softmax(logits, -1), tf.reshape(v, [n * heads, len, ch]) as tf.Tensor3D); // [NH, T, ch]
-    return tf.reshape(tf.transpose(tf.reshape(a, [n, heads, len, ch]), [0, 2, 1, 3]), [n, len, heads * ch]);
+    const logits = tf.matMul(flat(tf.mul(q, scale)), flat(tf.mul(k, scale)), false, true); // [NH, T, T]
+    const a = tf.matMul(tf.softmax(logits, -1), flat(v)); // [NH, T, ch]
+    return tf.reshape(tf.transpose(tf.reshape(a, [n, heads, len, ch]), [0, 2, 1, 3]), [
+      n,
+      len,
+      heads * ch,
+    ]);
   });
 }
 
@@ -161,9 +176,18 @@ export function avgPool2(x: tf.Tensor4D): tf.Tensor4D {
   return tf.avgPool(x, 2, 2, "valid");
 }
 
-/** Nearest-neighbour ×2 upsampling: [N, H, W, C] → [N, 2H, 2W, C] (PyTorch "nearest"). */
+/**
+ * Nearest-neighbour ×2 upsampling: [N, H, W, C] → [N, 2H, 2W, C] (PyTorch "nearest"). Built
+ * from reshapes and concats: tfjs's cpu ResizeNearestNeighborGrad is wrong for batches > 1,
+ * and concat's gradient (slices) is as fast as the wasm resize kernels.
+ */
 export function upsampleNearest2(x: tf.Tensor4D): tf.Tensor4D {
-  return tf.image.resizeNearestNeighbor(x, [2 * x.shape[1], 2 * x.shape[2]], false, false);
+  return tf.tidy(() => {
+    const [n, h, w, c] = x.shape;
+    const cols = tf.reshape(x, [n * h, w, 1, c]);
+    const wide = tf.reshape(tf.concat([cols, cols], 2), [n, h, 1, 2 * w * c]); // each column twice
+    return tf.reshape(tf.concat([wide, wide], 2), [n, 2 * h, 2 * w, c]); // each row twice
+  });
 }
 
 /**
@@ -220,15 +244,32 @@ export function initParam(rng: Rng, name: string, spec: ParamSpec): tf.Tensor {
 }
 
 /** Specs of a conv (weight [k, k, in, out], bias [out]) under `prefix`, PyTorch-default init. */
-export function convSpecs(prefix: string, k: number, cin: number, cout: number, zero = false): [string, ParamSpec][] {
+export function convSpecs(
+  prefix: string,
+  k: number,
+  cin: number,
+  cout: number,
+  zero = false,
+): [string, ParamSpec][] {
   const init: InitSpec = zero ? { kind: "zeros" } : { kind: "uniform", fanIn: cin * k * k };
-  return [[`${prefix}.weight`, { shape: [k, k, cin, cout], init }], [`${prefix}.bias`, { shape: [cout], init }]];
+  return [[`${prefix}.weight`, { shape: [k, k, cin, cout], init }], [`${prefix}.bias`, {
+    shape: [cout],
+    init,
+  }]];
 }
 
 /** Specs of a linear layer (weight [in, out], bias [out]) under `prefix`. */
-export function linearSpecs(prefix: string, cin: number, cout: number, zero = false): [string, ParamSpec][] {
+export function linearSpecs(
+  prefix: string,
+  cin: number,
+  cout: number,
+  zero = false,
+): [string, ParamSpec][] {
   const init: InitSpec = zero ? { kind: "zeros" } : { kind: "uniform", fanIn: cin };
-  return [[`${prefix}.weight`, { shape: [cin, cout], init }], [`${prefix}.bias`, { shape: [cout], init }]];
+  return [[`${prefix}.weight`, { shape: [cin, cout], init }], [`${prefix}.bias`, {
+    shape: [cout],
+    init,
+  }]];
 }
 
 /** Specs of an affine norm (weight ones, bias zeros, both [c]) under `prefix`. */

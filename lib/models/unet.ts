@@ -64,35 +64,41 @@ export interface UNetConfig {
   readonly learnSigma: boolean;
 }
 
+// Fields every preset shares (ADM's choices): scale-shift norm, ResBlock resampling, legacy order.
+const ADM = {
+  dropout: 0,
+  numHeadsUpsample: -1,
+  useScaleShiftNorm: true,
+  resblockUpdown: true,
+  useNewAttentionOrder: false,
+} as const;
+
 /** Named configurations. */
+// deno-fmt-ignore
 export const UNET_CONFIGS = {
   /** CI size: 16 px grayscale, two levels, attention at 8×8; trains in seconds. */
   tiny: {
-    imageSize: 16, inChannels: 1, outChannels: 1, modelChannels: 32, numResBlocks: 1,
-    attentionResolutions: [8], dropout: 0, channelMult: [1, 2], numHeads: 2, numHeadChannels: -1,
-    numHeadsUpsample: -1, useScaleShiftNorm: true, resblockUpdown: true, useNewAttentionOrder: false,
-    learnSigma: false,
+    ...ADM, imageSize: 16, inChannels: 1, outChannels: 1, modelChannels: 32, numResBlocks: 1,
+    channelMult: [1, 2], attentionResolutions: [8], numHeads: 2, numHeadChannels: -1, learnSigma: false,
   },
   /**
    * Fashion-MNIST pre-training on a 2-core CPU: 28 px native (28 → 14 → 7, no padding), ADM's
-   * block design at 64 channels with one ResBlock per level and attention only at 7×7. ~3.4 M
-   * params and ~0.2 GFLOP per image forward, about 1/9 of the 7.7 M (64 ch, 2 blocks, 32 px)
-   * model that PyTorch trains at 9.4 img/s here, so ~40+ img/s is within reach with BLAS
-   * convs. 32 channels would be cheaper still but GroupNorm32 would degenerate to per-channel
-   * norm at level 0.
+   * block design and hybrid loss at widths 32/64/128, one ResBlock per level, attention only at
+   * 7×7: 3.2 M params, 0.7 GFLOP per image forward. The cost sits at 28×28, so that level is
+   * thin and the parameters live at 7×7 where they are cheap. 64 channels with one block (5.5 M,
+   * 1.8 GFLOP) trained 2× slower here; 64 ch × 2 blocks at 32 px (the 7.7 M model PyTorch trains
+   * at 9.4 img/s on this machine) costs ~4× the FLOPs. GroupNorm32 at 32 channels normalises
+   * each channel alone, as ADM itself would at this width.
    */
   small: {
-    imageSize: 28, inChannels: 1, outChannels: 1, modelChannels: 64, numResBlocks: 1,
-    attentionResolutions: [7], dropout: 0, channelMult: [1, 2, 2], numHeads: 4, numHeadChannels: -1,
-    numHeadsUpsample: -1, useScaleShiftNorm: true, resblockUpdown: true, useNewAttentionOrder: false,
-    learnSigma: true,
+    ...ADM, imageSize: 28, inChannels: 1, outChannels: 1, modelChannels: 32, numResBlocks: 1,
+    channelMult: [1, 2, 4], attentionResolutions: [7], numHeads: 4, numHeadChannels: -1, learnSigma: true,
   },
   /** 256×256_diffusion_uncond.pt (guided-diffusion README flags + defaults): ≈552.8 M params. */
   adm256: {
-    imageSize: 256, inChannels: 3, outChannels: 3, modelChannels: 256, numResBlocks: 2,
-    attentionResolutions: [32, 16, 8], dropout: 0, channelMult: [1, 1, 2, 2, 4, 4], numHeads: 4,
-    numHeadChannels: 64, numHeadsUpsample: -1, useScaleShiftNorm: true, resblockUpdown: true,
-    useNewAttentionOrder: false, learnSigma: true,
+    ...ADM, imageSize: 256, inChannels: 3, outChannels: 3, modelChannels: 256, numResBlocks: 2,
+    channelMult: [1, 1, 2, 2, 4, 4], attentionResolutions: [32, 16, 8], numHeads: 4, numHeadChannels: 64,
+    learnSigma: true,
   },
 } as const satisfies Record<string, UNetConfig>;
 
@@ -102,17 +108,13 @@ export type UNetConfigName = keyof typeof UNET_CONFIGS;
 // Plan: the module tree as data, built once from a config
 // ---------------------------------------------------------------------------------------------
 
-type Layer =
-  | { readonly kind: "stem"; readonly key: string; readonly cin: number; readonly cout: number }
-  | {
-    readonly kind: "res";
-    readonly key: string;
-    readonly cin: number;
-    readonly cout: number;
-    readonly resample: "none" | "down" | "up";
-  }
-  | { readonly kind: "attn"; readonly key: string; readonly channels: number; readonly heads: number }
-  | { readonly kind: "downConv" | "upConv"; readonly key: string; readonly channels: number };
+type Resample = "none" | "down" | "up";
+type Layer = Readonly<
+  | { kind: "stem"; key: string; cin: number; cout: number }
+  | { kind: "res"; key: string; cin: number; cout: number; resample: Resample }
+  | { kind: "attn"; key: string; channels: number; heads: number }
+  | { kind: "downConv" | "upConv"; key: string; channels: number }
+>;
 
 /** One numbered block: what `taps` can return. */
 export interface BlockInfo {
@@ -136,29 +138,40 @@ function validate(c: UNetConfig): void {
   const levels = c.channelMult.length;
   const fault = (msg: string) => new Error(`unet.ts: bad config: ${msg}`);
   if (levels < 1) throw fault("channelMult is empty");
-  if (c.imageSize % 2 ** (levels - 1) !== 0) throw fault(`imageSize ${c.imageSize} does not halve ${levels - 1} times`);
+  if (c.imageSize % 2 ** (levels - 1) !== 0) {
+    throw fault(`imageSize ${c.imageSize} does not halve ${levels - 1} times`);
+  }
   for (const m of c.channelMult) {
-    if ((c.modelChannels * m) % 32 !== 0) throw fault(`width ${c.modelChannels * m} is not divisible by 32 groups`);
+    if ((c.modelChannels * m) % 32 !== 0) {
+      throw fault(`width ${c.modelChannels * m} is not divisible by 32 groups`);
+    }
   }
   if (c.numResBlocks < 1) throw fault("numResBlocks must be at least 1");
 }
 
 function heads(c: UNetConfig, channels: number, decoder: boolean): number {
   if (c.numHeadChannels !== -1) {
-    if (channels % c.numHeadChannels !== 0) {
-      throw new Error(`unet.ts: ${channels} channels are not divisible by numHeadChannels ${c.numHeadChannels}`);
+    const hc = c.numHeadChannels;
+    if (channels % hc !== 0) {
+      throw new Error(`unet.ts: ${channels} channels do not split into heads of ${hc}`);
     }
     return channels / c.numHeadChannels;
   }
   return decoder && c.numHeadsUpsample !== -1 ? c.numHeadsUpsample : c.numHeads;
 }
 
-const describe = (plan: readonly Layer[]): string =>
-  plan.map((l) =>
-    l.kind === "stem" ? "conv" : l.kind === "attn" ? "A" : l.kind === "res"
-      ? (l.resample === "none" ? "RB" : l.resample === "down" ? "RB-dn" : "up")
-      : l.kind === "downConv" ? "dn" : "up"
-  ).join("+");
+function describe(l: Layer): string {
+  switch (l.kind) {
+    case "stem":
+      return "conv";
+    case "attn":
+      return "A";
+    case "res":
+      return l.resample === "none" ? "RB" : l.resample === "down" ? "RB-dn" : "up";
+    default:
+      return l.kind === "downConv" ? "dn" : "up";
+  }
+}
 
 const outChannelsOf = (l: Layer): number => ("cout" in l ? l.cout : l.channels);
 
@@ -172,64 +185,65 @@ function blocks(c: UNetConfig): readonly Block[] {
   const L = c.channelMult.length;
   const width = (l: number) => c.modelChannels * c.channelMult[l];
   const side = (l: number) => c.imageSize / 2 ** l;
-  const attnAt = (l: number) => c.attentionResolutions.includes(side(l));
-  const make = (part: string, i: number, plan: Layer[], resolution: number): Omit<Block, "b"> => ({
-    module: part === "middle_block" ? part : `${part}.${i}`,
-    layers: describe(plan),
+  const res = (key: string, cin: number, cout: number, resample: Resample = "none"): Layer => ({
+    kind: "res",
+    key,
+    cin,
+    cout,
+    resample,
+  });
+  // A ResBlock, with attention after it at the resolutions asked for.
+  const resAttn = (k: string, l: number, cin: number, decoder: boolean): Layer[] => {
+    const ch = width(l);
+    const attn: Layer = { kind: "attn", key: `${k}.1`, channels: ch, heads: heads(c, ch, decoder) };
+    return c.attentionResolutions.includes(side(l))
+      ? [res(`${k}.0`, cin, ch), attn]
+      : [res(`${k}.0`, cin, ch)];
+  };
+  const resample = (key: string, ch: number, dir: "down" | "up"): Layer =>
+    c.resblockUpdown
+      ? res(key, ch, ch, dir)
+      : { kind: dir === "down" ? "downConv" : "upConv", key, channels: ch };
+  const make = (module: string, plan: Layer[], resolution: number): Omit<Block, "b"> => ({
+    module,
+    layers: plan.map(describe).join("+"),
     resolution,
     channels: outChannelsOf(plan[plan.length - 1]),
     plan,
   });
-  const res = (key: string, cin: number, cout: number, resample: "none" | "down" | "up" = "none"): Layer => ({
-    kind: "res", key, cin, cout, resample,
-  });
-  const attn = (key: string, ch: number, decoder: boolean): Layer => ({
-    kind: "attn", key, channels: ch, heads: heads(c, ch, decoder),
-  });
 
   // Encoder: stem, then per level numResBlocks × [RB (+A)] and a down block except at the end.
-  type Spec = { plan: (key: string) => Layer[]; resolution: number };
-  const enc: Spec[] = [{ plan: (k) => [{ kind: "stem", key: `${k}.0`, cin: c.inChannels, cout: width(0) }], resolution: side(0) }];
+  const input: Omit<Block, "b">[] = [];
+  const push = (plan: (k: string) => Layer[], resolution: number) => {
+    const k = `input_blocks.${input.length}`;
+    input.push(make(k, plan(k), resolution));
+  };
+  push((k) => [{ kind: "stem", key: `${k}.0`, cin: c.inChannels, cout: width(0) }], side(0));
   for (let l = 0; l < L; l++) {
     for (let i = 0; i < c.numResBlocks; i++) {
-      const cin = i > 0 ? width(l) : width(Math.max(l - 1, 0));
-      enc.push({
-        plan: (k) => [res(`${k}.0`, cin, width(l)), ...(attnAt(l) ? [attn(`${k}.1`, width(l), false)] : [])],
-        resolution: side(l),
-      });
+      const cin = i > 0 || l === 0 ? width(l) : width(l - 1);
+      push((k) => resAttn(k, l, cin, false), side(l));
     }
-    if (l < L - 1) {
-      enc.push({
-        plan: (k) => [c.resblockUpdown ? res(`${k}.0`, width(l), width(l), "down") : { kind: "downConv", key: `${k}.0`, channels: width(l) }],
-        resolution: side(l + 1),
-      });
-    }
+    if (l < L - 1) push((k) => [resample(`${k}.0`, width(l), "down")], side(l + 1));
   }
-  const input = enc.map((s, i) => make("input_blocks", i, s.plan(`input_blocks.${i}`), s.resolution));
   const top = width(L - 1);
-  const middle = make("middle_block", 0, [
+  const middle = make("middle_block", [
     res("middle_block.0", top, top),
-    attn("middle_block.1", top, false),
+    { kind: "attn", key: "middle_block.1", channels: top, heads: heads(c, top, false) },
     res("middle_block.2", top, top),
   ], side(L - 1));
 
-  // Decoder: levels in reverse, numResBlocks + 1 blocks each, input = [h, skip] concatenated.
+  // Decoder: levels in reverse, numResBlocks + 1 blocks each, input = [h, skip] concatenated;
+  // output block j takes the skip of input block (last − j).
   const output: Omit<Block, "b">[] = [];
-  let ch = top;
   for (let l = L - 1; l >= 0; l--) {
     for (let i = 0; i <= c.numResBlocks; i++) {
-      const j = output.length;
-      const k = `output_blocks.${j}`;
-      const skip = input[input.length - 1 - j].channels;
-      const plan: Layer[] = [res(`${k}.0`, ch + skip, width(l))];
-      if (attnAt(l)) plan.push(attn(`${k}.1`, width(l), true));
+      const j = output.length, k = `output_blocks.${j}`;
+      const prev = j === 0 ? top : output[j - 1].channels;
+      const plan = resAttn(k, l, prev + input[input.length - 1 - j].channels, true);
       const up = l > 0 && i === c.numResBlocks;
-      if (up) {
-        const key = `${k}.${plan.length}`;
-        plan.push(c.resblockUpdown ? res(key, width(l), width(l), "up") : { kind: "upConv", key, channels: width(l) });
-      }
-      output.push(make("output_blocks", j, plan, up ? side(l - 1) : side(l)));
-      ch = width(l);
+      if (up) plan.push(resample(`${k}.${plan.length}`, width(l), "up"));
+      output.push(make(k, plan, up ? side(l - 1) : side(l)));
     }
   }
   const all = [...input, middle, ...output].map((blk, i) => ({ ...blk, b: i + 1 }));
@@ -239,7 +253,7 @@ function blocks(c: UNetConfig): readonly Block[] {
 
 /** The b → module, resolution, channels table (adm256: 37 rows, b = 19 the middle block). */
 export function blockTable(c: UNetConfig): BlockInfo[] {
-  return blocks(c).map(({ b, module, layers, resolution, channels }) => ({ b, module, layers, resolution, channels }));
+  return blocks(c).map(({ plan: _plan, ...info }) => info);
 }
 
 /** Channels of the network output: outChannels, doubled with learnSigma. */
@@ -284,7 +298,12 @@ export function paramSpecs(c: UNetConfig): Record<string, ParamSpec> {
     ...linearSpecs("time_embed.0", mc, embDim),
     ...linearSpecs("time_embed.2", embDim, embDim),
     ...(c.numClasses !== undefined
-      ? [["label_emb.weight", { shape: [c.numClasses, embDim], init: { kind: "normal", std: 1 } }] as [string, ParamSpec]]
+      ? [
+        ["label_emb.weight", {
+          shape: [c.numClasses, embDim],
+          init: { kind: "normal", std: 1 },
+        }] as [string, ParamSpec],
+      ]
       : []),
     ...blocks(c).flatMap((blk) => blk.plan.flatMap((l) => layerSpecs(c, l, embDim))),
     ...normSpecs("out.0", mc * c.channelMult[0]),
@@ -306,7 +325,9 @@ export function numParams(c: UNetConfig): number {
 /** Fresh parameters: PyTorch-default init, zero-init where ADM uses it; draws keyed by name. */
 export function init(c: UNetConfig, rng: Rng): Params {
   const values: Record<string, tf.Tensor> = {};
-  for (const [name, spec] of Object.entries(paramSpecs(c))) values[name] = initParam(rng, name, spec);
+  for (const [name, spec] of Object.entries(paramSpecs(c))) {
+    values[name] = initParam(rng, name, spec);
+  }
   return toVariables(values);
 }
 
@@ -350,17 +371,21 @@ const w = (ctx: Ctx, key: string): tf.Variable => param(ctx.p, key);
 
 function resBlock(ctx: Ctx, l: Extract<Layer, { kind: "res" }>, x: tf.Tensor4D): tf.Tensor4D {
   const k = l.key;
-  const resample = l.resample === "down" ? avgPool2 : l.resample === "up" ? upsampleNearest2 : (t: tf.Tensor4D) => t;
-  let h = silu(groupNorm(x, w(ctx, `${k}.in_layers.0.weight`), w(ctx, `${k}.in_layers.0.bias`))); // [N, S, S, Cin]
+  const resample = l.resample === "down"
+    ? avgPool2
+    : l.resample === "up"
+    ? upsampleNearest2
+    : (t: tf.Tensor4D) => t;
+  let h = groupNorm(x, w(ctx, `${k}.in_layers.0.weight`), w(ctx, `${k}.in_layers.0.bias`), 32, 1e-5, true); // GN→SiLU [N, S, S, Cin]
   h = conv2d(resample(h), w(ctx, `${k}.in_layers.2.weight`), w(ctx, `${k}.in_layers.2.bias`)); // [N, S', S', Cout]
   const e = linear(ctx.semb, w(ctx, `${k}.emb_layers.1.weight`), w(ctx, `${k}.emb_layers.1.bias`));
   const e4 = tf.reshape(e, [e.shape[0], 1, 1, -1]); // [N, 1, 1, (2·)Cout]
   const [g, b] = [w(ctx, `${k}.out_layers.0.weight`), w(ctx, `${k}.out_layers.0.bias`)];
   if (ctx.c.useScaleShiftNorm) {
     const [scale, shift] = tf.split(e4, 2, 3); // scale first, then shift
-    h = silu(groupNormScaleShift(h, g, b, scale, shift));
+    h = groupNormScaleShift(h, g, b, scale, shift, 32, 1e-5, true);
   } else {
-    h = silu(groupNorm(tf.add(h, e4), g, b));
+    h = groupNorm(tf.add(h, e4), g, b, 32, 1e-5, true);
   }
   h = dropout(h, ctx.c.dropout, ctx.rng && foldName(ctx.rng, k));
   h = conv2d(h, w(ctx, `${k}.out_layers.3.weight`), w(ctx, `${k}.out_layers.3.bias`));
@@ -371,10 +396,18 @@ function resBlock(ctx: Ctx, l: Extract<Layer, { kind: "res" }>, x: tf.Tensor4D):
   return tf.add(skip, h);
 }
 
-function attentionBlock(ctx: Ctx, l: Extract<Layer, { kind: "attn" }>, x: tf.Tensor4D): tf.Tensor4D {
+function attentionBlock(
+  ctx: Ctx,
+  l: Extract<Layer, { kind: "attn" }>,
+  x: tf.Tensor4D,
+): tf.Tensor4D {
   const [n, hh, ww, ch] = x.shape;
   const k = l.key;
-  const hn = tf.reshape(groupNorm(x, w(ctx, `${k}.norm.weight`), w(ctx, `${k}.norm.bias`)), [n, hh * ww, ch]);
+  const hn = tf.reshape(groupNorm(x, w(ctx, `${k}.norm.weight`), w(ctx, `${k}.norm.bias`)), [
+    n,
+    hh * ww,
+    ch,
+  ]);
   const qkv = linear(hn, w(ctx, `${k}.qkv.weight`), w(ctx, `${k}.qkv.bias`)) as tf.Tensor3D; // [N, T, 3C]
   const a = qkvAttention(qkv, l.heads, ctx.c.useNewAttentionOrder ? "new" : "legacy"); // [N, T, C]
   const h = linear(a, w(ctx, `${k}.proj_out.weight`), w(ctx, `${k}.proj_out.bias`));
@@ -390,9 +423,16 @@ function layer(ctx: Ctx, l: Layer, x: tf.Tensor4D): tf.Tensor4D {
     case "attn":
       return attentionBlock(ctx, l, x);
     case "downConv":
-      return conv2d(x, w(ctx, `${l.key}.op.weight`), w(ctx, `${l.key}.op.bias`), { stride: 2, padding: 1 });
+      return conv2d(x, w(ctx, `${l.key}.op.weight`), w(ctx, `${l.key}.op.bias`), {
+        stride: 2,
+        padding: 1,
+      });
     case "upConv":
-      return conv2d(upsampleNearest2(x), w(ctx, `${l.key}.conv.weight`), w(ctx, `${l.key}.conv.bias`));
+      return conv2d(
+        upsampleNearest2(x),
+        w(ctx, `${l.key}.conv.weight`),
+        w(ctx, `${l.key}.conv.bias`),
+      );
   }
 }
 
@@ -401,17 +441,29 @@ function layer(ctx: Ctx, l: Layer, x: tf.Tensor4D): tf.Tensor4D {
  * outputs of blocks b (after their resample, before `out`); with needEps false the decoder stops
  * after the deepest tap. Runs in one tidy: only returned tensors survive.
  */
-export function apply(c: UNetConfig, p: Params, x: tf.Tensor4D, t: tf.Tensor1D, opts: ApplyOptions = {}): ApplyResult {
+export function apply(
+  c: UNetConfig,
+  p: Params,
+  x: tf.Tensor4D,
+  t: tf.Tensor1D,
+  opts: ApplyOptions = {},
+): ApplyResult {
   const all = blocks(c);
   const tapSet = new Set(opts.taps ?? []);
   for (const b of tapSet) {
-    if (!Number.isInteger(b) || b < 1 || b > all.length) throw new Error(`unet.ts: tap ${b} is outside 1..${all.length}`);
+    if (!Number.isInteger(b) || b < 1 || b > all.length) {
+      throw new Error(`unet.ts: tap ${b} is outside 1..${all.length}`);
+    }
   }
   const needEps = opts.needEps ?? true;
-  if (!needEps && tapSet.size === 0) throw new Error("unet.ts: apply with needEps false needs at least one tap");
+  if (!needEps && tapSet.size === 0) {
+    throw new Error("unet.ts: apply with needEps false needs at least one tap");
+  }
   const [n, hh, ww, cin] = x.shape;
   if (hh !== c.imageSize || ww !== c.imageSize || cin !== c.inChannels) {
-    throw new Error(`unet.ts: input is [${x.shape}], expected [N, ${c.imageSize}, ${c.imageSize}, ${c.inChannels}]`);
+    throw new Error(
+      `unet.ts: input is [${x.shape}], expected [N, ${c.imageSize}, ${c.imageSize}, ${c.inChannels}]`,
+    );
   }
   if (t.shape[0] !== n) throw new Error(`unet.ts: ${t.shape[0]} timesteps for a batch of ${n}`);
   if ((opts.y !== undefined) !== (c.numClasses !== undefined)) {
@@ -421,11 +473,18 @@ export function apply(c: UNetConfig, p: Params, x: tf.Tensor4D, t: tf.Tensor1D, 
   const nIn = all.findIndex((blk) => blk.module === "middle_block"); // input blocks before it
 
   const out = tf.tidy(() => {
-    let emb = linear(timestepEmbedding(t, c.modelChannels), param(p, "time_embed.0.weight"), param(p, "time_embed.0.bias"));
+    let emb = linear(
+      timestepEmbedding(t, c.modelChannels),
+      param(p, "time_embed.0.weight"),
+      param(p, "time_embed.0.bias"),
+    );
     emb = linear(silu(emb), param(p, "time_embed.2.weight"), param(p, "time_embed.2.bias")); // [N, E]
     if (opts.y && c.numClasses !== undefined) {
       // One-hot matmul instead of gather: its gradient needs no UnsortedSegmentSum kernel.
-      emb = tf.add(emb, tf.matMul(tf.oneHot(tf.cast(opts.y, "int32"), c.numClasses), param(p, "label_emb.weight")));
+      emb = tf.add(
+        emb,
+        tf.matMul(tf.oneHot(tf.cast(opts.y, "int32"), c.numClasses), param(p, "label_emb.weight")),
+      );
     }
     const ctx: Ctx = { c, p, semb: silu(emb) as tf.Tensor2D, rng: opts.dropoutRng };
     const skips: tf.Tensor4D[] = [];
@@ -440,7 +499,7 @@ export function apply(c: UNetConfig, p: Params, x: tf.Tensor4D, t: tf.Tensor1D, 
     }
     const eps = needEps
       ? conv2d(
-        silu(groupNorm(h, param(p, "out.0.weight"), param(p, "out.0.bias"))),
+        groupNorm(h, param(p, "out.0.weight"), param(p, "out.0.bias"), 32, 1e-5, true),
         param(p, "out.2.weight"),
         param(p, "out.2.bias"),
       )
@@ -450,4 +509,3 @@ export function apply(c: UNetConfig, p: Params, x: tf.Tensor4D, t: tf.Tensor1D, 
   const sorted = [...tapSet].sort((a, b) => a - b);
   return { eps: out.eps, taps: new Map(sorted.map((b, i) => [b, out.taps[i]])) };
 }
-

@@ -35,12 +35,23 @@ Deno.test("qSample() has mean √ᾱ·x0 and variance 1 − ᾱ over many noise 
   tf.tidy(() => {
     const n = 20000, t = 300;
     const x = tf.fill([n, 1, 1, 1], 0.7) as tf.Tensor4D;
-    const xt = qSample(S, x, ts(new Array(n).fill(t)) as tf.Tensor1D, normal(rng(3), [n, 1, 1, 1]) as tf.Tensor4D);
+    const xt = qSample(
+      S,
+      x,
+      ts(new Array(n).fill(t)) as tf.Tensor1D,
+      normal(rng(3), [n, 1, 1, 1]) as tf.Tensor4D,
+    );
     const { mean, variance } = tf.moments(xt);
     const ab = S.alphasCumprod[t];
     // Standard errors: mean √((1−ᾱ)/n) ≈ 0.006, variance ≈ (1−ᾱ)·√(2/n) ≈ 0.008.
-    assert(Math.abs(mean.dataSync()[0] - Math.sqrt(ab) * 0.7) < 0.025, `mean ${mean.dataSync()[0]}`);
-    assert(Math.abs(variance.dataSync()[0] - (1 - ab)) < 0.035, `variance ${variance.dataSync()[0]}`);
+    assert(
+      Math.abs(mean.dataSync()[0] - Math.sqrt(ab) * 0.7) < 0.025,
+      `mean ${mean.dataSync()[0]}`,
+    );
+    assert(
+      Math.abs(variance.dataSync()[0] - (1 - ab)) < 0.035,
+      `variance ${variance.dataSync()[0]}`,
+    );
   });
 });
 

@@ -27,7 +27,11 @@ Deno.test("sampleLoop() DDIM with an oracle denoiser lands on the data point", a
   const seen: number[] = [];
   let calls = 0;
   await assertNoLeaks(() => {
-    const x = sampleLoop(S, oracle(seen), shape, rng(0), { method: "ddim", steps: 50, onStep: () => calls++ });
+    const x = sampleLoop(S, oracle(seen), shape, rng(0), {
+      method: "ddim",
+      steps: 50,
+      onStep: () => calls++,
+    });
     assertClose(x, target, { atol: 1e-3 });
     x.dispose();
   });
@@ -39,10 +43,17 @@ Deno.test("sampleLoop() DDPM (full and respaced) with an oracle denoiser lands o
   await assertNoLeaks(() => {
     for (const steps of [1000, 25]) {
       const seen: number[] = [];
-      const x = sampleLoop(S, oracle(seen, true), shape, rng(1), { method: "ddpm", steps, learnSigma: true });
+      const x = sampleLoop(S, oracle(seen, true), shape, rng(1), {
+        method: "ddpm",
+        steps,
+        learnSigma: true,
+      });
       assertClose(x, target, { atol: 2e-3, message: `${steps} steps` });
       assertEquals(seen.length, steps);
-      assert(seen[0] === 999 && seen[steps - 1] === 0, `model timesteps ${seen[0]}..${seen[steps - 1]}`);
+      assert(
+        seen[0] === 999 && seen[steps - 1] === 0,
+        `model timesteps ${seen[0]}..${seen[steps - 1]}`,
+      );
       x.dispose();
     }
   });

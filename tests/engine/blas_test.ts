@@ -293,6 +293,23 @@ Deno.test({
         );
       }
     }
+    // Biases that broadcast other than per channel: scalar, and per position and channel.
+    const c = CONVS[1];
+    for (const biasShape of [[1], [5, 5, 6]]) {
+      await vsCpu(
+        `fused conv2d bias [${biasShape}]`,
+        [input(1, c.x), input(2, c.w), input(3, biasShape)],
+        (x, w, bias) =>
+          tf.fused.conv2d({
+            x: x as tf.Tensor4D,
+            filter: w as tf.Tensor4D,
+            strides: c.stride,
+            pad: c.pad,
+            bias,
+            activation: "relu",
+          }),
+      );
+    }
   },
 });
 
@@ -301,14 +318,14 @@ Deno.test({
 
 function convNet(x: tf.Tensor, w1: tf.Tensor, w2: tf.Tensor, w3: tf.Tensor, b: tf.Tensor) {
   const h1 = tf.relu(tf.conv2d(x as tf.Tensor4D, w1 as tf.Tensor4D, 1, "same"));
-  const h2 = tf.fused.conv2d({
+  // Linear fused conv: tfjs runs FusedConv2D under a tape only for the linear activation.
+  const h2 = tf.relu(tf.fused.conv2d({
     x: h1,
     filter: w2 as tf.Tensor4D,
     strides: 2,
     pad: "same",
     bias: b,
-    activation: "relu",
-  });
+  }));
   const h3 = tf.conv2d(h2, w3 as tf.Tensor4D, 1, "valid"); // 1×1 head
   const flat = tf.reshape(h3, [x.shape[0], -1]);
   return tf.mean(tf.square(tf.matMul(flat, flat, false, true)));

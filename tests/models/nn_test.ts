@@ -25,7 +25,10 @@ Deno.test("linear() is x·W + b for any leading shape", () => {
     const x = randn(1, [2, 3, 4]), w = randn(2, [4, 5]), b = randn(3, [5]);
     const y = linear(x, w, b);
     assertEquals(y.shape, [2, 3, 5]);
-    assertClose(y, tf.add(tf.reshape(tf.matMul(tf.reshape(x, [6, 4]), w), [2, 3, 5]), b), { rtol: 1e-5, atol: 1e-6 });
+    assertClose(y, tf.add(tf.reshape(tf.matMul(tf.reshape(x, [6, 4]), w), [2, 3, 5]), b), {
+      rtol: 1e-5,
+      atol: 1e-6,
+    });
   });
 });
 
@@ -61,29 +64,51 @@ Deno.test("groupNorm() standardises each group over space and its channels", () 
         }
         const m = vals.reduce((s, v) => s + v, 0) / vals.length;
         const v = vals.reduce((s, u) => s + (u - m) ** 2, 0) / vals.length; // biased, as PyTorch
-        assertClose(outs, vals.map((u) => (u - m) / Math.sqrt(v + 1e-5)), { rtol: 1e-4, atol: 1e-4 });
+        assertClose(outs, vals.map((u) => (u - m) / Math.sqrt(v + 1e-5)), {
+          rtol: 1e-4,
+          atol: 1e-4,
+        });
       }
     }
-    const gamma = randn(9, [c]), beta = randn(10, [c]), scale = randn(11, [n, 1, 1, c]), shift = randn(12, [n, 1, 1, c]);
+    const gamma = randn(9, [c]),
+      beta = randn(10, [c]),
+      scale = randn(11, [n, 1, 1, c]),
+      shift = randn(12, [n, 1, 1, c]);
     const affine = groupNorm(x, gamma, beta, g);
-    assertClose(groupNormScaleShift(x, gamma, beta, scale, shift, g), tf.add(tf.mul(affine, tf.add(scale, 1)), shift), {
-      rtol: 1e-5,
-      atol: 1e-5,
-    });
+    assertClose(
+      groupNormScaleShift(x, gamma, beta, scale, shift, g),
+      tf.add(tf.mul(affine, tf.add(scale, 1)), shift),
+      {
+        rtol: 1e-5,
+        atol: 1e-5,
+      },
+    );
   });
-  assertThrows(() => groupNorm(tf.zeros([1, 2, 2, 48]) as tf.Tensor4D, tf.ones([48]), tf.zeros([48])), /divisible/);
+  assertThrows(
+    () => groupNorm(tf.zeros([1, 2, 2, 48]) as tf.Tensor4D, tf.ones([48]), tf.zeros([48])),
+    /do not split into 32 groups/,
+  );
 });
 
 Deno.test("silu() and layerNorm() match their formulas", () => {
   tf.tidy(() => {
     const xs = [-3, -0.5, 0, 2];
-    assertClose(silu(tf.tensor1d(xs)), xs.map((x) => x / (1 + Math.exp(-x))), { rtol: 1e-5, atol: 1e-7 });
+    assertClose(silu(tf.tensor1d(xs)), xs.map((x) => x / (1 + Math.exp(-x))), {
+      rtol: 1e-5,
+      atol: 1e-7,
+    });
     const x = tf.tensor2d([[1, 2, 3, 6]]);
     const m = 3, v = (4 + 1 + 0 + 9) / 4;
-    assertClose(layerNorm(x), [1, 2, 3, 6].map((u) => (u - m) / Math.sqrt(v + 1e-5)), { rtol: 1e-5 });
-    assertClose(layerNorm(x, tf.fill([4], 2), tf.fill([4], 1)), [1, 2, 3, 6].map((u) => (2 * (u - m)) / Math.sqrt(v + 1e-5) + 1), {
+    assertClose(layerNorm(x), [1, 2, 3, 6].map((u) => (u - m) / Math.sqrt(v + 1e-5)), {
       rtol: 1e-5,
     });
+    assertClose(
+      layerNorm(x, tf.fill([4], 2), tf.fill([4], 1)),
+      [1, 2, 3, 6].map((u) => (2 * (u - m)) / Math.sqrt(v + 1e-5) + 1),
+      {
+        rtol: 1e-5,
+      },
+    );
   });
 });
 
@@ -92,7 +117,11 @@ Deno.test("timestepEmbedding() puts cos first and pads odd widths", () => {
     const e = timestepEmbedding(tf.tensor1d([0, 7], "int32"), 6).arraySync();
     assertClose(e[0], [1, 1, 1, 0, 0, 0], { atol: 1e-7 });
     const freqs = [0, 1, 2].map((i) => Math.exp((-Math.log(10000) * i) / 3));
-    assertClose(e[1], [...freqs.map((f) => Math.cos(7 * f)), ...freqs.map((f) => Math.sin(7 * f))], { rtol: 1e-5, atol: 1e-6 });
+    assertClose(
+      e[1],
+      [...freqs.map((f) => Math.cos(7 * f)), ...freqs.map((f) => Math.sin(7 * f))],
+      { rtol: 1e-5, atol: 1e-6 },
+    );
     const odd = timestepEmbedding(tf.tensor1d([3]), 5);
     assertEquals(odd.shape, [1, 5]);
     assertEquals(odd.arraySync()[0][4], 0);
@@ -121,17 +150,28 @@ Deno.test("qkvAttention() legacy and new orders read the channels as documented"
       for (let b = 0; b < n; b++) {
         for (let h = 0; h < heads; h++) {
           // Channel of (part j ∈ {q, k, v}, head h, c).
-          const idx = (j: number, c: number) => (order === "legacy" ? h * 3 * ch + j * ch + c : j * heads * ch + h * ch + c);
-          const part = (j: number) => arr[b].map((row) => Array.from({ length: ch }, (_, c) => row[idx(j, c)]));
+          const idx = (
+            j: number,
+            c: number,
+          ) => (order === "legacy" ? h * 3 * ch + j * ch + c : j * heads * ch + h * ch + c);
+          const part = (j: number) =>
+            arr[b].map((row) => Array.from({ length: ch }, (_, c) => row[idx(j, c)]));
           const expected = naiveHead(part(0), part(1), part(2));
           const got = out[b].map((row) => row.slice(h * ch, (h + 1) * ch));
-          assertClose(got.flat(), expected.flat(), { rtol: 1e-4, atol: 1e-5, message: `${order} b${b} h${h}` });
+          assertClose(got.flat(), expected.flat(), {
+            rtol: 1e-4,
+            atol: 1e-5,
+            message: `${order} b${b} h${h}`,
+          });
         }
       }
     }
     // One head: both orders are [q | k | v].
     const one = randn(14, [1, 4, 6]) as tf.Tensor3D;
-    assertClose(qkvAttention(one, 1, "legacy"), qkvAttention(one, 1, "new"), { rtol: 1e-6, atol: 1e-7 });
+    assertClose(qkvAttention(one, 1, "legacy"), qkvAttention(one, 1, "new"), {
+      rtol: 1e-6,
+      atol: 1e-7,
+    });
   });
 });
 
@@ -141,6 +181,13 @@ Deno.test("avgPool2() and upsampleNearest2() resample by 2", () => {
     assertClose(avgPool2(x), [3.5, 5.5, 11.5, 13.5]);
     const u = upsampleNearest2(tf.tensor4d([1, 2, 3, 4], [1, 2, 2, 1]));
     assertClose(u, [1, 1, 2, 2, 1, 1, 2, 2, 3, 3, 4, 4, 3, 3, 4, 4]);
+    // The gradient sums each 2×2 block, for every sample (tfjs's cpu resize gradient does not).
+    const dy = tf.reshape(tf.range(0, 2 * 4 * 6 * 3), [2, 4, 6, 3]);
+    const g = tf.grad((a: tf.Tensor) => tf.sum(tf.mul(upsampleNearest2(a as tf.Tensor4D), dy)))(
+      tf.zeros([2, 2, 3, 3]),
+    );
+    const blocks = tf.sum(tf.reshape(dy, [2, 2, 2, 3, 2, 3]), [2, 4]);
+    assertClose(g, tf.reshape(blocks, [2, 2, 3, 3]));
   });
 });
 
@@ -151,7 +198,10 @@ Deno.test("initParam() is PyTorch's default uniform, keyed by name", () => {
     assert(a.every((v) => Math.abs(v) <= 1 / 12) && Math.max(...a) > 0.07, "bound 1/√144");
     assertEquals(Array.from(initParam(rng(0), "x.weight", spec).dataSync()), Array.from(a));
     assert(initParam(rng(0), "y.weight", spec).dataSync()[0] !== a[0]);
-    assertEquals(Array.from(initParam(rng(0), "z", { shape: [2], init: { kind: "ones" } }).dataSync()), [1, 1]);
+    assertEquals(
+      Array.from(initParam(rng(0), "z", { shape: [2], init: { kind: "ones" } }).dataSync()),
+      [1, 1],
+    );
   });
 });
 

@@ -37,7 +37,9 @@ function awake(c: UNetConfig, seed: number): Record<string, Float32Array> {
 
 function toParams(c: UNetConfig, values: Record<string, Float32Array>): Params {
   const shapes = paramShapes(c);
-  return toVariables(Object.fromEntries(Object.entries(values).map(([k, v]) => [k, tf.tensor(v, [...shapes[k]])])));
+  return toVariables(
+    Object.fromEntries(Object.entries(values).map(([k, v]) => [k, tf.tensor(v, [...shapes[k]])])),
+  );
 }
 
 const batch = (c: UNetConfig, n: number, seed = 3) => ({
@@ -66,11 +68,55 @@ Deno.test("paramShapes() counts adm256 at ≈552.8 M without allocating", () => 
 Deno.test("blockTable() numbers adm256 as facts.md §2", () => {
   const table = blockTable(UNET_CONFIGS.adm256);
   assertEquals(table.length, 37);
-  const res = [256, 256, 256, 128, 128, 128, 64, 64, 64, 32, 32, 32, 16, 16, 16, 8, 8, 8, 8, 8, 8, 16, 16, 16, 32, 32, 32, 64, 64, 64, 128, 128, 128, 256, 256, 256, 256];
+  const res = [
+    256,
+    256,
+    256,
+    128,
+    128,
+    128,
+    64,
+    64,
+    64,
+    32,
+    32,
+    32,
+    16,
+    16,
+    16,
+    8,
+    8,
+    8,
+    8,
+    8,
+    8,
+    16,
+    16,
+    16,
+    32,
+    32,
+    32,
+    64,
+    64,
+    64,
+    128,
+    128,
+    128,
+    256,
+    256,
+    256,
+    256,
+  ];
   const ch = (b: number) => (b <= 7 ? 256 : b <= 13 ? 512 : b <= 25 ? 1024 : b <= 31 ? 512 : 256);
   assertEquals(table.map((r) => r.resolution), res);
   assertEquals(table.map((r) => r.channels), res.map((_, i) => ch(i + 1)));
-  assertEquals(table[18], { b: 19, module: "middle_block", layers: "RB+A+RB", resolution: 8, channels: 1024 });
+  assertEquals(table[18], {
+    b: 19,
+    module: "middle_block",
+    layers: "RB+A+RB",
+    resolution: 8,
+    channels: 1024,
+  });
   assertEquals(table[23].module, "output_blocks.4");
   assertEquals(table.map((r) => r.layers).filter((l) => l.includes("A")).length, 6 + 1 + 9);
   assertEquals(table[21].layers, "RB+A+up");
@@ -85,7 +131,7 @@ Deno.test("apply() output is exactly zero at init, has the right shapes and leak
       const { eps, taps } = apply(c, p, x, t);
       assertEquals(eps!.shape, [2, c.imageSize, c.imageSize, outputChannels(c)]);
       assertEquals(taps.size, 0);
-      assertEquals(tf.max(tf.abs(eps!)).dataSync()[0], 0);
+      assertEquals(tf.tidy(() => tf.max(tf.abs(eps!)).dataSync()[0]), 0);
       eps!.dispose();
     });
     disposeParams(p);
@@ -99,11 +145,17 @@ Deno.test("apply() taps match blockTable and early stopping matches the full pas
   const table = blockTable(tiny);
   await assertNoLeaks(() => {
     const full = apply(tiny, p, x, t, { taps: table.map((r) => r.b) });
-    for (const r of table) assertEquals(full.taps.get(r.b)!.shape, [2, r.resolution, r.resolution, r.channels]);
+    for (const r of table) {
+      assertEquals(full.taps.get(r.b)!.shape, [2, r.resolution, r.resolution, r.channels]);
+    }
     for (const b of [1, 3, 5, 7]) {
       const early = apply(tiny, p, x, t, { taps: [b], needEps: false });
       assert(early.eps === undefined);
-      assertClose(early.taps.get(b)!, full.taps.get(b)!, { rtol: 1e-6, atol: 1e-6, message: `b${b}` });
+      assertClose(early.taps.get(b)!, full.taps.get(b)!, {
+        rtol: 1e-6,
+        atol: 1e-6,
+        message: `b${b}`,
+      });
       tf.dispose([...early.taps.values()]);
     }
     tf.dispose([full.eps!, ...full.taps.values()]);
@@ -117,7 +169,10 @@ Deno.test("apply() taps match blockTable and early stopping matches the full pas
 
 Deno.test("apply() runs every architectural variant with reference key names", () => {
   const variants: [string, UNetConfig, string[]][] = [
-    ["conv resampling", { ...tiny, resblockUpdown: false }, ["input_blocks.2.0.op.weight", "output_blocks.1.2.conv.weight"]],
+    ["conv resampling", { ...tiny, resblockUpdown: false }, [
+      "input_blocks.2.0.op.weight",
+      "output_blocks.1.2.conv.weight",
+    ]],
     ["additive emb", { ...tiny, useScaleShiftNorm: false }, []],
     ["new order, head channels", { ...tiny, useNewAttentionOrder: true, numHeadChannels: 16 }, []],
     ["class labels", { ...tiny, numClasses: 10 }, ["label_emb.weight"]],
@@ -148,7 +203,8 @@ Deno.test("apply() draws dropout only from its key", () => {
   const p = toParams(c, awake(c, 4));
   tf.tidy(() => {
     const { x, t } = batch(c, 1);
-    const run = (seed?: number) => apply(c, p, x, t, { dropoutRng: seed === undefined ? undefined : rng(seed) }).eps!;
+    const run = (seed?: number) =>
+      apply(c, p, x, t, { dropoutRng: seed === undefined ? undefined : rng(seed) }).eps!;
     assertClose(run(), run(), { rtol: 0, atol: 1e-30 });
     assertClose(run(1), run(1), { rtol: 0, atol: 1e-30 });
     assert(tf.max(tf.abs(tf.sub(run(1), run(2)))).dataSync()[0] > 0);
@@ -157,7 +213,14 @@ Deno.test("apply() draws dropout only from its key", () => {
 });
 
 Deno.test("apply() forward and loss gradients agree between the cpu and wasm backends", async () => {
-  const c: UNetConfig = { ...tiny, learnSigma: true };
+  // 8 px and one width keep the cpu side (its Conv2DBackpropFilter is slow) to a few seconds.
+  const c: UNetConfig = {
+    ...tiny,
+    imageSize: 8,
+    attentionResolutions: [4],
+    channelMult: [1, 1],
+    learnSigma: true,
+  };
   const values = awake(c, 5);
   const sched = namedSchedule("linear", 1000);
   const run = async (backend: string, grads: boolean) => {
@@ -169,8 +232,12 @@ Deno.test("apply() forward and loss gradients agree between the cpu and wasm bac
     let g: Record<string, Float32Array> = {};
     if (grads) {
       const model = (xt: tf.Tensor4D, tt: tf.Tensor1D) => apply(c, p, xt, tt).eps!;
-      const r = tf.variableGrads(() => diffusionLoss(sched, model, x, t, noise, { learnSigma: true }));
-      g = Object.fromEntries(Object.entries(p).map(([k, v]) => [k, r.grads[v.name].dataSync().slice() as Float32Array]));
+      const r = tf.variableGrads(() =>
+        diffusionLoss(sched, model, x, t, noise, { learnSigma: true })
+      );
+      g = Object.fromEntries(
+        Object.entries(p).map(([k, v]) => [k, r.grads[v.name].dataSync().slice() as Float32Array]),
+      );
       tf.dispose([r.value, ...Object.values(r.grads)]);
     }
     disposeParams(p);
@@ -189,10 +256,22 @@ Deno.test("apply() forward and loss gradients agree between the cpu and wasm bac
         num += (a[i] - b[i]) ** 2;
         den += a[i] ** 2;
       }
-      assert(den > 0, `${k}: zero gradient`);
-      assert(Math.sqrt(num / den) < 2e-3, `${k}: relative gradient error ${Math.sqrt(num / den)}`);
+      // Conv biases right before a GroupNorm of one-channel groups have a zero true gradient:
+      // the absolute term absorbs their rounding noise.
+      assert(
+        Math.sqrt(num) <= 1e-3 * Math.sqrt(den) + 1e-5,
+        `${k}: gradient error ${Math.sqrt(num)} vs norm ${Math.sqrt(den)}`,
+      );
     }
-    if (!wasmGrads) console.error("unet_test: wasm lacks Conv2DBackpropFilter; compared the forward pass only");
+    if (wasmGrads) {
+      assert(
+        Object.values(ref.g).some((g) => g.some((v) => Math.abs(v) > 1e-3)),
+        "all gradients vanish",
+      );
+    }
+    if (!wasmGrads) {
+      console.error("unet_test: wasm lacks Conv2DBackpropFilter; compared the forward pass only");
+    }
   } finally {
     await tf.setBackend("wasm");
   }

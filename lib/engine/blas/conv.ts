@@ -5,6 +5,7 @@
 // col[r, (kh, kw, c)], which is exactly w's memory order viewed as [K, O], so
 //   forward      y[rows, O]  = col[rows, K] · w[K, O]
 //   grad input   dcol        = dy[rows, O] · w[K, O]ᵀ, then col2im adds the patches back into dx
+//                (stride 1: instead a forward conv of dy with the flipped, transposed filter)
 //   grad filter  dw[K, O]   += col[rows, K]ᵀ · dy[rows, O]
 // Rows go in chunks so col stays a few MiB off the wasm heap (reused between calls).
 // A 1×1 stride-1 unpadded conv is a plain GEMM on x itself.
@@ -205,6 +206,39 @@ export function convForward(
   }
 }
 
+/**
+ * With stride and dilation 1, ∂conv/∂x is itself a conv of dy: filter flipped in space with
+ * in/out swapped, w'[KH-1-i, KW-1-j, o, c] = w[i, j, c, o], padding KH-1-pt and KW-1-pl. Its
+ * im2col is memcpy-speed where col2im is a scalar add loop, so this route is the faster one.
+ */
+function transposedGeometry(g: ConvGeometry): ConvGeometry {
+  return {
+    ...g,
+    h: g.oh,
+    w: g.ow,
+    c: g.o,
+    oh: g.h,
+    ow: g.w,
+    o: g.c,
+    pt: g.kh - 1 - g.pt,
+    pl: g.kw - 1 - g.pl,
+  };
+}
+
+function flipFilter(w: Float32Array, g: ConvGeometry, out: Float32Array): void {
+  const { kh, kw, c, o } = g;
+  for (let i = 0; i < kh; i++) {
+    for (let j = 0; j < kw; j++) {
+      const src = (i * kw + j) * c * o, dst = ((kh - 1 - i) * kw + (kw - 1 - j)) * o * c;
+      for (let ci = 0; ci < c; ci++) {
+        for (let oi = 0; oi < o; oi++) out[dst + oi * c + ci] = w[src + ci * o + oi];
+      }
+    }
+  }
+}
+
+const flipped = makeScratch();
+
 /** dx ← ∂conv/∂x applied to dy. */
 export function convBackpropInput(
   blas: Blas,
@@ -219,8 +253,17 @@ export function convBackpropInput(
     blas.sgemm(false, true, rows, K, O, 1, dy, O, w, O, 0, dx, K);
     return;
   }
+  if (rows === 0 || K === 0 || O === 0) {
+    dx.fill(0);
+    return;
+  }
+  if (g.sh === 1 && g.sw === 1 && g.dh === 1 && g.dw === 1) {
+    const wt = flipped(K * O);
+    flipFilter(w, g, wt);
+    convForward(blas, transposedGeometry(g), dy, wt, dx);
+    return;
+  }
   dx.fill(0);
-  if (rows === 0 || K === 0 || O === 0) return;
   const step = chunkRows(g);
   const col = scratch(Math.min(step, rows) * K);
   for (let r0 = 0; r0 < rows; r0 += step) {

@@ -2,6 +2,8 @@
 // They replace the wasm backend's own matmul and conv kernels; the replaced ones are kept and
 // called for what these do not handle (non-float32 inputs, NCHW, unknown activations).
 import * as tf from "@tensorflow/tfjs";
+// The wasm backend's own kernels must be registered before they are looked up and replaced.
+import "@tensorflow/tfjs-backend-wasm";
 import { loadOpenBlas } from "./openblas.ts";
 import type { Blas } from "./openblas.ts";
 import { makeBatchMatMul, makeFusedMatMul } from "./matmul.ts";

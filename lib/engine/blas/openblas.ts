@@ -54,6 +54,8 @@ export interface Blas {
   readonly path: string;
   /** Threads OpenBLAS runs with. */
   readonly threads: number;
+  /** Change the thread count (process-wide: OpenBLAS keeps one pool). */
+  setThreads(n: number): void;
   /**
    * Row-major C ← alpha·op(A)·op(B) + beta·C, op(A) [m, k], op(B) [k, n]. Views may start
    * anywhere in their buffer (wasm heap or not); lda/ldb/ldc are row strides in elements.
@@ -116,10 +118,14 @@ export function openBlas(env: (name: string) => string | undefined = processEnv)
     }
     const s = lib.symbols;
     s.openblas_set_num_threads(threadCount(env));
-    const threads = s.openblas_get_num_threads();
     return {
       path,
-      threads,
+      get threads() {
+        return s.openblas_get_num_threads();
+      },
+      setThreads(n) {
+        s.openblas_set_num_threads(Math.max(1, Math.floor(n)));
+      },
       sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) {
         s.cblas_sgemm(
           ROW_MAJOR,

@@ -12,7 +12,7 @@
 //   ∂x = r·(k·d − mean_g(k·d) − x̂·mean_g(k·d·x̂)), an affine map of (d, x) per channel.
 import * as tf from "@tensorflow/tfjs";
 import { asWasmBackend, f32View, type WasmBackend } from "../blas/heap.ts";
-import { siluFromSigmoid, wasmSigmoid } from "./silu.ts";
+import { wasmSigmoid, wasmSilu } from "./silu.ts";
 
 /** Kernel names (project-specific, registered for the wasm backend). */
 export const GROUP_NORM = "DpGroupNorm";
@@ -105,6 +105,67 @@ function coefficients(
   }
 }
 
+// Per-channel affine maps over rows [start, end) of width c. With c a multiple of 4, four
+// channels at a time down the rows keeps their coefficients in registers (~1.5× faster in V8).
+
+function affineRows(
+  x: Float32Array,
+  A: Float32Array,
+  B: Float32Array,
+  y: Float32Array,
+  start: number,
+  end: number,
+  c: number,
+): void {
+  if (c % 4 !== 0) {
+    for (let i = start; i < end; i += c) {
+      for (let ch = 0; ch < c; ch++) y[i + ch] = x[i + ch] * A[ch] + B[ch];
+    }
+    return;
+  }
+  for (let ch = 0; ch < c; ch += 4) {
+    const a0 = A[ch], a1 = A[ch + 1], a2 = A[ch + 2], a3 = A[ch + 3];
+    const b0 = B[ch], b1 = B[ch + 1], b2 = B[ch + 2], b3 = B[ch + 3];
+    for (let i = start + ch; i < end; i += c) {
+      y[i] = x[i] * a0 + b0;
+      y[i + 1] = x[i + 1] * a1 + b1;
+      y[i + 2] = x[i + 2] * a2 + b2;
+      y[i + 3] = x[i + 3] * a3 + b3;
+    }
+  }
+}
+
+/** out ← P·d + Q·x + R per channel. */
+function affine2Rows(
+  d: Float32Array,
+  P: Float32Array,
+  x: Float32Array,
+  Q: Float32Array,
+  R: Float32Array,
+  out: Float32Array,
+  start: number,
+  end: number,
+  c: number,
+): void {
+  if (c % 4 !== 0) {
+    for (let i = start; i < end; i += c) {
+      for (let ch = 0; ch < c; ch++) out[i + ch] = P[ch] * d[i + ch] + Q[ch] * x[i + ch] + R[ch];
+    }
+    return;
+  }
+  for (let ch = 0; ch < c; ch += 4) {
+    const p0 = P[ch], p1 = P[ch + 1], p2 = P[ch + 2], p3 = P[ch + 3];
+    const q0 = Q[ch], q1 = Q[ch + 1], q2 = Q[ch + 2], q3 = Q[ch + 3];
+    const r0 = R[ch], r1 = R[ch + 1], r2 = R[ch + 2], r3 = R[ch + 3];
+    for (let i = start + ch; i < end; i += c) {
+      out[i] = p0 * d[i] + q0 * x[i] + r0;
+      out[i + 1] = p1 * d[i + 1] + q1 * x[i + 1] + r1;
+      out[i + 2] = p2 * d[i + 2] + q2 * x[i + 2] + r2;
+      out[i + 3] = p3 * d[i + 3] + q3 * x[i + 3] + r3;
+    }
+  }
+}
+
 /** y1 ← GN(x)·(1 + scale) + shift, one pass over x. */
 export function groupNormAffine(
   x: Float32Array,
@@ -118,9 +179,7 @@ export function groupNormAffine(
   for (let n = 0; n < nb; n++) {
     coefficients(n, d, st, p, A, B);
     const end = (n + 1) * s * c;
-    for (let i = n * s * c; i < end; i += c) {
-      for (let ch = 0; ch < c; ch++) y[i + ch] = x[i + ch] * A[ch] + B[ch];
-    }
+    affineRows(x, A, B, y, n * s * c, end, c);
   }
 }
 
@@ -206,9 +265,7 @@ export function groupNormBackward(
         R[ch] = r * r * bg * m - r * ag;
       }
     }
-    for (let i = start; i < end; i += c) {
-      for (let ch = 0; ch < c; ch++) dx[i + ch] = P[ch] * dd[i + ch] + Q[ch] * x[i + ch] + R[ch];
-    }
+    affine2Rows(dd, P, x, Q, R, dx, start, end, c);
   }
   out.dgamma.set(dgamma);
   out.dbeta.set(dbeta);
@@ -250,8 +307,7 @@ function forwardKernel(args: KernelArgs): tf.TensorInfo {
     f32View(backend, y1),
   );
   if (!attrs.silu) return y1;
-  const y = wasmSigmoid(backend, y1); // allocates: views are taken afresh below
-  siluFromSigmoid(f32View(backend, y1), f32View(backend, y));
+  const y = wasmSilu(backend, y1);
   backend.disposeData(y1.dataId);
   return y;
 }

@@ -5,10 +5,10 @@
 // Forward, per spatial axis, with stride s and top/left padding p:
 //   y[n, i, j, o] = Σ_{a, b, c} x[n, s·i + a − p, s·j + b − p', c] · w[a, b, c, o]
 //
-// dX (sub-pixel form): write an input row as q = s·u + r with r ∈ [0, s). For each phase r the rows
-// feeding it are a stride-1 correlation of dy with a phase filter of ⌈(k − m_r)/s⌉ taps, where
-// m_r = (r + p) mod s. Stacking the s² phases as output channels makes one stride-1 conv of dy
-// with C·s² channels; a depth-to-space puts the phases back in place. Stride 1 reduces to the
+// dX (sub-pixel form): write an input row as s·u + r with r ∈ [0, s). Each phase r of the rows is
+// a stride-1 correlation of dy with ⌈(k − m_r)/s⌉ of the forward taps, m_r = (r + p) mod s, in
+// reverse order. The s² phases are stride-1 convs of dy (stacked on the output channels when
+// their windows coincide), and a depth-to-space puts them back in place. Stride 1 reduces to the
 // textbook "conv of dy with the flipped, in/out-transposed filter"; a k×k, stride-k patchify conv
 // becomes a 1×1 conv (a matmul). No zeros are inserted into dy, so the FLOPs match the forward.
 //
@@ -58,77 +58,54 @@ function geometry(
 
 // ─── dX ──────────────────────────────────────────────────────────────────────────────────────────
 
-/** How one spatial axis of dX is computed from dy by the sub-pixel conv. */
-interface AxisPlan {
-  /** Taps of the stacked phase filter. */
+/**
+ * One phase r of one axis: dX rows s·u + r, for u ∈ [0, ⌈in / s⌉), read dy[u + lo + j] for
+ * j ∈ [0, taps), each paired with the forward tap a = s·(taps − 1 − j) + m.
+ */
+interface Phase {
   readonly taps: number;
-  /** Rows per phase: the conv's output size along this axis (⌈in / s⌉). */
-  readonly phaseRows: number;
-  /** dy rows cropped before / after (≥ 0), then zero rows padded before / after (≥ 0). */
-  readonly cropBefore: number;
-  readonly cropAfter: number;
-  readonly padBefore: number;
-  readonly padAfter: number;
-  /** tapIndex[j·s + r]: the forward filter tap feeding window slot j of phase r, or −1. */
-  readonly tapIndex: Int32Array;
+  readonly lo: number;
+  readonly m: number;
 }
 
-function planAxis(k: number, s: number, p: number, inSize: number, outSize: number): AxisPlan {
-  const q: number[] = [], m: number[] = [], t: number[] = [];
-  let lo = Infinity, hi = -Infinity; // window offsets d: phase r reads dy[u + d], d ∈ [lo, hi]
-  for (let r = 0; r < s; r++) {
-    q[r] = Math.floor((r + p) / s);
-    m[r] = (r + p) % s;
-    t[r] = Math.max(0, Math.ceil((k - m[r]) / s));
-    if (t[r] > 0) {
-      lo = Math.min(lo, q[r] - t[r] + 1);
-      hi = Math.max(hi, q[r]);
-    }
-  }
-  const taps = hi - lo + 1;
-  const tapIndex = new Int32Array(taps * s).fill(-1);
-  for (let j = 0; j < taps; j++) {
-    for (let r = 0; r < s; r++) {
-      const tt = q[r] - (j + lo); // dy[u + d] pairs with forward tap a = s·tt + m_r
-      if (tt >= 0 && tt < t[r]) tapIndex[j * s + r] = s * tt + m[r];
-    }
-  }
-  const phaseRows = Math.ceil(inSize / s);
-  const before = -lo, after = phaseRows - 1 + hi - (outSize - 1);
+function axisPhases(k: number, s: number, p: number): Phase[] {
+  return Array.from({ length: s }, (_, r) => {
+    const q = Math.floor((r + p) / s), m = (r + p) % s;
+    const taps = Math.max(0, Math.ceil((k - m) / s));
+    return { taps, lo: q - taps + 1, m };
+  });
+}
+
+/** Crop (slice) and zero padding of dy along one axis so a valid conv yields `rows` outputs. */
+function axisWindow(ph: Phase, rows: number, outSize: number) {
+  const before = -ph.lo, after = rows - 1 + ph.lo + ph.taps - 1 - (outSize - 1);
   return {
-    taps,
-    phaseRows,
-    cropBefore: Math.max(0, -before),
-    cropAfter: Math.max(0, -after),
-    padBefore: Math.max(0, before),
-    padAfter: Math.max(0, after),
-    tapIndex,
+    crop: [Math.max(0, -before), Math.max(0, -after)],
+    pad: [Math.max(0, before), Math.max(0, after)],
   };
 }
 
-/** The stacked phase filter [Kh, Kw, O, sh·sw·C] from the forward filter [kh, kw, C, O]. */
-function phaseFilter(w: tf.Tensor, hp: AxisPlan, wp: AxisPlan, sh: number, sw: number): tf.Tensor {
-  const [kh, kw, c, o] = w.shape;
-  const zero = kh * kw; // index of an appended all-zero tap
-  const idx = new Int32Array(hp.taps * wp.taps * sh * sw);
-  let needsZero = false, n = 0;
-  for (let jh = 0; jh < hp.taps; jh++) {
-    for (let jw = 0; jw < wp.taps; jw++) {
-      for (let rh = 0; rh < sh; rh++) {
-        for (let rw = 0; rw < sw; rw++) {
-          const ah = hp.tapIndex[jh * sh + rh], aw = wp.tapIndex[jw * sw + rw];
-          const ok = ah >= 0 && aw >= 0;
-          needsZero ||= !ok;
-          idx[n++] = ok ? ah * kw + aw : zero;
+/** Forward taps (flat a·kw + b) for a window of phases, slot-major then phase-major. */
+function tapIndices(
+  hs: readonly Phase[],
+  ws: readonly Phase[],
+  sh: number,
+  sw: number,
+  kw: number,
+): Int32Array {
+  const th = hs[0].taps, tw = ws[0].taps;
+  const idx = new Int32Array(th * tw * hs.length * ws.length);
+  let n = 0;
+  for (let jh = 0; jh < th; jh++) {
+    for (let jw = 0; jw < tw; jw++) {
+      for (const ph of hs) {
+        for (const pw of ws) {
+          idx[n++] = (sh * (th - 1 - jh) + ph.m) * kw + sw * (tw - 1 - jw) + pw.m;
         }
       }
     }
   }
-  let taps = tf.reshape(w, [kh * kw, c, o]);
-  if (needsZero) taps = tf.concat([taps, tf.zeros([1, c, o])], 0);
-  const g = tf.gather(taps, tf.tensor1d(idx, "int32")); // [Kh·Kw·sh·sw, C, O]
-  const t = tf.transpose(tf.reshape(g, [hp.taps * wp.taps, sh * sw * c, o]), [0, 2, 1]);
-  return tf.reshape(t, [hp.taps, wp.taps, o, sh * sw * c]);
+  return idx;
 }
 
 /** dX of conv2d for dy [N, Ho, Wo, O] and filter [kh, kw, C, O]; returns [N, H, W, C]. */
@@ -137,38 +114,58 @@ export function conv2dInputGrad(
   filter: tf.Tensor,
   info: tf.backend_util.Conv2DInfo,
 ): tf.Tensor {
-  const { batchSize: n, inHeight: h, inWidth: wd, inChannels: c } = info;
+  const { batchSize: n, inHeight: h, inWidth: wd, inChannels: c, outChannels: o } = info;
   const { strideHeight: sh, strideWidth: sw, filterHeight: kh, filterWidth: kw } = info;
-  const hp = planAxis(kh, sh, info.padInfo.top, h, info.outHeight);
-  const wp = planAxis(kw, sw, info.padInfo.left, wd, info.outWidth);
-  let d = dy;
-  if (hp.cropBefore + hp.cropAfter + wp.cropBefore + wp.cropAfter > 0) {
-    d = tf.slice(d, [0, hp.cropBefore, wp.cropBefore, 0], [
-      -1,
-      info.outHeight - hp.cropBefore - hp.cropAfter,
-      info.outWidth - wp.cropBefore - wp.cropAfter,
-      -1,
-    ]);
-  }
-  const pads: tf.backend_util.ExplicitPadding = [[0, 0], [hp.padBefore, hp.padAfter], [
-    wp.padBefore,
-    wp.padAfter,
-  ], [
-    0,
-    0,
-  ]];
-  const y = tf.conv2d(
-    d as tf.Tensor4D,
-    phaseFilter(filter, hp, wp, sh, sw) as tf.Tensor4D,
-    1,
-    pads,
-  ); // [N, U, V, sh·sw·C]
+  const hs = axisPhases(kh, sh, info.padInfo.top), ws = axisPhases(kw, sw, info.padInfo.left);
+  const rows = Math.ceil(h / sh), cols = Math.ceil(wd / sw);
+  const taps = tf.reshape(tf.transpose(filter, [0, 1, 3, 2]), [kh * kw, o, c]); // [kh·kw, O, C]
+
+  // A stride-1 valid conv of (cropped, padded) dy with the taps of the phases `hp` × `wp`
+  // stacked on the output channels: [N, rows, cols, |hp|·|wp|·C].
+  const phaseConv = (hp: readonly Phase[], wp: readonly Phase[]): tf.Tensor => {
+    const [th, tw] = [hp[0].taps, wp[0].taps];
+    if (th === 0 || tw === 0) return tf.zeros([n, rows, cols, hp.length * wp.length * c]);
+    const ah = axisWindow(hp[0], rows, info.outHeight), aw = axisWindow(wp[0], cols, info.outWidth);
+    let d = dy;
+    if (ah.crop[0] + ah.crop[1] + aw.crop[0] + aw.crop[1] > 0) {
+      d = tf.slice(dy, [0, ah.crop[0], aw.crop[0], 0], [
+        -1,
+        info.outHeight - ah.crop[0] - ah.crop[1],
+        info.outWidth - aw.crop[0] - aw.crop[1],
+        -1,
+      ]);
+    }
+    const k = hp.length * wp.length;
+    const g = tf.gather(taps, tf.tensor1d(tapIndices(hp, wp, sh, sw, kw), "int32")); // [th·tw·k, O, C]
+    const f = k === 1
+      ? tf.reshape(g, [th, tw, o, c])
+      : tf.reshape(tf.transpose(tf.reshape(g, [th * tw, k, o, c]), [0, 2, 1, 3]), [
+        th,
+        tw,
+        o,
+        k * c,
+      ]);
+    const pads: tf.backend_util.ExplicitPadding = [
+      [0, 0],
+      ah.pad as [number, number],
+      aw.pad as [number, number],
+      [0, 0],
+    ];
+    return tf.conv2d(d as tf.Tensor4D, f as tf.Tensor4D, 1, pads);
+  };
+
+  // Phases sharing one window (stride 1, patchify) go in one conv; otherwise (3×3 stride 2) the
+  // windows differ and one conv per phase avoids multiplying by the zero taps a shared window has.
+  const same = (ps: readonly Phase[]) =>
+    ps.every((p) => p.taps === ps[0].taps && p.lo === ps[0].lo);
+  const y = same(hs) && same(ws)
+    ? phaseConv(hs, ws)
+    : tf.concat(hs.flatMap((ph) => ws.map((pw) => phaseConv([ph], [pw]))), 3); // [N, U, V, sh·sw·C]
   let dx: tf.Tensor = y;
   if (sh > 1 || sw > 1) {
-    dx = sh === sw ? tf.depthToSpace(y as tf.Tensor4D, sh) : tf.reshape(
-      tf.transpose(tf.reshape(y, [n * hp.phaseRows, wp.phaseRows, sh, sw * c]), [0, 2, 1, 3]),
-      [n, hp.phaseRows * sh, wp.phaseRows * sw, c],
-    ); // [N, U·sh, V·sw, C]
+    // Depth-to-space by reshape and transpose: tf.depthToSpace is ~7× slower on wasm.
+    const t = tf.transpose(tf.reshape(y, [n * rows, cols, sh, sw * c]), [0, 2, 1, 3]);
+    dx = tf.reshape(t, [n, rows * sh, cols * sw, c]); // [N, U·sh, V·sw, C]
   }
   if (dx.shape[1] !== h || dx.shape[2] !== wd) dx = tf.slice(dx, [0, 0, 0, 0], [n, h, wd, c]);
   return dx;
@@ -182,25 +179,31 @@ export function conv2dFilterGrad(
   dy: tf.Tensor,
   info: tf.backend_util.Conv2DInfo,
 ): tf.Tensor {
-  const { inHeight: h, inWidth: wd, outHeight: ho, outWidth: wo } = info;
+  const { inHeight: h, inWidth: wd, outHeight: ho, outWidth: wo, inChannels: c, outChannels: o } =
+    info;
   const { strideHeight: sh, strideWidth: sw, filterHeight: kh, filterWidth: kw } = info;
-  // Rows of x read by the forward pass: [−top, kh − 1 + (Ho − 1)·sh − top]; pad or crop to them.
-  const top = info.padInfo.top, left = info.padInfo.left;
+  const { top, left } = info.padInfo;
+  // Rows of x the forward pass reads: [−top, kh − 1 + (Ho − 1)·sh − top]; pad or crop to them.
   const bottom = kh - 1 + (ho - 1) * sh - top - (h - 1);
   const right = kw - 1 + (wo - 1) * sw - left - (wd - 1);
   let xs = x;
   if (bottom < 0 || right < 0) {
     xs = tf.slice(x, [0, 0, 0, 0], [-1, h + Math.min(0, bottom), wd + Math.min(0, right), -1]);
   }
+  if (kh === sh && kw === sw && top === 0 && left === 0 && bottom <= 0 && right <= 0) {
+    // Non-overlapping patches (1×1 stride 1, patchify k×k stride k): one matmul over pixels,
+    // dW = Xᵀ·dy. Xᵀ is formed by one transpose: the wasm matMul with transposeA is ~6× slower.
+    const m = info.batchSize * ho * wo;
+    const patches = tf.reshape(xs, [info.batchSize * ho, kh, wo, kw * c]);
+    const xT = tf.reshape(tf.transpose(patches, [1, 3, 0, 2]), [kh * kw * c, m]); // [kh·kw·C, M]
+    return tf.reshape(tf.matMul(xT, tf.reshape(dy, [m, o])), [kh, kw, c, o]);
+  }
   const xt = tf.transpose(xs, [3, 1, 2, 0]) as tf.Tensor4D; // [C, H, W, N]
   const dyt = tf.transpose(dy, [1, 2, 0, 3]) as tf.Tensor4D; // [Ho, Wo, N, O]
   const pads: tf.backend_util.ExplicitPadding = [[0, 0], [top, Math.max(0, bottom)], [
     left,
     Math.max(0, right),
-  ], [
-    0,
-    0,
-  ]];
+  ], [0, 0]];
   const g = tf.conv2d(xt, dyt, 1, pads, "NHWC", [sh, sw]); // [C, kh, kw, O]
   return tf.transpose(g, [1, 2, 0, 3]);
 }

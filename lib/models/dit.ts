@@ -1,0 +1,362 @@
+// The Diffusion Transformer of "Scalable Diffusion Models with Transformers" (DiT, models.py,
+// facts.md §4) as pure functions: `paramShapes(config)` (no allocation), `init(config, rng)`,
+// `apply(config, params, x, t, {y})`, plus `posEmbed` (the fixed 2-D sin-cos table) and
+// `features` (block outputs, for feature extraction).
+//
+// Layout is NHWC. Keys are DiT's state_dict names; values are in tfjs layout: linear [in, out],
+// the patch-embedding conv [p, p, C, D]. `pos_embed` is in DiT's state_dict (an nn.Parameter with
+// requires_grad=False) but it is a fixed function of the config, so it is not a parameter here:
+// `posEmbed(config)` computes it, a loader should check it against that and drop it, and counts
+// from `numParams` exclude it (DiT's printed counts include it: `numParams + posEmbedSize`).
+// Positional keys: t_embedder.mlp.0 / .2 linears (SiLU between), blocks.i.adaLN_modulation.1
+// and final_layer.adaLN_modulation.1 linears (SiLU before). Symbols: N batch, S side, C input
+// channels, p patch, G = S/p grid side, T = G² tokens, D hidden width, H heads.
+import * as tf from "@tensorflow/tfjs";
+import { type Rng, uniform } from "../random.ts";
+import { countParams, type Params, type ParamShapes, toVariables } from "../params.ts";
+import { initParam, layerNorm, linear, type ParamSpec, qkvAttention, silu, timestepEmbedding } from "./nn.ts";
+
+// ---------------------------------------------------------------------------------------------
+// Config and presets
+// ---------------------------------------------------------------------------------------------
+
+/** Hyper-parameters of `DiT`, named after its constructor arguments. */
+export interface DiTConfig {
+  /** Side S of the square input (latent side 32 for 256 px images). */
+  readonly inputSize: number;
+  /** Patch side p; S must divide by it. */
+  readonly patchSize: number;
+  readonly inChannels: number;
+  /** Width D; must divide by 4 (the 2-D sin-cos table uses D/4 frequencies per axis). */
+  readonly hiddenSize: number;
+  readonly depth: number;
+  readonly numHeads: number;
+  readonly mlpRatio: number;
+  /** Label drop rate for classifier-free guidance; > 0 adds the null row to the label table. */
+  readonly classDropoutProb: number;
+  /** Class-conditional when set; the null (dropped) label id is numClasses. Unconditional otherwise. */
+  readonly numClasses?: number;
+  /** Output 2·C channels: ε̂, then the variance interpolation v. */
+  readonly learnSigma: boolean;
+}
+
+const paper = (depth: number, hiddenSize: number, numHeads: number): DiTConfig => ({
+  inputSize: 32, patchSize: 2, inChannels: 4, hiddenSize, depth, numHeads, mlpRatio: 4,
+  classDropoutProb: 0.1, numClasses: 1000, learnSigma: true,
+});
+
+/** Named configurations: the paper's /2 sizes on 32×32×4 ImageNet latents, and CPU sizes. */
+export const DIT_CONFIGS = {
+  /** CI size: an 8×8×4 latent-like input, 16 tokens of width 32, two blocks, 10 classes. */
+  tiny: {
+    inputSize: 8, patchSize: 2, inChannels: 4, hiddenSize: 32, depth: 2, numHeads: 2, mlpRatio: 4,
+    classDropoutProb: 0.1, numClasses: 10, learnSigma: true,
+  },
+  /**
+   * Fashion-MNIST on a 2-core CPU: 28×28×1 pixels in 2×2 patches (196 tokens), width 128 in 4
+   * heads of 32, 6 blocks, class-conditional as in the paper. ~1.8 M params; ~0.8 GFLOP per
+   * image forward, so a train step costs about 4× the `small` U-Net's per image.
+   */
+  small: {
+    inputSize: 28, patchSize: 2, inChannels: 1, hiddenSize: 128, depth: 6, numHeads: 4, mlpRatio: 4,
+    classDropoutProb: 0.1, numClasses: 10, learnSigma: true,
+  },
+  "DiT-S/2": paper(12, 384, 6),
+  "DiT-B/2": paper(12, 768, 12),
+  "DiT-L/2": paper(24, 1024, 16),
+  "DiT-XL/2": paper(28, 1152, 16),
+} as const satisfies Record<string, DiTConfig>;
+
+export type DiTConfigName = keyof typeof DIT_CONFIGS;
+
+function validate(c: DiTConfig): void {
+  const fault = (msg: string) => new Error(`dit.ts: bad config: ${msg}`);
+  if (c.inputSize % c.patchSize !== 0) throw fault(`inputSize ${c.inputSize} does not divide by patchSize ${c.patchSize}`);
+  if (c.hiddenSize % 4 !== 0) throw fault(`hiddenSize ${c.hiddenSize} does not divide by 4`);
+  if (c.hiddenSize % c.numHeads !== 0) throw fault(`hiddenSize ${c.hiddenSize} does not divide by ${c.numHeads} heads`);
+  if (c.depth < 1) throw fault("depth must be at least 1");
+  if (c.numClasses !== undefined && !(c.numClasses >= 1)) throw fault(`numClasses ${c.numClasses} must be at least 1`);
+}
+
+/** Channels of the network output: inChannels, doubled with learnSigma. */
+export function outputChannels(c: DiTConfig): number {
+  return c.inChannels * (c.learnSigma ? 2 : 1);
+}
+
+/** Tokens T = (S/p)². */
+export function numTokens(c: DiTConfig): number {
+  return (c.inputSize / c.patchSize) ** 2;
+}
+
+/** Rows of the label table: numClasses, plus the null label when labels can be dropped. */
+function labelRows(c: DiTConfig): number {
+  return (c.numClasses ?? 0) + (c.classDropoutProb > 0 ? 1 : 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parameters
+// ---------------------------------------------------------------------------------------------
+
+/** Width of the sinusoidal timestep features fed to t_embedder (`frequency_embedding_size`). */
+export const TIME_FREQ_DIM = 256;
+
+// xavier_uniform bounds the draw at √(6/(fan_in + fan_out)); nn.ts's uniform spec bounds it at
+// 1/√fanIn, so an effective fanIn of (fan_in + fan_out)/6 gives the same distribution.
+const xavier = (fanIn: number, fanOut: number) => ({ kind: "uniform", fanIn: (fanIn + fanOut) / 6 }) as const;
+const ZEROS = { kind: "zeros" } as const;
+
+function dense(prefix: string, cin: number, cout: number, zero = false): [string, ParamSpec][] {
+  return [
+    [`${prefix}.weight`, { shape: [cin, cout], init: zero ? ZEROS : xavier(cin, cout) }],
+    [`${prefix}.bias`, { shape: [cout], init: ZEROS }],
+  ];
+}
+
+/** Every parameter's shape and initialiser (`initialize_weights`), in state_dict order. */
+export function paramSpecs(c: DiTConfig): Record<string, ParamSpec> {
+  validate(c);
+  const { patchSize: p, inChannels: ch, hiddenSize: d } = c;
+  const mlp = Math.floor(d * c.mlpRatio);
+  const n002 = { kind: "normal", std: 0.02 } as const;
+  const entries: [string, ParamSpec][] = [
+    // Patch conv initialised like a Linear on its [D, C·p·p] view.
+    ["x_embedder.proj.weight", { shape: [p, p, ch, d], init: xavier(ch * p * p, d) }],
+    ["x_embedder.proj.bias", { shape: [d], init: ZEROS }],
+    ["t_embedder.mlp.0.weight", { shape: [TIME_FREQ_DIM, d], init: n002 }],
+    ["t_embedder.mlp.0.bias", { shape: [d], init: ZEROS }],
+    ["t_embedder.mlp.2.weight", { shape: [d, d], init: n002 }],
+    ["t_embedder.mlp.2.bias", { shape: [d], init: ZEROS }],
+  ];
+  if (c.numClasses !== undefined) {
+    entries.push(["y_embedder.embedding_table.weight", { shape: [labelRows(c), d], init: n002 }]);
+  }
+  for (let i = 0; i < c.depth; i++) {
+    const k = `blocks.${i}`;
+    entries.push(
+      ...dense(`${k}.attn.qkv`, d, 3 * d),
+      ...dense(`${k}.attn.proj`, d, d),
+      ...dense(`${k}.mlp.fc1`, d, mlp),
+      ...dense(`${k}.mlp.fc2`, mlp, d),
+      ...dense(`${k}.adaLN_modulation.1`, d, 6 * d, true), // adaLN-Zero: every block starts as identity
+    );
+  }
+  entries.push(
+    ...dense("final_layer.linear", d, p * p * outputChannels(c), true), // zero output at init
+    ...dense("final_layer.adaLN_modulation.1", d, 2 * d, true),
+  );
+  return Object.fromEntries(entries);
+}
+
+/** Parameter shapes from the config alone (nothing allocated); `pos_embed` is not among them. */
+export function paramShapes(c: DiTConfig): ParamShapes {
+  return Object.fromEntries(Object.entries(paramSpecs(c)).map(([k, s]) => [k, s.shape]));
+}
+
+/** Trainable parameters, from shapes (DiT-XL/2: 674,834,720; + pos_embed = 675,129,632 as printed by DiT). */
+export function numParams(c: DiTConfig): number {
+  return countParams(paramShapes(c));
+}
+
+/** Size of the fixed `pos_embed` buffer, T·D. */
+export function posEmbedSize(c: DiTConfig): number {
+  return numTokens(c) * c.hiddenSize;
+}
+
+/** Fresh parameters with DiT's init; each draw keyed by (rng, name). */
+export function init(c: DiTConfig, rng: Rng): Params {
+  const values: Record<string, tf.Tensor> = {};
+  for (const [name, spec] of Object.entries(paramSpecs(c))) values[name] = initParam(rng, name, spec);
+  return toVariables(values);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixed embeddings
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * The fixed 2-D sin-cos position table (`get_2d_sincos_pos_embed`, from MAE) as [T, D] values,
+ * tokens row-major. Channels [0, D/2) encode the column w and [D/2, D) the row h (DiT's meshgrid
+ * puts w first); each half is [sin(pos·ω_i), cos(pos·ω_i)] with ω_i = 10000^(−i/(D/4)), i < D/4.
+ * Computed in float64 as the reference does, then rounded to float32.
+ */
+export function posEmbedValues(c: DiTConfig): Float32Array {
+  validate(c);
+  const g = c.inputSize / c.patchSize, d = c.hiddenSize, q = d / 4;
+  const out = new Float32Array(g * g * d);
+  for (let h = 0; h < g; h++) {
+    for (let w = 0; w < g; w++) {
+      const row = (h * g + w) * d;
+      for (let i = 0; i < q; i++) {
+        const omega = 1 / 10000 ** (i / q);
+        out[row + i] = Math.sin(w * omega);
+        out[row + q + i] = Math.cos(w * omega);
+        out[row + 2 * q + i] = Math.sin(h * omega);
+        out[row + 3 * q + i] = Math.cos(h * omega);
+      }
+    }
+  }
+  return out;
+}
+
+/** The position table as a tensor [1, T, D] (the caller disposes it). */
+export function posEmbed(c: DiTConfig): tf.Tensor3D {
+  return tf.tensor3d(posEmbedValues(c), [1, numTokens(c), c.hiddenSize]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward pass
+// ---------------------------------------------------------------------------------------------
+
+/** Options of `apply` and `features`. */
+export interface ApplyOptions {
+  /** Class labels, int32 [N] in 0..numClasses (numClasses = null label); required exactly when class-conditional. */
+  readonly y?: tf.Tensor1D;
+  /**
+   * Training: each label is replaced by the null label with probability classDropoutProb, the
+   * mask drawn from this key (`token_drop`). No key: labels are used as given (eval).
+   */
+  readonly labelDropRng?: Rng;
+}
+
+function param(p: Params, key: string): tf.Variable {
+  const v = p[key];
+  if (!v) throw new Error(`dit.ts: parameter "${key}" is missing`);
+  return v;
+}
+
+/** x·(1 + scale) + shift with scale, shift [N, D] broadcast over tokens (`modulate`). */
+function modulate(x: tf.Tensor3D, shift: tf.Tensor, scale: tf.Tensor): tf.Tensor3D {
+  const [n, , d] = x.shape;
+  return tf.add(tf.mul(x, tf.add(tf.reshape(scale, [n, 1, d]), 1)), tf.reshape(shift, [n, 1, d]));
+}
+
+/** GELU, tanh approximation (nn.GELU(approximate="tanh")). */
+export function geluTanh<T extends tf.Tensor>(x: T): T {
+  return tf.tidy(() => {
+    const inner = tf.mul(Math.sqrt(2 / Math.PI), tf.add(x, tf.mul(0.044715, tf.mul(x, tf.mul(x, x)))));
+    return tf.mul(tf.mul(0.5, x), tf.add(1, tf.tanh(inner))) as T;
+  });
+}
+
+const LN_EPS = 1e-6;
+
+/** One adaLN-Zero block: x [N, T, D], silu(c) [N, D] → [N, T, D]. */
+function block(c: DiTConfig, p: Params, i: number, x: tf.Tensor3D, sc: tf.Tensor2D): tf.Tensor3D {
+  const k = `blocks.${i}`;
+  const [n, len, d] = x.shape;
+  const w = (name: string) => param(p, `${k}.${name}`);
+  const mod = linear(sc, w("adaLN_modulation.1.weight"), w("adaLN_modulation.1.bias")); // [N, 6D]
+  const [shiftMsa, scaleMsa, gateMsa, shiftMlp, scaleMlp, gateMlp] = tf.split(mod, 6, 1);
+  const gate = (g: tf.Tensor) => tf.reshape(g, [n, 1, d]);
+
+  let h = modulate(layerNorm(x, undefined, undefined, LN_EPS) as tf.Tensor3D, shiftMsa, scaleMsa);
+  const qkv = linear(h, w("attn.qkv.weight"), w("attn.qkv.bias")) as tf.Tensor3D; // [N, T, 3D]
+  // timm Attention splits [q | k | v] then heads and scales q·k by hd^(−1/2): the "new" order.
+  h = linear(qkvAttention(qkv, c.numHeads, "new"), w("attn.proj.weight"), w("attn.proj.bias")) as tf.Tensor3D;
+  x = tf.add(x, tf.mul(gate(gateMsa), h)); // [N, T, D]
+
+  h = modulate(layerNorm(x, undefined, undefined, LN_EPS) as tf.Tensor3D, shiftMlp, scaleMlp);
+  h = geluTanh(linear(h, w("mlp.fc1.weight"), w("mlp.fc1.bias"))) as tf.Tensor3D; // [N, T, mlp]
+  h = linear(h, w("mlp.fc2.weight"), w("mlp.fc2.bias")) as tf.Tensor3D;
+  return tf.reshape(tf.add(x, tf.mul(gate(gateMlp), h)), [n, len, d]);
+}
+
+/**
+ * [N, S, S, C] → [N, T, p·p·C], tokens row-major and each patch flattened as (kh, kw, c), the
+ * order of the conv kernel [p, p, C, D] reshaped to [p·p·C, D]. Rank-4 transposes only.
+ */
+function patchify(x: tf.Tensor4D, p: number): tf.Tensor3D {
+  const [n, s, , ch] = x.shape;
+  const g = s / p;
+  const rows = tf.reshape(x, [n * g, p, g, p * ch]); // [N·G, p, G, p·C]
+  return tf.reshape(tf.transpose(rows, [0, 2, 1, 3]), [n, g * g, p * p * ch]);
+}
+
+/** [N, T, p·p·C] → [N, S, S, C] (`unpatchify`, in NHWC). */
+function unpatchify(x: tf.Tensor3D, p: number, ch: number): tf.Tensor4D {
+  const n = x.shape[0];
+  const g = Math.round(Math.sqrt(x.shape[1]));
+  const rows = tf.reshape(x, [n * g, g, p, p * ch]); // [N·G, G, p, p·C]
+  return tf.reshape(tf.transpose(rows, [0, 2, 1, 3]), [n, g * p, g * p, ch]);
+}
+
+function checkInputs(c: DiTConfig, x: tf.Tensor4D, t: tf.Tensor1D, o: ApplyOptions): void {
+  validate(c);
+  const [n, hh, ww, ch] = x.shape;
+  if (hh !== c.inputSize || ww !== c.inputSize || ch !== c.inChannels) {
+    throw new Error(`dit.ts: input is [${x.shape}], expected [N, ${c.inputSize}, ${c.inputSize}, ${c.inChannels}]`);
+  }
+  if (t.shape[0] !== n) throw new Error(`dit.ts: ${t.shape[0]} timesteps for a batch of ${n}`);
+  if ((o.y !== undefined) !== (c.numClasses !== undefined)) {
+    throw new Error("dit.ts: labels y must be given exactly when the config is class-conditional");
+  }
+  if (o.y && o.y.shape[0] !== n) throw new Error(`dit.ts: ${o.y.shape[0]} labels for a batch of ${n}`);
+}
+
+/** Embedded tokens (patches + positions) and SiLU(c), c = t_emb (+ y_emb). */
+function embed(c: DiTConfig, p: Params, x: tf.Tensor4D, t: tf.Tensor1D, o: ApplyOptions) {
+  const wt = (x2: tf.Tensor, name: string) => linear(x2, param(p, `${name}.weight`), param(p, `${name}.bias`));
+  const d = c.hiddenSize, ps = c.patchSize;
+  const kernel = tf.reshape(param(p, "x_embedder.proj.weight"), [ps * ps * c.inChannels, d]);
+  // A stride-p p×p conv is exactly this matmul on the patches.
+  const tokens = linear(patchify(x, ps), kernel, param(p, "x_embedder.proj.bias")); // [N, T, D]
+  const h = tf.add(tokens, posEmbed(c)) as tf.Tensor3D;
+  let cond = wt(silu(wt(timestepEmbedding(t, TIME_FREQ_DIM), "t_embedder.mlp.0")), "t_embedder.mlp.2"); // [N, D]
+  if (o.y && c.numClasses !== undefined) {
+    let y = tf.cast(o.y, "int32") as tf.Tensor1D;
+    if (o.labelDropRng && c.classDropoutProb > 0) {
+      const drop = tf.less(uniform(o.labelDropRng, [y.shape[0]]), c.classDropoutProb);
+      y = tf.where(drop, tf.fill([y.shape[0]], c.numClasses, "int32"), y);
+    }
+    cond = tf.add(cond, tf.gather(param(p, "y_embedder.embedding_table.weight"), y)); // [N, D]
+  }
+  return { h, sc: silu(cond) as tf.Tensor2D };
+}
+
+/**
+ * Run DiT: x [N, S, S, C], t [N] timesteps (int32; raw, not rescaled) → [N, S, S, outputChannels]
+ * (ε̂, then v with learnSigma). Runs in one tidy: only the output survives.
+ */
+export function apply(c: DiTConfig, p: Params, x: tf.Tensor4D, t: tf.Tensor1D, o: ApplyOptions = {}): tf.Tensor4D {
+  checkInputs(c, x, t, o);
+  return tf.tidy(() => {
+    let { h, sc } = embed(c, p, x, t, o);
+    for (let i = 0; i < c.depth; i++) h = block(c, p, i, h, sc); // [N, T, D]
+    const mod = linear(sc, param(p, "final_layer.adaLN_modulation.1.weight"), param(p, "final_layer.adaLN_modulation.1.bias"));
+    const [shift, scale] = tf.split(mod, 2, 1); // shift first here, unlike ADM's scale-shift
+    const hn = modulate(layerNorm(h, undefined, undefined, LN_EPS) as tf.Tensor3D, shift, scale);
+    const out = linear(hn, param(p, "final_layer.linear.weight"), param(p, "final_layer.linear.bias")); // [N, T, p²·C']
+    return unpatchify(out as tf.Tensor3D, c.patchSize, outputChannels(c));
+  });
+}
+
+/**
+ * Token features after blocks b (1-based, 1..depth; 0 is the embedded input), each [N, T, D];
+ * stops after the deepest one asked for. The caller owns the returned tensors.
+ */
+export function features(
+  c: DiTConfig,
+  p: Params,
+  x: tf.Tensor4D,
+  t: tf.Tensor1D,
+  blocks: readonly number[],
+  o: ApplyOptions = {},
+): Map<number, tf.Tensor3D> {
+  checkInputs(c, x, t, o);
+  for (const b of blocks) {
+    if (!Number.isInteger(b) || b < 0 || b > c.depth) throw new Error(`dit.ts: block ${b} is outside 0..${c.depth}`);
+  }
+  if (blocks.length === 0) return new Map();
+  const sorted = [...new Set(blocks)].sort((a, b) => a - b);
+  const outs = tf.tidy(() => {
+    let { h, sc } = embed(c, p, x, t, o);
+    const kept: tf.Tensor3D[] = [];
+    if (sorted[0] === 0) kept.push(h);
+    for (let i = 0; i < sorted[sorted.length - 1]; i++) {
+      h = block(c, p, i, h, sc);
+      if (sorted.includes(i + 1)) kept.push(h);
+    }
+    return kept;
+  });
+  return new Map(sorted.map((b, i) => [b, outs[i]]));
+}
