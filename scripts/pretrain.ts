@@ -7,6 +7,7 @@ import { UNET_CONFIGS, type UNetConfigName } from "../lib/models/unet.ts";
 import { checkpointPath, disposeState, pretrain, type PretrainConfig, saveSampleGrid } from "../lib/pretrain.ts";
 import { finishRun, resultsDir, startRun } from "../lib/results.ts";
 import { saveCheckpoint } from "../lib/io/checkpoint.ts";
+import { lineChart, renderFigure } from "../lib/report/figures.ts";
 import { basename } from "node:path";
 
 const FLAGS = {
@@ -85,6 +86,10 @@ await runMain(async () => {
     artifacts.push(weights);
   }
   const points = r.curve.points;
+  if (points.length > 1) {
+    const spec = lineChart({ title: `${run}: diffusion loss`, x: "step", y: "loss", series: { train: points }, logY: true });
+    artifacts.push(...await renderFigure(spec, `${out}/${run}-loss`));
+  }
   const tail = points.slice(-Math.max(1, Math.floor(points.length / 10)));
   const path = await finishRun(handle, {
     metrics: {

@@ -44,7 +44,7 @@ Deno.test("deno task pretrain: a tiny run of 100 steps with a fixed seed lowers 
     const m = result.metrics as { first_loss: number; final_loss: number; steps: number };
     assertEquals(m.steps, 100);
     assert(m.final_loss < 0.8 * m.first_loss, `loss ${m.first_loss} -> ${m.final_loss}`);
-    assertEquals(result.artifacts, ["mnist-tiny-seed1-samples.png"]);
+    assertEquals(result.artifacts, ["mnist-tiny-seed1-samples.png", "mnist-tiny-seed1-loss.svg", "mnist-tiny-seed1-loss.png"]);
     assert((await Deno.stat(`${tmp}/pretrain/mnist-tiny-seed1-samples.png`)).size > 0);
     assert((await Deno.stat(`${tmp}/ck/checkpoint.safetensors`)).size > 0);
   } finally {

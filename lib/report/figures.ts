@@ -1,0 +1,57 @@
+// Figures are declared as Vega-Lite specs and rendered headless: Vega-Lite → Vega → SVG (vega's
+// "none" renderer needs no canvas), then SVG → PNG with sharp. Scripts write both files and list
+// them as artifacts; the report embeds the PNG.
+import * as vega from "vega";
+import * as vegaLite from "vega-lite";
+import sharp from "sharp";
+import { writeFileAtomic } from "../io/atomic.ts";
+
+/** A Vega-Lite spec (kept loose: specs are plain JSON). */
+export type VegaLiteSpec = Record<string, unknown>;
+
+/** A line chart of named series over a shared x axis, e.g. loss against step. */
+export function lineChart(opts: {
+  readonly title: string;
+  readonly x: string;
+  readonly y: string;
+  readonly series: Readonly<Record<string, readonly (readonly [number, number])[]>>;
+  readonly logY?: boolean;
+}): VegaLiteSpec {
+  const values = Object.entries(opts.series).flatMap(([name, pts]) =>
+    pts.map(([x, y]) => ({ [opts.x]: x, [opts.y]: y, series: name }))
+  );
+  return {
+    $schema: "https://vega.github.io/schema/vega-lite/v6.json",
+    title: opts.title,
+    width: 480,
+    height: 260,
+    background: "white",
+    data: { values },
+    mark: { type: "line", strokeWidth: 1.5 },
+    encoding: {
+      x: { field: opts.x, type: "quantitative" },
+      y: { field: opts.y, type: "quantitative", scale: opts.logY ? { type: "log" } : { zero: false } },
+      color: { field: "series", type: "nominal", legend: Object.keys(opts.series).length > 1 ? {} : null },
+    },
+  };
+}
+
+/** Render a Vega-Lite spec to SVG text. */
+export async function toSvg(spec: VegaLiteSpec): Promise<string> {
+  const compiled = vegaLite.compile(spec as unknown as vegaLite.TopLevelSpec).spec;
+  const view = new vega.View(vega.parse(compiled), { renderer: "none" });
+  try {
+    return await view.toSVG();
+  } finally {
+    view.finalize();
+  }
+}
+
+/** Write `<base>.svg` and `<base>.png` (2× scale); returns both paths. */
+export async function renderFigure(spec: VegaLiteSpec, base: string): Promise<[string, string]> {
+  const svg = await toSvg(spec);
+  const png = await sharp(new TextEncoder().encode(svg), { density: 144 }).png().toBuffer();
+  await writeFileAtomic(`${base}.svg`, svg);
+  await writeFileAtomic(`${base}.png`, new Uint8Array(png.buffer, png.byteOffset, png.byteLength));
+  return [`${base}.svg`, `${base}.png`];
+}
