@@ -230,18 +230,48 @@ function modulate(x: tf.Tensor3D, shift: tf.Tensor, scale: tf.Tensor): tf.Tensor
   return tf.add(tf.mul(x, tf.add(tf.reshape(scale, [n, 1, d]), 1)), tf.reshape(shift, [n, 1, d]));
 }
 
-/** GELU, tanh approximation (nn.GELU(approximate="tanh")). */
+const GELU_C = Math.sqrt(2 / Math.PI), GELU_A = 0.044715;
+
+// tanh(√(2/π)·(x + a·x³)) and its argument's derivative factor.
+function geluParts(x: tf.Tensor): { th: tf.Tensor; du: tf.Tensor } {
+  const x2 = tf.square(x);
+  const th = tf.tanh(tf.mul(GELU_C, tf.mul(x, tf.add(1, tf.mul(GELU_A, x2)))));
+  return { th, du: tf.mul(GELU_C, tf.add(1, tf.mul(3 * GELU_A, x2))) };
+}
+
+// One tape entry that saves only x: the composed form would keep ~6 MLP-sized tensors per block
+// for the backward pass, the largest share of a DiT step's memory.
+const geluTanhOp = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+  const x = args[0] as tf.Tensor;
+  (args[1] as tf.GradSaveFunc)([x]);
+  const value = tf.tidy(() => tf.mul(tf.mul(0.5, x), tf.add(1, geluParts(x).th)));
+  return {
+    value,
+    // d/dx ½x(1 + th) = ½(1 + th) + ½x(1 − th²)·u'
+    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
+      tf.tidy(() => {
+        const [xs] = saved;
+        const { th, du } = geluParts(xs);
+        const d = tf.add(tf.add(1, th), tf.mul(tf.mul(xs, tf.sub(1, tf.square(th))), du));
+        return tf.mul(dy, tf.mul(0.5, d));
+      }),
+  };
+});
+
+/** GELU, tanh approximation (nn.GELU(approximate="tanh")), with an analytic gradient. */
 export function geluTanh<T extends tf.Tensor>(x: T): T {
-  return tf.tidy(() => {
-    const inner = tf.mul(Math.sqrt(2 / Math.PI), tf.add(x, tf.mul(0.044715, tf.mul(x, tf.mul(x, x)))));
-    return tf.mul(tf.mul(0.5, x), tf.add(1, tf.tanh(inner))) as T;
-  });
+  return geluTanhOp(x) as T;
 }
 
 const LN_EPS = 1e-6;
 
 /** One adaLN-Zero block: x [N, T, D], silu(c) [N, D] → [N, T, D]. */
 function block(c: DiTConfig, p: Params, i: number, x: tf.Tensor3D, sc: tf.Tensor2D): tf.Tensor3D {
+  // A tidy per block frees its intermediates that the backward pass does not keep.
+  return tf.tidy(() => blockBody(c, p, i, x, sc));
+}
+
+function blockBody(c: DiTConfig, p: Params, i: number, x: tf.Tensor3D, sc: tf.Tensor2D): tf.Tensor3D {
   const k = `blocks.${i}`;
   const [n, len, d] = x.shape;
   const w = (name: string) => param(p, `${k}.${name}`);

@@ -1,0 +1,397 @@
+// Bench suite for whole models, side by side with PyTorch (issue 3): images/s of
+//   unet_train     one pre-training step of the `small` ADM U-Net (hybrid loss, Adam, EMA),
+//   dit_train      the same step for the `small` DiT,
+//   unet_features  feature extraction: q_sample + the U-Net up to its middle block, no gradient,
+// on each engine available here (wasm+kernels, i.e. BLAS off, and wasm+kernels+blas), and on
+// PyTorch through bench/peer_torch.py (same architectures, same step, 2 threads) when a python3
+// with torch is found. Ratios project / PyTorch go to `ratio_vs_torch` (best engine) and
+// `ratio_vs_torch_by_engine`.
+//
+// Each (engine, workload) runs in its own Deno process: the wasm heap never shrinks and a batch
+// that does not fit aborts the wasm module, so a fresh process per measurement keeps one from
+// skewing or killing the next; on failure the batch is halved and retried (the batch used is
+// reported). Timing: one warm-up step, then up to `repeats` timed steps within `budgetS`; the
+// median is kept. Standalone:
+//   deno run -R -E --allow-ffi --allow-sys --allow-run bench/models.ts [--quick] [--batch 64]
+//     [--repeats 3] [--budget 20] [--no-torch] [--python /usr/bin/python3]
+import * as tf from "@tensorflow/tfjs";
+import { parseArgs } from "node:util";
+import { fileURLToPath } from "node:url";
+import { initEngine } from "../lib/engine/mod.ts";
+import * as unet from "../lib/models/unet.ts";
+import * as dit from "../lib/models/dit.ts";
+import { namedSchedule } from "../lib/diffusion/schedule.ts";
+import { diffusionLoss } from "../lib/diffusion/losses.ts";
+import { qSample } from "../lib/diffusion/gaussian.ts";
+import { adam } from "../lib/optim.ts";
+import { initTrainState, type StepOptions, trainStep, type TrainState } from "../lib/train.ts";
+import { disposeTensors } from "../lib/optim.ts";
+import { disposeParams, type Params } from "../lib/params.ts";
+import { fold, normal, randint, rng } from "../lib/random.ts";
+
+/** Options of this suite. */
+export interface ModelBenchOptions {
+  /** Batch 8, one timed repetition: a smoke run. @default false */
+  readonly quick?: boolean;
+  /** Batch to try first; halved while it does not fit. @default 64 (8 when quick) */
+  readonly batch?: number;
+  /** Most timed repetitions after the warm-up; the median is kept. @default 3 (1 when quick) */
+  readonly repeats?: number;
+  /** Seconds of timed repetitions per measurement before stopping early (≥ 1 repetition). @default 20 */
+  readonly budgetS?: number;
+  /** Run the PyTorch peer when a python3 with torch is found. @default true */
+  readonly torch?: boolean;
+  /** Python interpreter for the peer. @default $DP_PYTHON, else the first of python3, /usr/bin/python3 with torch */
+  readonly python?: string;
+  /** Print progress lines on stderr. @default true */
+  readonly log?: boolean;
+}
+
+/** Plain-JSON results: `engines`, `torch`, `params`, `ratio_vs_torch`, ... (see the header). */
+export type ModelBenchResult = Record<string, unknown>;
+
+const WORKLOADS = ["unet_train", "dit_train", "unet_features"] as const;
+type Workload = (typeof WORKLOADS)[number];
+
+const UNET = unet.UNET_CONFIGS.small as unet.UNetConfig;
+const DIT = dit.DIT_CONFIGS.small as dit.DiTConfig;
+/** Features are read at the U-Net's middle block (diffssl's b19 analogue). */
+const FEATURE_BLOCK = unet.blockTable(UNET).find((r) => r.module === "middle_block")!.b;
+// Pre-training defaults (scripts/pretrain.ts): Adam 1e-4, EMA 0.999, no clipping, linear T=1000.
+const LR = 1e-4, EMA = 0.999, STEPS = 1000;
+
+/** What one worker process measures. */
+interface WorkerSpec {
+  readonly workload: Workload;
+  readonly blas: boolean;
+  readonly batch: number;
+  readonly repeats: number;
+  readonly budgetS: number;
+}
+
+/** One measurement. */
+interface Measurement {
+  readonly engine: string;
+  readonly batch: number;
+  readonly img_s: number;
+  readonly median_s: number;
+  readonly repeats: number;
+  /** Size of the wasm heap at the end, MB (it only grows, so this is the peak). */
+  readonly heap_mb?: number;
+  readonly leaked_tensors: number;
+  /** Batches that failed first (out of wasm memory), if any. */
+  readonly failed_batches?: number[];
+}
+
+// ─── worker: one measurement in this process ─────────────────────────────────────────────────────
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+/** Median seconds of `f` over up to `repeats` runs after one warm-up, within `budgetS`. */
+function timed(f: () => void, repeats: number, budgetS: number): { median: number; reps: number } {
+  f();
+  const times: number[] = [];
+  const start = performance.now();
+  while (times.length < Math.max(1, repeats) && (times.length === 0 || performance.now() - start < budgetS * 1000)) {
+    const t0 = performance.now();
+    f();
+    times.push((performance.now() - t0) / 1000);
+  }
+  return { median: median(times), reps: times.length };
+}
+
+/** A training-step closure for one model; `state` is updated in place across calls. */
+function trainer(model: "unet" | "dit", n: number) {
+  const sched = namedSchedule("linear", STEPS);
+  const opts: StepOptions = { optimizer: adam({ lr: LR }), emaRate: EMA };
+  const key = rng(0);
+  const params: Params = model === "unet" ? unet.init(UNET, key) : dit.init(DIT, key);
+  const shape = model === "unet"
+    ? [n, UNET.imageSize, UNET.imageSize, UNET.inChannels]
+    : [n, DIT.inputSize, DIT.inputSize, DIT.inChannels];
+  const x0 = normal(fold(key, 1), shape) as tf.Tensor4D;
+  let state: TrainState = initTrainState(params, opts);
+  let i = 0;
+  const loss = () =>
+    tf.tidy(() => {
+      i++;
+      const t = tf.tensor1d(randint(fold(key, 2 * i), n, 0, STEPS), "int32");
+      const noise = normal(fold(key, 2 * i + 1), shape) as tf.Tensor4D;
+      if (model === "unet") {
+        const f = (xt: tf.Tensor4D, tt: tf.Tensor1D) => unet.apply(UNET, params, xt, tt).eps!;
+        return diffusionLoss(sched, f, x0, t, noise, { learnSigma: UNET.learnSigma });
+      }
+      const y = tf.tensor1d(randint(fold(key, -i), n, 0, DIT.numClasses!), "int32");
+      const f = (xt: tf.Tensor4D, tt: tf.Tensor1D) => dit.apply(DIT, params, xt, tt, { y, labelDropRng: fold(key, -2 * i) });
+      return diffusionLoss(sched, f, x0, t, noise, { learnSigma: DIT.learnSigma });
+    });
+  return {
+    step: () => {
+      const r = trainStep(state, loss, opts);
+      state = r.state;
+      if (!Number.isFinite(r.loss)) throw new Error(`bench/models.ts: ${model} loss is ${r.loss}`);
+    },
+    dispose: () => {
+      disposeTensors(state.opt.slots);
+      if (state.ema) disposeTensors(state.ema);
+      disposeParams(state.params);
+      x0.dispose();
+    },
+  };
+}
+
+function extractor(n: number) {
+  const sched = namedSchedule("linear", STEPS);
+  const key = rng(0);
+  const params = unet.init(UNET, key);
+  const shape = [n, UNET.imageSize, UNET.imageSize, UNET.inChannels];
+  const x0 = normal(fold(key, 1), shape) as tf.Tensor4D;
+  let i = 0;
+  return {
+    step: () => {
+      i++;
+      tf.tidy(() => {
+        const t = tf.tensor1d(randint(fold(key, 2 * i), n, 0, STEPS), "int32");
+        const xt = qSample(sched, x0, t, normal(fold(key, 2 * i + 1), shape) as tf.Tensor4D);
+        const f = unet.apply(UNET, params, xt, t, { taps: [FEATURE_BLOCK], needEps: false }).taps.get(FEATURE_BLOCK)!;
+        tf.sum(f).dataSync(); // wait for the result
+      });
+    },
+    dispose: () => {
+      disposeParams(params);
+      x0.dispose();
+    },
+  };
+}
+
+function heapMb(): number | undefined {
+  const b = tf.backend() as unknown as { wasm?: { HEAPU8?: Uint8Array } };
+  const bytes = b.wasm?.HEAPU8?.buffer.byteLength;
+  return bytes === undefined ? undefined : Math.round(bytes / 1e6);
+}
+
+async function runWorker(spec: WorkerSpec): Promise<Measurement> {
+  const info = await initEngine({ backend: "wasm", blas: spec.blas, announce: false });
+  const job = spec.workload === "unet_features"
+    ? extractor(spec.batch)
+    : trainer(spec.workload === "unet_train" ? "unet" : "dit", spec.batch);
+  const before = tf.memory().numTensors;
+  const { median: s, reps } = timed(job.step, spec.repeats, spec.budgetS);
+  const leaked = tf.memory().numTensors - before;
+  job.dispose();
+  return {
+    engine: info.engine,
+    batch: spec.batch,
+    img_s: spec.batch / s,
+    median_s: s,
+    repeats: reps,
+    heap_mb: heapMb(),
+    leaked_tensors: leaked,
+  };
+}
+
+// ─── parent: spawn workers, run the peer, collect ────────────────────────────────────────────────
+
+const HERE = fileURLToPath(import.meta.url);
+const CONFIG = fileURLToPath(new URL("../deno.json", import.meta.url));
+
+async function spawnWorker(spec: WorkerSpec): Promise<{ ok: true; m: Measurement } | { ok: false; why: string }> {
+  const args = ["run", "--config", CONFIG, "-R", "-E", "--allow-ffi", "--allow-sys", HERE, "--worker", JSON.stringify(spec)];
+  const out = await new Deno.Command(Deno.execPath(), { args, stdout: "piped", stderr: "piped", env: { NO_COLOR: "1" } })
+    .output();
+  const text = new TextDecoder().decode(out.stdout).trim().split("\n").pop() ?? "";
+  if (out.success) {
+    try {
+      return { ok: true, m: JSON.parse(text) as Measurement };
+    } catch { /* fall through */ }
+  }
+  const err = new TextDecoder().decode(out.stderr).split("\n").find((l) => /error|Abort|out of bounds|Invalid/i.test(l));
+  return { ok: false, why: `exit ${out.code}: ${(err ?? "no output").trim().slice(0, 160)}` };
+}
+
+/** Run one workload, halving the batch until it fits (down to 4). */
+async function measure(
+  workload: Workload,
+  blas: boolean,
+  batch: number,
+  repeats: number,
+  budgetS: number,
+  log: (s: string) => void,
+): Promise<Measurement | { error: string; failed_batches: number[] }> {
+  const failed: number[] = [];
+  for (let n = batch; n >= 4; n = Math.floor(n / 2)) {
+    const r = await spawnWorker({ workload, blas, batch: n, repeats, budgetS });
+    if (r.ok) {
+      const m = failed.length ? { ...r.m, failed_batches: failed } : r.m;
+      log(
+        `models: ${m.engine.padEnd(17)} ${workload.padEnd(13)} batch ${String(n).padStart(2)}: ` +
+          `${m.img_s.toFixed(1)} img/s (median ${(m.median_s * 1000).toFixed(0)} ms of ${m.repeats}, heap ${m.heap_mb} MB)` +
+          (failed.length ? ` [batch ${failed.join(", ")} failed]` : "") + (m.leaked_tensors ? ` LEAKED ${m.leaked_tensors}` : ""),
+      );
+      return m;
+    }
+    log(`models: ${blas ? "blas" : "no-blas"} ${workload} batch ${n} failed (${r.why}); halving`);
+    failed.push(n);
+  }
+  return { error: "no batch ≥ 4 fits", failed_batches: failed };
+}
+
+async function findPython(asked?: string): Promise<string | undefined> {
+  const candidates = asked ? [asked] : [Deno.env.get("DP_PYTHON"), "python3", "/usr/bin/python3"].filter((x): x is string => !!x);
+  for (const py of candidates) {
+    try {
+      const r = await new Deno.Command(py, { args: ["-c", "import torch"], stdout: "null", stderr: "null" }).output();
+      if (r.success) return py;
+    } catch { /* not installed */ }
+  }
+  return undefined;
+}
+
+async function runPeer(
+  python: string,
+  batches: Record<Workload, number>,
+  repeats: number,
+  budgetS: number,
+): Promise<Record<string, unknown>> {
+  const args = [
+    fileURLToPath(new URL("./peer_torch.py", import.meta.url)),
+    "--json",
+    "--unet", JSON.stringify(UNET),
+    "--dit", JSON.stringify(DIT),
+    "--unet-batch", String(batches.unet_train),
+    "--dit-batch", String(batches.dit_train),
+    "--feature-batch", String(batches.unet_features),
+    "--feature-block", String(FEATURE_BLOCK),
+    "--repeats", String(repeats),
+    "--budget", String(budgetS),
+    "--threads", "2",
+    "--lr", String(LR),
+    "--ema", String(EMA),
+  ];
+  // libgomp's default spin-waiting collapses when other processes share the two cores (a DiT
+  // step measured 4-8x slower); passive waiting costs little on an idle machine. An explicit
+  // OMP_WAIT_POLICY in the environment wins.
+  const omp = Deno.env.get("OMP_WAIT_POLICY") ?? "PASSIVE";
+  const out = await new Deno.Command(python, { args, stdout: "piped", stderr: "inherit", env: { OMP_WAIT_POLICY: omp } })
+    .output();
+  const line = new TextDecoder().decode(out.stdout).trim().split("\n").pop() ?? "";
+  if (!out.success) throw new Error(`bench/peer_torch.py exited with ${out.code}`);
+  return { ...JSON.parse(line) as Record<string, unknown>, omp_wait_policy: omp };
+}
+
+const r3 = (x: number) => Math.round(x * 1000) / 1000;
+
+/** The models bench suite. */
+export const suite = {
+  name: "models",
+  description: "U-Net / DiT train steps and U-Net feature extraction, img/s per engine and vs PyTorch",
+  async run(opts: ModelBenchOptions = {}): Promise<ModelBenchResult> {
+    const log = (s: string) => (opts.log ?? true) && console.error(s);
+    const quick = opts.quick ?? false;
+    const batch = opts.batch ?? (quick ? 8 : 64);
+    const repeats = opts.repeats ?? (quick ? 1 : 3);
+    const budgetS = opts.budgetS ?? (quick ? 0 : 20);
+    const params = { unet_small: unet.numParams(UNET), dit_small: dit.numParams(DIT) };
+    log(`models: small U-Net ${params.unet_small.toLocaleString("en")} params, small DiT ${params.dit_small.toLocaleString("en")} params; features at b${FEATURE_BLOCK}`);
+
+    // BLAS first: it is fast and finds the batch that fits; the BLAS-off run starts from there.
+    const engines: Record<string, Record<string, unknown>> = {};
+    const used: Record<Workload, number> = { unet_train: batch, dit_train: batch, unet_features: batch };
+    for (const blas of [true, false]) {
+      const rows: Record<string, unknown> = {};
+      let name = blas ? "wasm+kernels+blas" : "wasm+kernels";
+      for (const w of WORKLOADS) {
+        const m = await measure(w, blas, blas ? batch : used[w], repeats, budgetS, log);
+        rows[w] = m;
+        if ("engine" in m) {
+          name = m.engine;
+          if (blas) used[w] = m.batch;
+        }
+      }
+      if (blas && !name.includes("blas")) {
+        log("models: OpenBLAS is unavailable here (or DP_BLAS=0): measured wasm+kernels only");
+        engines[name] = rows;
+        break;
+      }
+      engines[name] = rows;
+    }
+
+    const result: Record<string, unknown> = {
+      batch_requested: batch,
+      repeats_max: repeats,
+      budget_s: budgetS,
+      feature_block: FEATURE_BLOCK,
+      configs: { unet: "small", dit: "small" },
+      loss: "mse(eps) + L_vb (learnSigma hybrid, mean stop-gradient), linear T=1000, uniform t; Adam 1e-4, EMA 0.999",
+      params,
+      engines,
+    };
+
+    const python = opts.torch === false ? undefined : await findPython(opts.python);
+    if (opts.torch !== false && !python) log("models: no python3 with torch found: skipping the PyTorch peer");
+    if (python) {
+      try {
+        const peer = await runPeer(python, used, repeats, budgetS);
+        result.torch = peer;
+        const tp = peer.params as { unet: number; dit: number };
+        const agree = tp.unet === params.unet_small && tp.dit === params.dit_small;
+        log(
+          `models: params project / torch: U-Net ${params.unet_small} / ${tp.unet}, DiT ${params.dit_small} / ${tp.dit}` +
+            (agree ? " (agree)" : " (DISAGREE)"),
+        );
+        result.params_agree = agree;
+        const byEngine: Record<string, Record<string, number>> = {};
+        for (const [engine, rows] of Object.entries(engines)) {
+          byEngine[engine] = {};
+          for (const w of WORKLOADS) {
+            const ours = rows[w] as Partial<Measurement>, theirs = peer[w] as { img_s?: number } | undefined;
+            if (ours?.img_s && theirs?.img_s) byEngine[engine][w] = r3(ours.img_s / theirs.img_s);
+          }
+        }
+        result.ratio_vs_torch_by_engine = byEngine;
+        const best = Object.keys(engines).find((e) => e.includes("blas")) ?? Object.keys(engines)[0];
+        result.ratio_vs_torch = { engine: best, ...byEngine[best] };
+        for (const [engine, ratios] of Object.entries(byEngine)) {
+          log(`models: ${engine} / PyTorch: ${Object.entries(ratios).map(([k, v]) => `${k} ${v}×`).join(", ")}`);
+        }
+      } catch (e) {
+        result.torch = { error: String(e) };
+        log(`models: PyTorch peer failed: ${e}`);
+      }
+    }
+    return result;
+  },
+};
+
+if (import.meta.main) {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      worker: { type: "string" },
+      quick: { type: "boolean" },
+      batch: { type: "string" },
+      repeats: { type: "string" },
+      budget: { type: "string" },
+      "no-torch": { type: "boolean" },
+      python: { type: "string" },
+    },
+  });
+  if (values.worker) {
+    console.log(JSON.stringify(await runWorker(JSON.parse(values.worker) as WorkerSpec)));
+  } else {
+    const num = (s?: string) => (s === undefined ? undefined : Number(s));
+    const r = await suite.run({
+      quick: values.quick,
+      batch: num(values.batch),
+      repeats: num(values.repeats),
+      budgetS: num(values.budget),
+      torch: !values["no-torch"],
+      python: values.python,
+    });
+    console.log(JSON.stringify(r, null, 2));
+  }
+}
