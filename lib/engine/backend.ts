@@ -3,7 +3,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
 import { registerWasmKernels } from "./wasm_kernels/mod.ts";
-import { registerBlasKernels } from "./blas/mod.ts";
+import { registerBlasKernels, unregisterBlasKernels } from "./blas/mod.ts";
 
 export const BACKENDS = ["tensorflow", "webgpu", "wasm", "cpu"] as const;
 export type BackendName = (typeof BACKENDS)[number];
@@ -147,12 +147,12 @@ export async function initEngine(opts: EngineOptions = {}): Promise<EngineInfo> 
     setWasmPaths(wasmDistDir());
     registerWasmKernels();
     layers.push("kernels");
-    if (opts.blas ?? true) {
-      const blas = registerBlasKernels();
-      if (blas) {
-        layers.push("blas");
-        Object.assign(details, blas);
-      }
+    const blas = (opts.blas ?? true) ? registerBlasKernels() : undefined;
+    if (blas) {
+      layers.push("blas");
+      Object.assign(details, blas);
+    } else {
+      unregisterBlasKernels(); // asked to run without BLAS after an earlier init with it
     }
   }
   if (tf.getBackend() !== backend) {

@@ -47,3 +47,12 @@ Deno.test("a backend that cannot be had is a clear error", async () => {
       "Backend tensorflow asked for, but neither @tensorflow/tfjs-node-gpu nor @tensorflow/tfjs-node imports",
   });
 });
+
+Deno.test("initEngine({ blas: false }) takes the BLAS kernels out again", async () => {
+  const withBlas = await initEngine({ backend: "wasm", announce: false });
+  const without = await initEngine({ backend: "wasm", blas: false, announce: false });
+  assertEquals(without.engine, "wasm+kernels");
+  if (withBlas.engine.endsWith("+blas")) {
+    assertEquals((await initEngine({ backend: "wasm", announce: false })).engine, "wasm+kernels+blas");
+  }
+});
