@@ -11,7 +11,7 @@
 // that does not fit aborts the wasm module, so a fresh process per measurement keeps one from
 // skewing or killing the next; on failure the batch is halved and retried (the batch used is
 // reported). Timing: one warm-up step, then up to `repeats` timed steps within `budgetS`; the
-// median is kept. Standalone:
+// median is kept (a warm-up longer than the budget is kept instead: `repeats` 0). Standalone:
 //   deno run -R -E --allow-ffi --allow-sys --allow-run bench/models.ts [--quick] [--batch 64]
 //     [--repeats 3] [--budget 20] [--no-torch] [--python /usr/bin/python3]
 import * as tf from "@tensorflow/tfjs";
@@ -24,7 +24,7 @@ import { namedSchedule } from "../lib/diffusion/schedule.ts";
 import { diffusionLoss } from "../lib/diffusion/losses.ts";
 import { qSample } from "../lib/diffusion/gaussian.ts";
 import { adam } from "../lib/optim.ts";
-import { initTrainState, type StepOptions, trainStep, type TrainState } from "../lib/train.ts";
+import { initTrainState, type StepOptions, type TrainState, trainStep } from "../lib/train.ts";
 import { disposeTensors } from "../lib/optim.ts";
 import { disposeParams, type Params } from "../lib/params.ts";
 import { fold, normal, randint, rng } from "../lib/random.ts";
@@ -75,6 +75,7 @@ interface Measurement {
   readonly batch: number;
   readonly img_s: number;
   readonly median_s: number;
+  /** Timed repetitions behind the median; 0 when the warm-up alone exceeded the budget. */
   readonly repeats: number;
   /** Size of the wasm heap at the end, MB (it only grows, so this is the peak). */
   readonly heap_mb?: number;
@@ -91,12 +92,22 @@ function median(xs: number[]): number {
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
-/** Median seconds of `f` over up to `repeats` runs after one warm-up, within `budgetS`. */
+/**
+ * Median seconds of `f` over up to `repeats` runs after one warm-up, stopping once `budgetS` is
+ * spent. A warm-up that alone exceeds the budget is the measurement (reps 0): at a minute per
+ * step (DiT without BLAS) its one-off setup cost is noise.
+ */
 function timed(f: () => void, repeats: number, budgetS: number): { median: number; reps: number } {
+  const w0 = performance.now();
   f();
+  const warm = (performance.now() - w0) / 1000;
+  if (warm > budgetS && budgetS > 0) return { median: warm, reps: 0 };
   const times: number[] = [];
   const start = performance.now();
-  while (times.length < Math.max(1, repeats) && (times.length === 0 || performance.now() - start < budgetS * 1000)) {
+  while (
+    times.length < Math.max(1, repeats) &&
+    (times.length === 0 || performance.now() - start < budgetS * 1000)
+  ) {
     const t0 = performance.now();
     f();
     times.push((performance.now() - t0) / 1000);
@@ -126,7 +137,8 @@ function trainer(model: "unet" | "dit", n: number) {
         return diffusionLoss(sched, f, x0, t, noise, { learnSigma: UNET.learnSigma });
       }
       const y = tf.tensor1d(randint(fold(key, -i), n, 0, DIT.numClasses!), "int32");
-      const f = (xt: tf.Tensor4D, tt: tf.Tensor1D) => dit.apply(DIT, params, xt, tt, { y, labelDropRng: fold(key, -2 * i) });
+      const f = (xt: tf.Tensor4D, tt: tf.Tensor1D) =>
+        dit.apply(DIT, params, xt, tt, { y, labelDropRng: fold(key, -2 * i) });
       return diffusionLoss(sched, f, x0, t, noise, { learnSigma: DIT.learnSigma });
     });
   return {
@@ -157,7 +169,8 @@ function extractor(n: number) {
       tf.tidy(() => {
         const t = tf.tensor1d(randint(fold(key, 2 * i), n, 0, STEPS), "int32");
         const xt = qSample(sched, x0, t, normal(fold(key, 2 * i + 1), shape) as tf.Tensor4D);
-        const f = unet.apply(UNET, params, xt, t, { taps: [FEATURE_BLOCK], needEps: false }).taps.get(FEATURE_BLOCK)!;
+        const f = unet.apply(UNET, params, xt, t, { taps: [FEATURE_BLOCK], needEps: false }).taps
+          .get(FEATURE_BLOCK)!;
         tf.sum(f).dataSync(); // wait for the result
       });
     },
@@ -199,9 +212,27 @@ async function runWorker(spec: WorkerSpec): Promise<Measurement> {
 const HERE = fileURLToPath(import.meta.url);
 const CONFIG = fileURLToPath(new URL("../deno.json", import.meta.url));
 
-async function spawnWorker(spec: WorkerSpec): Promise<{ ok: true; m: Measurement } | { ok: false; why: string }> {
-  const args = ["run", "--config", CONFIG, "-R", "-E", "--allow-ffi", "--allow-sys", HERE, "--worker", JSON.stringify(spec)];
-  const out = await new Deno.Command(Deno.execPath(), { args, stdout: "piped", stderr: "piped", env: { NO_COLOR: "1" } })
+async function spawnWorker(
+  spec: WorkerSpec,
+): Promise<{ ok: true; m: Measurement } | { ok: false; why: string }> {
+  const args = [
+    "run",
+    "--config",
+    CONFIG,
+    "-R",
+    "-E",
+    "--allow-ffi",
+    "--allow-sys",
+    HERE,
+    "--worker",
+    JSON.stringify(spec),
+  ];
+  const out = await new Deno.Command(Deno.execPath(), {
+    args,
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  })
     .output();
   const text = new TextDecoder().decode(out.stdout).trim().split("\n").pop() ?? "";
   if (out.success) {
@@ -209,7 +240,9 @@ async function spawnWorker(spec: WorkerSpec): Promise<{ ok: true; m: Measurement
       return { ok: true, m: JSON.parse(text) as Measurement };
     } catch { /* fall through */ }
   }
-  const err = new TextDecoder().decode(out.stderr).split("\n").find((l) => /error|Abort|out of bounds|Invalid/i.test(l));
+  const err = new TextDecoder().decode(out.stderr).split("\n").find((l) =>
+    /error|Abort|out of bounds|Invalid/i.test(l)
+  );
   return { ok: false, why: `exit ${out.code}: ${(err ?? "no output").trim().slice(0, 160)}` };
 }
 
@@ -229,8 +262,11 @@ async function measure(
       const m = failed.length ? { ...r.m, failed_batches: failed } : r.m;
       log(
         `models: ${m.engine.padEnd(17)} ${workload.padEnd(13)} batch ${String(n).padStart(2)}: ` +
-          `${m.img_s.toFixed(1)} img/s (median ${(m.median_s * 1000).toFixed(0)} ms of ${m.repeats}, heap ${m.heap_mb} MB)` +
-          (failed.length ? ` [batch ${failed.join(", ")} failed]` : "") + (m.leaked_tensors ? ` LEAKED ${m.leaked_tensors}` : ""),
+          `${m.img_s.toFixed(1)} img/s (median ${
+            (m.median_s * 1000).toFixed(0)
+          } ms of ${m.repeats}, heap ${m.heap_mb} MB)` +
+          (failed.length ? ` [batch ${failed.join(", ")} failed]` : "") +
+          (m.leaked_tensors ? ` LEAKED ${m.leaked_tensors}` : ""),
       );
       return m;
     }
@@ -241,10 +277,16 @@ async function measure(
 }
 
 async function findPython(asked?: string): Promise<string | undefined> {
-  const candidates = asked ? [asked] : [Deno.env.get("DP_PYTHON"), "python3", "/usr/bin/python3"].filter((x): x is string => !!x);
+  const candidates = asked
+    ? [asked]
+    : [Deno.env.get("DP_PYTHON"), "python3", "/usr/bin/python3"].filter((x): x is string => !!x);
   for (const py of candidates) {
     try {
-      const r = await new Deno.Command(py, { args: ["-c", "import torch"], stdout: "null", stderr: "null" }).output();
+      const r = await new Deno.Command(py, {
+        args: ["-c", "import torch"],
+        stdout: "null",
+        stderr: "null",
+      }).output();
       if (r.success) return py;
     } catch { /* not installed */ }
   }
@@ -260,23 +302,39 @@ async function runPeer(
   const args = [
     fileURLToPath(new URL("./peer_torch.py", import.meta.url)),
     "--json",
-    "--unet", JSON.stringify(UNET),
-    "--dit", JSON.stringify(DIT),
-    "--unet-batch", String(batches.unet_train),
-    "--dit-batch", String(batches.dit_train),
-    "--feature-batch", String(batches.unet_features),
-    "--feature-block", String(FEATURE_BLOCK),
-    "--repeats", String(repeats),
-    "--budget", String(budgetS),
-    "--threads", "2",
-    "--lr", String(LR),
-    "--ema", String(EMA),
+    "--unet",
+    JSON.stringify(UNET),
+    "--dit",
+    JSON.stringify(DIT),
+    "--unet-batch",
+    String(batches.unet_train),
+    "--dit-batch",
+    String(batches.dit_train),
+    "--feature-batch",
+    String(batches.unet_features),
+    "--feature-block",
+    String(FEATURE_BLOCK),
+    "--repeats",
+    String(repeats),
+    "--budget",
+    String(budgetS),
+    "--threads",
+    "2",
+    "--lr",
+    String(LR),
+    "--ema",
+    String(EMA),
   ];
   // libgomp's default spin-waiting collapses when other processes share the two cores (a DiT
   // step measured 4-8x slower); passive waiting costs little on an idle machine. An explicit
   // OMP_WAIT_POLICY in the environment wins.
   const omp = Deno.env.get("OMP_WAIT_POLICY") ?? "PASSIVE";
-  const out = await new Deno.Command(python, { args, stdout: "piped", stderr: "inherit", env: { OMP_WAIT_POLICY: omp } })
+  const out = await new Deno.Command(python, {
+    args,
+    stdout: "piped",
+    stderr: "inherit",
+    env: { OMP_WAIT_POLICY: omp },
+  })
     .output();
   const line = new TextDecoder().decode(out.stdout).trim().split("\n").pop() ?? "";
   if (!out.success) throw new Error(`bench/peer_torch.py exited with ${out.code}`);
@@ -288,7 +346,8 @@ const r3 = (x: number) => Math.round(x * 1000) / 1000;
 /** The models bench suite. */
 export const suite = {
   name: "models",
-  description: "U-Net / DiT train steps and U-Net feature extraction, img/s per engine and vs PyTorch",
+  description:
+    "U-Net / DiT train steps and U-Net feature extraction, img/s per engine and vs PyTorch",
   async run(opts: ModelBenchOptions = {}): Promise<ModelBenchResult> {
     const log = (s: string) => (opts.log ?? true) && console.error(s);
     const quick = opts.quick ?? false;
@@ -296,11 +355,19 @@ export const suite = {
     const repeats = opts.repeats ?? (quick ? 1 : 3);
     const budgetS = opts.budgetS ?? (quick ? 0 : 20);
     const params = { unet_small: unet.numParams(UNET), dit_small: dit.numParams(DIT) };
-    log(`models: small U-Net ${params.unet_small.toLocaleString("en")} params, small DiT ${params.dit_small.toLocaleString("en")} params; features at b${FEATURE_BLOCK}`);
+    log(
+      `models: small U-Net ${params.unet_small.toLocaleString("en")} params, small DiT ${
+        params.dit_small.toLocaleString("en")
+      } params; features at b${FEATURE_BLOCK}`,
+    );
 
     // BLAS first: it is fast and finds the batch that fits; the BLAS-off run starts from there.
     const engines: Record<string, Record<string, unknown>> = {};
-    const used: Record<Workload, number> = { unet_train: batch, dit_train: batch, unet_features: batch };
+    const used: Record<Workload, number> = {
+      unet_train: batch,
+      dit_train: batch,
+      unet_features: batch,
+    };
     for (const blas of [true, false]) {
       const rows: Record<string, unknown> = {};
       let name = blas ? "wasm+kernels+blas" : "wasm+kernels";
@@ -326,13 +393,16 @@ export const suite = {
       budget_s: budgetS,
       feature_block: FEATURE_BLOCK,
       configs: { unet: "small", dit: "small" },
-      loss: "mse(eps) + L_vb (learnSigma hybrid, mean stop-gradient), linear T=1000, uniform t; Adam 1e-4, EMA 0.999",
+      loss:
+        "mse(eps) + L_vb (learnSigma hybrid, mean stop-gradient), linear T=1000, uniform t; Adam 1e-4, EMA 0.999",
       params,
       engines,
     };
 
     const python = opts.torch === false ? undefined : await findPython(opts.python);
-    if (opts.torch !== false && !python) log("models: no python3 with torch found: skipping the PyTorch peer");
+    if (opts.torch !== false && !python) {
+      log("models: no python3 with torch found: skipping the PyTorch peer");
+    }
     if (python) {
       try {
         const peer = await runPeer(python, used, repeats, budgetS);
@@ -348,15 +418,21 @@ export const suite = {
         for (const [engine, rows] of Object.entries(engines)) {
           byEngine[engine] = {};
           for (const w of WORKLOADS) {
-            const ours = rows[w] as Partial<Measurement>, theirs = peer[w] as { img_s?: number } | undefined;
+            const ours = rows[w] as Partial<Measurement>,
+              theirs = peer[w] as { img_s?: number } | undefined;
             if (ours?.img_s && theirs?.img_s) byEngine[engine][w] = r3(ours.img_s / theirs.img_s);
           }
         }
         result.ratio_vs_torch_by_engine = byEngine;
-        const best = Object.keys(engines).find((e) => e.includes("blas")) ?? Object.keys(engines)[0];
+        const best = Object.keys(engines).find((e) => e.includes("blas")) ??
+          Object.keys(engines)[0];
         result.ratio_vs_torch = { engine: best, ...byEngine[best] };
         for (const [engine, ratios] of Object.entries(byEngine)) {
-          log(`models: ${engine} / PyTorch: ${Object.entries(ratios).map(([k, v]) => `${k} ${v}×`).join(", ")}`);
+          log(
+            `models: ${engine} / PyTorch: ${
+              Object.entries(ratios).map(([k, v]) => `${k} ${v}×`).join(", ")
+            }`,
+          );
         }
       } catch (e) {
         result.torch = { error: String(e) };

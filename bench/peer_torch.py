@@ -415,8 +415,13 @@ def discretized_gaussian_log_likelihood(x, means, log_scales):
 
 
 def timed(fn, repeats, budget_s):
-    """Median seconds of fn over up to `repeats` runs after one warm-up; stops at the budget."""
+    """Median seconds of fn over up to `repeats` runs after one warm-up; stops at the budget.
+    A warm-up longer than the budget is the measurement (0 repeats), as in bench/models.ts."""
+    t0 = time.perf_counter()
     fn()
+    warm = time.perf_counter() - t0
+    if budget_s > 0 and warm > budget_s:
+        return warm, 0
     times, start = [], time.perf_counter()
     while len(times) < repeats and (not times or time.perf_counter() - start < budget_s):
         t0 = time.perf_counter()

@@ -6,6 +6,7 @@ import { initEngine } from "../lib/engine/mod.ts";
 import { finishRun, resultsDir, startRun } from "../lib/results.ts";
 import { suite as blas } from "../bench/blas.ts";
 import { suite as kernels } from "../bench/kernels.ts";
+import { suite as models } from "../bench/models.ts";
 
 /** Options the script passes to every suite; a suite may ignore some. */
 interface SuiteOptions {
@@ -26,7 +27,7 @@ interface BenchSuite {
 }
 
 // The registry: add a suite here once its module exists (e.g. bench/models.ts).
-const SUITES: readonly BenchSuite[] = [kernels, blas];
+const SUITES: readonly BenchSuite[] = [kernels, blas, models];
 
 const FLAGS = {
   ...COMMON_FLAGS,

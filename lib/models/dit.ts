@@ -14,7 +14,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { type Rng, uniform } from "../random.ts";
 import { countParams, type Params, type ParamShapes, toVariables } from "../params.ts";
-import { initParam, layerNorm, linear, type ParamSpec, qkvAttention, silu, timestepEmbedding } from "./nn.ts";
+import { initParam, linear, type ParamSpec, silu, timestepEmbedding } from "./nn.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Config and presets
@@ -41,25 +41,50 @@ export interface DiTConfig {
 }
 
 const paper = (depth: number, hiddenSize: number, numHeads: number): DiTConfig => ({
-  inputSize: 32, patchSize: 2, inChannels: 4, hiddenSize, depth, numHeads, mlpRatio: 4,
-  classDropoutProb: 0.1, numClasses: 1000, learnSigma: true,
+  inputSize: 32,
+  patchSize: 2,
+  inChannels: 4,
+  hiddenSize,
+  depth,
+  numHeads,
+  mlpRatio: 4,
+  classDropoutProb: 0.1,
+  numClasses: 1000,
+  learnSigma: true,
 });
 
 /** Named configurations: the paper's /2 sizes on 32×32×4 ImageNet latents, and CPU sizes. */
 export const DIT_CONFIGS = {
   /** CI size: an 8×8×4 latent-like input, 16 tokens of width 32, two blocks, 10 classes. */
   tiny: {
-    inputSize: 8, patchSize: 2, inChannels: 4, hiddenSize: 32, depth: 2, numHeads: 2, mlpRatio: 4,
-    classDropoutProb: 0.1, numClasses: 10, learnSigma: true,
+    inputSize: 8,
+    patchSize: 2,
+    inChannels: 4,
+    hiddenSize: 32,
+    depth: 2,
+    numHeads: 2,
+    mlpRatio: 4,
+    classDropoutProb: 0.1,
+    numClasses: 10,
+    learnSigma: true,
   },
   /**
    * Fashion-MNIST on a 2-core CPU: 28×28×1 pixels in 2×2 patches (196 tokens), width 128 in 4
-   * heads of 32, 6 blocks, class-conditional as in the paper. ~1.8 M params; ~0.8 GFLOP per
-   * image forward, so a train step costs about 4× the `small` U-Net's per image.
+   * heads of 32, 6 blocks, class-conditional as in the paper. ~1.9 M params, ~0.8 GFLOP per
+   * image forward; a train step costs about 2× the `small` U-Net's per image (bench/models.ts)
+   * and needs ~100 MB of wasm heap per image, so batch 32 is the most that fits in 4 GB.
    */
   small: {
-    inputSize: 28, patchSize: 2, inChannels: 1, hiddenSize: 128, depth: 6, numHeads: 4, mlpRatio: 4,
-    classDropoutProb: 0.1, numClasses: 10, learnSigma: true,
+    inputSize: 28,
+    patchSize: 2,
+    inChannels: 1,
+    hiddenSize: 128,
+    depth: 6,
+    numHeads: 4,
+    mlpRatio: 4,
+    classDropoutProb: 0.1,
+    numClasses: 10,
+    learnSigma: true,
   },
   "DiT-S/2": paper(12, 384, 6),
   "DiT-B/2": paper(12, 768, 12),
@@ -71,11 +96,17 @@ export type DiTConfigName = keyof typeof DIT_CONFIGS;
 
 function validate(c: DiTConfig): void {
   const fault = (msg: string) => new Error(`dit.ts: bad config: ${msg}`);
-  if (c.inputSize % c.patchSize !== 0) throw fault(`inputSize ${c.inputSize} does not divide by patchSize ${c.patchSize}`);
+  if (c.inputSize % c.patchSize !== 0) {
+    throw fault(`inputSize ${c.inputSize} does not divide by patchSize ${c.patchSize}`);
+  }
   if (c.hiddenSize % 4 !== 0) throw fault(`hiddenSize ${c.hiddenSize} does not divide by 4`);
-  if (c.hiddenSize % c.numHeads !== 0) throw fault(`hiddenSize ${c.hiddenSize} does not divide by ${c.numHeads} heads`);
+  if (c.hiddenSize % c.numHeads !== 0) {
+    throw fault(`hiddenSize ${c.hiddenSize} does not divide by ${c.numHeads} heads`);
+  }
   if (c.depth < 1) throw fault("depth must be at least 1");
-  if (c.numClasses !== undefined && !(c.numClasses >= 1)) throw fault(`numClasses ${c.numClasses} must be at least 1`);
+  if (c.numClasses !== undefined && !(c.numClasses >= 1)) {
+    throw fault(`numClasses ${c.numClasses} must be at least 1`);
+  }
 }
 
 /** Channels of the network output: inChannels, doubled with learnSigma. */
@@ -102,7 +133,8 @@ export const TIME_FREQ_DIM = 256;
 
 // xavier_uniform bounds the draw at √(6/(fan_in + fan_out)); nn.ts's uniform spec bounds it at
 // 1/√fanIn, so an effective fanIn of (fan_in + fan_out)/6 gives the same distribution.
-const xavier = (fanIn: number, fanOut: number) => ({ kind: "uniform", fanIn: (fanIn + fanOut) / 6 }) as const;
+const xavier = (fanIn: number, fanOut: number) =>
+  ({ kind: "uniform", fanIn: (fanIn + fanOut) / 6 }) as const;
 const ZEROS = { kind: "zeros" } as const;
 
 function dense(prefix: string, cin: number, cout: number, zero = false): [string, ParamSpec][] {
@@ -165,7 +197,9 @@ export function posEmbedSize(c: DiTConfig): number {
 /** Fresh parameters with DiT's init; each draw keyed by (rng, name). */
 export function init(c: DiTConfig, rng: Rng): Params {
   const values: Record<string, tf.Tensor> = {};
-  for (const [name, spec] of Object.entries(paramSpecs(c))) values[name] = initParam(rng, name, spec);
+  for (const [name, spec] of Object.entries(paramSpecs(c))) {
+    values[name] = initParam(rng, name, spec);
+  }
   return toVariables(values);
 }
 
@@ -224,19 +258,112 @@ function param(p: Params, key: string): tf.Variable {
   return v;
 }
 
-/** x·(1 + scale) + shift with scale, shift [N, D] broadcast over tokens (`modulate`). */
-function modulate(x: tf.Tensor3D, shift: tf.Tensor, scale: tf.Tensor): tf.Tensor3D {
-  const [n, , d] = x.shape;
-  return tf.add(tf.mul(x, tf.add(tf.reshape(scale, [n, 1, d]), 1)), tf.reshape(shift, [n, 1, d]));
+// ---------------------------------------------------------------------------------------------
+// Block pieces with hand-written gradients: each keeps only its inputs for the backward pass
+// (the composed ops would keep several activation-sized tensors each, and the wasm backend
+// copies every kept tensor), and recomputes the rest there.
+// ---------------------------------------------------------------------------------------------
+
+const LN_EPS = 1e-6;
+
+// x̂ = (x − μ)/√(σ² + ε) over the last axis, and 1/√(σ² + ε) [N, T, 1].
+function normalise(x: tf.Tensor): { xhat: tf.Tensor; r: tf.Tensor } {
+  const { mean, variance } = tf.moments(x, -1, true);
+  const r = tf.rsqrt(tf.add(variance, LN_EPS));
+  return { xhat: tf.mul(tf.sub(x, mean), r), r };
+}
+
+const expand = (t: tf.Tensor) => tf.expandDims(t, 1); // [N, D] → [N, 1, D]
+
+const lnModulateOp = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+  const [x, shift, scale] = args as tf.Tensor[];
+  (args[3] as tf.GradSaveFunc)([x, scale]);
+  const value = tf.tidy(() =>
+    tf.add(tf.mul(normalise(x).xhat, tf.add(expand(scale), 1)), expand(shift))
+  );
+  return {
+    value,
+    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
+      tf.tidy(() => {
+        const [xs, sc] = saved;
+        const { xhat, r } = normalise(xs);
+        const g = tf.mul(dy, tf.add(expand(sc), 1)); // dL/dx̂
+        // dx = r·(g − mean(g) − x̂·mean(g·x̂)), the LayerNorm backward without affine terms.
+        const dx = tf.mul(
+          r,
+          tf.sub(tf.sub(g, tf.mean(g, -1, true)), tf.mul(xhat, tf.mean(tf.mul(g, xhat), -1, true))),
+        );
+        return [dx, tf.sum(dy, 1), tf.sum(tf.mul(dy, xhat), 1)];
+      }),
+  };
+});
+
+/**
+ * modulate(LN(x), shift, scale) = LN(x)·(1 + scale) + shift: LayerNorm without affine (eps 1e-6)
+ * then DiT's `modulate`, x [N, T, D], shift/scale [N, D] broadcast over tokens.
+ */
+export function lnModulate(x: tf.Tensor3D, shift: tf.Tensor, scale: tf.Tensor): tf.Tensor3D {
+  return lnModulateOp(x, shift, scale) as tf.Tensor3D;
+}
+
+// softmax(q·kᵀ·s)·v over [B, T, ch]; the probabilities are recomputed in the backward pass
+// rather than kept (they are the largest activation, B·T² per block).
+function attendWith(scale: number) {
+  const probs = (q: tf.Tensor, k: tf.Tensor) =>
+    tf.softmax(tf.mul(tf.matMul(q, k, false, true), scale));
+  return tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [q, k, v] = args as tf.Tensor[];
+    (args[3] as tf.GradSaveFunc)([q, k, v]);
+    return {
+      value: tf.tidy(() => tf.matMul(probs(q, k), v)),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
+        tf.tidy(() => {
+          const [qs, ks, vs] = saved;
+          const pr = probs(qs, ks); // [B, T, T]
+          const dp = tf.matMul(dy, vs, false, true);
+          const ds = tf.mul(tf.mul(pr, tf.sub(dp, tf.sum(tf.mul(dp, pr), -1, true))), scale); // softmax backward
+          return [
+            tf.matMul(ds, ks),
+            tf.matMul(ds, qs, true, false),
+            tf.matMul(pr, dy, true, false),
+          ];
+        }),
+    };
+  });
+}
+
+const attendCache = new Map<number, ReturnType<typeof attendWith>>();
+
+/**
+ * timm's Attention core on a fused projection: qkv [N, T, 3D] split as [q | k | v], each into H
+ * heads of ch = D/H, softmax(q·kᵀ/√ch)·v, heads concatenated → [N, T, D].
+ */
+export function attention(qkv: tf.Tensor3D, heads: number): tf.Tensor3D {
+  const [n, len, width] = qkv.shape;
+  const ch = width / (3 * heads);
+  if (!Number.isInteger(ch)) {
+    throw new Error(`dit.ts: qkv width ${width} is not divisible by 3·${heads}`);
+  }
+  let attend = attendCache.get(ch);
+  if (!attend) attendCache.set(ch, attend = attendWith(1 / Math.sqrt(ch)));
+  const run = attend;
+  return tf.tidy(() => {
+    // Rank-4 transposes only (the wasm backend's general-rank transpose is slow).
+    const parts = tf.transpose(tf.reshape(qkv, [n, len, 3 * heads, ch]), [0, 2, 1, 3]); // [N, 3H, T, ch]
+    const [q, k, v] = tf.split(parts, 3, 1).map((t) => tf.reshape(t, [n * heads, len, ch]));
+    const a = tf.reshape(run(q, k, v), [n, heads, len, ch]);
+    return tf.reshape(tf.transpose(a, [0, 2, 1, 3]), [n, len, width / 3]);
+  });
 }
 
 const GELU_C = Math.sqrt(2 / Math.PI), GELU_A = 0.044715;
 
-// tanh(√(2/π)·(x + a·x³)) and its argument's derivative factor.
-function geluParts(x: tf.Tensor): { th: tf.Tensor; du: tf.Tensor } {
+// ½(1 + tanh u) = σ(2u): the sigmoid form, since the wasm Tanh kernel is ~5x slower than
+// Sigmoid. Returns σ(z) and dz/dx for z = 2√(2/π)·(x + a·x³).
+function geluParts(x: tf.Tensor): { s: tf.Tensor; dz: tf.Tensor } {
   const x2 = tf.square(x);
-  const th = tf.tanh(tf.mul(GELU_C, tf.mul(x, tf.add(1, tf.mul(GELU_A, x2)))));
-  return { th, du: tf.mul(GELU_C, tf.add(1, tf.mul(3 * GELU_A, x2))) };
+  const s = tf.sigmoid(tf.mul(2 * GELU_C, tf.mul(x, tf.add(1, tf.mul(GELU_A, x2)))));
+  return { s, dz: tf.mul(2 * GELU_C, tf.add(1, tf.mul(3 * GELU_A, x2))) };
 }
 
 // One tape entry that saves only x: the composed form would keep ~6 MLP-sized tensors per block
@@ -244,16 +371,15 @@ function geluParts(x: tf.Tensor): { th: tf.Tensor; du: tf.Tensor } {
 const geluTanhOp = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
   const x = args[0] as tf.Tensor;
   (args[1] as tf.GradSaveFunc)([x]);
-  const value = tf.tidy(() => tf.mul(tf.mul(0.5, x), tf.add(1, geluParts(x).th)));
+  const value = tf.tidy(() => tf.mul(x, geluParts(x).s));
   return {
     value,
-    // d/dx ½x(1 + th) = ½(1 + th) + ½x(1 − th²)·u'
+    // d/dx x·σ(z) = σ(z) + x·σ(z)(1 − σ(z))·z'
     gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
       tf.tidy(() => {
         const [xs] = saved;
-        const { th, du } = geluParts(xs);
-        const d = tf.add(tf.add(1, th), tf.mul(tf.mul(xs, tf.sub(1, tf.square(th))), du));
-        return tf.mul(dy, tf.mul(0.5, d));
+        const { s, dz } = geluParts(xs);
+        return tf.mul(dy, tf.add(s, tf.mul(tf.mul(xs, tf.mul(s, tf.sub(1, s))), dz)));
       }),
   };
 });
@@ -263,15 +389,19 @@ export function geluTanh<T extends tf.Tensor>(x: T): T {
   return geluTanhOp(x) as T;
 }
 
-const LN_EPS = 1e-6;
-
 /** One adaLN-Zero block: x [N, T, D], silu(c) [N, D] → [N, T, D]. */
 function block(c: DiTConfig, p: Params, i: number, x: tf.Tensor3D, sc: tf.Tensor2D): tf.Tensor3D {
   // A tidy per block frees its intermediates that the backward pass does not keep.
   return tf.tidy(() => blockBody(c, p, i, x, sc));
 }
 
-function blockBody(c: DiTConfig, p: Params, i: number, x: tf.Tensor3D, sc: tf.Tensor2D): tf.Tensor3D {
+function blockBody(
+  c: DiTConfig,
+  p: Params,
+  i: number,
+  x: tf.Tensor3D,
+  sc: tf.Tensor2D,
+): tf.Tensor3D {
   const k = `blocks.${i}`;
   const [n, len, d] = x.shape;
   const w = (name: string) => param(p, `${k}.${name}`);
@@ -279,13 +409,12 @@ function blockBody(c: DiTConfig, p: Params, i: number, x: tf.Tensor3D, sc: tf.Te
   const [shiftMsa, scaleMsa, gateMsa, shiftMlp, scaleMlp, gateMlp] = tf.split(mod, 6, 1);
   const gate = (g: tf.Tensor) => tf.reshape(g, [n, 1, d]);
 
-  let h = modulate(layerNorm(x, undefined, undefined, LN_EPS) as tf.Tensor3D, shiftMsa, scaleMsa);
+  let h = lnModulate(x, shiftMsa, scaleMsa);
   const qkv = linear(h, w("attn.qkv.weight"), w("attn.qkv.bias")) as tf.Tensor3D; // [N, T, 3D]
-  // timm Attention splits [q | k | v] then heads and scales q·k by hd^(−1/2): the "new" order.
-  h = linear(qkvAttention(qkv, c.numHeads, "new"), w("attn.proj.weight"), w("attn.proj.bias")) as tf.Tensor3D;
+  h = linear(attention(qkv, c.numHeads), w("attn.proj.weight"), w("attn.proj.bias")) as tf.Tensor3D;
   x = tf.add(x, tf.mul(gate(gateMsa), h)); // [N, T, D]
 
-  h = modulate(layerNorm(x, undefined, undefined, LN_EPS) as tf.Tensor3D, shiftMlp, scaleMlp);
+  h = lnModulate(x, shiftMlp, scaleMlp);
   h = geluTanh(linear(h, w("mlp.fc1.weight"), w("mlp.fc1.bias"))) as tf.Tensor3D; // [N, T, mlp]
   h = linear(h, w("mlp.fc2.weight"), w("mlp.fc2.bias")) as tf.Tensor3D;
   return tf.reshape(tf.add(x, tf.mul(gate(gateMlp), h)), [n, len, d]);
@@ -314,24 +443,32 @@ function checkInputs(c: DiTConfig, x: tf.Tensor4D, t: tf.Tensor1D, o: ApplyOptio
   validate(c);
   const [n, hh, ww, ch] = x.shape;
   if (hh !== c.inputSize || ww !== c.inputSize || ch !== c.inChannels) {
-    throw new Error(`dit.ts: input is [${x.shape}], expected [N, ${c.inputSize}, ${c.inputSize}, ${c.inChannels}]`);
+    throw new Error(
+      `dit.ts: input is [${x.shape}], expected [N, ${c.inputSize}, ${c.inputSize}, ${c.inChannels}]`,
+    );
   }
   if (t.shape[0] !== n) throw new Error(`dit.ts: ${t.shape[0]} timesteps for a batch of ${n}`);
   if ((o.y !== undefined) !== (c.numClasses !== undefined)) {
     throw new Error("dit.ts: labels y must be given exactly when the config is class-conditional");
   }
-  if (o.y && o.y.shape[0] !== n) throw new Error(`dit.ts: ${o.y.shape[0]} labels for a batch of ${n}`);
+  if (o.y && o.y.shape[0] !== n) {
+    throw new Error(`dit.ts: ${o.y.shape[0]} labels for a batch of ${n}`);
+  }
 }
 
 /** Embedded tokens (patches + positions) and SiLU(c), c = t_emb (+ y_emb). */
 function embed(c: DiTConfig, p: Params, x: tf.Tensor4D, t: tf.Tensor1D, o: ApplyOptions) {
-  const wt = (x2: tf.Tensor, name: string) => linear(x2, param(p, `${name}.weight`), param(p, `${name}.bias`));
+  const wt = (x2: tf.Tensor, name: string) =>
+    linear(x2, param(p, `${name}.weight`), param(p, `${name}.bias`));
   const d = c.hiddenSize, ps = c.patchSize;
   const kernel = tf.reshape(param(p, "x_embedder.proj.weight"), [ps * ps * c.inChannels, d]);
   // A stride-p p×p conv is exactly this matmul on the patches.
   const tokens = linear(patchify(x, ps), kernel, param(p, "x_embedder.proj.bias")); // [N, T, D]
   const h = tf.add(tokens, posEmbed(c)) as tf.Tensor3D;
-  let cond = wt(silu(wt(timestepEmbedding(t, TIME_FREQ_DIM), "t_embedder.mlp.0")), "t_embedder.mlp.2"); // [N, D]
+  let cond = wt(
+    silu(wt(timestepEmbedding(t, TIME_FREQ_DIM), "t_embedder.mlp.0")),
+    "t_embedder.mlp.2",
+  ); // [N, D]
   if (o.y && c.numClasses !== undefined) {
     let y = tf.cast(o.y, "int32") as tf.Tensor1D;
     if (o.labelDropRng && c.classDropoutProb > 0) {
@@ -347,15 +484,29 @@ function embed(c: DiTConfig, p: Params, x: tf.Tensor4D, t: tf.Tensor1D, o: Apply
  * Run DiT: x [N, S, S, C], t [N] timesteps (int32; raw, not rescaled) → [N, S, S, outputChannels]
  * (ε̂, then v with learnSigma). Runs in one tidy: only the output survives.
  */
-export function apply(c: DiTConfig, p: Params, x: tf.Tensor4D, t: tf.Tensor1D, o: ApplyOptions = {}): tf.Tensor4D {
+export function apply(
+  c: DiTConfig,
+  p: Params,
+  x: tf.Tensor4D,
+  t: tf.Tensor1D,
+  o: ApplyOptions = {},
+): tf.Tensor4D {
   checkInputs(c, x, t, o);
   return tf.tidy(() => {
     let { h, sc } = embed(c, p, x, t, o);
     for (let i = 0; i < c.depth; i++) h = block(c, p, i, h, sc); // [N, T, D]
-    const mod = linear(sc, param(p, "final_layer.adaLN_modulation.1.weight"), param(p, "final_layer.adaLN_modulation.1.bias"));
+    const mod = linear(
+      sc,
+      param(p, "final_layer.adaLN_modulation.1.weight"),
+      param(p, "final_layer.adaLN_modulation.1.bias"),
+    );
     const [shift, scale] = tf.split(mod, 2, 1); // shift first here, unlike ADM's scale-shift
-    const hn = modulate(layerNorm(h, undefined, undefined, LN_EPS) as tf.Tensor3D, shift, scale);
-    const out = linear(hn, param(p, "final_layer.linear.weight"), param(p, "final_layer.linear.bias")); // [N, T, p²·C']
+    const hn = lnModulate(h, shift, scale);
+    const out = linear(
+      hn,
+      param(p, "final_layer.linear.weight"),
+      param(p, "final_layer.linear.bias"),
+    ); // [N, T, p²·C']
     return unpatchify(out as tf.Tensor3D, c.patchSize, outputChannels(c));
   });
 }
@@ -374,7 +525,9 @@ export function features(
 ): Map<number, tf.Tensor3D> {
   checkInputs(c, x, t, o);
   for (const b of blocks) {
-    if (!Number.isInteger(b) || b < 0 || b > c.depth) throw new Error(`dit.ts: block ${b} is outside 0..${c.depth}`);
+    if (!Number.isInteger(b) || b < 0 || b > c.depth) {
+      throw new Error(`dit.ts: block ${b} is outside 0..${c.depth}`);
+    }
   }
   if (blocks.length === 0) return new Map();
   const sorted = [...new Set(blocks)].sort((a, b) => a - b);

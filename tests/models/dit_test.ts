@@ -5,14 +5,16 @@ import { normal, rng, uniform } from "../../lib/random.ts";
 import { disposeParams, type Params, toVariables } from "../../lib/params.ts";
 import { namedSchedule } from "../../lib/diffusion/schedule.ts";
 import { diffusionLoss } from "../../lib/diffusion/losses.ts";
-import { initParam } from "../../lib/models/nn.ts";
+import { initParam, layerNorm, qkvAttention } from "../../lib/models/nn.ts";
 import {
   apply,
+  attention,
   DIT_CONFIGS,
   type DiTConfig,
   features,
   geluTanh,
   init,
+  lnModulate,
   numParams,
   numTokens,
   outputChannels,
@@ -31,7 +33,9 @@ const tiny: DiTConfig = DIT_CONFIGS.tiny;
 function awake(c: DiTConfig, seed: number): Record<string, Float32Array> {
   const out: Record<string, Float32Array> = {};
   for (const [name, spec] of Object.entries(paramSpecs(c))) {
-    const t = spec.init.kind === "zeros" ? uniform(rng(seed + 1), spec.shape, -0.1, 0.1) : initParam(rng(seed), name, spec);
+    const t = spec.init.kind === "zeros"
+      ? uniform(rng(seed + 1), spec.shape, -0.1, 0.1)
+      : initParam(rng(seed), name, spec);
     out[name] = t.dataSync() as Float32Array;
     t.dispose();
   }
@@ -40,7 +44,9 @@ function awake(c: DiTConfig, seed: number): Record<string, Float32Array> {
 
 function toParams(c: DiTConfig, values: Record<string, Float32Array>): Params {
   const shapes = paramShapes(c);
-  return toVariables(Object.fromEntries(Object.entries(values).map(([k, v]) => [k, tf.tensor(v, [...shapes[k]])])));
+  return toVariables(
+    Object.fromEntries(Object.entries(values).map(([k, v]) => [k, tf.tensor(v, [...shapes[k]])])),
+  );
 }
 
 const batch = (c: DiTConfig, n: number, seed = 3) => ({
@@ -83,7 +89,10 @@ Deno.test("paramShapes() gives the paper sizes' counts without allocating", () =
 Deno.test("paramShapes() follows the label and sigma options", () => {
   const uncond = paramShapes({ ...tiny, numClasses: undefined });
   assert(!("y_embedder.embedding_table.weight" in uncond));
-  assertEquals(paramShapes({ ...tiny, classDropoutProb: 0 })["y_embedder.embedding_table.weight"], [10, 32]);
+  assertEquals(paramShapes({ ...tiny, classDropoutProb: 0 })["y_embedder.embedding_table.weight"], [
+    10,
+    32,
+  ]);
   assertEquals(paramShapes({ ...tiny, learnSigma: false })["final_layer.linear.weight"], [32, 16]);
   assertEquals(outputChannels(tiny), 8);
   assertThrows(() => paramShapes({ ...tiny, patchSize: 3 }), /does not divide by patchSize/);
@@ -100,7 +109,15 @@ Deno.test("init() follows DiT's initialize_weights", () => {
     for (const x of v) [s, s2, max] = [s + x, s2 + x * x, Math.max(max, Math.abs(x))];
     return { mean: s / v.length, std: Math.sqrt(s2 / v.length - (s / v.length) ** 2), max };
   };
-  for (const k of ["blocks.3.adaLN_modulation.1.weight", "blocks.3.adaLN_modulation.1.bias", "final_layer.linear.weight", "final_layer.adaLN_modulation.1.weight", "blocks.0.attn.qkv.bias"]) {
+  for (
+    const k of [
+      "blocks.3.adaLN_modulation.1.weight",
+      "blocks.3.adaLN_modulation.1.bias",
+      "final_layer.linear.weight",
+      "final_layer.adaLN_modulation.1.weight",
+      "blocks.0.attn.qkv.bias",
+    ]
+  ) {
     assertEquals(stats(k).max, 0, k);
   }
   const xav = (fi: number, fo: number) => Math.sqrt(6 / (fi + fo));
@@ -109,7 +126,13 @@ Deno.test("init() follows DiT's initialize_weights", () => {
   assertClose([fc1.std], [xav(128, 512) / Math.sqrt(3)], { rtol: 0.03 });
   const patch = stats("x_embedder.proj.weight"); // xavier on the [D, C·p·p] view
   assert(patch.max <= xav(4, 128) && patch.max > 0.9 * xav(4, 128), `patch bound ${patch.max}`);
-  for (const k of ["t_embedder.mlp.0.weight", "t_embedder.mlp.2.weight", "y_embedder.embedding_table.weight"]) {
+  for (
+    const k of [
+      "t_embedder.mlp.0.weight",
+      "t_embedder.mlp.2.weight",
+      "y_embedder.embedding_table.weight",
+    ]
+  ) {
     assertClose([stats(k).std], [0.02], { rtol: 0.15, message: k });
   }
   disposeParams(p);
@@ -158,8 +181,16 @@ Deno.test("apply() output is exactly zero at init, shaped [N, S, S, 2C], and lea
 // chunk order, the final layer's (shift, scale) and unpatchify all at once.
 Deno.test("apply() matches the PyTorch peer on a deterministic micro config", () => {
   const c: DiTConfig = {
-    inputSize: 4, patchSize: 2, inChannels: 1, hiddenSize: 8, depth: 1, numHeads: 2, mlpRatio: 2,
-    classDropoutProb: 0.1, numClasses: 3, learnSigma: true,
+    inputSize: 4,
+    patchSize: 2,
+    inChannels: 1,
+    hiddenSize: 8,
+    depth: 1,
+    numHeads: 2,
+    mlpRatio: 2,
+    classDropoutProb: 0.1,
+    numClasses: 3,
+    learnSigma: true,
   };
   const shapes = paramShapes(c);
   const names = Object.keys(shapes).sort();
@@ -169,9 +200,38 @@ Deno.test("apply() matches the PyTorch peer on a deterministic micro config", ()
     return [name, tf.tensor(v, [...shapes[name]])];
   })));
   const expected = [
-    0.281678, 0.391263, 0.447893, 0.443902, 0.587823, 0.603953, 0.538339, 0.399865, 0.379831, 0.264352, 0.113094,
-    -0.053471, 0.20727, -0.013377, -0.232214, -0.419622, 0.611239, 0.748681, 0.784793, 0.714688, 1.121512, 1.16656,
-    1.053719, 0.798262, 0.547852, 0.306867, 0.024349, -0.261464, 0.434765, 0.012424, -0.411599, -0.779913,
+    0.281678,
+    0.391263,
+    0.447893,
+    0.443902,
+    0.587823,
+    0.603953,
+    0.538339,
+    0.399865,
+    0.379831,
+    0.264352,
+    0.113094,
+    -0.053471,
+    0.20727,
+    -0.013377,
+    -0.232214,
+    -0.419622,
+    0.611239,
+    0.748681,
+    0.784793,
+    0.714688,
+    1.121512,
+    1.16656,
+    1.053719,
+    0.798262,
+    0.547852,
+    0.306867,
+    0.024349,
+    -0.261464,
+    0.434765,
+    0.012424,
+    -0.411599,
+    -0.779913,
   ];
   tf.tidy(() => {
     const x = tf.tensor4d(Array.from({ length: 16 }, (_, i) => Math.cos(0.5 * i)), [1, 4, 4, 1]);
@@ -190,16 +250,33 @@ Deno.test("apply() handles labels: null id, dropping by key, unconditional confi
       apply(c, p, x, t, { y: tf.tensor1d(labels, "int32"), ...o });
     const a = run([1, 2, 3]), b = run([1, 5, 3]);
     const diff = tf.sum(tf.abs(tf.sub(a, b)), [1, 2, 3]).dataSync();
-    assert(diff[0] === 0 && diff[1] > 0 && diff[2] === 0, `labels change only their own sample: ${diff}`);
+    assert(
+      diff[0] === 0 && diff[1] > 0 && diff[2] === 0,
+      `labels change only their own sample: ${diff}`,
+    );
     // Dropping every label gives the null label's output; rate 0 never drops.
-    assertClose(run([1, 2, 3], { labelDropRng: rng(1) }, { ...tiny, classDropoutProb: 1 }), run([10, 10, 10]), { rtol: 0, atol: 1e-30 });
+    assertClose(
+      run([1, 2, 3], { labelDropRng: rng(1) }, { ...tiny, classDropoutProb: 1 }),
+      run([10, 10, 10]),
+      { rtol: 0, atol: 1e-30 },
+    );
     const keep = { ...tiny, classDropoutProb: 1e-9 };
     assertClose(run([1, 2, 3], { labelDropRng: rng(1) }, keep), a, { rtol: 0, atol: 1e-30 });
     // Same key, same mask.
     const half = { ...tiny, classDropoutProb: 0.5 };
-    assertClose(run([1, 2, 3], { labelDropRng: rng(4) }, half), run([1, 2, 3], { labelDropRng: rng(4) }, half), { rtol: 0, atol: 1e-30 });
+    assertClose(
+      run([1, 2, 3], { labelDropRng: rng(4) }, half),
+      run([1, 2, 3], { labelDropRng: rng(4) }, half),
+      { rtol: 0, atol: 1e-30 },
+    );
     assertThrows(() => apply(tiny, p, x, t), /labels y/);
-    assertThrows(() => apply(tiny, p, tf.zeros([3, 4, 4, 4]) as tf.Tensor4D, t, { y: tf.tensor1d([1, 2, 3], "int32") }), /expected/);
+    assertThrows(
+      () =>
+        apply(tiny, p, tf.zeros([3, 4, 4, 4]) as tf.Tensor4D, t, {
+          y: tf.tensor1d([1, 2, 3], "int32"),
+        }),
+      /expected/,
+    );
   });
   disposeParams(p);
   const uncond: DiTConfig = { ...tiny, numClasses: undefined };
@@ -229,11 +306,14 @@ Deno.test("features() returns block outputs and stops early consistently", async
 
 Deno.test("geluTanh() matches the closed form and its gradient the derivative", () => {
   const xs = [-3, -1, -0.2, 0, 0.5, 2];
-  const gelu = (v: number) => 0.5 * v * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (v + 0.044715 * v ** 3)));
+  const gelu = (v: number) =>
+    0.5 * v * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (v + 0.044715 * v ** 3)));
   tf.tidy(() => {
     const x = tf.tensor1d(xs);
     assertClose(geluTanh(x), xs.map(gelu), { rtol: 1e-5, atol: 1e-6 });
-    const g = tf.grad((z: tf.Tensor) => tf.sum(tf.mul(geluTanh(z), tf.tensor1d([1, 2, 3, 4, 5, 6]))))(x);
+    const g = tf.grad((z: tf.Tensor) =>
+      tf.sum(tf.mul(geluTanh(z), tf.tensor1d([1, 2, 3, 4, 5, 6])))
+    )(x);
     const h = 1e-3;
     const numeric = xs.map((v, i) => (i + 1) * (gelu(v + h) - gelu(v - h)) / (2 * h));
     assertClose(g, numeric, { rtol: 1e-3, atol: 1e-4 });
@@ -249,10 +329,15 @@ Deno.test("apply() forward and loss gradients agree between the cpu and wasm bac
     const { x, t, y } = batch(tiny, 2, 6);
     const noise = normal(rng(7), x.shape) as tf.Tensor4D;
     const out = tf.tidy(() => apply(tiny, p, x, t, { y }).dataSync().slice());
-    const model = (xt: tf.Tensor4D, tt: tf.Tensor1D) => apply(tiny, p, xt, tt, { y, labelDropRng: rng(8) });
+    const model = (xt: tf.Tensor4D, tt: tf.Tensor1D) =>
+      apply(tiny, p, xt, tt, { y, labelDropRng: rng(8) });
     const before = tf.memory().numTensors;
-    const r = tf.variableGrads(() => diffusionLoss(sched, model, x, t, noise, { learnSigma: true }));
-    const g = Object.fromEntries(Object.entries(p).map(([k, v]) => [k, r.grads[v.name].dataSync().slice() as Float32Array]));
+    const r = tf.variableGrads(() =>
+      diffusionLoss(sched, model, x, t, noise, { learnSigma: true })
+    );
+    const g = Object.fromEntries(
+      Object.entries(p).map(([k, v]) => [k, r.grads[v.name].dataSync().slice() as Float32Array]),
+    );
     tf.dispose([r.value, ...Object.values(r.grads)]);
     assertEquals(tf.memory().numTensors, before, `${backend}: the gradient step leaked`);
     disposeParams(p);
@@ -269,9 +354,60 @@ Deno.test("apply() forward and loss gradients agree between the cpu and wasm bac
       let num = 0, den = 0;
       for (let i = 0; i < a.length; i++) [num, den] = [num + (a[i] - b[i]) ** 2, den + a[i] ** 2];
       assert(den > 0 || k.startsWith("y_embedder"), `${k}: zero gradient`);
-      assert(Math.sqrt(num) <= 1e-3 * Math.sqrt(den) + 1e-6, `${k}: gradient error ${Math.sqrt(num)} vs norm ${Math.sqrt(den)}`);
+      assert(
+        Math.sqrt(num) <= 1e-3 * Math.sqrt(den) + 1e-6,
+        `${k}: gradient error ${Math.sqrt(num)} vs norm ${Math.sqrt(den)}`,
+      );
     }
   } finally {
     await tf.setBackend("wasm");
   }
+});
+
+// The hand-written gradients against tfjs autograd of the composed ops (nn.ts).
+Deno.test("lnModulate() and attention() match the composed ops, values and gradients", () => {
+  const [n, t, d, heads] = [2, 5, 12, 3];
+  const x = normal(rng(20), [n, t, d]) as tf.Tensor3D;
+  const shift = normal(rng(21), [n, d]), scale = normal(rng(22), [n, d]);
+  const qkv = normal(rng(23), [n, t, 3 * d]) as tf.Tensor3D;
+  const wOut = normal(rng(24), [n, t, d]); // a random cotangent
+  const cases: [
+    string,
+    tf.Tensor[],
+    (...a: tf.Tensor[]) => tf.Tensor,
+    (...a: tf.Tensor[]) => tf.Tensor,
+  ][] = [
+    [
+      "lnModulate",
+      [x, shift, scale],
+      (a, b, c) => lnModulate(a as tf.Tensor3D, b, c),
+      (a, b, c) =>
+        tf.add(
+          tf.mul(layerNorm(a, undefined, undefined, 1e-6), tf.add(tf.expandDims(c, 1), 1)),
+          tf.expandDims(b, 1),
+        ),
+    ],
+    [
+      "attention",
+      [qkv],
+      (a) => attention(a as tf.Tensor3D, heads),
+      (a) => qkvAttention(a as tf.Tensor3D, heads, "new"),
+    ],
+  ];
+  for (const [name, inputs, ours, composed] of cases) {
+    tf.tidy(() => {
+      assertClose(ours(...inputs), composed(...inputs), {
+        rtol: 1e-4,
+        atol: 1e-5,
+        message: `${name} value`,
+      });
+      const loss = (f: (...a: tf.Tensor[]) => tf.Tensor) => (...a: tf.Tensor[]) =>
+        tf.sum(tf.mul(f(...a), wOut));
+      const g1 = tf.grads(loss(ours))(inputs), g2 = tf.grads(loss(composed))(inputs);
+      g1.forEach((g, i) =>
+        assertClose(g, g2[i], { rtol: 1e-3, atol: 1e-4, message: `${name} gradient ${i}` })
+      );
+    });
+  }
+  tf.dispose([x, shift, scale, qkv, wOut]);
 });
