@@ -4,6 +4,8 @@ import { parseCli, runMain } from "../lib/cli.ts";
 import { blockTable, numParams, UNET_CONFIGS, type UNetConfigName } from "../lib/models/unet.ts";
 
 const FLAGS = {
+  // Every script takes --seed; this one draws nothing at random.
+  seed: { kind: "int", default: 0, help: "accepted for uniformity (the table is deterministic)" },
   config: {
     kind: "string",
     default: "adm256",
