@@ -312,6 +312,12 @@ export function paramSpecs(c: UNetConfig): Record<string, ParamSpec> {
   return Object.fromEntries(entries);
 }
 
+/** Keys whose PyTorch layout equals ours (embedding tables), for io/torch_layout.ts. */
+export const TORCH_SAME_LAYOUT: readonly string[] = ["label_emb.weight"];
+
+/** Attention weights stored by PyTorch as 1×1 conv1d kernels [out, in, 1]. */
+export const isTorchConv1d = (key: string): boolean => /\.(qkv|proj_out)\.weight$/.test(key);
+
 /** Parameter shapes from the config alone (nothing allocated): drives init, counts and loading. */
 export function paramShapes(c: UNetConfig): ParamShapes {
   return Object.fromEntries(Object.entries(paramSpecs(c)).map(([k, s]) => [k, s.shape]));
