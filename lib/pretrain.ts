@@ -13,7 +13,7 @@ import * as unet from "./models/unet.ts";
 import type { Params } from "./params.ts";
 import { disposeParams } from "./params.ts";
 import { adam, disposeTensors, type Tensors } from "./optim.ts";
-import { fold, normal, permutation, randint, type Rng, rng, split } from "./random.ts";
+import { fold, normal, permutation, randint, type Rng, rng, split, uniformArray } from "./random.ts";
 import { initTrainState, runLoop, type StepOptions, trainStep, type TrainState } from "./train.ts";
 import { disposeCheckpoint, loadCheckpoint, loadParamsStrict, saveCheckpoint } from "./io/checkpoint.ts";
 import { saveImageGrid } from "./io/png.ts";
@@ -31,6 +31,12 @@ export interface PretrainConfig {
   readonly emaRate: number;
   readonly clipNorm?: number;
   readonly seed: number;
+  /**
+   * Class-conditional training (model.numClasses set). With a class dropout p > 0 the model has
+   * one extra label, the null class (id = number of classes), used in place of the true label
+   * with probability p, as DiT does for classifier-free guidance.
+   */
+  readonly classDropout?: number;
 }
 
 /** The loss curve: mean loss over each window of `every` steps, as [last step, mean]. */
@@ -53,10 +59,23 @@ const EMPTY_CURVE: LossCurve = { every: 0, points: [] };
 const CHECKPOINT_FILE = "checkpoint.safetensors";
 export const checkpointPath = (dir: string) => `${dir}/${CHECKPOINT_FILE}`;
 
-/** Keys: one for data order, one for t, one for ε, one for dropout; one for the initial weights. */
-function keys(seed: number): { init: Rng; data: Rng; t: Rng; noise: Rng; dropout: Rng } {
-  const [init, data, t, noise, dropout] = split(rng(seed), 5);
-  return { init, data, t, noise, dropout };
+/** Keys: initial weights, data order, t, ε, dropout, label dropout. */
+function keys(seed: number) {
+  const [init, data, t, noise, dropout, labels] = split(rng(seed), 6);
+  return { init, data, t, noise, dropout, labels };
+}
+
+/** The model's config for a dataset of `classes` classes: unconditional, or with labels (+ null). */
+export function conditionedModel(m: unet.UNetConfig, classes: number, classCond: boolean, classDropout = 0): unet.UNetConfig {
+  if (!classCond) return m;
+  return { ...m, numClasses: classes + (classDropout > 0 ? 1 : 0) };
+}
+
+/** Labels with each replaced by the null id (= classes) with probability p. */
+function dropLabels(y: tf.Tensor1D, p: number, nullId: number, key: Rng): tf.Tensor1D {
+  const u = uniformArray(key, y.shape[0]);
+  const labels = y.dataSync();
+  return tf.tensor1d(Array.from(labels, (v, i) => (u[i] < p ? nullId : v)), "int32");
 }
 
 /** Indices of the batch for step i: consecutive slices of per-epoch permutations. */
@@ -76,9 +95,9 @@ export function batchIndices(dataKey: Rng, n: number, batch: number, step: numbe
   return out;
 }
 
-/** The U-Net as the diffusion code sees it: (x_t, t) → output. */
-export function denoiser(cfg: unet.UNetConfig, params: Params, dropoutRng?: Rng) {
-  return (xt: tf.Tensor4D, t: tf.Tensor1D) => unet.apply(cfg, params, xt, t, { dropoutRng }).eps!;
+/** The U-Net as the diffusion code sees it: (x_t, t) → output, for fixed labels if conditional. */
+export function denoiser(cfg: unet.UNetConfig, params: Params, opts: { dropoutRng?: Rng; y?: tf.Tensor1D } = {}) {
+  return (xt: tf.Tensor4D, t: tf.Tensor1D) => unet.apply(cfg, params, xt, t, opts).eps!;
 }
 
 /** The diffusion loss of step `step` (a scalar), with that step's batch, t and ε. */
@@ -86,12 +105,17 @@ export function stepLoss(cfg: PretrainConfig, sched: Schedule, ds: Dataset, para
   const k = keys(cfg.seed);
   return tf.tidy(() => {
     const { x, y } = batchAt(ds, batchIndices(k.data, count(ds), cfg.batch, step));
-    y.dispose();
     const n = x.shape[0];
     const t = tf.tensor1d(randint(fold(k.t, step), n, 0, sched.T), "int32");
     const noise = normal(fold(k.noise, step), x.shape) as tf.Tensor4D;
     const dropoutRng = cfg.model.dropout > 0 ? fold(k.dropout, step) : undefined;
-    return diffusionLoss(sched, denoiser(cfg.model, params, dropoutRng), x, t, noise, {
+    const p = cfg.classDropout ?? 0;
+    const labels = cfg.model.numClasses === undefined
+      ? undefined
+      : p > 0
+      ? dropLabels(y, p, cfg.model.numClasses - 1, fold(k.labels, step))
+      : y;
+    return diffusionLoss(sched, denoiser(cfg.model, params, { dropoutRng, y: labels }), x, t, noise, {
       learnSigma: cfg.model.learnSigma,
     });
   });
@@ -222,12 +246,19 @@ export function sampleImages(
 ): tf.Tensor4D {
   const sched = namedSchedule(cfg.schedule, cfg.diffusionSteps);
   const m = cfg.model;
-  return sampleLoop(sched, denoiser(m, weights as Params), [n, m.imageSize, m.imageSize, m.inChannels], rng(seed), {
+  // Conditional models draw the classes in turn (one row of the grid per class when square).
+  const classes = m.numClasses === undefined ? 0 : m.numClasses - ((cfg.classDropout ?? 0) > 0 ? 1 : 0);
+  const y = classes > 0 ? tf.tensor1d(Array.from({ length: n }, (_, i) => i % classes), "int32") : undefined;
+  try {
+    return sampleLoop(sched, denoiser(m, weights as Params, { y }), [n, m.imageSize, m.imageSize, m.inChannels], rng(seed), {
     method: opts.method ?? "ddim",
     steps: opts.steps ?? 50,
-    learnSigma: m.learnSigma,
-    onStep: opts.onStep,
-  });
+      learnSigma: m.learnSigma,
+      onStep: opts.onStep,
+    });
+  } finally {
+    y?.dispose();
+  }
 }
 
 /** Save a sample grid PNG of `n` images drawn with the EMA weights (or the raw ones). */

@@ -4,7 +4,7 @@ import { COMMON_FLAGS, parseCli, runMain, UsageError } from "../lib/cli.ts";
 import { initEngine } from "../lib/engine/mod.ts";
 import { count, loadDataset } from "../lib/data/dataset.ts";
 import { UNET_CONFIGS, type UNetConfigName } from "../lib/models/unet.ts";
-import { checkpointPath, disposeState, pretrain, type PretrainConfig, saveSampleGrid } from "../lib/pretrain.ts";
+import { checkpointPath, conditionedModel, disposeState, pretrain, type PretrainConfig, saveSampleGrid } from "../lib/pretrain.ts";
 import { finishRun, resultsDir, startRun } from "../lib/results.ts";
 import { saveCheckpoint } from "../lib/io/checkpoint.ts";
 import { lineChart, renderFigure } from "../lib/report/figures.ts";
@@ -22,6 +22,8 @@ const FLAGS = {
   "clip-norm": { kind: "float", default: 1, help: "clip gradients to this global norm; 0 turns it off", min: 0 },
   schedule: { kind: "string", default: "linear", help: "beta schedule", choices: ["linear", "cosine"] },
   "diffusion-steps": { kind: "int", default: 1000, help: "diffusion steps T", min: 2 },
+  "class-cond": { kind: "boolean", help: "condition the U-Net on class labels" },
+  "class-dropout": { kind: "float", default: 0, help: "with --class-cond: replace labels by a null class with this probability", min: 0 },
   out: { kind: "string", help: "checkpoint directory (default: checkpoints/pretrain/<run>)" },
   run: { kind: "string", help: "run name (default: <dataset>-<config>-seed<seed>)" },
   "checkpoint-every": { kind: "int", default: 250, help: "steps between checkpoints", min: 1 },
@@ -40,14 +42,17 @@ await runMain(async () => {
     FLAGS,
   );
   const modelName = a.config as UNetConfigName;
-  const model = UNET_CONFIGS[modelName];
+  if (a["class-dropout"] > 0 && !a["class-cond"]) throw new UsageError("--class-dropout needs --class-cond");
+  if (a["class-dropout"] >= 1) throw new UsageError(`--class-dropout: ${a["class-dropout"]} must be below 1`);
+  const base = UNET_CONFIGS[modelName];
   const dataName = a.dataset.includes("/") ? basename(a.dataset.replace(/\/+$/, "")) : a.dataset;
-  const run = a.run ?? `${dataName}-${modelName}-seed${a.seed}`;
+  const run = a.run ?? `${dataName}-${modelName}${a["class-cond"] ? "-cond" : ""}-seed${a.seed}`;
   if (!/^[A-Za-z0-9._-]+$/.test(run)) throw new UsageError(`--run: "${run}" must use letters, digits, ".", "_" or "-"`);
   const dir = a.out ?? `checkpoints/pretrain/${run}`;
 
   const engine = await initEngine({ backend: a.backend });
-  const ds = await loadDataset(a.dataset, { split: "train", size: model.imageSize, channels: model.inChannels as 1 | 3 });
+  const ds = await loadDataset(a.dataset, { split: "train", size: base.imageSize, channels: base.inChannels as 1 | 3 });
+  const model = conditionedModel(base, ds.classes.length, a["class-cond"], a["class-dropout"]);
   const cfg: PretrainConfig = {
     dataset: a.dataset,
     model,
@@ -60,6 +65,7 @@ await runMain(async () => {
     emaRate: a.ema,
     ...(a["clip-norm"] > 0 ? { clipNorm: a["clip-norm"] } : {}),
     seed: a.seed,
+    ...(a["class-cond"] ? { classDropout: a["class-dropout"] } : {}),
   };
   const handle = await startRun("pretrain", run, { ...cfg, checkpointDir: dir, samples: a.samples }, a.seed);
   console.error(`pretrain: ${run}: ${count(ds)} images of ${ds.shape.join("×")}, ${cfg.steps} steps of ${cfg.batch}`);

@@ -3,7 +3,7 @@ import { assert, assertClose, assertEquals, assertRejects } from "./assert.ts";
 import { initEngine } from "../lib/engine/mod.ts";
 import { loadDataset } from "../lib/data/dataset.ts";
 import { UNET_CONFIGS } from "../lib/models/unet.ts";
-import { batchIndices, disposeState, pretrain, type PretrainConfig } from "../lib/pretrain.ts";
+import { batchIndices, conditionedModel, disposeState, pretrain, type PretrainConfig, sampleImages } from "../lib/pretrain.ts";
 import { rng } from "../lib/random.ts";
 
 await initEngine({ backend: "wasm", announce: false });
@@ -62,4 +62,21 @@ Deno.test("pretrain() refuses a checkpoint of another config and a dataset of th
     await Deno.remove(dir, { recursive: true });
   }
   assert(tf.memory().numTensors >= 0);
+});
+
+Deno.test("pretrain() trains a class-conditional model with label dropout, and samples one class per row", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const model = conditionedModel(UNET_CONFIGS.tiny, 10, true, 0.25);
+    assertEquals(model.numClasses, 11); // ten digits and the null label
+    const cond: PretrainConfig = { ...cfg, model, steps: 2, classDropout: 0.25 };
+    const r = await pretrain(cond, ds, { dir, checkpointEvery: 100, logEvery: 1, quiet: true });
+    assertEquals(r.curve.points.length, 2);
+    const images = sampleImages(cond, r.state.params, 3, 0, { steps: 2 });
+    assertEquals(images.shape, [3, 16, 16, 1]);
+    images.dispose();
+    disposeState(r.state);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
