@@ -2,6 +2,7 @@
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { initEngine } from "../../lib/engine/mod.ts";
+import { assertOutputsClose, type Input, input, on } from "./compare.ts";
 import {
   BLAS_KERNELS,
   loadOpenBlas,
@@ -17,59 +18,10 @@ const ignore = loadOpenBlas() === undefined; // no library or no FFI: nothing to
 // ---------------------------------------------------------------------------------------------
 // Helpers: seeded inputs as plain arrays, the same computation on two backends.
 
-function rand(seed: number, n: number): Float32Array {
-  let s = seed >>> 0;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    out[i] = (((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1;
-  }
-  return out;
-}
 
-interface Input {
-  readonly values: Float32Array;
-  readonly shape: number[];
-}
 
-const input = (seed: number, shape: number[]): Input => ({
-  values: rand(seed, shape.reduce((a, b) => a * b, 1)),
-  shape,
-});
 
-/** Run `f` on `backend` with fresh tensors made from `inputs`; return every output's values. */
-async function on(
-  backend: string,
-  inputs: Input[],
-  f: (...ts: tf.Tensor[]) => tf.Tensor | tf.Tensor[],
-): Promise<Float32Array[]> {
-  await tf.setBackend(backend);
-  const ts = inputs.map((i) => tf.tensor(i.values, i.shape));
-  const out = f(...ts);
-  const outs = Array.isArray(out) ? out : [out];
-  const values = await Promise.all(outs.map((o) => o.data() as Promise<Float32Array>));
-  tf.dispose([...ts, ...outs]);
-  await tf.setBackend("wasm");
-  return values;
-}
 
-function assertClose(actual: Float32Array[], expected: Float32Array[], tol: number, what: string) {
-  assert.equal(actual.length, expected.length, `${what}: output count`);
-  actual.forEach((a, k) => {
-    const e = expected[k];
-    assert.equal(a.length, e.length, `${what}: output ${k} size`);
-    let scale = 1;
-    for (const v of e) scale = Math.max(scale, Math.abs(v));
-    for (let i = 0; i < a.length; i++) {
-      if (!(Math.abs(a[i] - e[i]) <= tol * scale)) {
-        assert.fail(`${what}: output ${k}[${i}] = ${a[i]}, expected ${e[i]} (scale ${scale})`);
-      }
-    }
-  });
-}
 
 /** Compare `f` on wasm+BLAS with `ref` (default `f`) on the cpu backend. */
 async function vsCpu(
@@ -81,7 +33,7 @@ async function vsCpu(
 ) {
   const got = await on("wasm", inputs, f);
   const want = await on("cpu", inputs, ref);
-  assertClose(got, want, tol, what);
+  assertOutputsClose(got, want, tol, what);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -358,7 +310,7 @@ Deno.test({
     } finally {
       registerBlasKernels();
     }
-    assertClose(withBlas, without, 1e-4, "conv net grads");
+    assertOutputsClose(withBlas, without, 1e-4, "conv net grads");
   },
 });
 

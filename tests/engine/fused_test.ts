@@ -2,6 +2,7 @@
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { initEngine } from "../../lib/engine/mod.ts";
+import { assertOutputsClose, type Input, input, on } from "./compare.ts";
 import {
   GROUP_NORM,
   GROUP_NORM_MOD,
@@ -15,58 +16,10 @@ import {
 
 await initEngine({ backend: "wasm", announce: false });
 
-function rand(seed: number, n: number, lo = -1, hi = 1): Float32Array {
-  let s = seed >>> 0;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    out[i] = lo + (((t ^ (t >>> 14)) >>> 0) / 4294967296) * (hi - lo);
-  }
-  return out;
-}
 
-interface Input {
-  readonly values: Float32Array;
-  readonly shape: number[];
-}
 
-const input = (seed: number, shape: number[], lo = -1, hi = 1): Input => ({
-  values: rand(seed, shape.reduce((a, b) => a * b, 1), lo, hi),
-  shape,
-});
 
-async function on(
-  backend: string,
-  inputs: Input[],
-  f: (...ts: tf.Tensor[]) => tf.Tensor | tf.Tensor[],
-): Promise<Float32Array[]> {
-  await tf.setBackend(backend);
-  const ts = inputs.map((i) => tf.tensor(i.values, i.shape));
-  const out = f(...ts);
-  const outs = Array.isArray(out) ? out : [out];
-  const values = await Promise.all(outs.map((o) => o.data() as Promise<Float32Array>));
-  tf.dispose([...ts, ...outs]);
-  await tf.setBackend("wasm");
-  return values;
-}
 
-function assertClose(actual: Float32Array[], expected: Float32Array[], tol: number, what: string) {
-  assert.equal(actual.length, expected.length, `${what}: output count`);
-  actual.forEach((a, k) => {
-    const e = expected[k];
-    assert.equal(a.length, e.length, `${what}: output ${k} size`);
-    let scale = 1;
-    for (const v of e) scale = Math.max(scale, Math.abs(v));
-    for (let i = 0; i < a.length; i++) {
-      if (!(Math.abs(a[i] - e[i]) <= tol * scale)) {
-        assert.fail(`${what}: output ${k}[${i}] = ${a[i]}, expected ${e[i]} (scale ${scale})`);
-      }
-    }
-  });
-}
 
 /** `fused` on wasm against `composed` on cpu, values and gradients w.r.t. every input. */
 async function compare(
@@ -79,14 +32,14 @@ async function compare(
   const withGrads = (f: (...ts: tf.Tensor[]) => tf.Tensor) => (...ts: tf.Tensor[]) => {
     const y = f(...ts);
     // A fixed random cotangent, so every output element matters to the gradient.
-    const r = tf.tensor(rand(99, y.size), y.shape);
+    const r = tf.tensor(input(99, y.shape).values, y.shape);
     const grads = tf.grads((...a: tf.Tensor[]) => tf.sum(tf.mul(f(...a), r)))(ts);
     tf.dispose(r);
     return [y, ...grads];
   };
   const got = await on("wasm", inputs, withGrads(fused));
   const want = await on("cpu", inputs, withGrads(composed));
-  assertClose(got, want, tol, what);
+  assertOutputsClose(got, want, tol, what);
 }
 
 const composedSilu = (x: tf.Tensor) => tf.mul(x, tf.sigmoid(x));
