@@ -3,7 +3,6 @@
 // SiLU ns per element fused vs composed. Standalone:
 //   deno run -R -E --allow-ffi --allow-sys bench/blas.ts [--quick]
 import * as tf from "@tensorflow/tfjs";
-import { parseArgs } from "node:util";
 import { initEngine } from "../lib/engine/mod.ts";
 import {
   activeBlas,
@@ -247,15 +246,3 @@ export const suite = {
     return r;
   },
 };
-
-if (import.meta.main) {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: { quick: { type: "boolean" }, repeats: { type: "string" } },
-  });
-  const r = await suite.run({
-    quick: values.quick,
-    repeats: values.repeats ? Number(values.repeats) : undefined,
-  });
-  console.log(JSON.stringify(r, null, 2));
-}

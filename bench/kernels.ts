@@ -4,7 +4,6 @@
 // libopenblas loads. Run through `deno task bench --suite kernels`, or standalone:
 //   deno run -R -E --allow-ffi --allow-sys bench/kernels.ts [--quick] [--repeats N]
 import * as tf from "@tensorflow/tfjs";
-import { parseArgs } from "node:util";
 import { initEngine } from "../lib/engine/mod.ts";
 import { activeBlas, registerBlasKernels, unregisterBlasKernels } from "../lib/engine/blas/mod.ts";
 import { silu } from "../lib/engine/fused/mod.ts";
@@ -304,15 +303,3 @@ export const suite = {
     return r;
   },
 };
-
-if (import.meta.main) {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: { quick: { type: "boolean" }, repeats: { type: "string" } },
-  });
-  const r = await suite.run({
-    quick: values.quick,
-    repeats: values.repeats ? Number(values.repeats) : undefined,
-  });
-  console.log(JSON.stringify(r, null, 2));
-}
