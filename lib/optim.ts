@@ -3,6 +3,7 @@
 // continues with the same moments. `update` returns fresh tensors; the caller owns and disposes.
 import * as tf from "@tensorflow/tfjs";
 import type { Params } from "./params.ts";
+import { adamStep, emaBlend } from "./engine/fused/optim.ts";
 
 /** Named tensors: gradients, updates, optimiser moments, EMA weights. */
 export type Tensors = Readonly<Record<string, tf.Tensor>>;
@@ -57,11 +58,16 @@ export function adam(opts: AdamOptions = {}): Optimizer {
         const stepSize = a * Math.sqrt(1 - beta2 ** count) / (1 - beta1 ** count);
         const updates: Record<string, tf.Tensor> = {};
         const slots: Record<string, tf.Tensor> = {};
+        const step = {
+          beta1,
+          beta2,
+          epsHat: eps * Math.sqrt(1 - beta2 ** count),
+          stepSize,
+          decay: weightDecay > 0 ? a * weightDecay : 0,
+        };
         for (const [k, g] of Object.entries(grads)) {
-          const m = tf.add(tf.mul(state.slots[`m.${k}`], beta1), tf.mul(g, 1 - beta1));
-          const v = tf.add(tf.mul(state.slots[`v.${k}`], beta2), tf.mul(tf.square(g), 1 - beta2));
-          let u = tf.mul(tf.div(m, tf.add(tf.sqrt(v), eps * Math.sqrt(1 - beta2 ** count))), -stepSize);
-          if (weightDecay > 0) u = tf.sub(u, tf.mul(params[k], a * weightDecay));
+          // m, v, u in one pass on wasm (composed ops elsewhere): see engine/fused/optim.ts.
+          const { m, v, u } = adamStep(g, state.slots[`m.${k}`], state.slots[`v.${k}`], step, params[k]);
           slots[`m.${k}`] = m;
           slots[`v.${k}`] = v;
           updates[k] = u;
@@ -158,7 +164,7 @@ export function emaInit(params: Params): Tensors {
 export function emaUpdate(ema: Tensors, params: Params, rate: number): Tensors {
   const out: Record<string, tf.Tensor> = {};
   for (const [k, e] of Object.entries(ema)) {
-    out[k] = tf.tidy(() => tf.add(tf.mul(e, rate), tf.mul(params[k], 1 - rate)));
+    out[k] = emaBlend(e, params[k], rate);
     e.dispose();
   }
   return out;

@@ -1,5 +1,5 @@
 import * as tf from "@tensorflow/tfjs";
-import { assertClose, assertNoLeaks } from "./assert.ts";
+import { assert, assertClose, assertNoLeaks } from "./assert.ts";
 import { initEngine } from "../lib/engine/mod.ts";
 import { adam, applyUpdates, clipByGlobalNorm, disposeTensors, emaInit, emaUpdate, type Optimizer, sgd } from "../lib/optim.ts";
 import { disposeParams, toVariables } from "../lib/params.ts";
@@ -106,4 +106,24 @@ Deno.test("emaUpdate() follows ema = r·ema + (1 − r)·w", async () => {
     disposeTensors(ema);
     disposeParams(params);
   });
+});
+
+Deno.test("adam() and emaUpdate() agree between the fused wasm kernels and composed ops on cpu", async () => {
+  const onBackend = async (name: string) => {
+    await tf.setBackend(name);
+    const opts = { lr: 0.05, beta1: 0.8, beta2: 0.99, weightDecay: 0.1 };
+    const w = run(adam(opts), w0, grads);
+    const params = toVariables({ w: tf.tensor1d(w0) });
+    let ema = emaInit(params);
+    tf.tidy(() => params.w.assign(tf.tensor1d(w)));
+    ema = emaUpdate(ema, params, 0.7);
+    const e = Array.from(ema.w.dataSync());
+    disposeTensors(ema);
+    disposeParams(params);
+    return [...w, ...e];
+  };
+  const cpu = await onBackend("cpu");
+  const wasm = await onBackend("wasm");
+  assertClose(wasm, cpu, { rtol: 1e-6 });
+  assert(tf.getKernel("DpAdam", "wasm") && tf.getKernel("DpEma", "wasm"), "fused kernels registered");
 });

@@ -5,23 +5,35 @@ import { initEngine } from "../../lib/engine/mod.ts";
 import { assertOutputsClose, type Input, input, on } from "./compare.ts";
 import {
   BLAS_KERNELS,
+  loadOneDnn,
   loadOpenBlas,
   openBlas,
+  openOneDnn,
   registerBlasKernels,
   unregisterBlasKernels,
+  useOneDnn,
 } from "../../lib/engine/blas/mod.ts";
 import { planMatMul } from "../../lib/engine/blas/matmul.ts";
 
 await initEngine({ backend: "wasm", announce: false });
 const ignore = loadOpenBlas() === undefined; // no library or no FFI: nothing to test
+// Convolutions run on oneDNN where it loads, on im2col + sgemm otherwise: test every route here.
+const CONV_ROUTES = loadOneDnn() ? ["onednn", "sgemm"] : ["sgemm"];
+
+/** Run `f` once per conv route, naming the route; oneDNN back on afterwards. */
+async function perRoute(f: (route: string) => Promise<void>): Promise<void> {
+  try {
+    for (const route of CONV_ROUTES) {
+      useOneDnn(route === "onednn");
+      await f(route);
+    }
+  } finally {
+    useOneDnn(true);
+  }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Helpers: seeded inputs as plain arrays, the same computation on two backends.
-
-
-
-
-
 
 /** Compare `f` on wasm+BLAS with `ref` (default `f`) on the cpu backend. */
 async function vsCpu(
@@ -48,6 +60,48 @@ Deno.test({
     assert.ok(blas);
     assert.notEqual(blas.path, "/nonexistent/libopenblas.so");
     assert.ok(blas.threads >= 1);
+  },
+});
+
+Deno.test({
+  name: "openOneDnn() honours DP_ONEDNN=0, and oneDNN convs match sgemm on U-Net widths",
+  ignore: ignore || CONV_ROUTES.length === 1,
+  async fn() {
+    assert.equal(openOneDnn((k) => (k === "DP_ONEDNN" ? "0" : undefined)), undefined);
+    // 3×3 and 1×1 convs at widths of the small U-Net (oneDNN's blocked kernels run there).
+    const cases: ConvCase[] = [
+      { x: [2, 8, 8, 32], w: [3, 3, 32, 48], stride: 1, pad: "same" },
+      { x: [2, 6, 6, 64], w: [1, 1, 64, 32], stride: 1, pad: "valid" },
+      { x: [2, 8, 8, 32], w: [3, 3, 32, 32], stride: 2, pad: 1 },
+    ];
+    for (const [i, c] of cases.entries()) {
+      const f = conv(c);
+      const grads = (x: tf.Tensor, w: tf.Tensor) => {
+        const r = tf.randomUniform(f(x, w).shape, -1, 1, "float32", 3);
+        const g = tf.grads((a: tf.Tensor, b: tf.Tensor) => tf.sum(tf.mul(f(a, b), r)))([x, w]);
+        return [f(x, w), ...g];
+      };
+      const inputs = [input(70 + i, c.x), input(80 + i, c.w)];
+      const dnn = await on("wasm", inputs, grads);
+      useOneDnn(false);
+      try {
+        assertOutputsClose(dnn, await on("wasm", inputs, grads), 1e-5, `onednn vs sgemm ${i}`);
+      } finally {
+        useOneDnn(true);
+      }
+    }
+  },
+});
+
+Deno.test({
+  name: "Sum over leading and middle axes (column sums on sgemm) matches cpu",
+  ignore,
+  async fn() {
+    const x = input(90, [3, 5, 7, 4]);
+    await vsCpu("sum [0, 1, 2]", [x], (t) => tf.sum(t, [0, 1, 2]));
+    await vsCpu("sum [1] keepDims", [x], (t) => tf.sum(t, 1, true));
+    await vsCpu("sum [1, 2]", [x], (t) => tf.sum(t, [1, 2]));
+    await vsCpu("sum of an empty block", [input(91, [0, 3])], (t) => tf.sum(t, 0));
   },
 });
 
@@ -195,9 +249,15 @@ Deno.test({
       ...CONVS,
       { x: [2, 9, 9, 3], w: [3, 3, 3, 4], stride: 1, pad: "same", dilation: 2 },
     ];
-    for (const [i, c] of cases.entries()) {
-      await vsCpu(`conv2d ${JSON.stringify(c)}`, [input(i, c.x), input(50 + i, c.w)], conv(c));
-    }
+    await perRoute(async (route) => {
+      for (const [i, c] of cases.entries()) {
+        await vsCpu(
+          `conv2d (${route}) ${JSON.stringify(c)}`,
+          [input(i, c.x), input(50 + i, c.w)],
+          conv(c),
+        );
+      }
+    });
   },
 });
 
@@ -205,18 +265,20 @@ Deno.test({
   name: "Conv2DBackpropInput and Conv2DBackpropFilter on sgemm match cpu",
   ignore,
   async fn() {
-    for (const [i, c] of CONVS.entries()) {
-      const f = conv(c);
-      await vsCpu(
-        `conv2d grads ${JSON.stringify(c)}`,
-        [input(i, c.x), input(50 + i, c.w)],
-        (x, w) => {
-          const r = tf.randomUniform(f(x, w).shape, -1, 1, "float32", 7);
-          return tf.grads((a: tf.Tensor, b: tf.Tensor) => tf.sum(tf.mul(f(a, b), r)))([x, w]);
-        },
-        2e-5,
-      );
-    }
+    await perRoute(async (route) => {
+      for (const [i, c] of CONVS.entries()) {
+        const f = conv(c);
+        await vsCpu(
+          `conv2d grads (${route}) ${JSON.stringify(c)}`,
+          [input(i, c.x), input(50 + i, c.w)],
+          (x, w) => {
+            const r = tf.randomUniform(f(x, w).shape, -1, 1, "float32", 7);
+            return tf.grads((a: tf.Tensor, b: tf.Tensor) => tf.sum(tf.mul(f(a, b), r)))([x, w]);
+          },
+          2e-5,
+        );
+      }
+    });
   },
 });
 

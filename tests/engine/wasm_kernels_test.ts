@@ -9,7 +9,16 @@ import * as R from "../../lib/random.ts";
 // BLAS off: these tests are about the kernels underneath it.
 await initEngine({ backend: "wasm", blas: false, announce: false });
 
-const KERNELS = ["Conv2DBackpropFilter", "Conv2DBackpropInput", "UnsortedSegmentSum"];
+const KERNELS = [
+  "Conv2DBackpropFilter",
+  "Conv2DBackpropInput",
+  "UnsortedSegmentSum",
+  "Identity",
+  "Concat",
+  "SplitV",
+  "Sum",
+  "AvgPoolGrad",
+];
 
 // ─── harness ─────────────────────────────────────────────────────────────────────────────────────
 
@@ -102,7 +111,7 @@ async function agrees(
 
 // ─── registration ────────────────────────────────────────────────────────────────────────────────
 
-Deno.test("registerWasmKernels() registers the three kernels once and returns their names", () => {
+Deno.test("registerWasmKernels() registers the project kernels once and returns their names", () => {
   assertEquals(registerWasmKernels(), KERNELS);
   assertEquals(registerWasmKernels(), KERNELS); // idempotent
   const ours = wasmKernelConfigs();
@@ -253,6 +262,101 @@ Deno.test("unsortedSegmentSum matches cpu, drops out-of-range ids, and keeps int
   const oi = tf.unsortedSegmentSum(xi, tf.tensor1d([0, 0, 1], "int32"), 2);
   assertEquals([oi.dtype, Array.from(oi.dataSync())], ["int32", [3, 3]]);
   tf.dispose([x, out, xi, oi]);
+});
+
+// ─── copy, reduction and pooling kernels ──────────────────────────────────────────────────────────
+
+Deno.test("concat, split and sum kernels match cpu on every axis, with gradients", async (t) => {
+  const a = normal(60, [2, 3, 4, 5]), b = normal(61, [2, 3, 4, 2]), c = normal(62, [2, 3, 4, 1]);
+  for (const axis of [0, 1, 2, 3]) {
+    await t.step(`concat and split on axis ${axis}`, async () => {
+      const shapeOf = (i: Input) => i.shape.map((d, k) => (k === axis ? d : a.shape[k]));
+      const ins = [a, b, c].map((i, k) => normal(63 + 3 * axis + k, shapeOf(i)));
+      await agrees(`concat axis ${axis}`, (x, y, z) => {
+        const cat = tf.concat([x, y, z], axis);
+        const sizes = [1, cat.shape[axis] - 2, 1];
+        const [p, q, r] = tf.split(cat, sizes, axis);
+        return tf.concat([r, tf.mul(q, 2), p], axis);
+      }, ins);
+    });
+  }
+  const x = normal(80, [3, 4, 5, 6]);
+  const sums: [string, (x: tf.Tensor) => tf.Tensor][] = [
+    ["leading [0, 1, 2]", (x) => tf.sum(x, [0, 1, 2])],
+    ["leading [1, 0] keepDims", (x) => tf.sum(x, [1, 0], true)],
+    ["leading [0]", (x) => tf.sum(x, 0)],
+    ["middle [1] keepDims", (x) => tf.sum(x, 1, true)],
+    ["middle block [1, 2]", (x) => tf.sum(x, [2, 1])],
+    ["trailing (built-in)", (x) => tf.sum(x, [2, 3])],
+    ["split axes [0, 2] (built-in)", (x) => tf.sum(x, [0, 2])],
+    ["all (built-in)", (x) => tf.sum(x)],
+  ];
+  for (const [name, op] of sums) await t.step(`sum ${name}`, () => agrees(`sum ${name}`, op, [x]));
+});
+
+Deno.test("copy and sum kernels keep int32, skip empty parts, and split evenly", async () => {
+  await tf.setBackend("wasm");
+  const i = tf.tensor2d([[1, 2], [3, 4]], [2, 2], "int32");
+  const e = tf.zeros([2, 0], "int32");
+  const cat = tf.concat([i, e, i], 1);
+  assertEquals([cat.dtype, cat.shape, Array.from(cat.dataSync())], ["int32", [2, 4], [
+    1,
+    2,
+    1,
+    2,
+    3,
+    4,
+    3,
+    4,
+  ]]);
+  const [p, q] = tf.split(cat, 2, 1);
+  assertEquals([p.dtype, Array.from(p.dataSync()), Array.from(q.dataSync())], ["int32", [
+    1,
+    2,
+    3,
+    4,
+  ], [1, 2, 3, 4]]);
+  const s = tf.sum(i, 0);
+  assertEquals([s.dtype, Array.from(s.dataSync())], ["int32", [4, 6]]);
+  const b = tf.concat([tf.tensor1d([1], "bool"), tf.tensor1d([0], "bool")]); // built-in path
+  assertEquals(Array.from(b.dataSync()), [1, 0]);
+  const one = tf.concat([e, i], 1); // one non-empty part
+  assertEquals(Array.from(one.dataSync()), [1, 2, 3, 4]);
+  tf.dispose([i, e, cat, p, q, s, b, one]);
+});
+
+Deno.test("avgPool gradients match cpu for tiled and general pools", async (t) => {
+  const cases: [string, number[], number, number, "valid" | "same"][] = [
+    ["2×2 stride 2", [2, 6, 8, 3], 2, 2, "valid"],
+    ["2×2 stride 2, odd size", [1, 7, 5, 4], 2, 2, "valid"],
+    ["3×3 stride 3", [1, 9, 6, 2], 3, 3, "valid"],
+    ["3×3 stride 1 same (built-in)", [1, 5, 5, 2], 3, 1, "same"],
+    ["2×2 stride 2 same, odd size (built-in)", [1, 5, 5, 2], 2, 2, "same"],
+  ];
+  for (const [name, shape, k, s, pad] of cases) {
+    await t.step(
+      name,
+      () => agrees(name, (x) => tf.avgPool(x as tf.Tensor4D, k, s, pad), [normal(90, shape)]),
+    );
+  }
+});
+
+Deno.test("identity shares the buffer and frees it with the last reference", async () => {
+  await tf.setBackend("wasm");
+  const before = tf.memory();
+  const x = tf.tensor1d([1, 2, 3]);
+  const y = tf.clone(x);
+  assertEquals(tf.memory().numDataBuffers, before.numDataBuffers + 1);
+  x.dispose();
+  assertEquals(Array.from(y.dataSync()), [1, 2, 3]);
+  const v = tf.variable(y);
+  y.dispose();
+  tf.tidy(() => v.assign(tf.add(v, 1)));
+  assertEquals(Array.from(v.dataSync()), [2, 3, 4]);
+  v.dispose();
+  assertEquals(tf.memory().numTensors, before.numTensors);
+  assertEquals(tf.memory().numBytes, before.numBytes);
+  assertEquals(tf.memory().numDataBuffers, before.numDataBuffers);
 });
 
 // ─── the other ops the models train through ──────────────────────────────────────────────────────

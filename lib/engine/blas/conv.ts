@@ -14,6 +14,35 @@ import type { Blas } from "./openblas.ts";
 import { asWasmBackend, f32View, makeScratch } from "./heap.ts";
 import { applyEpilogue, type Epilogue, isActivation, isIdentity, NONE } from "./epilogue.ts";
 import { operandOf } from "./matmul.ts";
+import { activeOneDnn, setOneDnnEnabled } from "./onednn.ts";
+
+/** Turn the oneDNN routes on or off (for comparisons); returns whether oneDNN is available. */
+export function useOneDnn(on: boolean): boolean {
+  return setOneDnnEnabled(on);
+}
+
+const oneDnn = activeOneDnn;
+
+/** Forward conv on oneDNN with the epilogue: bias inside oneDNN, the rest applied after. */
+function oneDnnForward(
+  g: ConvGeometry,
+  x: Float32Array,
+  w: Float32Array,
+  y: Float32Array,
+  e?: Epilogue,
+): boolean {
+  const dnn = oneDnn();
+  if (!dnn || y.length === 0) return false;
+  const rowBias = e && e.bias.kind === "row" && e.bias.values.length === g.o
+    ? e.bias.values
+    : undefined;
+  if (!dnn.convForward(g, x, w, rowBias, y)) return false;
+  if (e) {
+    const rest: Epilogue = rowBias ? { ...e, bias: NONE } : e;
+    if (!isIdentity(rest)) applyEpilogue(y, 0, y.length, g.o, rest);
+  }
+  return true;
+}
 
 /** Plain-number geometry of one NHWC convolution. */
 export interface ConvGeometry {
@@ -355,7 +384,8 @@ export function makeConv2D(blas: Blas, fallback?: tf.KernelFunc): tf.KernelFunc 
     const ci = info(x.shape, filter.shape, attrs);
     const out = backend.makeOutput(ci.outShape, "float32");
     const g = convGeometry(ci);
-    convForward(blas, g, f32View(backend, x), f32View(backend, filter), f32View(backend, out));
+    const [xv, wv, yv] = [f32View(backend, x), f32View(backend, filter), f32View(backend, out)];
+    if (!oneDnnForward(g, xv, wv, yv)) convForward(blas, g, xv, wv, yv);
     return out;
   };
 }
@@ -387,19 +417,15 @@ export function makeFusedConv2D(blas: Blas, fallback?: tf.KernelFunc): tf.Kernel
       return unsupported("FusedConv2D", "bias or PReLU weights do not broadcast", fallback, args);
     }
     const out = backend.makeOutput(ci.outShape, "float32");
-    convForward(
-      blas,
-      convGeometry(ci),
-      f32View(backend, x),
-      f32View(backend, filter),
-      f32View(backend, out),
-      {
-        bias: biasOp ?? NONE,
-        activation,
-        prelu: preluOp ?? NONE,
-        leakyreluAlpha: attrs.leakyreluAlpha ?? 0.2,
-      },
-    );
+    const g = convGeometry(ci);
+    const [xv, wv, yv] = [f32View(backend, x), f32View(backend, filter), f32View(backend, out)];
+    const epilogue: Epilogue = {
+      bias: biasOp ?? NONE,
+      activation,
+      prelu: preluOp ?? NONE,
+      leakyreluAlpha: attrs.leakyreluAlpha ?? 0.2,
+    };
+    if (!oneDnnForward(g, xv, wv, yv, epilogue)) convForward(blas, g, xv, wv, yv, epilogue);
     return out;
   };
 }
@@ -415,13 +441,10 @@ export function makeConv2DBackpropInput(blas: Blas, fallback?: tf.KernelFunc): t
     const backend = asWasmBackend(args.backend);
     const ci = info(attrs.inputShape, filter.shape, { ...attrs, dilations: 1 });
     const dx = backend.makeOutput([...attrs.inputShape], "float32");
-    convBackpropInput(
-      blas,
-      convGeometry(ci),
-      f32View(backend, dy),
-      f32View(backend, filter),
-      f32View(backend, dx),
-    );
+    const g = convGeometry(ci);
+    const [dyv, wv, dxv] = [f32View(backend, dy), f32View(backend, filter), f32View(backend, dx)];
+    const dnn = dxv.length > 0 && dyv.length > 0 ? oneDnn() : undefined;
+    if (!dnn?.convBackpropInput(g, dyv, wv, dxv)) convBackpropInput(blas, g, dyv, wv, dxv);
     return dx;
   };
 }
@@ -437,13 +460,10 @@ export function makeConv2DBackpropFilter(blas: Blas, fallback?: tf.KernelFunc): 
     const backend = asWasmBackend(args.backend);
     const ci = info(x.shape, attrs.filterShape, { ...attrs, dilations: 1 });
     const dw = backend.makeOutput([...attrs.filterShape], "float32");
-    convBackpropFilter(
-      blas,
-      convGeometry(ci),
-      f32View(backend, x),
-      f32View(backend, dy),
-      f32View(backend, dw),
-    );
+    const g = convGeometry(ci);
+    const [xv, dyv, dwv] = [f32View(backend, x), f32View(backend, dy), f32View(backend, dw)];
+    const dnn = dwv.length > 0 && dyv.length > 0 && xv.length > 0 ? oneDnn() : undefined;
+    if (!dnn?.convBackpropFilter(g, xv, dyv, dwv)) convBackpropFilter(blas, g, xv, dyv, dwv);
     return dw;
   };
 }

@@ -75,7 +75,10 @@ export function planMatMul(
   return { m, n, k: ka, outShape: [...outBatch, m, n], aIndex, bIndex };
 }
 
-/** out ← op(A)·op(B) per batch; every view on the heap, taken after the output exists. */
+/**
+ * out ← op(A)·op(B) + beta·out per batch; every view on the heap, taken after the output
+ * exists.
+ */
 function runPlan(
   blas: Blas,
   p: MatMulPlan,
@@ -84,12 +87,13 @@ function runPlan(
   a: Float32Array,
   b: Float32Array,
   out: Float32Array,
+  beta = 0,
 ): void {
   const { m, n, k, aIndex, bIndex } = p;
   const batches = aIndex.length;
   if (m === 0 || n === 0 || batches === 0) return;
   if (k === 0) {
-    out.fill(0);
+    if (beta === 0) out.fill(0);
     return;
   }
   const lda = transposeA ? m : k, ldb = transposeB ? k : n;
@@ -100,7 +104,7 @@ function runPlan(
   const aInOrder = aIndex.every((v, i) => v === i);
   if (!transposeA && sharedB && aInOrder && batches > 1) {
     const bv = b.subarray(bIndex[0] * bSize);
-    blas.sgemm(false, transposeB, batches * m, n, k, 1, a, lda, bv, ldb, 0, out, n);
+    blas.sgemm(false, transposeB, batches * m, n, k, 1, a, lda, bv, ldb, beta, out, n);
     return;
   }
   for (let o = 0; o < batches; o++) {
@@ -115,10 +119,19 @@ function runPlan(
       lda,
       b.subarray(bIndex[o] * bSize),
       ldb,
-      0,
+      beta,
       out.subarray(o * oSize),
       n,
     );
+  }
+}
+
+/** Every row of `out` (rows of `row.length`) ← row, at memcpy speed (doubling copies). */
+export function fillRows(out: Float32Array, row: Float32Array): void {
+  if (out.length === 0) return;
+  out.set(row.subarray(0, Math.min(row.length, out.length)), 0);
+  for (let filled = row.length; filled < out.length; filled *= 2) {
+    out.copyWithin(filled, 0, Math.min(filled, out.length - filled));
   }
 }
 
@@ -195,7 +208,16 @@ export function makeFusedMatMul(blas: Blas, fallback?: tf.KernelFunc): tf.Kernel
     };
     const out = backend.makeOutput(plan.outShape, "float32");
     const ov = f32View(backend, out);
-    runPlan(blas, plan, transposeA, transposeB, f32View(backend, a), f32View(backend, b), ov);
+    const [av, bv] = [f32View(backend, a), f32View(backend, b)];
+    if (biasOp.kind === "row") {
+      // A per-column bias goes in as C before a beta = 1 sgemm: a copy instead of an add pass.
+      fillRows(ov, biasOp.values);
+      runPlan(blas, plan, transposeA, transposeB, av, bv, ov, 1);
+      const rest: Epilogue = { ...epilogue, bias: NONE };
+      if (!isIdentity(rest)) applyEpilogue(ov, 0, ov.length, plan.n, rest);
+      return out;
+    }
+    runPlan(blas, plan, transposeA, transposeB, av, bv, ov);
     if (!isIdentity(epilogue)) applyEpilogue(ov, 0, ov.length, plan.n, epilogue);
     return out;
   };

@@ -1,10 +1,13 @@
-// OpenBLAS-backed kernels for the wasm backend, through Deno FFI (zero copy on the wasm heap).
+// OpenBLAS-backed kernels for the wasm backend, through Deno FFI (zero copy on the wasm heap);
+// convolutions run on oneDNN instead where libdnnl loads (./onednn.ts), sgemm otherwise.
 // They replace the wasm backend's own matmul and conv kernels; the replaced ones are kept and
 // called for what these do not handle (non-float32 inputs, NCHW, unknown activations).
 import * as tf from "@tensorflow/tfjs";
 // The wasm backend's own kernels must be registered before they are looked up and replaced.
 import "@tensorflow/tfjs-backend-wasm";
 import { loadOpenBlas } from "./openblas.ts";
+import { loadOneDnn } from "./onednn.ts";
+import { type ColumnSummer, setColumnSummer } from "../wasm_kernels/reduce.ts";
 import type { Blas } from "./openblas.ts";
 import { makeBatchMatMul, makeFusedMatMul } from "./matmul.ts";
 import {
@@ -15,6 +18,8 @@ import {
 } from "./conv.ts";
 
 export { BLAS_ENV, BLAS_THREADS_ENV, loadOpenBlas, openBlas, OPENBLAS_ENV } from "./openblas.ts";
+export { loadOneDnn, ONEDNN_ENV, ONEDNN_THREADS_ENV, openOneDnn } from "./onednn.ts";
+export { useOneDnn } from "./conv.ts";
 export type { Blas } from "./openblas.ts";
 
 const BACKEND = "wasm";
@@ -34,6 +39,19 @@ const FACTORIES: ReadonlyArray<
 export const BLAS_KERNELS: readonly string[] = FACTORIES.map(([name]) => name);
 
 let active: { blas: Blas; replaced: Map<string, tf.KernelConfig | undefined> } | undefined;
+
+/** Column sums (Sum over leading axes: bias gradients) as ones[1, rows] · x[rows, inner]. */
+function gemmColumnSums(blas: Blas): ColumnSummer {
+  let ones = new Float32Array(0);
+  return (x, rows, inner, out) => {
+    if (rows === 0 || inner === 0) {
+      out.fill(0);
+      return;
+    }
+    if (ones.length < rows) ones = new Float32Array(rows).fill(1);
+    blas.sgemm(false, false, 1, inner, rows, 1, ones, rows, x, inner, 0, out, inner);
+  };
+}
 
 /**
  * Register sgemm-backed kernels when libopenblas loads and FFI is allowed. Each replaced
@@ -59,9 +77,13 @@ export function registerBlasKernels(): Record<string, string | number> | undefin
         disposeFunc: original?.disposeFunc,
       });
     }
+    setColumnSummer(gemmColumnSums(blas));
     active = { blas, replaced };
   }
-  return { blas: blas.path, blasThreads: blas.threads };
+  const dnn = loadOneDnn(); // convolutions go to oneDNN when it loads (lib/engine/blas/conv.ts)
+  return dnn
+    ? { blas: blas.path, blasThreads: blas.threads, onednn: dnn.path }
+    : { blas: blas.path, blasThreads: blas.threads };
 }
 
 /**
@@ -74,6 +96,7 @@ export function unregisterBlasKernels(): boolean {
     tf.unregisterKernel(name, BACKEND);
     if (original) tf.registerKernel(original);
   }
+  setColumnSummer(undefined);
   active = undefined;
   return true;
 }

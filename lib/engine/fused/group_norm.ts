@@ -12,7 +12,7 @@
 //   ∂x = r·(k·d − mean_g(k·d) − x̂·mean_g(k·d·x̂)), an affine map of (d, x) per channel.
 import * as tf from "@tensorflow/tfjs";
 import { asWasmBackend, f32View, type WasmBackend } from "../blas/heap.ts";
-import { wasmSigmoid, wasmSilu } from "./silu.ts";
+import { oneDnnSilu, wasmSigmoid, wasmSilu } from "./silu.ts";
 
 /** Kernel names (project-specific, registered for the wasm backend). */
 export const GROUP_NORM = "DpGroupNorm";
@@ -329,6 +329,26 @@ function gradKernel(args: KernelArgs): tf.TensorInfo[] {
     outs.push(backend.makeOutput([...shift.shape], "float32"));
   }
   const st = groupNormStats(f32View(backend, x), d, attrs.eps);
+  const dnn = attrs.silu ? oneDnnSilu() : undefined;
+  if (dnn) {
+    // y1 into dx's buffer, ∂L/∂y1 = SiLU'(y1)·dy by oneDNN into a temporary, then plain GN grads.
+    const dd = backend.makeOutput([...x.shape], "float32");
+    groupNormAffine(f32View(backend, x), d, st, params(backend, inputs), f32View(backend, outs[0]));
+    const v = outs.map((o) => f32View(backend, o));
+    const ddv = f32View(backend, dd);
+    if (dnn.swishBackward(v[0], f32View(backend, dy), ddv)) {
+      groupNormBackward(ddv, f32View(backend, x), d, st, params(backend, inputs), {
+        dx: v[0],
+        dgamma: v[1],
+        dbeta: v[2],
+        dscale: v[3],
+        dshift: v[4],
+      });
+      backend.disposeData(dd.dataId);
+      return outs;
+    }
+    backend.disposeData(dd.dataId);
+  }
   let sig: tf.TensorInfo | undefined;
   if (attrs.silu) {
     // The pre-activation y1 goes into dx's buffer, σ(y1) into a temporary.

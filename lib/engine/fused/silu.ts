@@ -3,6 +3,8 @@
 // one JS pass, where tfjs's own gradient of x·σ(x) runs six elementwise ops.
 import * as tf from "@tensorflow/tfjs";
 import { asWasmBackend, f32View, type WasmBackend } from "../blas/heap.ts";
+import { activeBlas } from "../blas/mod.ts";
+import { activeOneDnn, type OneDnn } from "../blas/onednn.ts";
 
 /** Kernel names (project-specific, registered for the wasm backend). */
 export const SILU = "DpSilu";
@@ -25,6 +27,14 @@ function runWasm(
   }) as tf.TensorInfo;
 }
 
+/**
+ * oneDNN's vectorised SiLU (eltwise swish, ~4× the wasm Sigmoid + Multiply pair here) where the
+ * BLAS layer is on and oneDNN loads (lib/engine/blas/onednn.ts); undefined otherwise.
+ */
+export function oneDnnSilu(): OneDnn | undefined {
+  return activeBlas() ? activeOneDnn() : undefined;
+}
+
 /** σ(t) as a fresh heap tensor, by the wasm backend's Sigmoid kernel; free it with disposeData. */
 export function wasmSigmoid(backend: WasmBackend, t: tf.TensorInfo): tf.TensorInfo {
   return runWasm(backend, "Sigmoid", { x: t });
@@ -35,6 +45,12 @@ export function wasmSigmoid(backend: WasmBackend, t: tf.TensorInfo): tf.TensorIn
  * vectorised; a JS loop for the product runs 1–3× slower than the Multiply kernel here).
  */
 export function wasmSilu(backend: WasmBackend, t: tf.TensorInfo): tf.TensorInfo {
+  const dnn = oneDnnSilu();
+  if (dnn) {
+    const y = backend.makeOutput([...t.shape], "float32");
+    if (dnn.swish(f32View(backend, t), f32View(backend, y))) return y;
+    backend.disposeData(y.dataId);
+  }
   const s = wasmSigmoid(backend, t);
   const y = runWasm(backend, "Multiply", { a: t, b: s });
   backend.disposeData(s.dataId);
@@ -59,6 +75,13 @@ function forwardKernel(args: KernelArgs): tf.TensorInfo {
 function gradKernel(args: KernelArgs): tf.TensorInfo {
   const { dy, x } = args.inputs as Record<string, tf.TensorInfo>;
   const backend = asWasmBackend(args.backend);
+  const dnn = oneDnnSilu();
+  if (dnn) {
+    const out = backend.makeOutput([...x.shape], "float32");
+    const [xv, dyv, ov] = [f32View(backend, x), f32View(backend, dy), f32View(backend, out)];
+    if (dnn.swishBackward(xv, dyv, ov)) return out;
+    backend.disposeData(out.dataId);
+  }
   const dx = wasmSigmoid(backend, x);
   siluGradFromSigmoid(f32View(backend, dy), f32View(backend, x), f32View(backend, dx));
   return dx;

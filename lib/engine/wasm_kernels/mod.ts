@@ -1,8 +1,14 @@
-// Project kernels for the tfjs wasm backend: conv gradients as forward convs, and
-// UnsortedSegmentSum (gather's gradient). The BLAS kernels (../blas) may override some later.
+// Project kernels for the tfjs wasm backend: conv gradients as forward convs, UnsortedSegmentSum
+// (gather's gradient), a copy-free Identity, heap-copy Concat / SplitV, leading-axis Sum and
+// tiled AvgPoolGrad. The BLAS kernels (../blas) may override some later.
 import * as tf from "@tensorflow/tfjs";
 import { conv2DBackpropFilterConfig, conv2DBackpropInputConfig } from "./conv_backprop.ts";
 import { unsortedSegmentSumConfig } from "./segment_sum.ts";
+import { identityConfig } from "./identity.ts";
+import { concatConfig, splitVConfig } from "./copy.ts";
+import { sumConfig } from "./reduce.ts";
+import { avgPoolGradConfig } from "./pool.ts";
+import { builtinKernel, keepBuiltin } from "./builtins.ts";
 
 export { conv2dFilterGrad, conv2dInputGrad } from "./conv_backprop.ts";
 
@@ -10,19 +16,24 @@ const KERNELS: readonly tf.KernelConfig[] = [
   conv2DBackpropFilterConfig,
   conv2DBackpropInputConfig,
   unsortedSegmentSumConfig,
+  identityConfig,
+  concatConfig,
+  splitVConfig,
+  sumConfig,
+  avgPoolGradConfig,
 ];
 
-// Built-in wasm kernels replaced here, kept for benchmarks that compare routes.
-const builtins = new Map<string, tf.KernelConfig>();
 let registered = false;
 
 /**
  * Register the project's wasm kernels (replacing built-ins of the same name) and return their
- * names. Idempotent: later calls change nothing, so kernels layered on top (BLAS) stay in place.
+ * names. A replaced kernel's setup runs through the new registration, so the built-in stays
+ * callable as the fallback. Idempotent: later calls change nothing, so kernels layered on top
+ * (BLAS) stay in place.
  *
  * @example
  * ```ts
- * registerWasmKernels(); // ["Conv2DBackpropFilter", "Conv2DBackpropInput", "UnsortedSegmentSum"]
+ * registerWasmKernels(); // ["Conv2DBackpropFilter", "Conv2DBackpropInput", "UnsortedSegmentSum", ...]
  * ```
  */
 export function registerWasmKernels(): string[] {
@@ -31,10 +42,14 @@ export function registerWasmKernels(): string[] {
   for (const k of KERNELS) {
     const existing = tf.getKernel(k.kernelName, "wasm");
     if (existing) {
-      builtins.set(k.kernelName, existing);
+      keepBuiltin(existing);
       tf.unregisterKernel(k.kernelName, "wasm");
     }
-    tf.registerKernel(k);
+    tf.registerKernel({
+      ...k,
+      setupFunc: k.setupFunc ?? existing?.setupFunc,
+      disposeFunc: k.disposeFunc ?? existing?.disposeFunc,
+    });
   }
   registered = true;
   return names;
@@ -50,5 +65,5 @@ export function wasmKernelConfigs(): ReadonlyMap<string, tf.KernelConfig> {
  * `setupFunc` has not run when the backend was initialised after the replacement: call it first.
  */
 export function builtinWasmKernel(name: string): tf.KernelConfig | undefined {
-  return builtins.get(name);
+  return builtinKernel(name);
 }

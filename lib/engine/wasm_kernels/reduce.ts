@@ -1,0 +1,75 @@
+// Sum over a block of consecutive axes that is not innermost, for wasm: bias gradients (dy
+// [N, H, W, C] summed to [C]) and per-example sums over tokens ([N, T, D] over T). The built-in
+// kernel reduces innermost axes only, so it transposes the whole tensor first; column sums over
+// the heap skip that. A faster column summer (sgemm against ones) can be plugged in by the BLAS
+// layer. Other reductions go to the built-in kernel.
+import * as tf from "@tensorflow/tfjs";
+import { runBuiltin } from "./builtins.ts";
+import type { WasmHeapBackend } from "./copy.ts";
+
+type KernelArgs = Parameters<tf.KernelFunc>[0];
+
+/** out[j] = Σ_i x[i·inner + j] for i < rows: the column sums of x viewed as [rows, inner]. */
+export type ColumnSummer = (
+  x: Float32Array,
+  rows: number,
+  inner: number,
+  out: Float32Array,
+) => void;
+
+/** Column sums in one pass, accumulated in float64. */
+export function columnSums(x: Float32Array, rows: number, inner: number, out: Float32Array) {
+  const acc = new Float64Array(inner);
+  for (let i = 0, o = 0; i < rows; i++, o += inner) {
+    for (let j = 0; j < inner; j++) acc[j] += x[o + j];
+  }
+  out.set(acc);
+}
+
+let summer: ColumnSummer = columnSums;
+
+/** Use `f` for column sums (undefined: back to the JS loop); returns the previous one. */
+export function setColumnSummer(f?: ColumnSummer): ColumnSummer {
+  const previous = summer;
+  summer = f ?? columnSums;
+  return previous;
+}
+
+const prod = (xs: readonly number[]) => xs.reduce((p, d) => p * d, 1);
+
+function sumKernel(args: KernelArgs): tf.TensorInfo {
+  const { x } = args.inputs as unknown as { x: tf.TensorInfo };
+  const { axis, keepDims } = args.attrs as unknown as {
+    axis: number | number[];
+    keepDims: boolean;
+  };
+  const rank = x.shape.length;
+  const axes = tf.util.parseAxisParam(axis, x.shape).sort((a, b) => a - b);
+  const first = axes[0], last = axes[axes.length - 1];
+  // Consecutive axes with something after them; innermost reductions suit the built-in kernel.
+  const block = axes.length > 0 && last < rank - 1 && axes.every((a, i) => a === first + i);
+  if (x.dtype !== "float32" || !block) return runBuiltin(tf.Sum, args) as tf.TensorInfo;
+  const b = args.backend as unknown as WasmHeapBackend;
+  const outShape = keepDims
+    ? x.shape.map((d, i) => (axes.includes(i) ? 1 : d))
+    : x.shape.filter((_, i) => !axes.includes(i));
+  const out = b.makeOutput(outShape, "float32");
+  const outer = prod(x.shape.slice(0, first));
+  const rows = prod(x.shape.slice(first, last + 1));
+  const inner = prod(x.shape.slice(last + 1));
+  const view = (t: tf.TensorInfo, n: number) =>
+    new Float32Array(b.wasm.HEAPU8.buffer, b.dataIdMap.get(t.dataId)!.memoryOffset, n);
+  const xv = view(x, outer * rows * inner), ov = view(out, outer * inner);
+  for (let o = 0; o < outer; o++) {
+    const src = xv.subarray(o * rows * inner, (o + 1) * rows * inner);
+    summer(src, rows, inner, ov.subarray(o * inner, (o + 1) * inner));
+  }
+  return out;
+}
+
+/** Sum on wasm: column sums for non-innermost axis blocks, the built-in kernel otherwise. */
+export const sumConfig: tf.KernelConfig = {
+  kernelName: tf.Sum,
+  backendName: "wasm",
+  kernelFunc: sumKernel,
+};
