@@ -14,7 +14,7 @@ export const BACKEND_ENV = "DP_BACKEND";
 /** What `initEngine` settled on; recorded in every results JSON. */
 export interface EngineInfo {
   readonly backend: BackendName;
-  /** Backend plus the kernel sets layered on it, e.g. `wasm+kernels+blas`. */
+  /** Backend plus the kernel sets layered on it, e.g. `wasm+kernels+blas+onednn`. */
   readonly engine: string;
   readonly tfjs: string;
   readonly details: Readonly<Record<string, string | number | boolean>>;
@@ -150,6 +150,7 @@ export async function initEngine(opts: EngineOptions = {}): Promise<EngineInfo> 
     const blas = (opts.blas ?? true) ? registerBlasKernels() : undefined;
     if (blas) {
       layers.push("blas");
+      if (blas.onednn) layers.push("onednn"); // convolutions on oneDNN, the rest on OpenBLAS
       Object.assign(details, blas);
     } else {
       unregisterBlasKernels(); // asked to run without BLAS after an earlier init with it
