@@ -9,15 +9,32 @@ import { pipe } from "fp-ts/lib/function.js";
 
 /** One flag: its kind, default, and one line of help. */
 export type Flag =
-  | { readonly kind: "string"; readonly default?: string; readonly help: string; readonly choices?: readonly string[] }
-  | { readonly kind: "int"; readonly default?: number; readonly help: string; readonly min?: number }
-  | { readonly kind: "float"; readonly default?: number; readonly help: string; readonly min?: number }
+  | {
+    readonly kind: "string";
+    readonly default?: string;
+    readonly help: string;
+    readonly choices?: readonly string[];
+  }
+  | {
+    readonly kind: "int";
+    readonly default?: number;
+    readonly help: string;
+    readonly min?: number;
+  }
+  | {
+    readonly kind: "float";
+    readonly default?: number;
+    readonly help: string;
+    readonly min?: number;
+  }
   | { readonly kind: "boolean"; readonly help: string };
 
 export type FlagSpecs = Readonly<Record<string, Flag>>;
 
-type ValueOf<F extends Flag> = F extends { kind: "string" } ? F extends { default: string } ? string : string | undefined
-  : F extends { kind: "int" | "float" } ? F extends { default: number } ? number : number | undefined
+type ValueOf<F extends Flag> = F extends { kind: "string" }
+  ? F extends { default: string } ? string : string | undefined
+  : F extends { kind: "int" | "float" }
+    ? F extends { default: number } ? number : number | undefined
   : boolean;
 
 /** Parsed values, typed from the specs: flags with defaults are never undefined. */
@@ -38,23 +55,38 @@ export class UsageError extends Error {}
 
 function usage(name: string, about: string, specs: FlagSpecs): string {
   const rows = Object.entries(specs).map(([k, f]) => {
-    const arg = f.kind === "boolean" ? "" : ` <${f.kind === "string" ? (f.choices ? f.choices.join("|") : "value") : f.kind}>`;
+    const arg = f.kind === "boolean"
+      ? ""
+      : ` <${f.kind === "string" ? (f.choices ? f.choices.join("|") : "value") : f.kind}>`;
     const dflt = "default" in f && f.default !== undefined ? ` (default: ${f.default})` : "";
     return [`  --${k}${arg}`, `${f.help}${dflt}`];
   });
   rows.push(["  --help", "show this help and exit"]);
   const width = Math.max(...rows.map(([a]) => a.length)) + 2;
-  return [`Usage: deno task ${name} [flags]`, "", about, "", "Flags:", ...rows.map(([a, b]) => a.padEnd(width) + b)]
+  return [
+    `Usage: deno task ${name} [flags]`,
+    "",
+    about,
+    "",
+    "Flags:",
+    ...rows.map(([a, b]) => a.padEnd(width) + b),
+  ]
     .join("\n");
 }
 
-function convert(key: string, f: Flag, raw: string | boolean | undefined): E.Either<NEA.NonEmptyArray<string>, unknown> {
+function convert(
+  key: string,
+  f: Flag,
+  raw: string | boolean | undefined,
+): E.Either<NEA.NonEmptyArray<string>, unknown> {
   const bad = (msg: string) => E.left(NEA.of(`--${key}: ${msg}`));
   if (f.kind === "boolean") return E.right(raw === true);
   if (raw === undefined) return E.right(f.default);
   const s = String(raw);
   if (f.kind === "string") {
-    return f.choices && !f.choices.includes(s) ? bad(`"${s}" is not one of ${f.choices.join(", ")}`) : E.right(s);
+    return f.choices && !f.choices.includes(s)
+      ? bad(`"${s}" is not one of ${f.choices.join(", ")}`)
+      : E.right(s);
   }
   const n = Number(s);
   if (s.trim() === "" || !Number.isFinite(n)) return bad(`"${s}" is not a number`);
@@ -74,7 +106,9 @@ export function parseCli<S extends FlagSpecs>(
   args: readonly string[] = Deno.args,
 ): Values<S> {
   const options: Record<string, { type: "string" | "boolean" }> = { help: { type: "boolean" } };
-  for (const [k, f] of Object.entries(specs)) options[k] = { type: f.kind === "boolean" ? "boolean" : "string" };
+  for (const [k, f] of Object.entries(specs)) {
+    options[k] = { type: f.kind === "boolean" ? "boolean" : "string" };
+  }
   let parsed;
   try {
     parsed = parseArgs({ args: [...args], options, strict: true, allowPositionals: false });
@@ -89,7 +123,9 @@ export function parseCli<S extends FlagSpecs>(
   const entries = Object.entries(specs);
   return pipe(
     entries,
-    A.traverse(validation)(([k, f]) => pipe(convert(k, f, parsed.values[k]), E.map((v) => [k, v] as const))),
+    A.traverse(validation)(([k, f]) =>
+      pipe(convert(k, f, parsed.values[k]), E.map((v) => [k, v] as const))
+    ),
     E.fold(
       (errors) => {
         throw new UsageError(errors.join("\n"));

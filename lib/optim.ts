@@ -67,7 +67,13 @@ export function adam(opts: AdamOptions = {}): Optimizer {
         };
         for (const [k, g] of Object.entries(grads)) {
           // m, v, u in one pass on wasm (composed ops elsewhere): see engine/fused/optim.ts.
-          const { m, v, u } = adamStep(g, state.slots[`m.${k}`], state.slots[`v.${k}`], step, params[k]);
+          const { m, v, u } = adamStep(
+            g,
+            state.slots[`m.${k}`],
+            state.slots[`v.${k}`],
+            step,
+            params[k],
+          );
           slots[`m.${k}`] = m;
           slots[`v.${k}`] = v;
           updates[k] = u;
@@ -92,7 +98,9 @@ export function sgd(opts: SgdOptions): Optimizer {
     name: "sgd",
     init: (params) => {
       const slots: Record<string, tf.Tensor> = {};
-      if (momentum > 0) for (const [k, v] of Object.entries(params)) slots[`b.${k}`] = tf.zerosLike(v);
+      if (momentum > 0) {
+        for (const [k, v] of Object.entries(params)) slots[`b.${k}`] = tf.zerosLike(v);
+      }
       return { count: 0, slots };
     },
     update: (grads, state, params) =>
@@ -104,7 +112,9 @@ export function sgd(opts: SgdOptions): Optimizer {
           let g = weightDecay > 0 ? tf.add(g0, tf.mul(params[k], weightDecay)) : g0;
           if (momentum > 0) {
             // torch: the first step's buffer is the gradient itself.
-            g = state.count === 0 ? tf.clone(g) : tf.add(tf.mul(state.slots[`b.${k}`], momentum), g);
+            g = state.count === 0
+              ? tf.clone(g)
+              : tf.add(tf.mul(state.slots[`b.${k}`], momentum), g);
             slots[`b.${k}`] = g;
           }
           updates[k] = tf.mul(g, -a);
@@ -125,7 +135,10 @@ export function globalNorm(grads: Tensors): number {
  * Scale gradients so their global norm is at most `maxNorm` (torch.nn.utils.clip_grad_norm_).
  * Returns new tensors and the norm before clipping.
  */
-export function clipByGlobalNorm(grads: Tensors, maxNorm: number): { grads: Tensors; norm: number } {
+export function clipByGlobalNorm(
+  grads: Tensors,
+  maxNorm: number,
+): { grads: Tensors; norm: number } {
   const norm = globalNorm(grads);
   const scale = Math.min(1, maxNorm / (norm + 1e-6));
   const out: Record<string, tf.Tensor> = {};
@@ -146,7 +159,9 @@ export function applyUpdates(params: Params, updates: Tensors): void {
 
 /** Free every tensor of an optimiser state or record. */
 export function disposeTensors(ts: Tensors | OptState): void {
-  const rec = "slots" in ts && typeof ts.count === "number" ? (ts as OptState).slots : (ts as Tensors);
+  const rec = "slots" in ts && typeof ts.count === "number"
+    ? (ts as OptState).slots
+    : (ts as Tensors);
   for (const t of Object.values(rec)) t.dispose();
 }
 

@@ -13,9 +13,23 @@ import * as unet from "./models/unet.ts";
 import type { Params } from "./params.ts";
 import { disposeParams } from "./params.ts";
 import { adam, disposeTensors, type Tensors } from "./optim.ts";
-import { fold, normal, permutation, randint, type Rng, rng, split, uniformArray } from "./random.ts";
-import { initTrainState, runLoop, type StepOptions, trainStep, type TrainState } from "./train.ts";
-import { disposeCheckpoint, loadCheckpoint, loadParamsStrict, saveCheckpoint } from "./io/checkpoint.ts";
+import {
+  fold,
+  normal,
+  permutation,
+  randint,
+  type Rng,
+  rng,
+  split,
+  uniformArray,
+} from "./random.ts";
+import { initTrainState, runLoop, type StepOptions, type TrainState, trainStep } from "./train.ts";
+import {
+  disposeCheckpoint,
+  loadCheckpoint,
+  loadParamsStrict,
+  saveCheckpoint,
+} from "./io/checkpoint.ts";
 import { saveImageGrid } from "./io/png.ts";
 
 /** Everything that defines a pre-training run; stored in its checkpoint and results JSON. */
@@ -66,7 +80,12 @@ function keys(seed: number) {
 }
 
 /** The model's config for a dataset of `classes` classes: unconditional, or with labels (+ null). */
-export function conditionedModel(m: unet.UNetConfig, classes: number, classCond: boolean, classDropout = 0): unet.UNetConfig {
+export function conditionedModel(
+  m: unet.UNetConfig,
+  classes: number,
+  classCond: boolean,
+  classDropout = 0,
+): unet.UNetConfig {
   if (!classCond) return m;
   return { ...m, numClasses: classes + (classDropout > 0 ? 1 : 0) };
 }
@@ -96,12 +115,22 @@ export function batchIndices(dataKey: Rng, n: number, batch: number, step: numbe
 }
 
 /** The U-Net as the diffusion code sees it: (x_t, t) → output, for fixed labels if conditional. */
-export function denoiser(cfg: unet.UNetConfig, params: Params, opts: { dropoutRng?: Rng; y?: tf.Tensor1D } = {}) {
+export function denoiser(
+  cfg: unet.UNetConfig,
+  params: Params,
+  opts: { dropoutRng?: Rng; y?: tf.Tensor1D } = {},
+) {
   return (xt: tf.Tensor4D, t: tf.Tensor1D) => unet.apply(cfg, params, xt, t, opts).eps!;
 }
 
 /** The diffusion loss of step `step` (a scalar), with that step's batch, t and ε. */
-export function stepLoss(cfg: PretrainConfig, sched: Schedule, ds: Dataset, params: Params, step: number): tf.Scalar {
+export function stepLoss(
+  cfg: PretrainConfig,
+  sched: Schedule,
+  ds: Dataset,
+  params: Params,
+  step: number,
+): tf.Scalar {
   const k = keys(cfg.seed);
   return tf.tidy(() => {
     const { x, y } = batchAt(ds, batchIndices(k.data, count(ds), cfg.batch, step));
@@ -115,9 +144,16 @@ export function stepLoss(cfg: PretrainConfig, sched: Schedule, ds: Dataset, para
       : p > 0
       ? dropLabels(y, p, cfg.model.numClasses - 1, fold(k.labels, step))
       : y;
-    return diffusionLoss(sched, denoiser(cfg.model, params, { dropoutRng, y: labels }), x, t, noise, {
-      learnSigma: cfg.model.learnSigma,
-    });
+    return diffusionLoss(
+      sched,
+      denoiser(cfg.model, params, { dropoutRng, y: labels }),
+      x,
+      t,
+      noise,
+      {
+        learnSigma: cfg.model.learnSigma,
+      },
+    );
   });
 }
 
@@ -176,7 +212,11 @@ export interface PretrainOptions {
 }
 
 /** Train (or resume) until cfg.steps; checkpoints on schedule, at the end and on Ctrl-C. */
-export async function pretrain(cfg: PretrainConfig, ds: Dataset, o: PretrainOptions): Promise<PretrainResult> {
+export async function pretrain(
+  cfg: PretrainConfig,
+  ds: Dataset,
+  o: PretrainOptions,
+): Promise<PretrainResult> {
   const [h, w, c] = ds.shape;
   if (h !== cfg.model.imageSize || w !== cfg.model.imageSize || c !== cfg.model.inChannels) {
     throw new Error(
@@ -190,13 +230,17 @@ export async function pretrain(cfg: PretrainConfig, ds: Dataset, o: PretrainOpti
   const start = await resumeOrInit(cfg, o.dir, opts);
   const every = o.logEvery ?? 10;
   if (start.curve.every !== 0 && start.curve.every !== every) {
-    throw new Error(`Checkpoint logged the loss every ${start.curve.every} steps; pass --log-every ${start.curve.every}`);
+    throw new Error(
+      `Checkpoint logged the loss every ${start.curve.every} steps; pass --log-every ${start.curve.every}`,
+    );
   }
   const curve: LossCurve = { every, points: [...start.curve.points] };
   // Losses of the window in progress; saved with the checkpoint so a resume keeps its points.
   let window: number[] = [...start.window];
   const resumedFrom = start.state.step;
-  if (resumedFrom > 0 && !o.quiet) console.error(`pretrain: resuming from step ${resumedFrom} (${checkpointPath(o.dir)})`);
+  if (resumedFrom > 0 && !o.quiet) {
+    console.error(`pretrain: resuming from step ${resumedFrom} (${checkpointPath(o.dir)})`);
+  }
 
   const save = (s: TrainState) =>
     saveCheckpoint(checkpointPath(o.dir), {
@@ -242,20 +286,34 @@ export function sampleImages(
   weights: Params | Tensors,
   n: number,
   seed: number,
-  opts: { method?: "ddim" | "ddpm"; steps?: number; onStep?: (done: number, total: number) => void } = {},
+  opts: {
+    method?: "ddim" | "ddpm";
+    steps?: number;
+    onStep?: (done: number, total: number) => void;
+  } = {},
 ): tf.Tensor4D {
   const sched = namedSchedule(cfg.schedule, cfg.diffusionSteps);
   const m = cfg.model;
   // Conditional models draw the classes in turn (one row of the grid per class when square).
-  const classes = m.numClasses === undefined ? 0 : m.numClasses - ((cfg.classDropout ?? 0) > 0 ? 1 : 0);
-  const y = classes > 0 ? tf.tensor1d(Array.from({ length: n }, (_, i) => i % classes), "int32") : undefined;
+  const classes = m.numClasses === undefined
+    ? 0
+    : m.numClasses - ((cfg.classDropout ?? 0) > 0 ? 1 : 0);
+  const y = classes > 0
+    ? tf.tensor1d(Array.from({ length: n }, (_, i) => i % classes), "int32")
+    : undefined;
   try {
-    return sampleLoop(sched, denoiser(m, weights as Params, { y }), [n, m.imageSize, m.imageSize, m.inChannels], rng(seed), {
-    method: opts.method ?? "ddim",
-    steps: opts.steps ?? 50,
-      learnSigma: m.learnSigma,
-      onStep: opts.onStep,
-    });
+    return sampleLoop(
+      sched,
+      denoiser(m, weights as Params, { y }),
+      [n, m.imageSize, m.imageSize, m.inChannels],
+      rng(seed),
+      {
+        method: opts.method ?? "ddim",
+        steps: opts.steps ?? 50,
+        learnSigma: m.learnSigma,
+        onStep: opts.onStep,
+      },
+    );
   } finally {
     y?.dispose();
   }

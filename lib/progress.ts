@@ -33,7 +33,9 @@ export function formatDuration(seconds: number): string {
 }
 
 const formatMetrics = (metrics: Readonly<Record<string, number>>) =>
-  Object.entries(metrics).map(([k, v]) => `${k} ${Math.abs(v) < 1e-3 || Math.abs(v) >= 1e4 ? v.toExponential(3) : v.toFixed(4)}`)
+  Object.entries(metrics).map(([k, v]) =>
+    `${k} ${Math.abs(v) < 1e-3 || Math.abs(v) >= 1e4 ? v.toExponential(3) : v.toFixed(4)}`
+  )
     .join(" | ");
 
 /** A progress reporter for a loop of `total` steps. */
@@ -54,7 +56,11 @@ export function progress(opts: ProgressOptions): Progress {
     bar.start(opts.total, start, { rate: "-", etaText: "?", metrics: "" });
     return {
       tick: (step, metrics = {}) =>
-        bar.update(step, { rate: rate(step).toFixed(2), etaText: eta(step), metrics: formatMetrics(metrics) }),
+        bar.update(step, {
+          rate: rate(step).toFixed(2),
+          etaText: eta(step),
+          metrics: formatMetrics(metrics),
+        }),
       done: () => bar.stop(),
     };
   }
@@ -66,7 +72,9 @@ export function progress(opts: ProgressOptions): Progress {
   const line = (step: number) => {
     const m = formatMetrics(lastMetrics);
     console.error(
-      `${opts.label} step ${step}/${opts.total} | ${rate(step).toFixed(2)} steps/s | ETA ${eta(step)}${m ? " | " + m : ""}`,
+      `${opts.label} step ${step}/${opts.total} | ${rate(step).toFixed(2)} steps/s | ETA ${
+        eta(step)
+      }${m ? " | " + m : ""}`,
     );
   };
   return {

@@ -130,6 +130,6 @@ export function normal(r: Rng, shape: readonly number[]): tf.Tensor {
 /** A float32 tensor uniform in [lo, hi). */
 export function uniform(r: Rng, shape: readonly number[], lo = 0, hi = 1): tf.Tensor {
   const u = uniformArray(r, size(shape));
-  if (lo !== 0 || hi !== 1) for (let i = 0; i < u.length; i++) u[i] = lo + (hi - lo) * u[i];
+  if (lo !== 0 || hi !== 1) { for (let i = 0; i < u.length; i++) u[i] = lo + (hi - lo) * u[i]; }
   return tf.tensor(u, shape as number[], "float32");
 }

@@ -76,11 +76,19 @@ export function trainStep(
   disposeTensors(grads);
   applyUpdates(trained, updates);
   disposeTensors(state.opt);
-  const ema = state.ema && opts.emaRate !== undefined ? emaUpdate(state.ema, state.params, opts.emaRate) : state.ema;
+  const ema = state.ema && opts.emaRate !== undefined
+    ? emaUpdate(state.ema, state.params, opts.emaRate)
+    : state.ema;
   const lossValue = value.dataSync()[0];
   value.dispose();
-  if (!Number.isFinite(lossValue)) throw new Error(`Loss is ${lossValue} at step ${state.step + 1}`);
-  return { state: { params: state.params, opt, ema, step: state.step + 1 }, loss: lossValue, gradNorm: norm };
+  if (!Number.isFinite(lossValue)) {
+    throw new Error(`Loss is ${lossValue} at step ${state.step + 1}`);
+  }
+  return {
+    state: { params: state.params, opt, ema, step: state.step + 1 },
+    loss: lossValue,
+    gradNorm: norm,
+  };
 }
 
 export interface LoopOptions<S extends { readonly step: number }> {
@@ -88,7 +96,11 @@ export interface LoopOptions<S extends { readonly step: number }> {
   /** Run until `state.step` reaches this. */
   readonly totalSteps: number;
   /** One step: returns the next state and metrics to show and log (e.g. { loss }). */
-  readonly step: (state: S) => { state: S; metrics: Record<string, number> } | Promise<{ state: S; metrics: Record<string, number> }>;
+  readonly step: (
+    state: S,
+  ) =>
+    | { state: S; metrics: Record<string, number> }
+    | Promise<{ state: S; metrics: Record<string, number> }>;
   /** Save a checkpoint; called every `checkpointEvery` steps, at the end, and on Ctrl-C. */
   readonly save?: (state: S) => Promise<void>;
   readonly checkpointEvery?: number;
@@ -111,7 +123,9 @@ export async function runLoop<S extends { readonly step: number }>(
   const onSigint = () => {
     if (interrupted) Deno.exit(130); // a second Ctrl-C does not wait for the checkpoint
     interrupted = true;
-    console.error(`\n${o.label}: interrupted, saving a checkpoint at the end of this step (Ctrl-C again to abort)`);
+    console.error(
+      `\n${o.label}: interrupted, saving a checkpoint at the end of this step (Ctrl-C again to abort)`,
+    );
   };
   const canListen = Deno.build.os !== "windows";
   if (canListen) Deno.addSignalListener("SIGINT", onSigint);

@@ -4,7 +4,14 @@ import { COMMON_FLAGS, parseCli, runMain, UsageError } from "../lib/cli.ts";
 import { initEngine } from "../lib/engine/mod.ts";
 import { count, loadDataset } from "../lib/data/dataset.ts";
 import { UNET_CONFIGS, type UNetConfigName } from "../lib/models/unet.ts";
-import { checkpointPath, conditionedModel, disposeState, pretrain, type PretrainConfig, saveSampleGrid } from "../lib/pretrain.ts";
+import {
+  checkpointPath,
+  conditionedModel,
+  disposeState,
+  pretrain,
+  type PretrainConfig,
+  saveSampleGrid,
+} from "../lib/pretrain.ts";
 import { finishRun, resultsDir, startRun } from "../lib/results.ts";
 import { saveCheckpoint } from "../lib/io/checkpoint.ts";
 import { lineChart, renderFigure } from "../lib/report/figures.ts";
@@ -12,25 +19,62 @@ import { basename } from "node:path";
 
 const FLAGS = {
   ...COMMON_FLAGS,
-  dataset: { kind: "string", default: "mnist", help: "mnist (embedded) | fashion-mnist | <image folder>" },
+  dataset: {
+    kind: "string",
+    default: "mnist",
+    help: "mnist (embedded) | fashion-mnist | <image folder>",
+  },
   config: { kind: "string", default: "small", help: "U-Net preset", choices: ["tiny", "small"] },
-  steps: { kind: "int", default: 3000, help: "total optimisation steps (a resumed run continues to this)", min: 1 },
+  steps: {
+    kind: "int",
+    default: 3000,
+    help: "total optimisation steps (a resumed run continues to this)",
+    min: 1,
+  },
   // A CPU budget favours many small steps at a higher rate over ADM's 1e-4 at batch 256+.
   batch: { kind: "int", default: 32, help: "batch size", min: 1 },
-  lr: { kind: "float", default: 3e-4, help: "Adam learning rate (ADM uses 1e-4 at far larger batches)", min: 0 },
-  ema: { kind: "float", default: 0.999, help: "EMA rate of the weights (ADM uses 0.9999 for long runs)", min: 0 },
-  "clip-norm": { kind: "float", default: 1, help: "clip gradients to this global norm; 0 turns it off", min: 0 },
-  schedule: { kind: "string", default: "linear", help: "beta schedule", choices: ["linear", "cosine"] },
+  lr: {
+    kind: "float",
+    default: 3e-4,
+    help: "Adam learning rate (ADM uses 1e-4 at far larger batches)",
+    min: 0,
+  },
+  ema: {
+    kind: "float",
+    default: 0.999,
+    help: "EMA rate of the weights (ADM uses 0.9999 for long runs)",
+    min: 0,
+  },
+  "clip-norm": {
+    kind: "float",
+    default: 1,
+    help: "clip gradients to this global norm; 0 turns it off",
+    min: 0,
+  },
+  schedule: {
+    kind: "string",
+    default: "linear",
+    help: "beta schedule",
+    choices: ["linear", "cosine"],
+  },
   "diffusion-steps": { kind: "int", default: 1000, help: "diffusion steps T", min: 2 },
   "class-cond": { kind: "boolean", help: "condition the U-Net on class labels" },
-  "class-dropout": { kind: "float", default: 0, help: "with --class-cond: replace labels by a null class with this probability", min: 0 },
+  "class-dropout": {
+    kind: "float",
+    default: 0,
+    help: "with --class-cond: replace labels by a null class with this probability",
+    min: 0,
+  },
   out: { kind: "string", help: "checkpoint directory (default: checkpoints/pretrain/<run>)" },
   run: { kind: "string", help: "run name (default: <dataset>-<config>-seed<seed>)" },
   "checkpoint-every": { kind: "int", default: 250, help: "steps between checkpoints", min: 1 },
   "log-every": { kind: "int", default: 10, help: "steps per point of the loss curve", min: 1 },
   samples: { kind: "int", default: 64, help: "images in the sample grid (0: none)", min: 0 },
   "sample-steps": { kind: "int", default: 50, help: "DDIM steps for the sample grid", min: 1 },
-  "export-weights": { kind: "boolean", help: "also write the EMA weights to results/pretrain/<run>.weights.safetensors" },
+  "export-weights": {
+    kind: "boolean",
+    help: "also write the EMA weights to results/pretrain/<run>.weights.safetensors",
+  },
   quiet: { kind: "boolean", help: "no progress line" },
 } as const;
 
@@ -42,16 +86,26 @@ await runMain(async () => {
     FLAGS,
   );
   const modelName = a.config as UNetConfigName;
-  if (a["class-dropout"] > 0 && !a["class-cond"]) throw new UsageError("--class-dropout needs --class-cond");
-  if (a["class-dropout"] >= 1) throw new UsageError(`--class-dropout: ${a["class-dropout"]} must be below 1`);
+  if (a["class-dropout"] > 0 && !a["class-cond"]) {
+    throw new UsageError("--class-dropout needs --class-cond");
+  }
+  if (a["class-dropout"] >= 1) {
+    throw new UsageError(`--class-dropout: ${a["class-dropout"]} must be below 1`);
+  }
   const base = UNET_CONFIGS[modelName];
   const dataName = a.dataset.includes("/") ? basename(a.dataset.replace(/\/+$/, "")) : a.dataset;
   const run = a.run ?? `${dataName}-${modelName}${a["class-cond"] ? "-cond" : ""}-seed${a.seed}`;
-  if (!/^[A-Za-z0-9._-]+$/.test(run)) throw new UsageError(`--run: "${run}" must use letters, digits, ".", "_" or "-"`);
+  if (!/^[A-Za-z0-9._-]+$/.test(run)) {
+    throw new UsageError(`--run: "${run}" must use letters, digits, ".", "_" or "-"`);
+  }
   const dir = a.out ?? `checkpoints/pretrain/${run}`;
 
   const engine = await initEngine({ backend: a.backend });
-  const ds = await loadDataset(a.dataset, { split: "train", size: base.imageSize, channels: base.inChannels as 1 | 3 });
+  const ds = await loadDataset(a.dataset, {
+    split: "train",
+    size: base.imageSize,
+    channels: base.inChannels as 1 | 3,
+  });
   const model = conditionedModel(base, ds.classes.length, a["class-cond"], a["class-dropout"]);
   const cfg: PretrainConfig = {
     dataset: a.dataset,
@@ -67,12 +121,30 @@ await runMain(async () => {
     seed: a.seed,
     ...(a["class-cond"] ? { classDropout: a["class-dropout"] } : {}),
   };
-  const handle = await startRun("pretrain", run, { ...cfg, checkpointDir: dir, samples: a.samples }, a.seed);
-  console.error(`pretrain: ${run}: ${count(ds)} images of ${ds.shape.join("×")}, ${cfg.steps} steps of ${cfg.batch}`);
+  const handle = await startRun(
+    "pretrain",
+    run,
+    { ...cfg, checkpointDir: dir, samples: a.samples },
+    a.seed,
+  );
+  console.error(
+    `pretrain: ${run}: ${count(ds)} images of ${
+      ds.shape.join("×")
+    }, ${cfg.steps} steps of ${cfg.batch}`,
+  );
 
-  const r = await pretrain(cfg, ds, { dir, checkpointEvery: a["checkpoint-every"], logEvery: a["log-every"], quiet: a.quiet });
+  const r = await pretrain(cfg, ds, {
+    dir,
+    checkpointEvery: a["checkpoint-every"],
+    logEvery: a["log-every"],
+    quiet: a.quiet,
+  });
   if (r.interrupted) {
-    console.error(`pretrain: stopped at step ${r.state.step}; checkpoint in ${checkpointPath(dir)}. Rerun to resume.`);
+    console.error(
+      `pretrain: stopped at step ${r.state.step}; checkpoint in ${
+        checkpointPath(dir)
+      }. Rerun to resume.`,
+    );
     disposeState(r.state);
     Deno.exit(130);
   }
@@ -89,12 +161,22 @@ await runMain(async () => {
   }
   if (a["export-weights"]) {
     const weights = `${out}/${run}.weights.safetensors`;
-    await saveCheckpoint(weights, { params: r.state.ema ?? r.state.params, step: r.state.step, meta: { config: cfg } });
+    await saveCheckpoint(weights, {
+      params: r.state.ema ?? r.state.params,
+      step: r.state.step,
+      meta: { config: cfg },
+    });
     artifacts.push(weights);
   }
   const points = r.curve.points;
   if (points.length > 1) {
-    const spec = lineChart({ title: `${run}: diffusion loss`, x: "step", y: "loss", series: { train: points }, logY: true });
+    const spec = lineChart({
+      title: `${run}: diffusion loss`,
+      x: "step",
+      y: "loss",
+      series: { train: points },
+      logY: true,
+    });
     artifacts.push(...await renderFigure(spec, `${out}/${run}-loss`));
   }
   const tail = points.slice(-Math.max(1, Math.floor(points.length / 10)));

@@ -15,11 +15,24 @@ import { basename, dirname } from "node:path";
 
 const FLAGS = {
   ...COMMON_FLAGS,
-  checkpoint: { kind: "string", help: "checkpoint.safetensors or an exported .weights.safetensors (required)" },
+  checkpoint: {
+    kind: "string",
+    help: "checkpoint.safetensors or an exported .weights.safetensors (required)",
+  },
   n: { kind: "int", default: 64, help: "number of images", min: 1 },
   method: { kind: "string", default: "ddim", help: "sampler", choices: ["ddim", "ddpm"] },
-  steps: { kind: "int", default: 50, help: "network calls (fewer than T respaces the schedule)", min: 1 },
-  weights: { kind: "string", default: "ema", help: "which weights of a training checkpoint", choices: ["ema", "raw"] },
+  steps: {
+    kind: "int",
+    default: 50,
+    help: "network calls (fewer than T respaces the schedule)",
+    min: 1,
+  },
+  weights: {
+    kind: "string",
+    default: "ema",
+    help: "which weights of a training checkpoint",
+    choices: ["ema", "raw"],
+  },
   run: { kind: "string", help: "run name (default: <checkpoint dir>-<method><steps>-seed<seed>)" },
 } as const;
 
@@ -42,21 +55,39 @@ await runMain(async () => {
 
   const stem = basename(dirname(a.checkpoint)) || "checkpoint";
   const run = a.run ?? `${stem}-${a.method}${a.steps}-seed${a.seed}`;
-  const handle = await startRun("sample", run, { checkpoint: a.checkpoint, n: a.n, method: a.method, steps: a.steps, weights: a.weights, model: cfg.modelName }, a.seed);
+  const handle = await startRun("sample", run, {
+    checkpoint: a.checkpoint,
+    n: a.n,
+    method: a.method,
+    steps: a.steps,
+    weights: a.weights,
+    model: cfg.modelName,
+  }, a.seed);
   const bar = progress({ label: "sample", total: a.steps });
-  const images = sampleImages(cfg, weights, a.n, a.seed, { method: a.method as "ddim" | "ddpm", steps: a.steps, onStep: (d) => bar.tick(d) });
+  const images = sampleImages(cfg, weights, a.n, a.seed, {
+    method: a.method as "ddim" | "ddpm",
+    steps: a.steps,
+    onStep: (d) => bar.tick(d),
+  });
   bar.done();
 
   const out = `${resultsDir()}/sample`;
   const png = `${out}/${run}.png`, raw = `${out}/${run}.safetensors`;
   await saveImageGrid(png, images);
-  await writeRawArray(raw, Float32Array.from(await images.data()), images.shape, { checkpoint: a.checkpoint, range: "[-1, 1]", layout: "NHWC" });
+  await writeRawArray(raw, Float32Array.from(await images.data()), images.shape, {
+    checkpoint: a.checkpoint,
+    range: "[-1, 1]",
+    layout: "NHWC",
+  });
   const data = await images.data();
   images.dispose();
   disposeParams(weights);
   disposeCheckpoint(ck);
   let mean = 0;
   for (const v of data) mean += v / data.length;
-  const path = await finishRun(handle, { metrics: { images: a.n, pixel_mean: mean }, artifacts: [png, raw] });
+  const path = await finishRun(handle, {
+    metrics: { images: a.n, pixel_mean: mean },
+    artifacts: [png, raw],
+  });
   console.error(`sample: wrote ${path}`);
 });

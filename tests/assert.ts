@@ -20,7 +20,12 @@ export const assertThrows = assertStrict.throws;
 export const assertRejects = assertStrict.rejects;
 
 /** Largest |a - b| / (atol + rtol·|b|) over the elements; ≤ 1 means close. */
-export function closeness(a: ArrayLike<number>, b: ArrayLike<number>, rtol: number, atol: number): number {
+export function closeness(
+  a: ArrayLike<number>,
+  b: ArrayLike<number>,
+  rtol: number,
+  atol: number,
+): number {
   assertStrict.equal(a.length, b.length, `length ${a.length} != ${b.length}` as string);
   let worst = 0;
   for (let i = 0; i < a.length; i++) {
@@ -41,11 +46,17 @@ export function assertClose(
     assertStrict.deepStrictEqual(actual.shape, expected.shape, `${message} shape`);
   }
   const c = closeness(arr(actual), arr(expected), rtol, atol);
-  assertStrict.ok(c <= 1, `${message} not close: worst error ${c.toFixed(3)}× tolerance (rtol ${rtol}, atol ${atol})`);
+  assertStrict.ok(
+    c <= 1,
+    `${message} not close: worst error ${c.toFixed(3)}× tolerance (rtol ${rtol}, atol ${atol})`,
+  );
 }
 
 /** Run `fn` and assert it leaves the tensor count unchanged. */
-export async function assertNoLeaks(fn: () => unknown | Promise<unknown>, message = ""): Promise<void> {
+export async function assertNoLeaks(
+  fn: () => unknown | Promise<unknown>,
+  message = "",
+): Promise<void> {
   const before = tf.memory().numTensors;
   await fn();
   const after = tf.memory().numTensors;

@@ -11,12 +11,29 @@ const specs = {
 
 Deno.test("parseCli() applies defaults and converts numbers", () => {
   const v = parseCli("t", "", specs, ["--steps", "5", "--lr=0.01", "--resume"]);
-  assertEquals(v, { seed: 0, backend: undefined, steps: 5, lr: 0.01, dataset: "mnist", resume: true });
+  assertEquals(v, {
+    seed: 0,
+    backend: undefined,
+    steps: 5,
+    lr: 0.01,
+    dataset: "mnist",
+    resume: true,
+  });
 });
 
 Deno.test("parseCli() reports every bad flag at once", () => {
   assertThrows(
-    () => parseCli("t", "", specs, ["--steps", "0", "--lr", "fast", "--seed", "1.5", "--backend", "tpu"]),
+    () =>
+      parseCli("t", "", specs, [
+        "--steps",
+        "0",
+        "--lr",
+        "fast",
+        "--seed",
+        "1.5",
+        "--backend",
+        "tpu",
+      ]),
     (e: unknown) => {
       assertEquals(e instanceof UsageError, true);
       assertEquals((e as Error).message.split("\n"), [

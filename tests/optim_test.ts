@@ -1,13 +1,30 @@
 import * as tf from "@tensorflow/tfjs";
 import { assert, assertClose, assertNoLeaks } from "./assert.ts";
 import { initEngine } from "../lib/engine/mod.ts";
-import { adam, applyUpdates, clipByGlobalNorm, disposeTensors, emaInit, emaUpdate, type Optimizer, sgd } from "../lib/optim.ts";
+import {
+  adam,
+  applyUpdates,
+  clipByGlobalNorm,
+  disposeTensors,
+  emaInit,
+  emaUpdate,
+  type Optimizer,
+  sgd,
+} from "../lib/optim.ts";
 import { disposeParams, toVariables } from "../lib/params.ts";
 
 await initEngine({ backend: "wasm", announce: false });
 
 // Float64 references written from the algorithms' definitions (torch.optim docs).
-function adamReference(w: number[], gradsPerStep: number[][], lr: number, b1: number, b2: number, eps: number, wd: number) {
+function adamReference(
+  w: number[],
+  gradsPerStep: number[][],
+  lr: number,
+  b1: number,
+  b2: number,
+  eps: number,
+  wd: number,
+) {
   const m = w.map(() => 0), v = w.map(() => 0), p = [...w];
   gradsPerStep.forEach((g, i) => {
     const t = i + 1;
@@ -56,7 +73,11 @@ const grads = [[0.1, -0.2, 0.3], [1.0, 0.5, -0.25], [-0.3, 0.0, 2.0], [0.05, -0.
 
 Deno.test("adam() matches a float64 reference of torch's Adam and AdamW", async () => {
   await assertNoLeaks(() => {
-    assertClose(run(adam({ lr: 0.1 }), w0, grads), adamReference(w0, grads, 0.1, 0.9, 0.999, 1e-8, 0), { rtol: 1e-5 });
+    assertClose(
+      run(adam({ lr: 0.1 }), w0, grads),
+      adamReference(w0, grads, 0.1, 0.9, 0.999, 1e-8, 0),
+      { rtol: 1e-5 },
+    );
     assertClose(
       run(adam({ lr: 0.05, beta1: 0.8, beta2: 0.99, weightDecay: 0.1 }), w0, grads),
       adamReference(w0, grads, 0.05, 0.8, 0.99, 1e-8, 0.1),
@@ -67,10 +88,16 @@ Deno.test("adam() matches a float64 reference of torch's Adam and AdamW", async 
 
 Deno.test("sgd() matches a float64 reference with and without momentum", async () => {
   await assertNoLeaks(() => {
-    assertClose(run(sgd({ lr: 0.1 }), w0, grads), sgdReference(w0, grads, 0.1, 0, 0), { rtol: 1e-6 });
-    assertClose(run(sgd({ lr: 0.1, momentum: 0.9, weightDecay: 0.01 }), w0, grads), sgdReference(w0, grads, 0.1, 0.9, 0.01), {
+    assertClose(run(sgd({ lr: 0.1 }), w0, grads), sgdReference(w0, grads, 0.1, 0, 0), {
       rtol: 1e-6,
     });
+    assertClose(
+      run(sgd({ lr: 0.1, momentum: 0.9, weightDecay: 0.01 }), w0, grads),
+      sgdReference(w0, grads, 0.1, 0.9, 0.01),
+      {
+        rtol: 1e-6,
+      },
+    );
   });
 });
 
@@ -125,5 +152,8 @@ Deno.test("adam() and emaUpdate() agree between the fused wasm kernels and compo
   const cpu = await onBackend("cpu");
   const wasm = await onBackend("wasm");
   assertClose(wasm, cpu, { rtol: 1e-6 });
-  assert(tf.getKernel("DpAdam", "wasm") && tf.getKernel("DpEma", "wasm"), "fused kernels registered");
+  assert(
+    tf.getKernel("DpAdam", "wasm") && tf.getKernel("DpEma", "wasm"),
+    "fused kernels registered",
+  );
 });

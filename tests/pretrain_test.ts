@@ -3,7 +3,14 @@ import { assert, assertClose, assertEquals, assertRejects } from "./assert.ts";
 import { initEngine } from "../lib/engine/mod.ts";
 import { loadDataset } from "../lib/data/dataset.ts";
 import { UNET_CONFIGS } from "../lib/models/unet.ts";
-import { batchIndices, conditionedModel, disposeState, pretrain, type PretrainConfig, sampleImages } from "../lib/pretrain.ts";
+import {
+  batchIndices,
+  conditionedModel,
+  disposeState,
+  pretrain,
+  type PretrainConfig,
+  sampleImages,
+} from "../lib/pretrain.ts";
 import { rng } from "../lib/random.ts";
 
 await initEngine({ backend: "wasm", announce: false });
@@ -32,14 +39,31 @@ Deno.test("batchIndices() walks each epoch's permutation once, batch after batch
 Deno.test("pretrain() resumed from a checkpoint continues the unbroken run's loss curve", async () => {
   const dirA = await Deno.makeTempDir(), dirB = await Deno.makeTempDir();
   try {
-    const unbroken = await pretrain(cfg, ds, { dir: dirA, checkpointEvery: 100, logEvery: 1, quiet: true });
-    const first = await pretrain({ ...cfg, steps: 3 }, ds, { dir: dirB, checkpointEvery: 100, logEvery: 1, quiet: true });
+    const unbroken = await pretrain(cfg, ds, {
+      dir: dirA,
+      checkpointEvery: 100,
+      logEvery: 1,
+      quiet: true,
+    });
+    const first = await pretrain({ ...cfg, steps: 3 }, ds, {
+      dir: dirB,
+      checkpointEvery: 100,
+      logEvery: 1,
+      quiet: true,
+    });
     disposeState(first.state);
-    const resumed = await pretrain(cfg, ds, { dir: dirB, checkpointEvery: 100, logEvery: 1, quiet: true });
+    const resumed = await pretrain(cfg, ds, {
+      dir: dirB,
+      checkpointEvery: 100,
+      logEvery: 1,
+      quiet: true,
+    });
     assertEquals(resumed.resumedFrom, 3);
     assertEquals(resumed.curve.points.map((p) => p[0]), [1, 2, 3, 4, 5, 6]);
     // Same data, t, noise and optimiser moments: the losses after the resume agree to float noise.
-    assertClose(resumed.curve.points.map((p) => p[1]), unbroken.curve.points.map((p) => p[1]), { rtol: 1e-4 });
+    assertClose(resumed.curve.points.map((p) => p[1]), unbroken.curve.points.map((p) => p[1]), {
+      rtol: 1e-4,
+    });
     const key = "out.2.weight";
     assertClose(resumed.state.params[key], unbroken.state.params[key], { rtol: 1e-4, atol: 1e-6 });
     disposeState(unbroken.state);
@@ -55,9 +79,15 @@ Deno.test("pretrain() refuses a checkpoint of another config and a dataset of th
   try {
     const r = await pretrain({ ...cfg, steps: 1 }, ds, { dir, checkpointEvery: 100, quiet: true });
     disposeState(r.state);
-    await assertRejects(() => pretrain({ ...cfg, lr: 0.5 }, ds, { dir, checkpointEvery: 100, quiet: true }), /belongs to a different run/);
+    await assertRejects(
+      () => pretrain({ ...cfg, lr: 0.5 }, ds, { dir, checkpointEvery: 100, quiet: true }),
+      /belongs to a different run/,
+    );
     const ds28 = await loadDataset("mnist", { split: "train" });
-    await assertRejects(() => pretrain(cfg, ds28, { dir, checkpointEvery: 100, quiet: true }), /has images 28×28×1, but config tiny expects 16×16×1/);
+    await assertRejects(
+      () => pretrain(cfg, ds28, { dir, checkpointEvery: 100, quiet: true }),
+      /has images 28×28×1, but config tiny expects 16×16×1/,
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -22,7 +22,10 @@ Deno.test("progress() without a terminal prints plain lines with step, rate, ETA
     console.error = original;
   }
   assertEquals(lines.length, 2);
-  assert(/^train step 2\/4 \| [0-9.]+ steps\/s \| ETA \S+ \| loss 0\.5000$/.test(lines[0]), lines[0]);
+  assert(
+    /^train step 2\/4 \| [0-9.]+ steps\/s \| ETA \S+ \| loss 0\.5000$/.test(lines[0]),
+    lines[0],
+  );
   assert(lines[1].startsWith("train step 4/4 |") && lines[1].endsWith("loss 0.1250"), lines[1]);
 });
 

@@ -6,7 +6,17 @@ const root = new URL("../", import.meta.url).pathname;
 
 async function runScript(script: string, args: string[], env: Record<string, string> = {}) {
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-R", "-W", "-E", "--allow-ffi", "--allow-sys", "--allow-run=git", `scripts/${script}.ts`, ...args],
+    args: [
+      "run",
+      "-R",
+      "-W",
+      "-E",
+      "--allow-ffi",
+      "--allow-sys",
+      "--allow-run=git",
+      `scripts/${script}.ts`,
+      ...args,
+    ],
     cwd: root,
     env: { NO_COLOR: "1", ...env },
     stdout: "piped",
@@ -36,15 +46,41 @@ for (const script of scripts) {
 Deno.test("deno task pretrain: a tiny run of 100 steps with a fixed seed lowers the loss", async () => {
   const tmp = await Deno.makeTempDir();
   try {
-    const args = ["--config", "tiny", "--steps", "100", "--batch", "8", "--seed", "1", "--lr", "1e-3", "--samples", "4",
-      "--sample-steps", "4", "--out", `${tmp}/ck`, "--log-every", "10", "--quiet"];
+    const args = [
+      "--config",
+      "tiny",
+      "--steps",
+      "100",
+      "--batch",
+      "8",
+      "--seed",
+      "1",
+      "--lr",
+      "1e-3",
+      "--samples",
+      "4",
+      "--sample-steps",
+      "4",
+      "--out",
+      `${tmp}/ck`,
+      "--log-every",
+      "10",
+      "--quiet",
+    ];
     const r = await runScript("pretrain", args, { DP_RESULTS_DIR: tmp });
     assertEquals(r.code, 0, r.stderr);
-    const result = parseResult(await Deno.readTextFile(`${tmp}/pretrain/mnist-tiny-seed1.json`), "pretrain result");
+    const result = parseResult(
+      await Deno.readTextFile(`${tmp}/pretrain/mnist-tiny-seed1.json`),
+      "pretrain result",
+    );
     const m = result.metrics as { first_loss: number; final_loss: number; steps: number };
     assertEquals(m.steps, 100);
     assert(m.final_loss < 0.8 * m.first_loss, `loss ${m.first_loss} -> ${m.final_loss}`);
-    assertEquals(result.artifacts, ["mnist-tiny-seed1-samples.png", "mnist-tiny-seed1-loss.svg", "mnist-tiny-seed1-loss.png"]);
+    assertEquals(result.artifacts, [
+      "mnist-tiny-seed1-samples.png",
+      "mnist-tiny-seed1-loss.svg",
+      "mnist-tiny-seed1-loss.png",
+    ]);
     assert((await Deno.stat(`${tmp}/pretrain/mnist-tiny-seed1-samples.png`)).size > 0);
     assert((await Deno.stat(`${tmp}/ck/checkpoint.safetensors`)).size > 0);
   } finally {

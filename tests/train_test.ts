@@ -4,7 +4,13 @@ import { initEngine } from "../lib/engine/mod.ts";
 import { adam, disposeTensors } from "../lib/optim.ts";
 import { disposeParams, type Params, toVariables } from "../lib/params.ts";
 import { fold, normal, rng } from "../lib/random.ts";
-import { initTrainState, runLoop, type StepOptions, trainStep, type TrainState } from "../lib/train.ts";
+import {
+  initTrainState,
+  runLoop,
+  type StepOptions,
+  type TrainState,
+  trainStep,
+} from "../lib/train.ts";
 
 await initEngine({ backend: "wasm", announce: false });
 
@@ -58,24 +64,50 @@ Deno.test("runLoop() checkpoints on schedule, and a resumed run ends where an un
     const r = trainStep(s, lossAt(s.params, s.step), opts);
     return { state: r.state, metrics: { loss: r.loss } };
   };
-  const unbroken = await runLoop(initTrainState(fresh(), opts), { label: "t", totalSteps: 30, step, quiet: true });
+  const unbroken = await runLoop(initTrainState(fresh(), opts), {
+    label: "t",
+    totalSteps: 30,
+    step,
+    quiet: true,
+  });
 
   // First half, with checkpoints kept as plain arrays; then resume from the last one.
-  const saved: { step: number; w: Float32Array; b: Float32Array; slots: Record<string, Float32Array>; count: number }[] = [];
+  const saved: {
+    step: number;
+    w: Float32Array;
+    b: Float32Array;
+    slots: Record<string, Float32Array>;
+    count: number;
+  }[] = [];
   const save = (s: TrainState) => {
     const slots: Record<string, Float32Array> = {};
     for (const [k, v] of Object.entries(s.opt.slots)) slots[k] = v.dataSync() as Float32Array;
-    saved.push({ step: s.step, w: s.params.w.dataSync() as Float32Array, b: s.params.b.dataSync() as Float32Array, slots, count: s.opt.count });
+    saved.push({
+      step: s.step,
+      w: s.params.w.dataSync() as Float32Array,
+      b: s.params.b.dataSync() as Float32Array,
+      slots,
+      count: s.opt.count,
+    });
     return Promise.resolve();
   };
-  const half = await runLoop(initTrainState(fresh(), opts), { label: "t", totalSteps: 17, step, save, checkpointEvery: 5, quiet: true });
+  const half = await runLoop(initTrainState(fresh(), opts), {
+    label: "t",
+    totalSteps: 17,
+    step,
+    save,
+    checkpointEvery: 5,
+    quiet: true,
+  });
   assertEquals(saved.map((s) => s.step), [5, 10, 15, 17]);
   dispose(half.state);
 
   const ck = saved[saved.length - 1];
   const params = toVariables({ w: tf.tensor2d(ck.w, [3, 1]), b: tf.tensor1d(ck.b) });
   const slots: Record<string, tf.Tensor> = {};
-  for (const [k, v] of Object.entries(ck.slots)) slots[k] = tf.tensor(v, k.endsWith(".w") ? [3, 1] : [1]);
+  for (const [k, v] of Object.entries(ck.slots)) {
+    slots[k] = tf.tensor(v, k.endsWith(".w") ? [3, 1] : [1]);
+  }
   const resumed = await runLoop<TrainState>(
     { params, opt: { count: ck.count, slots }, step: ck.step },
     { label: "t", totalSteps: 30, step, quiet: true },

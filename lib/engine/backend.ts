@@ -81,7 +81,10 @@ async function realGpuAdapter(): Promise<string | undefined> {
   if (!gpu) return undefined;
   try {
     const adapter = await gpu.requestAdapter() as
-      | { isFallbackAdapter?: boolean; info?: { isFallbackAdapter?: boolean; description?: string; vendor?: string } }
+      | {
+        isFallbackAdapter?: boolean;
+        info?: { isFallbackAdapter?: boolean; description?: string; vendor?: string };
+      }
       | null;
     if (!adapter) return undefined;
     // Software adapters (Mesa llvmpipe) train ~50x slower than wasm here: skip them.
@@ -94,7 +97,9 @@ async function realGpuAdapter(): Promise<string | undefined> {
 
 function parseBackend(name: string, source: string): BackendName {
   if ((BACKENDS as readonly string[]).includes(name)) return name as BackendName;
-  throw new Error(`Unknown backend "${name}" from ${source}: expected one of ${BACKENDS.join(", ")}`);
+  throw new Error(
+    `Unknown backend "${name}" from ${source}: expected one of ${BACKENDS.join(", ")}`,
+  );
 }
 
 export interface EngineOptions {

@@ -6,10 +6,11 @@
 //   rank 1  bias / norm   unchanged
 // Embedding tables are [rows, dim] in both frameworks: the model names them in `sameLayout`.
 import * as tf from "@tensorflow/tfjs";
-import type { ParamShapes, Params } from "../params.ts";
+import type { Params, ParamShapes } from "../params.ts";
 import { disposeCheckpoint, loadCheckpoint, loadParamsStrict } from "./checkpoint.ts";
 
-const same = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((v, i) => v === b[i]);
+const same = (a: readonly number[], b: readonly number[]) =>
+  a.length === b.length && a.every((v, i) => v === b[i]);
 
 /** The PyTorch shape of a parameter whose project shape is `shape`. */
 export function torchShape(shape: readonly number[]): number[] {
@@ -42,7 +43,9 @@ export function fromTorchLayout(
       out[key] = t;
       continue;
     }
-    out[key] = want.length === 4 ? tf.transpose(squeezed, [2, 3, 1, 0]) : tf.transpose(squeezed, [1, 0]);
+    out[key] = want.length === 4
+      ? tf.transpose(squeezed, [2, 3, 1, 0])
+      : tf.transpose(squeezed, [1, 0]);
     if (squeezed !== t) squeezed.dispose();
     t.dispose();
   }

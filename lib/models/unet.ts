@@ -382,7 +382,14 @@ function resBlock(ctx: Ctx, l: Extract<Layer, { kind: "res" }>, x: tf.Tensor4D):
     : l.resample === "up"
     ? upsampleNearest2
     : (t: tf.Tensor4D) => t;
-  let h = groupNorm(x, w(ctx, `${k}.in_layers.0.weight`), w(ctx, `${k}.in_layers.0.bias`), 32, 1e-5, true); // GN→SiLU [N, S, S, Cin]
+  let h = groupNorm(
+    x,
+    w(ctx, `${k}.in_layers.0.weight`),
+    w(ctx, `${k}.in_layers.0.bias`),
+    32,
+    1e-5,
+    true,
+  ); // GN→SiLU [N, S, S, Cin]
   h = conv2d(resample(h), w(ctx, `${k}.in_layers.2.weight`), w(ctx, `${k}.in_layers.2.bias`)); // [N, S', S', Cout]
   const e = linear(ctx.semb, w(ctx, `${k}.emb_layers.1.weight`), w(ctx, `${k}.emb_layers.1.bias`));
   const e4 = tf.reshape(e, [e.shape[0], 1, 1, -1]); // [N, 1, 1, (2·)Cout]

@@ -30,8 +30,16 @@ export function lineChart(opts: {
     mark: { type: "line", strokeWidth: 1.5 },
     encoding: {
       x: { field: opts.x, type: "quantitative" },
-      y: { field: opts.y, type: "quantitative", scale: opts.logY ? { type: "log" } : { zero: false } },
-      color: { field: "series", type: "nominal", legend: Object.keys(opts.series).length > 1 ? {} : null },
+      y: {
+        field: opts.y,
+        type: "quantitative",
+        scale: opts.logY ? { type: "log" } : { zero: false },
+      },
+      color: {
+        field: "series",
+        type: "nominal",
+        legend: Object.keys(opts.series).length > 1 ? {} : null,
+      },
     },
   };
 }

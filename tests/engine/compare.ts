@@ -33,7 +33,12 @@ export async function on(
 }
 
 /** Every output within tol × max(1, max |expected|) of the expectation. */
-export function assertOutputsClose(actual: Float32Array[], expected: Float32Array[], tol: number, what: string): void {
+export function assertOutputsClose(
+  actual: Float32Array[],
+  expected: Float32Array[],
+  tol: number,
+  what: string,
+): void {
   assert.equal(actual.length, expected.length, `${what}: output count`);
   actual.forEach((a, k) => {
     const e = expected[k];

@@ -16,11 +16,6 @@ import {
 
 await initEngine({ backend: "wasm", announce: false });
 
-
-
-
-
-
 /** `fused` on wasm against `composed` on cpu, values and gradients w.r.t. every input. */
 async function compare(
   what: string,

@@ -6,7 +6,7 @@ import { disposeParams } from "../../lib/params.ts";
 import { rng } from "../../lib/random.ts";
 import { writeSafetensors } from "../../lib/io/safetensors.ts";
 import { saveCheckpoint } from "../../lib/io/checkpoint.ts";
-import { loadWeights, toTorchLayout, torchShape } from "../../lib/io/torch_layout.ts";
+import { loadWeights, torchShape, toTorchLayout } from "../../lib/io/torch_layout.ts";
 
 await initEngine({ backend: "wasm", announce: false });
 // A class-conditional tiny U-Net with random (not zero-init) weights, so outputs are informative.
@@ -15,15 +15,24 @@ const shapes = unet.paramShapes(cfg);
 
 function randomParams() {
   const p = unet.init(cfg, rng(0));
-  for (const v of Object.values(p)) tf.tidy(() => v.assign(tf.randomNormal(v.shape, 0, 0.1, "float32", 7)));
+  for (const v of Object.values(p)) {
+    tf.tidy(() => v.assign(tf.randomNormal(v.shape, 0, 0.1, "float32", 7)));
+  }
   return p;
 }
 
-async function writeTorchFile(path: string, params: Record<string, tf.Tensor>, drop: string[] = [], extra: string[] = []) {
+async function writeTorchFile(
+  path: string,
+  params: Record<string, tf.Tensor>,
+  drop: string[] = [],
+  extra: string[] = [],
+) {
   const torch = toTorchLayout(params, unet.TORCH_SAME_LAYOUT, unet.isTorchConv1d);
   const entries: Record<string, { dtype: "F32"; shape: number[]; data: Float32Array }> = {};
   for (const [k, t] of Object.entries(torch)) {
-    if (!drop.includes(k)) entries[k] = { dtype: "F32", shape: t.shape, data: t.dataSync() as Float32Array };
+    if (!drop.includes(k)) {
+      entries[k] = { dtype: "F32", shape: t.shape, data: t.dataSync() as Float32Array };
+    }
   }
   for (const k of extra) entries[k] = { dtype: "F32", shape: [1], data: new Float32Array(1) };
   tf.dispose(Object.values(torch));
@@ -42,13 +51,19 @@ Deno.test("loadWeights() loads a PyTorch-layout state_dict and the model compute
   try {
     await writeTorchFile(`${dir}/torch.safetensors`, params);
     // The attention qkv is stored as conv1d [3C, C, 1], as in guided-diffusion.
-    const loaded = await loadWeights(`${dir}/torch.safetensors`, shapes, { sameLayout: unet.TORCH_SAME_LAYOUT });
+    const loaded = await loadWeights(`${dir}/torch.safetensors`, shapes, {
+      sameLayout: unet.TORCH_SAME_LAYOUT,
+    });
     await assertNoLeaks(() => {
       tf.tidy(() => {
         const x = tf.randomNormal([2, 16, 16, 1], 0, 1, "float32", 1) as tf.Tensor4D;
         const t = tf.tensor1d([5, 500], "int32");
         const y = tf.tensor1d([0, 2], "int32");
-        assertClose(unet.apply(cfg, loaded, x, t, { y }).eps!, unet.apply(cfg, params, x, t, { y }).eps!, { rtol: 1e-5, atol: 1e-6 });
+        assertClose(
+          unet.apply(cfg, loaded, x, t, { y }).eps!,
+          unet.apply(cfg, params, x, t, { y }).eps!,
+          { rtol: 1e-5, atol: 1e-6 },
+        );
       });
     });
     disposeParams(loaded);
@@ -76,7 +91,9 @@ Deno.test("loadWeights() reports every missing and unexpected key in one error",
   const dir = await Deno.makeTempDir();
   const params = randomParams();
   try {
-    await writeTorchFile(`${dir}/bad.safetensors`, params, ["out.2.bias", "time_embed.0.weight"], ["input_blocks.9.0.weight"]);
+    await writeTorchFile(`${dir}/bad.safetensors`, params, ["out.2.bias", "time_embed.0.weight"], [
+      "input_blocks.9.0.weight",
+    ]);
     await assertRejects(
       () => loadWeights(`${dir}/bad.safetensors`, shapes, { sameLayout: unet.TORCH_SAME_LAYOUT }),
       /do not match the model: 2 missing \(time_embed\.0\.weight, out\.2\.bias\); 1 unexpected \(input_blocks\.9\.0\.weight\)/,

@@ -11,14 +11,20 @@ import { loadWeights } from "../../lib/io/torch_layout.ts";
 const root = new URL("../../", import.meta.url).pathname;
 const python = ["/usr/bin/python3", "python3"].find((p) => {
   try {
-    return new Deno.Command(p, { args: ["-c", "import torch"], stdout: "null", stderr: "null" }).outputSync().success;
+    return new Deno.Command(p, { args: ["-c", "import torch"], stdout: "null", stderr: "null" })
+      .outputSync().success;
   } catch {
     return false;
   }
 });
 
 // Half-precision weights, class labels and the legacy attention order: the checkpoint's cases.
-const cfg: unet.UNetConfig = { ...unet.UNET_CONFIGS.tiny, numClasses: 4, learnSigma: true, numHeads: 4 };
+const cfg: unet.UNetConfig = {
+  ...unet.UNET_CONFIGS.tiny,
+  numClasses: 4,
+  learnSigma: true,
+  numHeads: 4,
+};
 
 const PEER = `
 import importlib.util, json, math, sys, torch
@@ -46,16 +52,28 @@ Deno.test({
     const dir = await Deno.makeTempDir();
     try {
       const run = (args: string[]) => {
-        const r = new Deno.Command(python!, { args, cwd: root, stdout: "piped", stderr: "piped" }).outputSync();
+        const r = new Deno.Command(python!, { args, cwd: root, stdout: "piped", stderr: "piped" })
+          .outputSync();
         if (!r.success) throw new Error(new TextDecoder().decode(r.stderr));
         return new TextDecoder().decode(r.stdout);
       };
-      const expected = JSON.parse(run(["-c", PEER, root, JSON.stringify(cfg), `${dir}/m.pt`])) as number[];
+      const expected = JSON.parse(
+        run(["-c", PEER, root, JSON.stringify(cfg), `${dir}/m.pt`]),
+      ) as number[];
       run(["scripts/pt_to_safetensors.py", `${dir}/m.pt`, `${dir}/m.safetensors`]);
-      const params = await loadWeights(`${dir}/m.safetensors`, unet.paramShapes(cfg), { sameLayout: unet.TORCH_SAME_LAYOUT });
+      const params = await loadWeights(`${dir}/m.safetensors`, unet.paramShapes(cfg), {
+        sameLayout: unet.TORCH_SAME_LAYOUT,
+      });
       const out = tf.tidy(() => {
-        const x = tf.reshape(tf.sin(tf.mul(tf.range(0, 2 * 16 * 16), 0.37)), [2, 16, 16, 1]) as tf.Tensor4D;
-        const eps = unet.apply(cfg, params, x, tf.tensor1d([7, 700], "int32"), { y: tf.tensor1d([1, 3], "int32") }).eps!;
+        const x = tf.reshape(tf.sin(tf.mul(tf.range(0, 2 * 16 * 16), 0.37)), [
+          2,
+          16,
+          16,
+          1,
+        ]) as tf.Tensor4D;
+        const eps = unet.apply(cfg, params, x, tf.tensor1d([7, 700], "int32"), {
+          y: tf.tensor1d([1, 3], "int32"),
+        }).eps!;
         return eps.dataSync();
       });
       disposeParams(params);

@@ -2,7 +2,12 @@ import { assert, assertEquals } from "../assert.ts";
 import { lineChart, renderFigure, toSvg } from "../../lib/report/figures.ts";
 import sharp from "sharp";
 
-const spec = lineChart({ title: "loss", x: "step", y: "loss", series: { train: [[10, 1], [20, 0.5], [30, 0.25]] } });
+const spec = lineChart({
+  title: "loss",
+  x: "step",
+  y: "loss",
+  series: { train: [[10, 1], [20, 0.5], [30, 0.25]] },
+});
 
 Deno.test("lineChart() declares one point per (series, x) pair", () => {
   assertEquals((spec.data as { values: unknown[] }).values.length, 3);
