@@ -15,6 +15,7 @@ import * as tf from "@tensorflow/tfjs";
 import { type Rng, uniform } from "../random.ts";
 import { countParams, type Params, type ParamShapes, toVariables } from "../params.ts";
 import { initParam, linear, type ParamSpec, silu, timestepEmbedding } from "./nn.ts";
+import { fusedGeluTanh } from "../engine/fused/gelu.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Config and presets
@@ -386,7 +387,8 @@ const geluTanhOp = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
 
 /** GELU, tanh approximation (nn.GELU(approximate="tanh")), with an analytic gradient. */
 export function geluTanh<T extends tf.Tensor>(x: T): T {
-  return geluTanhOp(x) as T;
+  // One oneDNN kernel each way on wasm with BLAS on; the composed op elsewhere.
+  return fusedGeluTanh(x) ?? geluTanhOp(x) as T;
 }
 
 /** One adaLN-Zero block: x [N, T, D], silu(c) [N, D] → [N, T, D]. */

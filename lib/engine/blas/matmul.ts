@@ -2,6 +2,7 @@
 import type * as tf from "@tensorflow/tfjs";
 import type { Blas } from "./openblas.ts";
 import { asWasmBackend, f32View, sizeOf } from "./heap.ts";
+import { activeOneDnnMatMul } from "./onednn_matmul.ts";
 import {
   applyEpilogue,
   broadcastOperand,
@@ -106,6 +107,18 @@ function runPlan(
     const bv = b.subarray(bIndex[0] * bSize);
     blas.sgemm(false, transposeB, batches * m, n, k, 1, a, lda, bv, ldb, beta, out, n);
     return;
+  }
+  // Many small products (attention: one per image and head) go to oneDNN's batched matmul in
+  // one call, which splits the batch over threads; a per-batch sgemm loop threads each small
+  // product and spends most of its time handing off.
+  if (beta === 0 && batches > 1) {
+    const aBatched = aIndex.every((v, i) => v === i), bBatched = bIndex.every((v, i) => v === i);
+    const aShared = !aBatched && aIndex.every((v) => v === 0);
+    const bShared = !bBatched && bIndex.every((v) => v === 0);
+    const dnn = (aBatched || aShared) && (bBatched || bShared) ? activeOneDnnMatMul() : undefined;
+    if (
+      dnn?.matmul(batches, aBatched, bBatched, m, n, k, transposeA, transposeB, a, b, out)
+    ) return;
   }
   for (let o = 0; o < batches; o++) {
     blas.sgemm(
