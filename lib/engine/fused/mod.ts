@@ -1,7 +1,8 @@
-// Fused elementwise kernels for the wasm backend (GroupNorm with scale-shift, SiLU), with
+// Fused elementwise kernels for the wasm backend (GroupNorm with scale-shift, SiLU, tanh-GELU), with
 // composed-op versions used on every other backend and as test references.
 import { registerGroupNormKernels } from "./group_norm.ts";
 import { registerSiluKernels } from "./silu.ts";
+import { GELU_TANH, GELU_TANH_GRAD, registerGeluKernels } from "./gelu.ts";
 
 export {
   GROUP_NORM,
@@ -12,10 +13,20 @@ export {
   groupNormScaleShift,
 } from "./group_norm.ts";
 export { SILU, silu, SILU_GRAD, siluComposed } from "./silu.ts";
+export { fusedGeluTanh, GELU_TANH, GELU_TANH_GRAD } from "./gelu.ts";
 
 /** Register every fused kernel and its gradient for wasm (idempotent; the ops also do it). */
 export function registerFusedKernels(): string[] {
   registerGroupNormKernels();
   registerSiluKernels();
-  return ["DpGroupNorm", "DpGroupNormScaleShift", "DpGroupNormGrad", "DpSilu", "DpSiluGrad"];
+  registerGeluKernels();
+  return [
+    "DpGroupNorm",
+    "DpGroupNormScaleShift",
+    "DpGroupNormGrad",
+    "DpSilu",
+    "DpSiluGrad",
+    GELU_TANH,
+    GELU_TANH_GRAD,
+  ];
 }
