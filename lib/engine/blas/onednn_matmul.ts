@@ -2,55 +2,19 @@
 // through Deno FFI, on wasm-heap views in place. The batched matmul covers every head and image
 // of an attention product in one call (oneDNN splits the batch over its threads), where a loop of
 // small cblas_sgemm calls runs each 196×196×32 product on both threads and mostly waits.
-// Loading goes through ./onednn.ts first (OpenMP wait policy, thread count, DP_ONEDNN=0); any
-// geometry oneDNN refuses returns false so the caller keeps its own route.
-import { activeOneDnn, loadOneDnn } from "./onednn.ts";
-
-const PATH = "/usr/lib/x86_64-linux-gnu/libdnnl.so.2";
-
-const SYMBOLS = {
-  dnnl_engine_create: { parameters: ["buffer", "i32", "usize"], result: "i32" },
-  dnnl_stream_create: { parameters: ["buffer", "pointer", "u32"], result: "i32" },
-  dnnl_stream_wait: { parameters: ["pointer"], result: "i32" },
-  dnnl_memory_desc_init_by_strides: {
-    parameters: ["buffer", "i32", "buffer", "i32", "buffer"],
-    result: "i32",
-  },
-  dnnl_matmul_desc_init: {
-    parameters: ["buffer", "buffer", "buffer", "pointer", "buffer"],
-    result: "i32",
-  },
-  dnnl_eltwise_forward_desc_init: {
-    parameters: ["buffer", "i32", "i32", "buffer", "f32", "f32"],
-    result: "i32",
-  },
-  dnnl_eltwise_backward_desc_init: {
-    parameters: ["buffer", "i32", "buffer", "buffer", "f32", "f32"],
-    result: "i32",
-  },
-  dnnl_primitive_desc_create: {
-    parameters: ["buffer", "buffer", "pointer", "pointer", "pointer"],
-    result: "i32",
-  },
-  dnnl_primitive_create: { parameters: ["buffer", "pointer"], result: "i32" },
-  dnnl_primitive_execute: { parameters: ["pointer", "pointer", "i32", "buffer"], result: "i32" },
-  dnnl_memory_create: { parameters: ["buffer", "buffer", "pointer", "pointer"], result: "i32" },
-  dnnl_memory_destroy: { parameters: ["pointer"], result: "i32" },
-} as const;
-
-// dnnl_types.h (v2.x).
-const CPU = 1;
-const STREAM_IN_ORDER = 1;
-const F32 = 3;
-const FORWARD_TRAINING = 64;
-const ELTWISE_GELU_TANH = 0xcf;
-const ARG_SRC = 1;
-const ARG_DST = 17;
-const ARG_WEIGHTS = 33;
-const ARG_DIFF_SRC = 129;
-const ARG_DIFF_DST = 145;
-const MD_BYTES = 4096;
-const OP_BYTES = 65536;
+// Loading goes through ./onednn_core.ts (one libdnnl, OpenMP wait policy, thread count,
+// DP_ONEDNN=0); any geometry oneDNN refuses returns false so the caller keeps its own route.
+import { activeOneDnn } from "./onednn.ts";
+import {
+  ARG_DST,
+  ARG_SRC,
+  ARG_WEIGHTS,
+  type Core,
+  ELTWISE_GELU_TANH,
+  loadOneDnnCore,
+  OP_BYTES,
+  type Ptr,
+} from "./onednn_core.ts";
 
 /** Batched products and tanh-GELU on float32 views; each returns false where oneDNN declines. */
 export interface OneDnnMatMul {
@@ -77,59 +41,8 @@ export interface OneDnnMatMul {
   geluBackward(x: Float32Array, dy: Float32Array, dx: Float32Array): boolean;
 }
 
-type Lib = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
-type Ptr = Deno.PointerValue;
-
-const i64 = (xs: readonly number[]) => BigInt64Array.from(xs.map((v) => BigInt(v)));
-
-function bind(lib: Lib): OneDnnMatMul | undefined {
-  const out = () => new BigUint64Array(1);
-  const ptrOf = (b: BigUint64Array): Ptr => Deno.UnsafePointer.create(b[0]);
-  const eng = out();
-  if (lib.dnnl_engine_create(eng, CPU, 0n) !== 0) return undefined;
-  const engine = ptrOf(eng);
-  const st = out();
-  if (lib.dnnl_stream_create(st, engine, STREAM_IN_ORDER) !== 0) return undefined;
-  const stream = ptrOf(st);
-
-  const md = (dims: readonly number[], strides: readonly number[]): Uint8Array | undefined => {
-    const b = new Uint8Array(MD_BYTES);
-    const r = lib.dnnl_memory_desc_init_by_strides(b, dims.length, i64(dims), F32, i64(strides));
-    return r === 0 ? b : undefined;
-  };
-  const primitive = (desc: Uint8Array, hint: Ptr): { pd: Ptr; prim: Ptr } | undefined => {
-    const pd = out();
-    if (lib.dnnl_primitive_desc_create(pd, desc, null, engine, hint) !== 0) return undefined;
-    const p = out();
-    if (lib.dnnl_primitive_create(p, ptrOf(pd)) !== 0) return undefined;
-    return { pd: ptrOf(pd), prim: ptrOf(p) };
-  };
-  const run = (prim: Ptr, views: [number, Uint8Array, Float32Array][]): void => {
-    const mems: Ptr[] = [];
-    try {
-      for (const [, m, v] of views) {
-        const b = out();
-        const r = lib.dnnl_memory_create(b, m, engine, Deno.UnsafePointer.of(v));
-        if (r !== 0) {
-          throw new Error(`dnnl_memory_create failed (${r}) in lib/engine/blas/onednn_matmul.ts`);
-        }
-        mems.push(ptrOf(b));
-      }
-      const a = new BigUint64Array(views.length * 2);
-      views.forEach(([id], i) => {
-        a[2 * i] = BigInt(id);
-        a[2 * i + 1] = BigInt(Deno.UnsafePointer.value(mems[i]));
-      });
-      const r = lib.dnnl_primitive_execute(prim, stream, views.length, new Uint8Array(a.buffer));
-      if (r !== 0) {
-        throw new Error(`dnnl_primitive_execute failed (${r}) in lib/engine/blas/onednn_matmul.ts`);
-      }
-      lib.dnnl_stream_wait(stream);
-    } finally {
-      for (const m of mems) lib.dnnl_memory_destroy(m);
-    }
-  };
-
+function bind(core: Core): OneDnnMatMul {
+  const { lib, md, primitive, run } = core;
   interface Mm {
     readonly a: Uint8Array;
     readonly b: Uint8Array;
@@ -164,25 +77,8 @@ function bind(lib: Lib): OneDnnMatMul | undefined {
     mms.set(key, mm ?? null);
     return mm;
   };
-
-  interface Elt {
-    readonly md: Uint8Array;
-    readonly fwd: { pd: Ptr; prim: Ptr };
-    bwd?: Ptr | null;
-  }
-  const elts = new Map<number, Elt | null>();
-  const eltOf = (len: number): Elt | undefined => {
-    const known = elts.get(len);
-    if (known !== undefined) return known ?? undefined;
-    const m = md([len], [1]);
-    const d = new Uint8Array(OP_BYTES);
-    const ok = m &&
-      lib.dnnl_eltwise_forward_desc_init(d, FORWARD_TRAINING, ELTWISE_GELU_TANH, m, 0, 0) === 0;
-    const fwd = ok ? primitive(d, null) : undefined;
-    const e = m && fwd ? { md: m, fwd } : undefined;
-    elts.set(len, e ?? null);
-    return e;
-  };
+  // On oneDNN's threads (only the SiLU route pins one).
+  const gelu = core.eltwise(ELTWISE_GELU_TANH, 0, false);
 
   return {
     matmul(batch, ab, bb, m, n, k, ta, tb, a, b, c) {
@@ -192,42 +88,18 @@ function bind(lib: Lib): OneDnnMatMul | undefined {
       run(mm.prim, [[ARG_SRC, mm.a, a], [ARG_WEIGHTS, mm.b, b], [ARG_DST, mm.c, c]]);
       return true;
     },
-    gelu(x, y) {
-      const e = x.length > 0 ? eltOf(x.length) : undefined;
-      if (!e) return false;
-      run(e.fwd.prim, [[ARG_SRC, e.md, x], [ARG_DST, e.md, y]]);
-      return true;
-    },
-    geluBackward(x, dy, dx) {
-      const e = x.length > 0 ? eltOf(x.length) : undefined;
-      if (!e) return false;
-      if (e.bwd === undefined) {
-        const d = new Uint8Array(OP_BYTES);
-        const r = lib.dnnl_eltwise_backward_desc_init(d, ELTWISE_GELU_TANH, e.md, e.md, 0, 0);
-        e.bwd = r === 0 ? primitive(d, e.fwd.pd)?.prim ?? null : null;
-      }
-      const bwd = e.bwd;
-      if (!bwd) return false;
-      run(bwd, [[ARG_SRC, e.md, x], [ARG_DIFF_DST, e.md, dy], [ARG_DIFF_SRC, e.md, dx]]);
-      return true;
-    },
+    gelu: (x, y) => gelu.forward(x, y),
+    geluBackward: (x, dy, dx) => gelu.backward(x, dy, dx),
   };
 }
 
 let cached: OneDnnMatMul | null | undefined;
 
-/** The oneDNN matmul and GELU, once per process; undefined where ./onednn.ts does not load. */
+/** The oneDNN matmul and GELU, once per process; undefined where oneDNN does not load. */
 export function loadOneDnnMatMul(): OneDnnMatMul | undefined {
-  if (cached !== undefined) return cached ?? undefined;
-  cached = null;
-  const base = loadOneDnn(); // sets libgomp's wait policy and thread count before anything runs
-  if (base) {
-    try {
-      cached = bind(Deno.dlopen(base.path.includes("/") ? base.path : PATH, SYMBOLS).symbols) ??
-        null;
-    } catch {
-      cached = null;
-    }
+  if (cached === undefined) {
+    const core = loadOneDnnCore();
+    cached = core ? bind(core) : null;
   }
   return cached ?? undefined;
 }

@@ -77,7 +77,8 @@ export interface Blas {
   ): void;
 }
 
-function processEnv(name: string): string | undefined {
+/** An environment variable, or undefined when unset or not readable (no env permission). */
+export function processEnv(name: string): string | undefined {
   try {
     return Deno.env.get(name);
   } catch {
@@ -85,7 +86,8 @@ function processEnv(name: string): string | undefined {
   }
 }
 
-function ffiGranted(path: string): boolean {
+/** Whether FFI may load `path` (a bare library name needs the global FFI permission). */
+export function ffiGranted(path: string): boolean {
   try {
     const query = path.includes("/") ? { name: "ffi" as const, path } : { name: "ffi" as const };
     return Deno.permissions.querySync(query).state === "granted";

@@ -1,0 +1,323 @@
+// The one libdnnl (Debian libdnnl2, v2.x C API) binding shared by ./onednn.ts (convolutions,
+// SiLU) and ./onednn_matmul.ts (batched matmul, tanh-GELU): one dlopen, one engine and stream,
+// libgomp's wait policy and thread count, and the descriptor / primitive / execute helpers.
+// Loading never throws: no library, no FFI permission or DP_ONEDNN=0 yields undefined.
+import { ffiGranted, processEnv } from "./openblas.ts";
+
+/** Environment variable that turns the oneDNN routes off when set to `0`. */
+export const ONEDNN_ENV = "DP_ONEDNN";
+/** Environment variable with oneDNN's (OpenMP) thread count; default: DP_BLAS_THREADS, else all. */
+export const ONEDNN_THREADS_ENV = "DP_ONEDNN_THREADS";
+
+const CANDIDATES = [
+  "/usr/lib/x86_64-linux-gnu/libdnnl.so.2",
+  "libdnnl.so.2",
+];
+
+const B = "buffer";
+
+const SYMBOLS = {
+  dnnl_engine_create: { parameters: [B, "i32", "usize"], result: "i32" },
+  dnnl_stream_create: { parameters: [B, "pointer", "u32"], result: "i32" },
+  dnnl_stream_wait: { parameters: ["pointer"], result: "i32" },
+  dnnl_memory_desc_init_by_strides: { parameters: [B, "i32", B, "i32", B], result: "i32" },
+  dnnl_memory_desc_init_by_tag: { parameters: [B, "i32", B, "i32", "i32"], result: "i32" },
+  dnnl_memory_desc_get_size: { parameters: ["pointer"], result: "usize" },
+  dnnl_dilated_convolution_forward_desc_init: {
+    parameters: [B, "i32", "i32", B, B, B, B, B, B, B, B],
+    result: "i32",
+  },
+  dnnl_dilated_convolution_backward_data_desc_init: {
+    parameters: [B, "i32", B, B, B, B, B, B, B],
+    result: "i32",
+  },
+  dnnl_dilated_convolution_backward_weights_desc_init: {
+    parameters: [B, "i32", B, B, B, B, B, B, B, B],
+    result: "i32",
+  },
+  dnnl_matmul_desc_init: { parameters: [B, B, B, "pointer", B], result: "i32" },
+  dnnl_eltwise_forward_desc_init: { parameters: [B, "i32", "i32", B, "f32", "f32"], result: "i32" },
+  dnnl_eltwise_backward_desc_init: { parameters: [B, "i32", B, B, "f32", "f32"], result: "i32" },
+  dnnl_primitive_desc_create: {
+    parameters: [B, B, "pointer", "pointer", "pointer"],
+    result: "i32",
+  },
+  dnnl_primitive_desc_query_md: { parameters: ["pointer", "i32", "i32"], result: "pointer" },
+  dnnl_reorder_primitive_desc_create: {
+    parameters: [B, "pointer", "pointer", "pointer", "pointer", "pointer"],
+    result: "i32",
+  },
+  dnnl_primitive_create: { parameters: [B, "pointer"], result: "i32" },
+  dnnl_primitive_execute: { parameters: ["pointer", "pointer", "i32", B], result: "i32" },
+  dnnl_memory_create: { parameters: [B, "pointer", "pointer", "pointer"], result: "i32" },
+  dnnl_memory_destroy: { parameters: ["pointer"], result: "i32" },
+} as const;
+
+// dnnl_types.h (v2.x) constants.
+const CPU = 1;
+const STREAM_IN_ORDER = 1;
+const F32 = 3;
+const TAG_ANY = 1;
+/** dnnl_forward_training. */
+export const FORWARD_TRAINING = 64;
+/** dnnl_convolution_direct. */
+export const CONV_DIRECT = 1;
+/** Eltwise kinds, v2.x numbering (v3 renumbered them). */
+export const ELTWISE_SWISH = 0xdf;
+export const ELTWISE_GELU_TANH = 0xcf;
+/** dnnl_query_weights_md / dnnl_query_diff_weights_md. */
+export const QUERY_WEIGHTS_MD = 131;
+export const QUERY_DIFF_WEIGHTS_MD = 132;
+/** Execution argument ids (DNNL_ARG_*). */
+export const ARG_SRC = 1;
+export const ARG_DST = 17;
+export const ARG_WEIGHTS = 33;
+export const ARG_BIAS = 41;
+export const ARG_DIFF_SRC = 129;
+export const ARG_DIFF_DST = 145;
+export const ARG_DIFF_WEIGHTS = 161;
+// Memory and op descriptors are filled in by the library; these sizes leave room to spare
+// (v2.x: ~1 KiB per memory descriptor, ~8 KiB per convolution descriptor).
+const MD_BYTES = 4096;
+/** Bytes for an op descriptor buffer (dnnl_*_desc_t). */
+export const OP_BYTES = 65536;
+
+/** The bound libdnnl symbols. */
+export type Lib = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
+/** An opaque oneDNN handle. */
+export type Ptr = Deno.PointerValue;
+/** A primitive descriptor and the primitive made from it. */
+export interface Made {
+  readonly pd: Ptr;
+  readonly prim: Ptr;
+}
+/** One execution argument: its id, memory descriptor and data. */
+export type View = [number, Ptr | Uint8Array, Float32Array];
+
+/** An elementwise op over 1-D float32 views; each returns false where oneDNN declines. */
+export interface Eltwise {
+  forward(x: Float32Array, y: Float32Array): boolean;
+  backward(x: Float32Array, dy: Float32Array, dx: Float32Array): boolean;
+}
+
+/** libdnnl with one engine and stream, and the helpers both oneDNN modules build on. */
+export interface Core {
+  readonly path: string;
+  readonly lib: Lib;
+  /** A float32 memory descriptor by strides (undefined where oneDNN refuses it). */
+  md(dims: readonly number[], strides: readonly number[]): Uint8Array | undefined;
+  /** A float32 memory descriptor with layout "any" (oneDNN picks). */
+  anyMd(dims: readonly number[]): Uint8Array;
+  /** The primitive descriptor of op descriptor `desc` (forward `hint` for backward) and its primitive. */
+  primitive(desc: Uint8Array, hint: Ptr): Made | undefined;
+  /** A reorder primitive between two memory descriptors. */
+  reorder(from: Ptr, to: Ptr): Ptr | undefined;
+  /** Run `prim` with memories over `views`, freed afterwards; waits for the stream. */
+  run(prim: Ptr, views: View[]): void;
+  /** `f` with oneDNN on one thread (memory-bound work: no thread hand-off). */
+  single(f: () => void): void;
+  /** Eltwise `alg` (alpha, beta 0) cached per length; `singleThreaded` runs it on one thread. */
+  eltwise(alg: number, alpha: number, singleThreaded: boolean): Eltwise;
+}
+
+/** int64 dims / strides as oneDNN takes them. */
+export const i64 = (xs: readonly number[]): BigInt64Array =>
+  BigInt64Array.from(xs.map((v) => BigInt(v)));
+
+function bind(
+  lib: Lib,
+  path: string,
+  threads: (n: number) => void,
+  nThreads: number,
+): Core | undefined {
+  const out = () => new BigUint64Array(1);
+  const ptrOf = (b: BigUint64Array): Ptr => Deno.UnsafePointer.create(b[0]);
+  const eng = out();
+  if (lib.dnnl_engine_create(eng, CPU, 0n) !== 0) return undefined;
+  const engine = ptrOf(eng);
+  const st = out();
+  if (lib.dnnl_stream_create(st, engine, STREAM_IN_ORDER) !== 0) return undefined;
+  const stream = ptrOf(st);
+
+  const md = (dims: readonly number[], strides: readonly number[]): Uint8Array | undefined => {
+    const b = new Uint8Array(MD_BYTES);
+    const r = lib.dnnl_memory_desc_init_by_strides(b, dims.length, i64(dims), F32, i64(strides));
+    return r === 0 ? b : undefined;
+  };
+  const anyMd = (dims: readonly number[]): Uint8Array => {
+    const b = new Uint8Array(MD_BYTES);
+    lib.dnnl_memory_desc_init_by_tag(b, dims.length, i64(dims), F32, TAG_ANY);
+    return b;
+  };
+  const primitive = (desc: Uint8Array, hint: Ptr): Made | undefined => {
+    const pd = out();
+    if (lib.dnnl_primitive_desc_create(pd, desc, null, engine, hint) !== 0) return undefined;
+    const p = out();
+    if (lib.dnnl_primitive_create(p, ptrOf(pd)) !== 0) return undefined;
+    return { pd: ptrOf(pd), prim: ptrOf(p) };
+  };
+  const reorder = (from: Ptr, to: Ptr): Ptr | undefined => {
+    const pd = out();
+    if (lib.dnnl_reorder_primitive_desc_create(pd, from, engine, to, engine, null) !== 0) {
+      return undefined;
+    }
+    const p = out();
+    return lib.dnnl_primitive_create(p, ptrOf(pd)) === 0 ? ptrOf(p) : undefined;
+  };
+  const run = (prim: Ptr, views: View[]): void => {
+    const mems: Ptr[] = [];
+    try {
+      for (const [, m, v] of views) {
+        const b = out();
+        const desc = m instanceof Uint8Array ? Deno.UnsafePointer.of(m) : m;
+        const r = lib.dnnl_memory_create(b, desc, engine, Deno.UnsafePointer.of(v));
+        if (r !== 0) {
+          throw new Error(`dnnl_memory_create failed (${r}) in lib/engine/blas/onednn_core.ts`);
+        }
+        mems.push(ptrOf(b));
+      }
+      const a = new BigUint64Array(views.length * 2);
+      views.forEach(([id], i) => {
+        a[2 * i] = BigInt(id);
+        a[2 * i + 1] = BigInt(Deno.UnsafePointer.value(mems[i]));
+      });
+      const r = lib.dnnl_primitive_execute(prim, stream, views.length, new Uint8Array(a.buffer));
+      if (r !== 0) {
+        throw new Error(`dnnl_primitive_execute failed (${r}) in lib/engine/blas/onednn_core.ts`);
+      }
+      lib.dnnl_stream_wait(stream);
+    } finally {
+      for (const m of mems) lib.dnnl_memory_destroy(m);
+    }
+  };
+  const single = (f: () => void): void => {
+    if (nThreads === 1) return f();
+    threads(1);
+    try {
+      f();
+    } finally {
+      threads(nThreads);
+    }
+  };
+  const eltwise = (alg: number, alpha: number, singleThreaded: boolean): Eltwise => {
+    interface Elt {
+      readonly md: Uint8Array;
+      readonly fwd: Made;
+      bwd?: Ptr | null;
+    }
+    const around = singleThreaded ? single : (f: () => void) => f();
+    // One 1-D f32 memory of n elements per length.
+    const elts = new Map<number, Elt | null>();
+    const eltOf = (n: number): Elt | undefined => {
+      if (n <= 0) return undefined;
+      const known = elts.get(n);
+      if (known !== undefined) return known ?? undefined;
+      const m = md([n], [1]);
+      const d = new Uint8Array(OP_BYTES);
+      const ok = m &&
+        lib.dnnl_eltwise_forward_desc_init(d, FORWARD_TRAINING, alg, m, alpha, 0) === 0;
+      const fwd = ok ? primitive(d, null) : undefined;
+      const e = m && fwd ? { md: m, fwd } : undefined;
+      elts.set(n, e ?? null);
+      return e;
+    };
+    return {
+      forward(x, y) {
+        const e = eltOf(x.length);
+        if (!e) return false;
+        around(() => run(e.fwd.prim, [[ARG_SRC, e.md, x], [ARG_DST, e.md, y]]));
+        return true;
+      },
+      backward(x, dy, dx) {
+        const e = eltOf(x.length);
+        if (!e) return false;
+        if (e.bwd === undefined) {
+          const d = new Uint8Array(OP_BYTES);
+          const r = lib.dnnl_eltwise_backward_desc_init(d, alg, e.md, e.md, alpha, 0);
+          e.bwd = r === 0 ? primitive(d, e.fwd.pd)?.prim ?? null : null;
+        }
+        const bwd = e.bwd;
+        if (!bwd) return false;
+        around(() =>
+          run(bwd, [[ARG_SRC, e.md, x], [ARG_DIFF_DST, e.md, dy], [ARG_DIFF_SRC, e.md, dx]])
+        );
+        return true;
+      },
+    };
+  };
+  return { path, lib, md, anyMd, primitive, reorder, run, single, eltwise };
+}
+
+function threadCount(env: (name: string) => string | undefined): number {
+  for (const name of [ONEDNN_THREADS_ENV, "DP_BLAS_THREADS"]) {
+    const asked = Number(env(name));
+    if (Number.isInteger(asked) && asked > 0) return asked;
+  }
+  return Math.max(1, navigator.hardwareConcurrency || 1);
+}
+
+// OpenMP threads spin between parallel regions by default; on a 2-core machine shared with
+// OpenBLAS's pool (and often another job) that spinning steals the cores (a train step ran 1.8×
+// slower). libgomp reads the policy once, when it loads: set it around the dlopen only, so
+// child processes (the PyTorch peer of the benches) do not inherit it. Returns the undo.
+function passiveOpenMp(env: (name: string) => string | undefined): () => void {
+  if (env("OMP_WAIT_POLICY") !== undefined) return () => {};
+  try {
+    Deno.env.set("OMP_WAIT_POLICY", "passive");
+    return () => Deno.env.delete("OMP_WAIT_POLICY");
+  } catch {
+    return () => {}; // no env permission: keep libgomp's default
+  }
+}
+
+// omp_set_num_threads on the libgomp oneDNN links (the loader shares one instance per process);
+// a no-op where libgomp cannot be opened.
+function openMpThreadSetter(): (n: number) => void {
+  for (const path of ["libgomp.so.1", "/lib/x86_64-linux-gnu/libgomp.so.1"]) {
+    if (!ffiGranted(path)) continue;
+    try {
+      const gomp = Deno.dlopen(path, {
+        omp_set_num_threads: { parameters: ["i32"], result: "void" },
+      });
+      return (n) => gomp.symbols.omp_set_num_threads(n);
+    } catch { /* try the next one */ }
+  }
+  return () => {};
+}
+
+/**
+ * Open libdnnl (uncached: a new dlopen, engine and stream per call); undefined when DP_ONEDNN=0,
+ * without FFI permission for it, or when the library does not load. `env` reads configuration.
+ */
+export function openOneDnnCore(
+  env: (name: string) => string | undefined = processEnv,
+): Core | undefined {
+  if (env(ONEDNN_ENV) === "0") return undefined;
+  let core: Core | undefined;
+  const undo = passiveOpenMp(env);
+  try {
+    for (const path of CANDIDATES) {
+      if (!ffiGranted(path)) continue;
+      try {
+        const lib = Deno.dlopen(path, SYMBOLS).symbols;
+        const setThreads = openMpThreadSetter(), n = threadCount(env);
+        core = bind(lib, path, setThreads, n);
+        if (core) {
+          setThreads(n);
+          break;
+        }
+      } catch { /* try the next one */ }
+    }
+  } finally {
+    undo();
+  }
+  return core;
+}
+
+let cached: Core | null | undefined;
+
+/** `openOneDnnCore()` once per process (oneDNN's primitive cache and thread pool are per process). */
+export function loadOneDnnCore(): Core | undefined {
+  if (cached === undefined) cached = openOneDnnCore() ?? null;
+  return cached ?? undefined;
+}
