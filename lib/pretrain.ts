@@ -1,5 +1,5 @@
-// Diffusion pre-training of the ADM U-Net on a dataset: the data stream, the loss, checkpoints that
-// resume bit-for-bit, and the sample grid. `scripts/pretrain.ts` parses flags and calls `pretrain`.
+// Diffusion pre-training of the ADM U-Net on a dataset: the data stream, the loss, resumable
+// checkpoints, and the sample grid. `scripts/pretrain.ts` parses flags and calls `pretrain`.
 //
 // Every random draw of step i is a pure function of (seed, i): the batch comes from the epoch's
 // permutation, t and ε from keys folded with i. A resumed run therefore continues the very same
