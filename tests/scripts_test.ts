@@ -1,6 +1,7 @@
 // End-to-end checks of the scripts as users run them: --help, bad flags, and a short pre-training.
 import { assert, assertEquals } from "./assert.ts";
 import { parseResult } from "../lib/results.ts";
+import { readRawArray } from "../lib/io/raw_array.ts";
 
 const root = new URL("../", import.meta.url).pathname;
 
@@ -83,6 +84,28 @@ Deno.test("deno task pretrain: a tiny run of 100 steps with a fixed seed lowers 
     ]);
     assert((await Deno.stat(`${tmp}/pretrain/mnist-tiny-seed1-samples.png`)).size > 0);
     assert((await Deno.stat(`${tmp}/ck/checkpoint.safetensors`)).size > 0);
+
+    // deno task sample draws from that checkpoint: a PNG grid and a raw array of the images.
+    const s = await runScript("sample", [
+      "--checkpoint",
+      `${tmp}/ck/checkpoint.safetensors`,
+      "--n",
+      "4",
+      "--steps",
+      "3",
+      "--method",
+      "ddpm",
+      "--run",
+      "s",
+    ], { DP_RESULTS_DIR: tmp });
+    assertEquals(s.code, 0, s.stderr);
+    const raw = await readRawArray(`${tmp}/sample/s.safetensors`);
+    assertEquals(raw.shape, [4, 16, 16, 1]);
+    assert(
+      raw.data.every((v) => Number.isFinite(v) && Math.abs(v) <= 1.0001),
+      "samples outside [-1, 1]",
+    );
+    assert((await Deno.stat(`${tmp}/sample/s.png`)).size > 0);
   } finally {
     await Deno.remove(tmp, { recursive: true });
   }
