@@ -101,3 +101,19 @@ Deno.test("writeReport() handles a missing or empty results directory", async ()
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("writeReport() gives each bench run its own metric/value table", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await writeRun(dir, fakeRun("bench", "kernels-1", 0, { ratio: 3.77 }, []));
+    await writeRun(dir, fakeRun("bench", "models-1", 0, { ratio_vs_torch: { unet_train: 1.011 } }, []));
+    const out = join(dir, "REPORT.md");
+    await writeReport(dir, out);
+    const text = await Deno.readTextFile(out);
+    assert.ok(text.includes("### kernels-1\n"), text);
+    assert.ok(text.includes("| metric | value |\n| --- | --- |\n| ratio | 3.77 |"), text);
+    assert.ok(text.includes("| ratio_vs_torch.unet_train | 1.011 |"), text);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
