@@ -106,7 +106,10 @@ Deno.test("writeReport() gives each bench run its own metric/value table", async
   const dir = await Deno.makeTempDir();
   try {
     await writeRun(dir, fakeRun("bench", "kernels-1", 0, { ratio: 3.77 }, []));
-    await writeRun(dir, fakeRun("bench", "models-1", 0, { ratio_vs_torch: { unet_train: 1.011 } }, []));
+    await writeRun(
+      dir,
+      fakeRun("bench", "models-1", 0, { ratio_vs_torch: { unet_train: 1.011 } }, []),
+    );
     const out = join(dir, "REPORT.md");
     await writeReport(dir, out);
     const text = await Deno.readTextFile(out);
