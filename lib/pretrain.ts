@@ -162,8 +162,7 @@ function optimizerOf(cfg: PretrainConfig): StepOptions {
 }
 
 // The fields that must agree for a checkpoint to be resumed (steps may grow).
-const identity = (c: PretrainConfig) =>
-  JSON.stringify({ ...c, steps: undefined, model: c.model, dataset: c.dataset });
+const identity = (c: PretrainConfig) => JSON.stringify({ ...c, steps: undefined });
 
 async function resumeOrInit(cfg: PretrainConfig, dir: string, opts: StepOptions) {
   const path = checkpointPath(dir);

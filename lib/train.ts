@@ -8,6 +8,7 @@ import {
   disposeTensors,
   emaInit,
   emaUpdate,
+  globalNorm,
   type Optimizer,
   type OptState,
   type Tensors,
@@ -70,8 +71,11 @@ export function trainStep(
   const raw: Record<string, tf.Tensor> = {};
   // A parameter the loss does not reach gets no gradient from tfjs: treat it as zero.
   for (const n of names) raw[n] = byVarName[trained[n].name] ?? tf.zerosLike(trained[n]);
-  const { grads, norm } = clipByGlobalNorm(raw, opts.clipNorm ?? Infinity);
-  disposeTensors(raw);
+  // Without clipping the raw gradients go to the optimiser as they are (no copies).
+  const clipped = opts.clipNorm === undefined ? undefined : clipByGlobalNorm(raw, opts.clipNorm);
+  const grads = clipped?.grads ?? raw;
+  const norm = clipped?.norm ?? globalNorm(raw);
+  if (clipped) disposeTensors(raw);
   const { updates, state: opt } = opts.optimizer.update(grads, state.opt, trained);
   disposeTensors(grads);
   applyUpdates(trained, updates);

@@ -71,18 +71,20 @@ await runMain(async () => {
   });
   bar.done();
 
+  // Read the images off the backend once; the grid, the raw file and the metric share it.
+  const data = Float32Array.from(await images.data());
+  const shape = images.shape;
+  images.dispose();
+  disposeParams(weights);
+  disposeCheckpoint(ck);
   const out = `${resultsDir()}/sample`;
   const png = `${out}/${run}.png`, raw = `${out}/${run}.safetensors`;
-  await saveImageGrid(png, images);
-  await writeRawArray(raw, Float32Array.from(await images.data()), images.shape, {
+  await saveImageGrid(png, { data, shape });
+  await writeRawArray(raw, data, shape, {
     checkpoint: a.checkpoint,
     range: "[-1, 1]",
     layout: "NHWC",
   });
-  const data = await images.data();
-  images.dispose();
-  disposeParams(weights);
-  disposeCheckpoint(ck);
   let mean = 0;
   for (const v of data) mean += v / data.length;
   const path = await finishRun(handle, {
