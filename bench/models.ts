@@ -14,6 +14,7 @@
 // median is kept (a warm-up longer than the budget is kept instead: `repeats` 0). Standalone:
 //   deno run -R -E --allow-ffi --allow-sys --allow-run bench/models.ts [--quick] [--batch 64]
 //     [--repeats 3] [--budget 20] [--no-torch] [--python /usr/bin/python3]
+import { denoise } from "../lib/models/mod.ts";
 import * as tf from "@tensorflow/tfjs";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
@@ -137,8 +138,9 @@ function trainer(model: "unet" | "dit", n: number) {
         return diffusionLoss(sched, f, x0, t, noise, { learnSigma: UNET.learnSigma });
       }
       const y = tf.tensor1d(randint(fold(key, -i), n, 0, DIT.numClasses!), "int32");
+      const spec = { kind: "dit", name: "small", config: DIT } as const;
       const f = (xt: tf.Tensor4D, tt: tf.Tensor1D) =>
-        dit.apply(DIT, params, xt, tt, { y, labelDropRng: fold(key, -2 * i) });
+        denoise(spec, params, xt, tt, { y, key: fold(key, -2 * i) }); // with label dropout
       return diffusionLoss(sched, f, x0, t, noise, { learnSigma: DIT.learnSigma });
     });
   return {

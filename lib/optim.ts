@@ -2,7 +2,7 @@
 // record of named tensors plus a step count, so a checkpoint stores it as is and a resumed run
 // continues with the same moments. `update` returns fresh tensors; the caller owns and disposes.
 import * as tf from "@tensorflow/tfjs";
-import type { Params } from "./params.ts";
+import type { Params, ParamShapes } from "./params.ts";
 import { adamStep, emaBlend } from "./engine/fused/optim.ts";
 
 /** Named tensors: gradients, updates, optimiser moments, EMA weights. */
@@ -17,6 +17,8 @@ export interface OptState {
 export interface Optimizer {
   readonly name: string;
   init(params: Params): OptState;
+  /** The slots `init` makes for parameters of these shapes (checkpoint loading checks them). */
+  slotShapes(shapes: ParamShapes): ParamShapes;
   /** Updates to add to the parameters, and the next state (the old state is not disposed). */
   update(grads: Tensors, state: OptState, params: Params): { updates: Tensors; state: OptState };
 }
@@ -50,6 +52,10 @@ export function adam(opts: AdamOptions = {}): Optimizer {
       }
       return { count: 0, slots };
     },
+    slotShapes: (shapes) =>
+      Object.fromEntries(
+        Object.entries(shapes).flatMap(([k, s]) => [[`m.${k}`, s], [`v.${k}`, s]]),
+      ),
     update: (grads, state, params) =>
       tf.tidy(() => {
         const count = state.count + 1;
@@ -103,6 +109,8 @@ export function sgd(opts: SgdOptions): Optimizer {
       }
       return { count: 0, slots };
     },
+    slotShapes: (shapes) =>
+      momentum > 0 ? Object.fromEntries(Object.entries(shapes).map(([k, s]) => [`b.${k}`, s])) : {},
     update: (grads, state, params) =>
       tf.tidy(() => {
         const a = lrAt(lr, state.count);

@@ -16,12 +16,39 @@ export const RESULTS_DIR_ENV = "DP_RESULTS_DIR";
 export interface RunEnv {
   readonly backend: string;
   readonly engine: string;
+  /** The engine's details: native library paths and thread counts. */
+  readonly engine_details?: Readonly<Record<string, string | number | boolean>>;
   readonly deno: string;
   readonly tfjs: string;
-  /** `git rev-parse HEAD`, `-dirty` appended if tracked files changed; "unknown" without git. */
+  /** `git rev-parse HEAD` ("unknown" without git); files older than `dirty` append `-dirty`. */
   readonly commit: string;
+  /** Whether tracked files differed from the commit. */
+  readonly dirty?: boolean;
+  /** CPU model, from /proc/cpuinfo. */
+  readonly cpu?: string;
   readonly cpus: number;
   readonly os: string;
+}
+
+/**
+ * One stretch of a run between a start and a stop (a resumed run has several): which steps it
+ * took, on what code, engine and machine, and how long its training took.
+ */
+export interface Segment {
+  readonly from_step: number;
+  readonly to_step: number;
+  readonly commit: string;
+  readonly dirty: boolean | null;
+  readonly engine: string;
+  readonly engine_details: Readonly<Record<string, string | number | boolean>>;
+  readonly cpu: string;
+  readonly cpus: number;
+  readonly started: string;
+  readonly finished: string;
+  /** Seconds spent in training steps (and checkpoints); null where it was not recorded. */
+  readonly train_s: number | null;
+  /** Set where the segment was reconstructed after the fact, saying from what. */
+  readonly note?: string;
 }
 
 /** One run's results file. Values of config and metrics are plain JSON. */
@@ -29,6 +56,8 @@ export interface RunResult {
   readonly schema: 1;
   readonly experiment: string;
   readonly run: string;
+  /** The command that reproduces the run, e.g. `deno task pretrain --config tiny --seed 1`. */
+  readonly command?: string;
   readonly config: Readonly<Record<string, unknown>>;
   readonly seed: number;
   readonly env: RunEnv;
@@ -39,6 +68,8 @@ export interface RunResult {
   /** Seconds per phase; `total_s` is the wall time from `startRun` to `finishRun` unless given. */
   readonly timings: Readonly<Record<string, number>>;
   readonly artifacts: readonly string[];
+  /** A resumable run's segments, in order. */
+  readonly segments?: readonly Segment[];
 }
 
 // ---------------------------------------------------------------- validation
@@ -92,6 +123,17 @@ const strings = (x: unknown, path: string): V<string[]> =>
   Array.isArray(x)
     ? collect(x.flatMap((v, i) => errors(str(v, `${path}[${i}]`))), x as string[])
     : check(false, x, path, "an array of strings");
+const optional = <T>(x: unknown, f: (x: unknown) => V<T>): V<T | undefined> =>
+  x === undefined ? E.right(undefined) : f(x);
+
+const segments = (x: unknown): V<Segment[]> =>
+  Array.isArray(x)
+    ? collect(
+      x.flatMap((s, i) => errors(record(s, `segments[${i}]`))),
+      x as Segment[],
+    )
+    : check(false, x, "segments", "an array");
+
 function env(x: unknown): V<RunEnv> {
   if (!isObject(x)) return check(false, x, "env", "an object");
   return sequenceS(applicative)({
@@ -102,7 +144,13 @@ function env(x: unknown): V<RunEnv> {
     commit: str(x.commit, "env.commit"),
     cpus: int(x.cpus, "env.cpus"),
     os: str(x.os, "env.os"),
-  });
+    engine_details: optional(x.engine_details, (v) => record(v, "env.engine_details")),
+    dirty: optional(
+      x.dirty,
+      (v) => check<boolean>(typeof v === "boolean", v, "env.dirty", "a boolean"),
+    ),
+    cpu: optional(x.cpu, (v) => str(v, "env.cpu")),
+  }) as V<RunEnv>;
 }
 
 /** Check a parsed JSON value against the schema, collecting every problem. */
@@ -112,6 +160,7 @@ export function validateResult(x: unknown): E.Either<string[], RunResult> {
     schema: check<1>(x.schema === SCHEMA_VERSION, x.schema, "schema", `${SCHEMA_VERSION}`),
     experiment: name(x.experiment, "experiment"),
     run: name(x.run, "run"),
+    command: optional(x.command, (v) => str(v, "command")),
     config: record(x.config, "config"),
     seed: int(x.seed, "seed"),
     env: env(x.env),
@@ -120,7 +169,8 @@ export function validateResult(x: unknown): E.Either<string[], RunResult> {
     metrics: record(x.metrics, "metrics"),
     timings: seconds(x.timings, "timings"),
     artifacts: strings(x.artifacts, "artifacts"),
-  });
+    segments: optional(x.segments, segments),
+  }) as E.Either<string[], RunResult>;
 }
 
 /**
@@ -142,7 +192,8 @@ export function resultsDir(dir?: string): string {
   return dir || Deno.env.get(RESULTS_DIR_ENV) || "results"; // needs --allow-env (-E)
 }
 
-async function gitCommit(): Promise<string> {
+/** The toolkit's commit and whether tracked files differ from it ("unknown", null without git). */
+export async function gitState(): Promise<{ commit: string; dirty: boolean | null }> {
   const repo = new URL("..", import.meta.url).pathname; // the toolkit's own repository
   const git = async (...args: string[]) => {
     const out = await new Deno.Command("git", { args, cwd: repo, stdout: "piped", stderr: "null" })
@@ -151,44 +202,77 @@ async function gitCommit(): Promise<string> {
     return new TextDecoder().decode(out.stdout).trim();
   };
   try {
-    const head = await git("rev-parse", "HEAD");
-    const dirty = await git("status", "--porcelain", "--untracked-files=no");
-    return dirty ? `${head}-dirty` : head;
+    const commit = await git("rev-parse", "HEAD");
+    const dirty = (await git("status", "--porcelain", "--untracked-files=no")) !== "";
+    return { commit, dirty };
   } catch { // git missing, no permission, or not a repository
+    return { commit: "unknown", dirty: null };
+  }
+}
+
+/** The CPU model ("model name" of /proc/cpuinfo), or "unknown". */
+export function cpuModel(): string {
+  try {
+    const info = Deno.readTextFileSync("/proc/cpuinfo");
+    return info.match(/^model name\s*:\s*(.+)$/m)?.[1].trim() ?? "unknown";
+  } catch {
+    /* not Linux, or no read permission */
     return "unknown";
   }
 }
 
-/** Capture the environment: engine (if `initEngine` ran), Deno, git commit, CPUs, OS. */
-export async function captureEnv(): Promise<RunEnv> {
-  // Imported lazily so that reading results (the report) does not load TensorFlow.js.
-  const { engineInfo } = await import("./engine/mod.ts");
-  let engine = { backend: "none", engine: "none", tfjs: "unknown" };
-  try {
-    engine = engineInfo();
-  } catch { /* engine not initialised: a run without tensors */ }
+/** The engine a run used, as `initEngine` reports it; a run without tensors passes none. */
+export interface EngineRecord {
+  readonly backend: string;
+  readonly engine: string;
+  readonly tfjs: string;
+  readonly details?: Readonly<Record<string, string | number | boolean>>;
+}
+
+/** Capture the environment: engine, Deno, git commit, CPU, OS. */
+export async function captureEnv(engine?: EngineRecord): Promise<RunEnv> {
   let release = "";
   try {
     release = ` ${Deno.osRelease()}`;
   } catch { /* no --allow-sys */ }
+  const git = await gitState();
   return {
-    backend: engine.backend,
-    engine: engine.engine,
+    backend: engine?.backend ?? "none",
+    engine: engine?.engine ?? "none",
+    engine_details: { ...engine?.details },
     deno: Deno.version.deno,
-    tfjs: engine.tfjs,
-    commit: await gitCommit(),
+    tfjs: engine?.tfjs ?? "none",
+    commit: git.commit,
+    ...(git.dirty === null ? {} : { dirty: git.dirty }),
+    cpu: cpuModel(),
     cpus: navigator.hardwareConcurrency,
     os: `${Deno.build.os}-${Deno.build.arch}${release}`,
   };
 }
 
+/** The command line that reruns this process's task: `deno task <task> <its flags>`. */
+export function commandLine(task: string, args: readonly string[] = Deno.args): string {
+  const quote = (
+    a: string,
+  ) => (/^[A-Za-z0-9_./:=+,@%-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`);
+  return ["deno", "task", task, ...args.map(quote)].join(" ");
+}
+
 /** A run in progress, from `startRun`: the leading fields of its results, and a clock. */
 export type RunHandle =
-  & Pick<RunResult, "experiment" | "run" | "config" | "seed" | "env" | "started">
+  & Pick<RunResult, "experiment" | "run" | "command" | "config" | "seed" | "env" | "started">
   & { readonly t0: number };
 
+/** What `startRun` records besides names, config and seed. */
+export interface StartOptions {
+  /** The engine from `initEngine` (none for a run without tensors). */
+  readonly engine?: EngineRecord;
+  /** The task whose command line (this process's flags) reproduces the run. */
+  readonly task?: string;
+}
+
 /**
- * Start a run: check the names and config, and capture the environment. Call after `initEngine`.
+ * Start a run: check the names and config, and capture the environment and command line.
  * @throws if a name is not file-safe or the config is not plain JSON
  */
 export async function startRun(
@@ -196,6 +280,7 @@ export async function startRun(
   run: string,
   config: object,
   seed: number,
+  opts: StartOptions = {},
 ): Promise<RunHandle> {
   const problems = [
     ...errors(name(experiment, "experiment")),
@@ -207,9 +292,10 @@ export async function startRun(
   return {
     experiment,
     run,
+    command: commandLine(opts.task ?? experiment),
     config: structuredClone(config) as Record<string, unknown>,
     seed,
-    env: await captureEnv(),
+    env: await captureEnv(opts.engine),
     started: new Date().toISOString(),
     t0: performance.now(),
   };
@@ -222,6 +308,7 @@ export interface RunOutcome {
   readonly timings?: Readonly<Record<string, number>>;
   /** Files the run wrote, as paths relative to the working directory (or absolute). */
   readonly artifacts?: readonly string[];
+  readonly segments?: readonly Segment[];
 }
 
 /**
@@ -243,6 +330,7 @@ export async function finishRun(
     metrics: outcome.metrics,
     timings: { total_s: Math.round(performance.now() - t0) / 1000, ...outcome.timings },
     artifacts: (outcome.artifacts ?? []).map((a) => relative(dirname(resolve(path)), resolve(a))),
+    ...(outcome.segments ? { segments: outcome.segments } : {}),
   };
   const checked = validateResult(result);
   if (E.isLeft(checked)) {

@@ -56,9 +56,14 @@ function pick(params: Params, names?: readonly string[]): Params {
   return out;
 }
 
+/** A step whose loss or gradients are not finite; thrown before anything was updated. */
+export class NonFiniteError extends Error {}
+
 /**
  * One optimisation step on `loss()` (a scalar built from the params). Variables are updated in
  * place; the old optimiser state and EMA are freed. Returns the loss and the gradient norm.
+ * @throws NonFiniteError when the loss or the gradient norm is not finite, before parameters,
+ * optimiser state or EMA are touched
  */
 export function trainStep(
   state: TrainState,
@@ -71,10 +76,24 @@ export function trainStep(
   const raw: Record<string, tf.Tensor> = {};
   // A parameter the loss does not reach gets no gradient from tfjs: treat it as zero.
   for (const n of names) raw[n] = byVarName[trained[n].name] ?? tf.zerosLike(trained[n]);
+  const lossValue = value.dataSync()[0];
+  value.dispose();
+  const clipped = Number.isFinite(lossValue) && opts.clipNorm !== undefined
+    ? clipByGlobalNorm(raw, opts.clipNorm)
+    : undefined;
+  const norm = clipped?.norm ?? (Number.isFinite(lossValue) ? globalNorm(raw) : NaN);
+  if (!Number.isFinite(lossValue) || !Number.isFinite(norm)) {
+    disposeTensors(raw);
+    if (clipped) disposeTensors(clipped.grads);
+    const what = Number.isFinite(lossValue) ? `gradient norm is ${norm}` : `loss is ${lossValue}`;
+    throw new NonFiniteError(
+      `The ${what} at step ${
+        state.step + 1
+      }; stopped before updating (the last checkpoint is kept)`,
+    );
+  }
   // Without clipping the raw gradients go to the optimiser as they are (no copies).
-  const clipped = opts.clipNorm === undefined ? undefined : clipByGlobalNorm(raw, opts.clipNorm);
   const grads = clipped?.grads ?? raw;
-  const norm = clipped?.norm ?? globalNorm(raw);
   if (clipped) disposeTensors(raw);
   const { updates, state: opt } = opts.optimizer.update(grads, state.opt, trained);
   disposeTensors(grads);
@@ -83,11 +102,6 @@ export function trainStep(
   const ema = state.ema && opts.emaRate !== undefined
     ? emaUpdate(state.ema, state.params, opts.emaRate)
     : state.ema;
-  const lossValue = value.dataSync()[0];
-  value.dispose();
-  if (!Number.isFinite(lossValue)) {
-    throw new Error(`Loss is ${lossValue} at step ${state.step + 1}`);
-  }
   return {
     state: { params: state.params, opt, ema, step: state.step + 1 },
     loss: lossValue,
@@ -105,7 +119,7 @@ export interface LoopOptions<S extends { readonly step: number }> {
   ) =>
     | { state: S; metrics: Record<string, number> }
     | Promise<{ state: S; metrics: Record<string, number> }>;
-  /** Save a checkpoint; called every `checkpointEvery` steps, at the end, and on Ctrl-C. */
+  /** Save a checkpoint; called every `checkpointEvery` steps, at the end, and on a stop signal. */
   readonly save?: (state: S) => Promise<void>;
   readonly checkpointEvery?: number;
   /** Called after every step with its metrics (e.g. to record a loss curve). */
@@ -113,45 +127,77 @@ export interface LoopOptions<S extends { readonly step: number }> {
   readonly quiet?: boolean;
 }
 
+/** Signals that stop a run cleanly: Ctrl-C, and what timeout, Slurm, docker and systemd send. */
+export const STOP_SIGNALS = ["SIGINT", "SIGTERM"] as const;
+type StopSignal = (typeof STOP_SIGNALS)[number];
+
+// Copies of one signal closer than this count once: under `deno task`, a terminal Ctrl-C reaches
+// the script twice (from the terminal and forwarded by deno task).
+const DUPLICATE_MS = 500;
+
 /**
- * Run steps until `totalSteps`, with a progress line. Ctrl-C (SIGINT) finishes the step in
+ * Run steps until `totalSteps`, with a progress line. SIGINT or SIGTERM finishes the step in
  * flight, saves a checkpoint and returns with `interrupted: true`, so rerunning the same command
- * resumes where it stopped.
+ * resumes where it stopped. A later signal aborts at once, except during a save, which it lets
+ * finish first: a checkpoint is never left half-written.
  */
 export async function runLoop<S extends { readonly step: number }>(
   initial: S,
   o: LoopOptions<S>,
-): Promise<{ state: S; interrupted: boolean }> {
+): Promise<{ state: S; interrupted: boolean; signal?: StopSignal }> {
   let state = initial;
-  let interrupted = false;
-  const onSigint = () => {
-    if (interrupted) Deno.exit(130); // a second Ctrl-C does not wait for the checkpoint
-    interrupted = true;
-    console.error(
-      `\n${o.label}: interrupted, saving a checkpoint at the end of this step (Ctrl-C again to abort)`,
-    );
+  let stop: { signal: StopSignal; at: number } | undefined;
+  let saving = false;
+  let abortAfterSave = false;
+  const exitCode = (s: StopSignal) => (s === "SIGINT" ? 130 : 143);
+  const onSignal = (signal: StopSignal) => {
+    const now = performance.now();
+    if (!stop) {
+      stop = { signal, at: now };
+      console.error(
+        `\n${o.label}: ${signal}: saving a checkpoint at the end of this step (again to abort)`,
+      );
+    } else if (now - stop.at < DUPLICATE_MS) {
+      return; // the same signal, delivered twice
+    } else if (saving) {
+      if (!abortAfterSave) {
+        console.error(`${o.label}: ${signal}: aborting once the save is on disk`);
+      }
+      abortAfterSave = true;
+    } else {
+      console.error(`${o.label}: ${signal}: aborted; the last checkpoint is kept`);
+      Deno.exit(exitCode(stop.signal));
+    }
   };
   const canListen = Deno.build.os !== "windows";
-  if (canListen) Deno.addSignalListener("SIGINT", onSigint);
+  const listeners = STOP_SIGNALS.map((s) => [s, () => onSignal(s)] as const);
+  if (canListen) { for (const [s, f] of listeners) Deno.addSignalListener(s, f); }
   const bar = progress({ label: o.label, total: o.totalSteps, start: state.step, quiet: o.quiet });
   let lastSaved = state.step;
+  const save = async (s: S) => {
+    saving = true;
+    try {
+      await o.save!(s);
+      lastSaved = s.step;
+    } finally {
+      saving = false;
+    }
+    if (abortAfterSave) Deno.exit(exitCode(stop!.signal));
+  };
   try {
-    while (state.step < o.totalSteps && !interrupted) {
+    while (state.step < o.totalSteps && !stop) {
       const r = await o.step(state);
       state = r.state;
       o.onStep?.(state.step, r.metrics);
       bar.tick(state.step, r.metrics);
-      if (o.save && o.checkpointEvery && state.step % o.checkpointEvery === 0) {
-        await o.save(state);
-        lastSaved = state.step;
-      }
+      if (o.save && o.checkpointEvery && state.step % o.checkpointEvery === 0) await save(state);
       // Let timers and signal handlers run between steps.
       await new Promise((resolve) => setTimeout(resolve, 0));
     }
-    if (o.save && state.step !== lastSaved) await o.save(state);
+    if (o.save && state.step !== lastSaved) await save(state);
   } finally {
     bar.done();
-    if (canListen) Deno.removeSignalListener("SIGINT", onSigint);
+    if (canListen) { for (const [s, f] of listeners) Deno.removeSignalListener(s, f); }
   }
-  return { state, interrupted };
+  return { state, interrupted: stop !== undefined, signal: stop?.signal };
 }

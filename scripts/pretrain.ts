@@ -1,17 +1,12 @@
-// deno task pretrain: pre-train the ADM U-Net with the diffusion loss on a dataset, resumable,
-// then draw a DDIM sample grid and write results/pretrain/<run>.json.
+// deno task pretrain: pre-train a diffusion model (the ADM U-Net or the DiT) with the diffusion
+// loss on a dataset, resumable, then draw a DDIM sample grid and write results/pretrain/<run>.json.
 import { COMMON_FLAGS, parseCli, runMain, UsageError } from "../lib/cli.ts";
 import { initEngine } from "../lib/engine/mod.ts";
 import { count, loadDataset } from "../lib/data/dataset.ts";
-import { UNET_CONFIGS, type UNetConfigName } from "../lib/models/unet.ts";
-import {
-  checkpointPath,
-  conditionedModel,
-  disposeState,
-  pretrain,
-  type PretrainConfig,
-  saveSampleGrid,
-} from "../lib/pretrain.ts";
+import { inputShape, type ModelKind, presetNames, presetSpec } from "../lib/models/mod.ts";
+import { checkpointPath, disposeState, pretrain, type PretrainConfig } from "../lib/pretrain.ts";
+import { throughput } from "../lib/pretrain_resume.ts";
+import { saveSampleGrid } from "../lib/sampling.ts";
 import { finishRun, resultsDir, startRun } from "../lib/results.ts";
 import { saveCheckpoint } from "../lib/io/checkpoint.ts";
 import { lineChart, renderFigure } from "../lib/report/figures.ts";
@@ -24,7 +19,14 @@ const FLAGS = {
     default: "mnist",
     help: "mnist (embedded) | fashion-mnist | <image folder>",
   },
-  config: { kind: "string", default: "small", help: "U-Net preset", choices: ["tiny", "small"] },
+  model: { kind: "string", default: "unet", help: "denoiser", choices: ["unet", "dit"] },
+  config: {
+    kind: "string",
+    default: "small",
+    help: `preset of the model: unet ${presetNames("unet").join("|")}; dit ${
+      presetNames("dit").join("|")
+    }`,
+  },
   steps: {
     kind: "int",
     default: 3000,
@@ -42,7 +44,7 @@ const FLAGS = {
   ema: {
     kind: "float",
     default: 0.999,
-    help: "EMA rate of the weights (ADM uses 0.9999 for long runs)",
+    help: "EMA rate of the weights, in [0, 1) (ADM uses 0.9999 for long runs)",
     min: 0,
   },
   "clip-norm": {
@@ -58,11 +60,11 @@ const FLAGS = {
     choices: ["linear", "cosine"],
   },
   "diffusion-steps": { kind: "int", default: 1000, help: "diffusion steps T", min: 2 },
-  "class-cond": { kind: "boolean", help: "condition the U-Net on class labels" },
+  "class-cond": { kind: "boolean", help: "condition the model on class labels" },
   "class-dropout": {
     kind: "float",
     default: 0,
-    help: "with --class-cond: replace labels by a null class with this probability",
+    help: "with --class-cond: replace labels by a null class with this probability, in [0, 1)",
     min: 0,
   },
   out: { kind: "string", help: "checkpoint directory (default: checkpoints/pretrain/<run>)" },
@@ -70,7 +72,12 @@ const FLAGS = {
   "checkpoint-every": { kind: "int", default: 250, help: "steps between checkpoints", min: 1 },
   "log-every": { kind: "int", default: 10, help: "steps per point of the loss curve", min: 1 },
   samples: { kind: "int", default: 64, help: "images in the sample grid (0: none)", min: 0 },
-  "sample-steps": { kind: "int", default: 50, help: "DDIM steps for the sample grid", min: 1 },
+  "sample-steps": {
+    kind: "int",
+    default: 50,
+    help: "DDIM steps for the sample grid (at most --diffusion-steps)",
+    min: 1,
+  },
   "export-weights": {
     kind: "boolean",
     help: "also write the EMA weights to results/pretrain/<run>.weights.safetensors",
@@ -78,39 +85,69 @@ const FLAGS = {
   quiet: { kind: "boolean", help: "no progress line" },
 } as const;
 
-await runMain(async () => {
-  const a = parseCli(
+/** Every flag fault the flag specs cannot express, in one UsageError. */
+function checkFlags(a: ReturnType<typeof parse>): void {
+  const faults: string[] = [];
+  const kind = a.model as ModelKind;
+  if (!presetNames(kind).includes(a.config)) {
+    faults.push(
+      `--config: "${a.config}" is not a ${kind} preset (${presetNames(kind).join(", ")})`,
+    );
+  }
+  if (a.ema >= 1) faults.push(`--ema: ${a.ema} must be below 1`);
+  if (a["class-dropout"] >= 1) {
+    faults.push(`--class-dropout: ${a["class-dropout"]} must be below 1`);
+  }
+  if (a["class-dropout"] > 0 && !a["class-cond"]) faults.push("--class-dropout needs --class-cond");
+  if (a["sample-steps"] > a["diffusion-steps"]) {
+    faults.push(
+      `--sample-steps: ${a["sample-steps"]} is more than --diffusion-steps ${a["diffusion-steps"]}`,
+    );
+  }
+  if (a.run !== undefined && !/^[A-Za-z0-9._-]+$/.test(a.run)) {
+    faults.push(`--run: "${a.run}" must use letters, digits, ".", "_" or "-"`);
+  }
+  if (faults.length > 0) throw new UsageError(faults.join("\n"));
+}
+
+const parse = () =>
+  parseCli(
     "pretrain",
-    "Pre-train a diffusion U-Net (ADM) with the simple/hybrid loss. Rerunning the same command resumes\n" +
-      "from its checkpoint; Ctrl-C saves one. Writes a checkpoint, a sample grid and a results JSON.",
+    "Pre-train a diffusion model (ADM U-Net or DiT) with the simple/hybrid loss. Rerunning the same\n" +
+      "command resumes from its checkpoint; Ctrl-C or SIGTERM saves one. Writes a checkpoint, a\n" +
+      "sample grid and a results JSON.",
     FLAGS,
   );
-  const modelName = a.config as UNetConfigName;
-  if (a["class-dropout"] > 0 && !a["class-cond"]) {
-    throw new UsageError("--class-dropout needs --class-cond");
-  }
-  if (a["class-dropout"] >= 1) {
-    throw new UsageError(`--class-dropout: ${a["class-dropout"]} must be below 1`);
-  }
-  const base = UNET_CONFIGS[modelName];
-  const dataName = a.dataset.includes("/") ? basename(a.dataset.replace(/\/+$/, "")) : a.dataset;
-  const run = a.run ?? `${dataName}-${modelName}${a["class-cond"] ? "-cond" : ""}-seed${a.seed}`;
-  if (!/^[A-Za-z0-9._-]+$/.test(run)) {
-    throw new UsageError(`--run: "${run}" must use letters, digits, ".", "_" or "-"`);
-  }
-  const dir = a.out ?? `checkpoints/pretrain/${run}`;
 
-  const engine = await initEngine({ backend: a.backend });
+await runMain(async () => {
+  const a = parse();
+  checkFlags(a);
+  const kind = a.model as ModelKind;
+  const base = presetSpec(kind, a.config);
+  const [side, , channels] = inputShape(base);
   const ds = await loadDataset(a.dataset, {
     split: "train",
-    size: base.imageSize,
-    channels: base.inChannels as 1 | 3,
+    size: side,
+    channels: channels as 1 | 3,
   });
-  const model = conditionedModel(base, ds.classes.length, a["class-cond"], a["class-dropout"]);
+  if (a["class-cond"] && ds.classes.length < 2) {
+    throw new UsageError(
+      `--class-cond: dataset "${ds.name}" has ${ds.classes.length} class; conditioning needs 2 or more`,
+    );
+  }
+  const model = a["class-cond"]
+    ? presetSpec(kind, a.config, { classes: ds.classes.length, dropRate: a["class-dropout"] })
+    : base;
+  const dataName = a.dataset.includes("/") ? basename(a.dataset.replace(/\/+$/, "")) : a.dataset;
+  const tag = kind === "unet" ? a.config : `dit-${a.config.replace(/\//g, "")}`;
+  const run = a.run ?? `${dataName}-${tag}${a["class-cond"] ? "-cond" : ""}-seed${a.seed}`;
+  if (!/^[A-Za-z0-9._-]+$/.test(run)) {
+    throw new UsageError(`--run: the default name "${run}" is not file-safe; pass --run`);
+  }
+  const dir = a.out ?? `checkpoints/pretrain/${run}`;
   const cfg: PretrainConfig = {
     dataset: a.dataset,
     model,
-    modelName,
     schedule: a.schedule as "linear" | "cosine",
     diffusionSteps: a["diffusion-steps"],
     steps: a.steps,
@@ -119,13 +156,17 @@ await runMain(async () => {
     emaRate: a.ema,
     ...(a["clip-norm"] > 0 ? { clipNorm: a["clip-norm"] } : {}),
     seed: a.seed,
-    ...(a["class-cond"] ? { classDropout: a["class-dropout"] } : {}),
   };
+  const out = `${resultsDir()}/pretrain`;
+  const resultsPath = `${out}/${run}.json`;
+
+  const engine = await initEngine({ backend: a.backend });
   const handle = await startRun(
     "pretrain",
     run,
-    { ...cfg, checkpointDir: dir, samples: a.samples },
+    { ...cfg, checkpointDir: dir, samples: a.samples, sampleSteps: a["sample-steps"] },
     a.seed,
+    { engine, task: "pretrain" },
   );
   console.error(
     `pretrain: ${run}: ${count(ds)} images of ${
@@ -138,6 +179,7 @@ await runMain(async () => {
     checkpointEvery: a["checkpoint-every"],
     logEvery: a["log-every"],
     quiet: a.quiet,
+    engine,
   });
   if (r.interrupted) {
     console.error(
@@ -146,16 +188,41 @@ await runMain(async () => {
       }. Rerun to resume.`,
     );
     disposeState(r.state);
-    Deno.exit(130);
+    Deno.exit(r.interrupted === "SIGINT" ? 130 : 143);
+  }
+  // A finished run rerun: nothing trained, so its results stay as they were.
+  if (r.stepsThisRun === 0) {
+    let written = true;
+    try {
+      await Deno.stat(resultsPath);
+    } catch {
+      written = false;
+    }
+    if (written) {
+      console.error(
+        `pretrain: ${run} is finished (step ${r.state.step}); results in ${resultsPath}`,
+      );
+      disposeState(r.state);
+      return;
+    }
   }
 
-  const out = `${resultsDir()}/pretrain`;
   const artifacts: string[] = [];
-  const timings: Record<string, number> = { train_s: r.secondsThisRun };
+  const timings: Record<string, number> = {};
+  const trainS = r.segments.reduce((s, g) => s + (g.train_s ?? 0), 0);
+  if (trainS > 0) timings.train_s = trainS;
   if (a.samples > 0) {
     const t0 = performance.now();
     const grid = `${out}/${run}-samples.png`;
-    await saveSampleGrid(grid, cfg, r.state, a.samples, a.seed, a["sample-steps"]);
+    await saveSampleGrid(
+      grid,
+      cfg.model,
+      cfg,
+      r.state.ema ?? r.state.params,
+      a.samples,
+      a.seed,
+      a["sample-steps"],
+    );
     timings.sample_s = (performance.now() - t0) / 1000;
     artifacts.push(grid);
   }
@@ -184,15 +251,16 @@ await runMain(async () => {
     metrics: {
       steps: r.state.step,
       resumed_from: r.resumedFrom,
+      segments: r.segments.length,
       epochs: (r.state.step * cfg.batch) / count(ds),
       first_loss: points[0]?.[1] ?? null,
       final_loss: tail.length ? tail.reduce((s, p) => s + p[1], 0) / tail.length : null,
-      images_per_s: r.stepsThisRun > 0 ? (r.stepsThisRun * cfg.batch) / r.secondsThisRun : null,
+      images_per_s: throughput(r.segments, cfg.batch),
       loss_curve: r.curve,
-      engine: engine.engine,
     },
     timings,
     artifacts,
+    segments: r.segments,
   });
   disposeState(r.state);
   console.error(`pretrain: wrote ${path}`);

@@ -5,13 +5,12 @@ import { initEngine } from "../lib/engine/mod.ts";
 import { disposeCheckpoint, loadCheckpoint, loadParamsStrict } from "../lib/io/checkpoint.ts";
 import { saveImageGrid } from "../lib/io/png.ts";
 import { writeRawArray } from "../lib/io/raw_array.ts";
-import * as unet from "../lib/models/unet.ts";
-import type { PretrainConfig } from "../lib/pretrain.ts";
+import { paramShapes, specFromMeta } from "../lib/models/mod.ts";
 import { disposeParams } from "../lib/params.ts";
-import { sampleImages } from "../lib/pretrain.ts";
+import { type DiffusionSpec, sampleImages } from "../lib/sampling.ts";
 import { progress } from "../lib/progress.ts";
 import { finishRun, resultsDir, startRun } from "../lib/results.ts";
-import { basename, dirname } from "node:path";
+import { basename, dirname, resolve } from "node:path";
 
 const FLAGS = {
   ...COMMON_FLAGS,
@@ -36,6 +35,14 @@ const FLAGS = {
   run: { kind: "string", help: "run name (default: <checkpoint dir>-<method><steps>-seed<seed>)" },
 } as const;
 
+/** A file-safe stem for the default run name: the checkpoint's folder, else its file name. */
+function runStem(checkpoint: string): string {
+  const folder = basename(dirname(resolve(checkpoint)));
+  const file = basename(checkpoint).replace(/\.(weights\.)?safetensors$/, "");
+  const stem = file === "checkpoint" && folder ? folder : file;
+  return stem.replace(/[^A-Za-z0-9._-]+/g, "-").replace(/^[.-]+/, "") || "checkpoint";
+}
+
 await runMain(async () => {
   const a = parseCli(
     "sample",
@@ -43,28 +50,44 @@ await runMain(async () => {
     FLAGS,
   );
   if (!a.checkpoint) throw new UsageError("--checkpoint is required");
-  await initEngine({ backend: a.backend });
+  if (a.run !== undefined && !/^[A-Za-z0-9._-]+$/.test(a.run)) {
+    throw new UsageError(`--run: "${a.run}" must use letters, digits, ".", "_" or "-"`);
+  }
+  const engine = await initEngine({ backend: a.backend });
   const ck = await loadCheckpoint(a.checkpoint);
-  const cfg = ck.meta.config as PretrainConfig | undefined;
-  if (!cfg?.model) {
+  let model, diffusion: DiffusionSpec;
+  try {
+    model = specFromMeta(ck.meta.config, `Checkpoint "${a.checkpoint}"`);
+    diffusion = ck.meta.config as DiffusionSpec;
+    if (a.steps > diffusion.diffusionSteps) {
+      throw new UsageError(
+        `--steps: ${a.steps} is more than the checkpoint's ${diffusion.diffusionSteps} diffusion steps`,
+      );
+    }
+  } catch (e) {
     disposeCheckpoint(ck);
-    throw new Error(`Checkpoint "${a.checkpoint}" has no pre-training config in its metadata`);
+    throw e;
   }
   const source = a.weights === "ema" && Object.keys(ck.ema).length > 0 ? ck.ema : ck.params;
-  const weights = loadParamsStrict(unet.paramShapes(cfg.model), source, a.checkpoint);
+  const weights = loadParamsStrict(paramShapes(model), source, `"${a.checkpoint}"`);
 
-  const stem = basename(dirname(a.checkpoint)) || "checkpoint";
-  const run = a.run ?? `${stem}-${a.method}${a.steps}-seed${a.seed}`;
-  const handle = await startRun("sample", run, {
-    checkpoint: a.checkpoint,
-    n: a.n,
-    method: a.method,
-    steps: a.steps,
-    weights: a.weights,
-    model: cfg.modelName,
-  }, a.seed);
+  const run = a.run ?? `${runStem(a.checkpoint)}-${a.method}${a.steps}-seed${a.seed}`;
+  const handle = await startRun(
+    "sample",
+    run,
+    {
+      checkpoint: a.checkpoint,
+      n: a.n,
+      method: a.method,
+      steps: a.steps,
+      weights: a.weights,
+      model: { kind: model.kind, name: model.name },
+    },
+    a.seed,
+    { engine, task: "sample" },
+  );
   const bar = progress({ label: "sample", total: a.steps });
-  const images = sampleImages(cfg, weights, a.n, a.seed, {
+  const images = sampleImages(model, diffusion, weights, a.n, a.seed, {
     method: a.method as "ddim" | "ddpm",
     steps: a.steps,
     onStep: (d) => bar.tick(d),

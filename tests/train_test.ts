@@ -6,6 +6,7 @@ import { disposeParams, type Params, toVariables } from "../lib/params.ts";
 import { fold, normal, rng } from "../lib/random.ts";
 import {
   initTrainState,
+  NonFiniteError,
   runLoop,
   type StepOptions,
   type TrainState,
@@ -115,4 +116,39 @@ Deno.test("runLoop() checkpoints on schedule, and a resumed run ends where an un
   assertClose(resumed.state.params.w, unbroken.state.params.w, { rtol: 1e-6 });
   dispose(resumed.state);
   dispose(unbroken.state);
+});
+
+Deno.test("trainStep() stops on a non-finite loss or gradient before touching weights, moments or EMA", () => {
+  let s = initTrainState(fresh(), opts);
+  s = trainStep(s, lossAt(s.params, 0), opts).state; // moments and EMA away from their init
+  const snapshot = (st: TrainState) =>
+    [st.params, st.ema!, st.opt.slots].flatMap((g) =>
+      Object.keys(g).sort().map((k) => Array.from(g[k].dataSync()))
+    );
+  const before = snapshot(s);
+  const tensors = tf.memory().numTensors;
+  const poisoned: [string, () => tf.Scalar, RegExp][] = [
+    ["NaN loss", () => tf.mul(lossAt(s.params, 1)(), NaN) as tf.Scalar, /loss is NaN at step 2/],
+    // A finite loss (0) whose gradient is not: d√u/du = ∞ at u = 0, times 0 gives NaN.
+    [
+      "NaN gradient",
+      () => tf.sum(tf.sqrt(tf.mul(tf.square(s.params.w), 0))) as tf.Scalar,
+      /gradient norm is NaN at step 2/,
+    ],
+  ];
+  for (const [name, loss, message] of poisoned) {
+    for (const o of [opts, { ...opts, clipNorm: undefined }]) {
+      let thrown: unknown;
+      try {
+        trainStep(s, loss, o);
+      } catch (e) {
+        thrown = e;
+      }
+      assert(thrown instanceof NonFiniteError, `${name}: ${thrown}`);
+      assert(message.test((thrown as Error).message), `${name}: ${(thrown as Error).message}`);
+      assertEquals(snapshot(s), before, `${name}: state changed`);
+      assertEquals(tf.memory().numTensors, tensors, `${name}: leaked`);
+    }
+  }
+  dispose(s);
 });

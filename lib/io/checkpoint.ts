@@ -2,10 +2,13 @@
 //   <name>        parameters, named as given (the reference state_dict keys)
 //   ema.<name>    EMA parameters
 //   opt.<key>     optimiser state, a flat record as the optimiser exposes it (e.g. opt.m.<name>)
-// `__metadata__` holds {format, step, meta: JSON} (meta: rng state, config, whatever the caller
-// passes). Parameters keep their plain names so the file also loads as a bare weights file.
+// `__metadata__` holds {format, step, meta: JSON, checksums: JSON} (meta: config, loss curve,
+// whatever the caller passes; checksums: the CRC-32 of every tensor's bytes, checked on load).
+// Parameters keep their plain names so the file also loads as a bare weights file.
 import * as tf from "@tensorflow/tfjs";
-import { readSafetensors, type TensorIn, writeSafetensors } from "./safetensors.ts";
+import { type Dtype, readSafetensors, type TensorIn, writeSafetensors } from "./safetensors.ts";
+import { crc32Hex } from "./crc32.ts";
+import { shortList } from "../messages.ts";
 import { type Params, type ParamShapes, toVariables } from "../params.ts";
 
 export const EMA_PREFIX = "ema.";
@@ -33,6 +36,8 @@ export interface LoadedCheckpoint {
   /** Undefined for a bare weights file (one not written by `saveCheckpoint`). */
   readonly step: number | undefined;
   readonly meta: Record<string, unknown>;
+  /** The stored dtype of every tensor, by full key (`ema.x`, `opt.m.x`). */
+  readonly dtypes: Record<string, Dtype>;
 }
 
 async function toTensorIn(name: string, t: tf.Tensor): Promise<TensorIn> {
@@ -70,15 +75,19 @@ export async function saveCheckpoint(path: string, state: CheckpointState): Prom
     state.optState ?? {},
   ]];
   const tensors: Record<string, TensorIn> = {};
+  const checksums: Record<string, string> = {};
   for (const [prefix, group] of groups) {
     for (const [name, t] of Object.entries(group)) {
-      tensors[prefix + name] = await toTensorIn(prefix + name, t);
+      const data = await toTensorIn(prefix + name, t);
+      tensors[prefix + name] = data;
+      checksums[prefix + name] = crc32Hex(data.data);
     }
   }
   const metadata = {
     format: FORMAT,
     step: String(state.step),
     meta: JSON.stringify(state.meta ?? {}),
+    checksums: JSON.stringify(checksums),
   };
   await writeSafetensors(path, tensors, metadata);
 }
@@ -105,7 +114,13 @@ export async function loadCheckpoint(path: string): Promise<LoadedCheckpoint> {
       throw new Error(`Checkpoint "${path}" has a bad step "${metadata.step}"`);
     }
   }
-  const out: LoadedCheckpoint = { params: {}, ema: {}, optState: {}, step, meta };
+  if (metadata.checksums !== undefined) {
+    const bad = checksumFaults(tensors, metadata.checksums);
+    if (bad.length > 0) {
+      throw new Error(`Checkpoint "${path}" is damaged: ${shortList(bad, 5)}`);
+    }
+  }
+  const out: LoadedCheckpoint = { params: {}, ema: {}, optState: {}, step, meta, dtypes: {} };
   for (const [key, t] of Object.entries(tensors)) {
     const [group, name] = key.startsWith(EMA_PREFIX)
       ? [out.ema, key.slice(EMA_PREFIX.length)]
@@ -113,8 +128,67 @@ export async function loadCheckpoint(path: string): Promise<LoadedCheckpoint> {
       ? [out.optState, key.slice(OPT_PREFIX.length)]
       : [out.params, key];
     group[name] = tf.tensor(t.data, t.shape, t.data instanceof Float32Array ? "float32" : "int32");
+    out.dtypes[key] = t.dtype;
   }
   return out;
+}
+
+// Tensors whose bytes do not match the CRC-32 saved with them (or that have none, or vanished).
+function checksumFaults(
+  tensors: Readonly<Record<string, { readonly data: Float32Array | Int32Array }>>,
+  json: string,
+): string[] {
+  let sums: Record<string, string>;
+  try {
+    sums = JSON.parse(json);
+  } catch {
+    return ["unreadable checksums"];
+  }
+  const faults = Object.keys(tensors)
+    .filter((k) => !(k in sums) || sums[k] !== crc32Hex(tensors[k].data))
+    .map((k) => (k in sums ? `${k} fails its checksum` : `${k} has no checksum`));
+  for (const k of Object.keys(sums)) if (!(k in tensors)) faults.push(`${k} is missing`);
+  return faults;
+}
+
+// "a, b, c, … and 12 more": one helper for every long list in a message (lib/messages.ts).
+export { shortList } from "../messages.ts";
+
+/** What a training checkpoint must hold, group by group (all float32). */
+export interface ExpectedGroups {
+  readonly params: ParamShapes;
+  /** Undefined: the run keeps no EMA, so the file must hold none. */
+  readonly ema?: ParamShapes;
+  readonly opt: ParamShapes;
+}
+
+/**
+ * Every fault of a loaded training checkpoint against what the model and optimiser expect:
+ * missing, unexpected and misshapen keys in each group, stored dtypes other than F32, and
+ * non-finite values. Empty when it is sound.
+ */
+export function checkpointFaults(ck: LoadedCheckpoint, want: ExpectedGroups): string[] {
+  const groups: [string, Readonly<Record<string, tf.Tensor>>, ParamShapes][] = [
+    ["", ck.params, want.params],
+    [EMA_PREFIX, ck.ema, want.ema ?? {}],
+    [OPT_PREFIX, ck.optState, want.opt],
+  ];
+  const faults: string[] = [];
+  for (const [prefix, got, shapes] of groups) {
+    for (const k of Object.keys(shapes)) if (!(k in got)) faults.push(`${prefix}${k} is missing`);
+    for (const [k, t] of Object.entries(got)) {
+      const key = prefix + k;
+      if (!(k in shapes)) faults.push(`${key} is unexpected`);
+      else if (fmtShape(t.shape) !== fmtShape(shapes[k])) {
+        faults.push(`${key} is ${fmtShape(t.shape)}, expected ${fmtShape(shapes[k])}`);
+      } else if (ck.dtypes[key] !== undefined && ck.dtypes[key] !== "F32") {
+        faults.push(`${key} is ${ck.dtypes[key]}, expected F32`);
+      } else if (!tf.tidy(() => tf.all(tf.isFinite(t)).dataSync()[0])) {
+        faults.push(`${key} holds non-finite values`);
+      }
+    }
+  }
+  return faults;
 }
 
 /** Dispose every tensor of a loaded checkpoint. */
@@ -142,9 +216,9 @@ export function loadParamsStrict(
     .filter((k) => k in tensors && fmtShape(tensors[k].shape) !== fmtShape(expected[k]))
     .map((k) => `${k} expected ${fmtShape(expected[k])} got ${fmtShape(tensors[k].shape)}`);
   const parts = [
-    missing.length > 0 ? `${missing.length} missing (${missing.join(", ")})` : "",
-    extra.length > 0 ? `${extra.length} unexpected (${extra.join(", ")})` : "",
-    misshapen.length > 0 ? `${misshapen.length} misshapen (${misshapen.join("; ")})` : "",
+    missing.length > 0 ? `${missing.length} missing (${shortList(missing, 5)})` : "",
+    extra.length > 0 ? `${extra.length} unexpected (${shortList(extra, 5)})` : "",
+    misshapen.length > 0 ? `${misshapen.length} misshapen (${shortList(misshapen, 3)})` : "",
   ].filter((p) => p !== "");
   if (parts.length > 0) {
     throw new Error(`Parameters in ${source} do not match the model: ${parts.join("; ")}`);

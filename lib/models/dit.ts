@@ -12,10 +12,19 @@
 // and final_layer.adaLN_modulation.1 linears (SiLU before). Symbols: N batch, S side, C input
 // channels, p patch, G = S/p grid side, T = G² tokens, D hidden width, H heads.
 import * as tf from "@tensorflow/tfjs";
-import { type Rng, uniform } from "../random.ts";
+import type { Rng } from "../random.ts";
+import type { BlockInfo, Denoiser } from "./denoiser.ts";
 import { countParams, type Params, type ParamShapes, toVariables } from "../params.ts";
-import { initParam, linear, type ParamSpec, silu, timestepEmbedding } from "./nn.ts";
-import { fusedGeluTanh } from "../engine/fused/gelu.ts";
+import {
+  geluTanh,
+  initParam,
+  layerNormModulate,
+  linear,
+  type ParamSpec,
+  qkvAttention,
+  silu,
+  timestepEmbedding,
+} from "./nn.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Config and presets
@@ -244,151 +253,17 @@ export function posEmbed(c: DiTConfig): tf.Tensor3D {
 
 /** Options of `apply` and `features`. */
 export interface ApplyOptions {
-  /** Class labels, int32 [N] in 0..numClasses (numClasses = null label); required exactly when class-conditional. */
-  readonly y?: tf.Tensor1D;
   /**
-   * Training: each label is replaced by the null label with probability classDropoutProb, the
-   * mask drawn from this key (`token_drop`). No key: labels are used as given (eval).
+   * Class labels, int32 [N] in 0..numClasses (numClasses = null label); required exactly when
+   * class-conditional. Label dropout in training is the caller's (lib/models/mod.ts `denoise`).
    */
-  readonly labelDropRng?: Rng;
+  readonly y?: tf.Tensor1D;
 }
 
 function param(p: Params, key: string): tf.Variable {
   const v = p[key];
   if (!v) throw new Error(`dit.ts: parameter "${key}" is missing`);
   return v;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Block pieces with hand-written gradients: each keeps only its inputs for the backward pass
-// (the composed ops would keep several activation-sized tensors each, and the wasm backend
-// copies every kept tensor), and recomputes the rest there.
-// ---------------------------------------------------------------------------------------------
-
-const LN_EPS = 1e-6;
-
-// x̂ = (x − μ)/√(σ² + ε) over the last axis, and 1/√(σ² + ε) [N, T, 1].
-function normalise(x: tf.Tensor): { xhat: tf.Tensor; r: tf.Tensor } {
-  const { mean, variance } = tf.moments(x, -1, true);
-  const r = tf.rsqrt(tf.add(variance, LN_EPS));
-  return { xhat: tf.mul(tf.sub(x, mean), r), r };
-}
-
-const expand = (t: tf.Tensor) => tf.expandDims(t, 1); // [N, D] → [N, 1, D]
-
-const lnModulateOp = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
-  const [x, shift, scale] = args as tf.Tensor[];
-  (args[3] as tf.GradSaveFunc)([x, scale]);
-  const value = tf.tidy(() =>
-    tf.add(tf.mul(normalise(x).xhat, tf.add(expand(scale), 1)), expand(shift))
-  );
-  return {
-    value,
-    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
-      tf.tidy(() => {
-        const [xs, sc] = saved;
-        const { xhat, r } = normalise(xs);
-        const g = tf.mul(dy, tf.add(expand(sc), 1)); // dL/dx̂
-        // dx = r·(g − mean(g) − x̂·mean(g·x̂)), the LayerNorm backward without affine terms.
-        const dx = tf.mul(
-          r,
-          tf.sub(tf.sub(g, tf.mean(g, -1, true)), tf.mul(xhat, tf.mean(tf.mul(g, xhat), -1, true))),
-        );
-        return [dx, tf.sum(dy, 1), tf.sum(tf.mul(dy, xhat), 1)];
-      }),
-  };
-});
-
-/**
- * modulate(LN(x), shift, scale) = LN(x)·(1 + scale) + shift: LayerNorm without affine (eps 1e-6)
- * then DiT's `modulate`, x [N, T, D], shift/scale [N, D] broadcast over tokens.
- */
-export function lnModulate(x: tf.Tensor3D, shift: tf.Tensor, scale: tf.Tensor): tf.Tensor3D {
-  return lnModulateOp(x, shift, scale) as tf.Tensor3D;
-}
-
-// softmax(q·kᵀ·s)·v over [B, T, ch]; the probabilities are recomputed in the backward pass
-// rather than kept (they are the largest activation, B·T² per block).
-function attendWith(scale: number) {
-  const probs = (q: tf.Tensor, k: tf.Tensor) =>
-    tf.softmax(tf.mul(tf.matMul(q, k, false, true), scale));
-  return tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
-    const [q, k, v] = args as tf.Tensor[];
-    (args[3] as tf.GradSaveFunc)([q, k, v]);
-    return {
-      value: tf.tidy(() => tf.matMul(probs(q, k), v)),
-      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
-        tf.tidy(() => {
-          const [qs, ks, vs] = saved;
-          const pr = probs(qs, ks); // [B, T, T]
-          const dp = tf.matMul(dy, vs, false, true);
-          const ds = tf.mul(tf.mul(pr, tf.sub(dp, tf.sum(tf.mul(dp, pr), -1, true))), scale); // softmax backward
-          return [
-            tf.matMul(ds, ks),
-            tf.matMul(ds, qs, true, false),
-            tf.matMul(pr, dy, true, false),
-          ];
-        }),
-    };
-  });
-}
-
-const attendCache = new Map<number, ReturnType<typeof attendWith>>();
-
-/**
- * timm's Attention core on a fused projection: qkv [N, T, 3D] split as [q | k | v], each into H
- * heads of ch = D/H, softmax(q·kᵀ/√ch)·v, heads concatenated → [N, T, D].
- */
-export function attention(qkv: tf.Tensor3D, heads: number): tf.Tensor3D {
-  const [n, len, width] = qkv.shape;
-  const ch = width / (3 * heads);
-  if (!Number.isInteger(ch)) {
-    throw new Error(`dit.ts: qkv width ${width} is not divisible by 3·${heads}`);
-  }
-  let attend = attendCache.get(ch);
-  if (!attend) attendCache.set(ch, attend = attendWith(1 / Math.sqrt(ch)));
-  const run = attend;
-  return tf.tidy(() => {
-    // Rank-4 transposes only (the wasm backend's general-rank transpose is slow).
-    const parts = tf.transpose(tf.reshape(qkv, [n, len, 3 * heads, ch]), [0, 2, 1, 3]); // [N, 3H, T, ch]
-    const [q, k, v] = tf.split(parts, 3, 1).map((t) => tf.reshape(t, [n * heads, len, ch]));
-    const a = tf.reshape(run(q, k, v), [n, heads, len, ch]);
-    return tf.reshape(tf.transpose(a, [0, 2, 1, 3]), [n, len, width / 3]);
-  });
-}
-
-const GELU_C = Math.sqrt(2 / Math.PI), GELU_A = 0.044715;
-
-// ½(1 + tanh u) = σ(2u): the sigmoid form, since the wasm Tanh kernel is ~5x slower than
-// Sigmoid. Returns σ(z) and dz/dx for z = 2√(2/π)·(x + a·x³).
-function geluParts(x: tf.Tensor): { s: tf.Tensor; dz: tf.Tensor } {
-  const x2 = tf.square(x);
-  const s = tf.sigmoid(tf.mul(2 * GELU_C, tf.mul(x, tf.add(1, tf.mul(GELU_A, x2)))));
-  return { s, dz: tf.mul(2 * GELU_C, tf.add(1, tf.mul(3 * GELU_A, x2))) };
-}
-
-// One tape entry that saves only x: the composed form would keep ~6 MLP-sized tensors per block
-// for the backward pass, the largest share of a DiT step's memory.
-const geluTanhOp = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
-  const x = args[0] as tf.Tensor;
-  (args[1] as tf.GradSaveFunc)([x]);
-  const value = tf.tidy(() => tf.mul(x, geluParts(x).s));
-  return {
-    value,
-    // d/dx x·σ(z) = σ(z) + x·σ(z)(1 − σ(z))·z'
-    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
-      tf.tidy(() => {
-        const [xs] = saved;
-        const { s, dz } = geluParts(xs);
-        return tf.mul(dy, tf.add(s, tf.mul(tf.mul(xs, tf.mul(s, tf.sub(1, s))), dz)));
-      }),
-  };
-});
-
-/** GELU, tanh approximation (nn.GELU(approximate="tanh")), with an analytic gradient. */
-export function geluTanh<T extends tf.Tensor>(x: T): T {
-  // One oneDNN kernel each way on wasm with BLAS on; the composed op elsewhere.
-  return fusedGeluTanh(x) ?? geluTanhOp(x) as T;
 }
 
 /** One adaLN-Zero block: x [N, T, D], silu(c) [N, D] → [N, T, D]. */
@@ -411,12 +286,16 @@ function blockBody(
   const [shiftMsa, scaleMsa, gateMsa, shiftMlp, scaleMlp, gateMlp] = tf.split(mod, 6, 1);
   const gate = (g: tf.Tensor) => tf.reshape(g, [n, 1, d]);
 
-  let h = lnModulate(x, shiftMsa, scaleMsa);
+  let h = layerNormModulate(x, shiftMsa, scaleMsa);
   const qkv = linear(h, w("attn.qkv.weight"), w("attn.qkv.bias")) as tf.Tensor3D; // [N, T, 3D]
-  h = linear(attention(qkv, c.numHeads), w("attn.proj.weight"), w("attn.proj.bias")) as tf.Tensor3D;
+  h = linear(
+    qkvAttention(qkv, c.numHeads, "new"),
+    w("attn.proj.weight"),
+    w("attn.proj.bias"),
+  ) as tf.Tensor3D;
   x = tf.add(x, tf.mul(gate(gateMsa), h)); // [N, T, D]
 
-  h = lnModulate(x, shiftMlp, scaleMlp);
+  h = layerNormModulate(x, shiftMlp, scaleMlp);
   h = geluTanh(linear(h, w("mlp.fc1.weight"), w("mlp.fc1.bias"))) as tf.Tensor3D; // [N, T, mlp]
   h = linear(h, w("mlp.fc2.weight"), w("mlp.fc2.bias")) as tf.Tensor3D;
   return tf.reshape(tf.add(x, tf.mul(gate(gateMlp), h)), [n, len, d]);
@@ -472,11 +351,7 @@ function embed(c: DiTConfig, p: Params, x: tf.Tensor4D, t: tf.Tensor1D, o: Apply
     "t_embedder.mlp.2",
   ); // [N, D]
   if (o.y && c.numClasses !== undefined) {
-    let y = tf.cast(o.y, "int32") as tf.Tensor1D;
-    if (o.labelDropRng && c.classDropoutProb > 0) {
-      const drop = tf.less(uniform(o.labelDropRng, [y.shape[0]]), c.classDropoutProb);
-      y = tf.where(drop, tf.fill([y.shape[0]], c.numClasses, "int32"), y);
-    }
+    const y = tf.cast(o.y, "int32") as tf.Tensor1D;
     cond = tf.add(cond, tf.gather(param(p, "y_embedder.embedding_table.weight"), y)); // [N, D]
   }
   return { h, sc: silu(cond) as tf.Tensor2D };
@@ -503,7 +378,7 @@ export function apply(
       param(p, "final_layer.adaLN_modulation.1.bias"),
     );
     const [shift, scale] = tf.split(mod, 2, 1); // shift first here, unlike ADM's scale-shift
-    const hn = lnModulate(h, shift, scale);
+    const hn = layerNormModulate(h, shift, scale);
     const out = linear(
       hn,
       param(p, "final_layer.linear.weight"),
@@ -545,3 +420,58 @@ export function features(
   });
   return new Map(sorted.map((b, i) => [b, outs[i]]));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The denoiser interface (lib/models/denoiser.ts)
+// ---------------------------------------------------------------------------------------------
+
+/** Blocks b = 1..depth: the transformer blocks, each [N, G, G, D] as a grid of tokens. */
+export function blockTable(c: DiTConfig): BlockInfo[] {
+  const g = c.inputSize / c.patchSize;
+  return Array.from({ length: c.depth }, (_, i) => ({
+    b: i + 1,
+    module: `blocks.${i}`,
+    layers: "adaLN+attn+mlp",
+    resolution: g,
+    channels: c.hiddenSize,
+  }));
+}
+
+/** The label table keeps PyTorch's [rows, D] layout (a square one must not be transposed). */
+export const TORCH_SAME_LAYOUT: readonly string[] = ["y_embedder.embedding_table.weight"];
+
+/** DiT as a `Denoiser`; features are block outputs with the tokens laid out on their G×G grid. */
+export const denoiser: Denoiser<DiTConfig> = {
+  kind: "dit",
+  presets: DIT_CONFIGS,
+  paramShapes,
+  init,
+  inputShape: (c) => [c.inputSize, c.inputSize, c.inChannels],
+  learnSigma: (c) => c.learnSigma,
+  conditioning: (c) =>
+    c.numClasses === undefined
+      ? undefined
+      : { classes: c.numClasses, dropRate: c.classDropoutProb },
+  conditioned: (c, classes, dropRate) => ({
+    ...c,
+    numClasses: classes,
+    classDropoutProb: dropRate,
+  }),
+  net: (c, p, xt, t, o = {}) => apply(c, p, xt, t, { y: o.y }),
+  features: (c, p, xt, t, blocks, o = {}) => {
+    const g = c.inputSize / c.patchSize;
+    const tokens = features(c, p, xt, t, blocks, o);
+    return new Map(
+      [...tokens].map(([b, h]) => {
+        const grid = tf.reshape(h, [h.shape[0], g, g, c.hiddenSize]) as tf.Tensor4D;
+        h.dispose();
+        return [b, grid];
+      }),
+    );
+  },
+  blockTable,
+  referenceLayout: {
+    sameLayout: TORCH_SAME_LAYOUT,
+    fixed: (c) => ({ pos_embed: posEmbedValues(c) }),
+  },
+};

@@ -112,6 +112,116 @@ export function layerNorm(
   });
 }
 
+// x̂ = (x − μ)/√(σ² + ε) over the last axis, and r = 1/√(σ² + ε) [..., 1].
+function normalise(x: tf.Tensor, eps: number): { xhat: tf.Tensor; r: tf.Tensor } {
+  const { mean, variance } = tf.moments(x, -1, true);
+  const r = tf.rsqrt(tf.add(variance, eps));
+  return { xhat: tf.mul(tf.sub(x, mean), r), r };
+}
+
+const expand = (t: tf.Tensor) => tf.expandDims(t, 1); // [N, D] → [N, 1, D]
+
+// One tape entry keeping only x and scale: the composed ops would keep several [N, T, D] tensors.
+function lnModulateWith(eps: number) {
+  return tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [x, shift, scale] = args as tf.Tensor[];
+    (args[3] as tf.GradSaveFunc)([x, scale]);
+    const value = tf.tidy(() =>
+      tf.add(tf.mul(normalise(x, eps).xhat, tf.add(expand(scale), 1)), expand(shift))
+    );
+    return {
+      value,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
+        tf.tidy(() => {
+          const [xs, sc] = saved;
+          const { xhat, r } = normalise(xs, eps);
+          const g = tf.mul(dy, tf.add(expand(sc), 1)); // dL/dx̂
+          // dx = r·(g − mean(g) − x̂·mean(g·x̂)): the LayerNorm backward without affine terms.
+          const dx = tf.mul(
+            r,
+            tf.sub(
+              tf.sub(g, tf.mean(g, -1, true)),
+              tf.mul(xhat, tf.mean(tf.mul(g, xhat), -1, true)),
+            ),
+          );
+          return [dx, tf.sum(dy, 1), tf.sum(tf.mul(dy, xhat), 1)];
+        }),
+    };
+  });
+}
+
+const lnModulateCache = new Map<number, ReturnType<typeof lnModulateWith>>();
+
+/**
+ * modulate(LN(x), shift, scale) = LN(x)·(1 + scale) + shift (DiT's adaLN): LayerNorm without
+ * affine terms over the last axis, x [N, T, D], shift/scale [N, D] broadcast over tokens.
+ * @param eps 1e-6 in DiT
+ */
+export function layerNormModulate(
+  x: tf.Tensor3D,
+  shift: tf.Tensor,
+  scale: tf.Tensor,
+  eps = 1e-6,
+): tf.Tensor3D {
+  let op = lnModulateCache.get(eps);
+  if (!op) lnModulateCache.set(eps, op = lnModulateWith(eps));
+  return op(x, shift, scale) as tf.Tensor3D;
+}
+
+const GELU_C = Math.sqrt(2 / Math.PI), GELU_A = 0.044715;
+
+// ½(1 + tanh u) = σ(2u): the sigmoid form, since the wasm Tanh kernel is ~5× slower than
+// Sigmoid. Returns σ(z) and dz/dx for z = 2√(2/π)·(x + a·x³).
+function geluParts(x: tf.Tensor): { s: tf.Tensor; dz: tf.Tensor } {
+  const x2 = tf.square(x);
+  const s = tf.sigmoid(tf.mul(2 * GELU_C, tf.mul(x, tf.add(1, tf.mul(GELU_A, x2)))));
+  return { s, dz: tf.mul(2 * GELU_C, tf.add(1, tf.mul(3 * GELU_A, x2))) };
+}
+
+// One tape entry that saves only x: the composed form would keep ~6 MLP-sized tensors.
+const geluTanhOp = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+  const x = args[0] as tf.Tensor;
+  (args[1] as tf.GradSaveFunc)([x]);
+  return {
+    value: tf.tidy(() => tf.mul(x, geluParts(x).s)),
+    // d/dx x·σ(z) = σ(z) + x·σ(z)(1 − σ(z))·z'
+    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
+      tf.tidy(() => {
+        const [xs] = saved;
+        const { s, dz } = geluParts(xs);
+        return tf.mul(dy, tf.add(s, tf.mul(tf.mul(xs, tf.mul(s, tf.sub(1, s))), dz)));
+      }),
+  };
+});
+
+/** GELU, tanh approximation (nn.GELU(approximate="tanh"), DiT's MLP), analytic gradient. */
+export function geluTanh<T extends tf.Tensor>(x: T): T {
+  // One oneDNN kernel each way on wasm with BLAS on; the composed op elsewhere.
+  return fused.fusedGeluTanh(x) ?? geluTanhOp(x) as T;
+}
+
+// Φ(x) = ½(1 + erf(x/√2)) and φ(x) = e^(−x²/2)/√(2π).
+const geluExactOp = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+  const x = args[0] as tf.Tensor;
+  (args[1] as tf.GradSaveFunc)([x]);
+  const cdf = (v: tf.Tensor) => tf.mul(0.5, tf.add(1, tf.erf(tf.mul(v, Math.SQRT1_2))));
+  return {
+    value: tf.tidy(() => tf.mul(x, cdf(x))),
+    // d/dx x·Φ(x) = Φ(x) + x·φ(x)
+    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
+      tf.tidy(() => {
+        const [xs] = saved;
+        const pdf = tf.mul(tf.exp(tf.mul(tf.square(xs), -0.5)), 1 / Math.sqrt(2 * Math.PI));
+        return tf.mul(dy, tf.add(cdf(xs), tf.mul(xs, pdf)));
+      }),
+  };
+});
+
+/** GELU, exact (nn.GELU(), the ViT MLP's): x·Φ(x), analytic gradient. */
+export function geluExact<T extends tf.Tensor>(x: T): T {
+  return geluExactOp(x) as T;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Embeddings, attention, resampling
 // ---------------------------------------------------------------------------------------------
@@ -137,37 +247,59 @@ export function timestepEmbedding(t: tf.Tensor1D, dim: number, maxPeriod = 10000
 /** Channel order of a fused qkv projection (facts.md §1). */
 export type QkvOrder = "legacy" | "new";
 
+// softmax(q·kᵀ·s)·v over [B, T, ch] with a hand-written gradient that keeps only q, k, v for the
+// backward pass and recomputes the probabilities there: they are the largest activation (B·T²
+// per block), and the wasm backend copies every tensor the tape keeps.
+function attendWith(scale: number) {
+  const probs = (q: tf.Tensor, k: tf.Tensor) =>
+    tf.softmax(tf.mul(tf.matMul(q, k, false, true), scale));
+  return tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [q, k, v] = args as tf.Tensor[];
+    (args[3] as tf.GradSaveFunc)([q, k, v]);
+    return {
+      value: tf.tidy(() => tf.matMul(probs(q, k), v)),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
+        tf.tidy(() => {
+          const [qs, ks, vs] = saved;
+          const pr = probs(qs, ks); // [B, T, T]
+          const dp = tf.matMul(dy, vs, false, true);
+          const ds = tf.mul(tf.mul(pr, tf.sub(dp, tf.sum(tf.mul(dp, pr), -1, true))), scale); // softmax backward
+          return [
+            tf.matMul(ds, ks),
+            tf.matMul(ds, qs, true, false),
+            tf.matMul(pr, dy, true, false),
+          ];
+        }),
+    };
+  });
+}
+
+const attendCache = new Map<number, ReturnType<typeof attendWith>>();
+
 /**
- * Multi-head self-attention from a fused projection: qkv [N, T, 3C] → [N, T, C].
- * "legacy" (QKVAttentionLegacy): channels grouped per head as [q, k, v] (heads outermost);
- * "new" (QKVAttention, also timm/DiT): [q | k | v], each split into heads. q and k are each
- * scaled by ch^(−1/4), ch = C / heads; output channels are head-major.
+ * Multi-head self-attention from a fused projection: qkv [N, T, 3C] → [N, T, C], heads H,
+ * ch = C / H, softmax(q·kᵀ/√ch)·v per head, output channels head-major.
+ * "legacy" (ADM's QKVAttentionLegacy): channels grouped per head as [q, k, v] (heads outermost);
+ * "new" (QKVAttention, and timm's Attention in DiT/ViT): [q | k | v], each split into heads.
+ * ADM scales q and k by ch^(−1/4) each, for fp16; in float32 that is the same as one 1/√ch.
  */
 export function qkvAttention(qkv: tf.Tensor3D, heads: number, order: QkvOrder): tf.Tensor3D {
+  const [n, len, width] = qkv.shape;
+  if (width % (3 * heads) !== 0) {
+    throw new Error(`nn.ts: qkv width ${width} is not divisible by 3·${heads}`);
+  }
+  const ch = width / (3 * heads);
+  let attend = attendCache.get(ch);
+  if (!attend) attendCache.set(ch, attend = attendWith(1 / Math.sqrt(ch)));
+  const run = attend;
   return tf.tidy(() => {
-    const [n, len, width] = qkv.shape;
-    if (width % (3 * heads) !== 0) {
-      throw new Error(`nn.ts: qkv width ${width} is not divisible by 3·${heads}`);
-    }
-    const ch = width / (3 * heads);
     // Rank-4 transposes only (the wasm backend's general-rank transpose is slow).
-    let q: tf.Tensor, k: tf.Tensor, v: tf.Tensor;
-    if (order === "legacy") {
-      const perHead = tf.transpose(tf.reshape(qkv, [n, len, heads, 3 * ch]), [0, 2, 1, 3]); // [N, H, T, 3ch]
-      [q, k, v] = tf.split(perHead, 3, 3); // each [N, H, T, ch]
-    } else {
-      const parts = tf.transpose(tf.reshape(qkv, [n, len, 3 * heads, ch]), [0, 2, 1, 3]); // [N, 3H, T, ch]
-      [q, k, v] = tf.split(parts, 3, 1); // each [N, H, T, ch]
-    }
-    const flat = (x: tf.Tensor) => tf.reshape(x, [n * heads, len, ch]) as tf.Tensor3D;
-    const scale = Math.pow(ch, -0.25);
-    const logits = tf.matMul(flat(tf.mul(q, scale)), flat(tf.mul(k, scale)), false, true); // [NH, T, T]
-    const a = tf.matMul(tf.softmax(logits, -1), flat(v)); // [NH, T, ch]
-    return tf.reshape(tf.transpose(tf.reshape(a, [n, heads, len, ch]), [0, 2, 1, 3]), [
-      n,
-      len,
-      heads * ch,
-    ]);
+    const [q, k, v] = order === "legacy"
+      ? tf.split(tf.transpose(tf.reshape(qkv, [n, len, heads, 3 * ch]), [0, 2, 1, 3]), 3, 3) // [N, H, T, ch] each
+      : tf.split(tf.transpose(tf.reshape(qkv, [n, len, 3 * heads, ch]), [0, 2, 1, 3]), 3, 1);
+    const flat = (x: tf.Tensor) => tf.reshape(x, [n * heads, len, ch]);
+    const a = tf.reshape(run(flat(q), flat(k), flat(v)), [n, heads, len, ch]);
+    return tf.reshape(tf.transpose(a, [0, 2, 1, 3]), [n, len, heads * ch]);
   });
 }
 

@@ -31,6 +31,9 @@ import {
   upsampleNearest2,
 } from "./nn.ts";
 import { foldName } from "../random.ts";
+import type { BlockInfo, Denoiser } from "./denoiser.ts";
+
+export type { BlockInfo };
 
 // ---------------------------------------------------------------------------------------------
 // Config and presets
@@ -50,8 +53,13 @@ export interface UNetConfig {
   readonly attentionResolutions: readonly number[];
   readonly dropout: number;
   readonly channelMult: readonly number[];
-  /** Class-conditional when set: label embedding added to the time embedding. */
+  /** Class-conditional when set: rows of the label embedding added to the time embedding. */
   readonly numClasses?: number;
+  /**
+   * Classifier-free-guidance label dropout (DiT's, not a guided-diffusion flag): > 0 makes the
+   * last label row the null label, used in place of a label with this probability in training.
+   */
+  readonly classDropout?: number;
   readonly numHeads: number;
   /** Channels per head; −1 uses numHeads instead. */
   readonly numHeadChannels: number;
@@ -116,20 +124,6 @@ type Layer = Readonly<
   | { kind: "downConv" | "upConv"; key: string; channels: number }
 >;
 
-/** One numbered block: what `taps` can return. */
-export interface BlockInfo {
-  /** 1-based block number (diffssl's b). */
-  readonly b: number;
-  /** state_dict prefix: `input_blocks.i`, `middle_block` or `output_blocks.j`. */
-  readonly module: string;
-  /** Layers, e.g. "RB+A", "RB-dn", "RB+A+up", "conv". */
-  readonly layers: string;
-  /** Output side in pixels. */
-  readonly resolution: number;
-  /** Output channels. */
-  readonly channels: number;
-}
-
 interface Block extends BlockInfo {
   readonly plan: readonly Layer[];
 }
@@ -147,6 +141,12 @@ function validate(c: UNetConfig): void {
     }
   }
   if (c.numResBlocks < 1) throw fault("numResBlocks must be at least 1");
+  const drop = c.classDropout ?? 0;
+  if (!(drop >= 0 && drop < 1)) throw fault(`classDropout ${drop} is outside [0, 1)`);
+  if (drop > 0 && c.numClasses === undefined) throw fault("classDropout needs numClasses");
+  if (c.numClasses !== undefined && !(c.numClasses >= 1 + (drop > 0 ? 1 : 0))) {
+    throw fault(`numClasses ${c.numClasses} is too few labels`);
+  }
 }
 
 function heads(c: UNetConfig, channels: number, decoder: boolean): number {
@@ -522,3 +522,32 @@ export function apply(
   const sorted = [...tapSet].sort((a, b) => a - b);
   return { eps: out.eps, taps: new Map(sorted.map((b, i) => [b, out.taps[i]])) };
 }
+
+// ---------------------------------------------------------------------------------------------
+// The denoiser interface (lib/models/denoiser.ts)
+// ---------------------------------------------------------------------------------------------
+
+/** The U-Net as a `Denoiser`: its output is ε̂ (then v with learnSigma); features are block taps. */
+export const denoiser: Denoiser<UNetConfig> = {
+  kind: "unet",
+  presets: UNET_CONFIGS,
+  paramShapes,
+  init,
+  inputShape: (c) => [c.imageSize, c.imageSize, c.inChannels],
+  learnSigma: (c) => c.learnSigma,
+  conditioning: (c) => {
+    if (c.numClasses === undefined) return undefined;
+    const dropRate = c.classDropout ?? 0;
+    return { classes: c.numClasses - (dropRate > 0 ? 1 : 0), dropRate };
+  },
+  conditioned: (c, classes, dropRate) => ({
+    ...c,
+    numClasses: classes + (dropRate > 0 ? 1 : 0),
+    classDropout: dropRate,
+  }),
+  net: (c, p, xt, t, o = {}) => apply(c, p, xt, t, { y: o.y, dropoutRng: o.dropoutKey }).eps!,
+  features: (c, p, xt, t, blocks, o = {}) =>
+    apply(c, p, xt, t, { y: o.y, taps: blocks, needEps: false }).taps,
+  blockTable,
+  referenceLayout: { sameLayout: TORCH_SAME_LAYOUT },
+};

@@ -6,10 +6,13 @@ import {
   avgPool2,
   conv2d,
   dropout,
+  geluExact,
+  geluTanh,
   groupNorm,
   groupNormScaleShift,
   initParam,
   layerNorm,
+  layerNormModulate,
   linear,
   qkvAttention,
   silu,
@@ -214,4 +217,94 @@ Deno.test("dropout() is the identity without a key and keeps ~1 − rate of unit
     assert(Math.abs(kept.length / 10000 - 0.7) < 0.03, `kept ${kept.length}`);
     assertClose([kept[0]], [1 / 0.7], { rtol: 1e-6 });
   });
+});
+
+// The composed reference of qkvAttention: plain tfjs ops, autograd gradients, ADM's two scalings.
+function composedAttention(qkv: tf.Tensor3D, heads: number, order: "legacy" | "new"): tf.Tensor {
+  const [n, len, width] = qkv.shape;
+  const ch = width / (3 * heads);
+  const [q, k, v] = order === "legacy"
+    ? tf.split(tf.transpose(tf.reshape(qkv, [n, len, heads, 3 * ch]), [0, 2, 1, 3]), 3, 3)
+    : tf.split(tf.transpose(tf.reshape(qkv, [n, len, 3 * heads, ch]), [0, 2, 1, 3]), 3, 1);
+  const s = Math.pow(ch, -0.25);
+  const w = tf.softmax(tf.matMul(tf.mul(q, s), tf.mul(k, s), false, true)); // [N, H, T, T]
+  return tf.reshape(tf.transpose(tf.matMul(w, v), [0, 2, 1, 3]), [n, len, heads * ch]);
+}
+
+// The hand-written gradients against tfjs autograd of the composed ops, on a random cotangent.
+Deno.test("layerNormModulate() and qkvAttention() match the composed ops, values and gradients", () => {
+  const [n, t, d, heads] = [2, 5, 12, 3];
+  const x = normal(rng(20), [n, t, d]) as tf.Tensor3D;
+  const shift = normal(rng(21), [n, d]), scale = normal(rng(22), [n, d]);
+  const qkv = normal(rng(23), [n, t, 3 * d]) as tf.Tensor3D;
+  const wOut = normal(rng(24), [n, t, d]);
+  const cases: [
+    string,
+    tf.Tensor[],
+    (...a: tf.Tensor[]) => tf.Tensor,
+    (...a: tf.Tensor[]) => tf.Tensor,
+  ][] = [
+    [
+      "layerNormModulate",
+      [x, shift, scale],
+      (a, b, c) => layerNormModulate(a as tf.Tensor3D, b, c),
+      (a, b, c) =>
+        tf.add(
+          tf.mul(layerNorm(a, undefined, undefined, 1e-6), tf.add(tf.expandDims(c, 1), 1)),
+          tf.expandDims(b, 1),
+        ),
+    ],
+    ...(["legacy", "new"] as const).map((order) =>
+      [
+        `qkvAttention ${order}`,
+        [qkv],
+        (a: tf.Tensor) => qkvAttention(a as tf.Tensor3D, heads, order),
+        (a: tf.Tensor) => composedAttention(a as tf.Tensor3D, heads, order),
+      ] as [string, tf.Tensor[], (...a: tf.Tensor[]) => tf.Tensor, (...a: tf.Tensor[]) => tf.Tensor]
+    ),
+  ];
+  for (const [name, inputs, ours, composed] of cases) {
+    tf.tidy(() => {
+      assertClose(ours(...inputs), composed(...inputs), {
+        rtol: 1e-4,
+        atol: 1e-5,
+        message: `${name} value`,
+      });
+      const loss = (f: (...a: tf.Tensor[]) => tf.Tensor) => (...a: tf.Tensor[]) =>
+        tf.sum(tf.mul(f(...a), wOut));
+      const g1 = tf.grads(loss(ours))(inputs), g2 = tf.grads(loss(composed))(inputs);
+      g1.forEach((g, i) =>
+        assertClose(g, g2[i], { rtol: 1e-3, atol: 1e-4, message: `${name} gradient ${i}` })
+      );
+    });
+  }
+  tf.dispose([x, shift, scale, qkv, wOut]);
+});
+
+Deno.test("geluTanh() and geluExact() match their closed forms, and their gradients the derivatives", () => {
+  const xs = [-3, -1, -0.2, 0, 0.5, 2];
+  const tanhForm = (v: number) =>
+    0.5 * v * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (v + 0.044715 * v ** 3)));
+  // erf by Abramowitz–Stegun 7.1.26 (|error| < 1.5e-7): independent of tf.erf.
+  const erf = (z: number) => {
+    const s = Math.sign(z), a = Math.abs(z), u = 1 / (1 + 0.3275911 * a);
+    const poly = u *
+      (0.254829592 + u * (-0.284496736 + u * (1.421413741 + u * (-1.453152027 + u * 1.061405429))));
+    return s * (1 - poly * Math.exp(-a * a));
+  };
+  const exactForm = (v: number) => 0.5 * v * (1 + erf(v / Math.SQRT2));
+  for (
+    const [name, f, ref] of [["tanh", geluTanh, tanhForm], ["exact", geluExact, exactForm]] as const
+  ) {
+    tf.tidy(() => {
+      const x = tf.tensor1d(xs);
+      assertClose(f(x), xs.map(ref), { rtol: 1e-5, atol: 1e-6, message: `${name} value` });
+      const g = tf.grad((z: tf.Tensor) => tf.sum(tf.mul(f(z), tf.tensor1d([1, 2, 3, 4, 5, 6]))))(x);
+      const h = 1e-3;
+      const numeric = xs.map((v, i) => (i + 1) * (ref(v + h) - ref(v - h)) / (2 * h));
+      assertClose(g, numeric, { rtol: 1e-3, atol: 1e-4, message: `${name} gradient` });
+    });
+  }
+  // The two forms differ by 4e-4 at x = −3, forty times the value tolerance: a mix-up would show.
+  assert(Math.abs(tanhForm(-3) - exactForm(-3)) > 4e-4);
 });

@@ -205,7 +205,10 @@ Deno.test("apply() draws dropout only from its key", () => {
     const { x, t } = batch(c, 1);
     const run = (seed?: number) =>
       apply(c, p, x, t, { dropoutRng: seed === undefined ? undefined : rng(seed) }).eps!;
-    assertClose(run(), run(), { rtol: 0, atol: 1e-30 });
+    // No key is eval: the output of the same weights without dropout.
+    const evalOut = apply({ ...c, dropout: 0 }, p, x, t).eps!;
+    assertClose(run(), evalOut, { rtol: 0, atol: 1e-30 });
+    assert(tf.max(tf.abs(tf.sub(run(1), evalOut))).dataSync()[0] > 0, "a key draws masks");
     assertClose(run(1), run(1), { rtol: 0, atol: 1e-30 });
     assert(tf.max(tf.abs(tf.sub(run(1), run(2)))).dataSync()[0] > 0);
   });
