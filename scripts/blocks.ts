@@ -1,24 +1,34 @@
-// Print the U-Net's feature blocks: b → module, layers, resolution, channels (facts.md §2), so
-// `--block` flags of the probe scripts can be chosen without reading the model code.
-import { parseCli, runMain } from "../lib/cli.ts";
-import { blockTable, numParams, UNET_CONFIGS, type UNetConfigName } from "../lib/models/unet.ts";
+// Print a denoiser's feature blocks: b → module, layers, resolution, channels (facts.md §2), so
+// `--block` flags of the probe scripts can be chosen without reading the model code. Prints only
+// (no results JSON, no engine: the table is computed from the config alone).
+import { parseCli, runMain, UsageError } from "../lib/cli.ts";
+import {
+  blockTable,
+  inputShape,
+  type ModelKind,
+  type ModelSpec,
+  paramShapes,
+  presetNames,
+  presetSpec,
+} from "../lib/models/mod.ts";
+import { countParams } from "../lib/params.ts";
 
 const FLAGS = {
   // Every script takes --seed; this one draws nothing at random.
   seed: { kind: "int", default: 0, help: "accepted for uniformity (the table is deterministic)" },
+  model: { kind: "string", default: "unet", help: "denoiser", choices: ["unet", "dit"] },
   config: {
     kind: "string",
-    default: "adm256",
-    help: "U-Net preset",
-    choices: Object.keys(UNET_CONFIGS),
+    help: `preset (default: the papers' adm256, or DiT-B/2): unet ${
+      presetNames("unet").join("|")
+    }; dit ${presetNames("dit").join("|")}`,
   },
   json: { kind: "boolean", help: "print the table as JSON instead of text" },
 } as const;
 
 /** The table as aligned text lines. */
-export function formatBlocks(name: UNetConfigName): string[] {
-  const c = UNET_CONFIGS[name];
-  const rows = blockTable(c).map((
+export function formatBlocks(spec: ModelSpec): string[] {
+  const rows = blockTable(spec).map((
     r,
   ) => [String(r.b), r.module, r.layers, `${r.resolution}×${r.resolution}`, String(r.channels)]);
   const head = ["b", "module", "layers", "resolution", "channels"];
@@ -27,9 +37,10 @@ export function formatBlocks(name: UNetConfigName): string[] {
     cells.map((s, i) => (i === 0 || i === 4 ? s.padStart(widths[i]) : s.padEnd(widths[i]))).join(
       "  ",
     );
-  const params = (numParams(c) / 1e6).toFixed(1);
+  const params = (countParams(paramShapes(spec)) / 1e6).toFixed(1);
+  const [s, , c] = inputShape(spec);
   return [
-    `${name}: ${c.imageSize}×${c.imageSize}×${c.inChannels}, ${params} M parameters, ${rows.length} blocks`,
+    `${spec.kind} ${spec.name}: ${s}×${s}×${c}, ${params} M parameters, ${rows.length} blocks`,
     line(head),
     ...rows.map(line),
   ];
@@ -39,11 +50,18 @@ if (import.meta.main) {
   await runMain(() => {
     const args = parseCli(
       "blocks",
-      "Print the U-Net block numbering b used by feature taps.",
+      "Print a denoiser's block numbering b used by feature taps.",
       FLAGS,
     );
-    const name = args.config as UNetConfigName;
-    if (args.json) console.log(JSON.stringify(blockTable(UNET_CONFIGS[name]), null, 2));
-    else console.log(formatBlocks(name).join("\n"));
+    const kind = args.model as ModelKind;
+    const config = args.config ?? (kind === "unet" ? "adm256" : "DiT-B/2");
+    if (!presetNames(kind).includes(config)) {
+      throw new UsageError(
+        `--config: "${config}" is not a ${kind} preset (${presetNames(kind).join(", ")})`,
+      );
+    }
+    const spec = presetSpec(kind, config);
+    if (args.json) console.log(JSON.stringify(blockTable(spec), null, 2));
+    else console.log(formatBlocks(spec).join("\n"));
   });
 }

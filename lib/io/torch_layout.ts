@@ -5,6 +5,7 @@
 //   rank 2  linear weight torch [out, in] or [out, in, 1]  → [in, out]   (1×1 conv1d: attention qkv, proj_out)
 //   rank 1  bias / norm   unchanged
 // Embedding tables are [rows, dim] in both frameworks: the model names them in `sameLayout`.
+// Fixed buffers of a reference state_dict (DiT's `pos_embed`) are checked and dropped (`fixed`).
 import * as tf from "@tensorflow/tfjs";
 import type { Params, ParamShapes } from "../params.ts";
 import { disposeCheckpoint, loadCheckpoint, loadParamsStrict } from "./checkpoint.ts";
@@ -72,16 +73,72 @@ export function toTorchLayout(
   return out;
 }
 
+/** Options of `loadWeights`. */
+export interface LoadWeightsOptions {
+  /**
+   * Keys whose PyTorch layout equals ours (embedding tables [rows, dim]). They must be named:
+   * the shape rule alone would transpose a square table.
+   */
+  readonly sameLayout?: readonly string[];
+  /** Which weights of a project checkpoint to take. @default "ema" */
+  readonly prefer?: "ema" | "raw";
+  /**
+   * Fixed buffers that a reference state_dict holds but the model computes (DiT's `pos_embed`,
+   * a non-trainable nn.Parameter): key → expected values, flattened. Each one in the file is
+   * checked against them (max |difference| within `fixedAtol`) and dropped; a file without it
+   * loads too.
+   */
+  readonly fixed?: Readonly<Record<string, Float32Array>>;
+  /** Largest absolute difference accepted for a fixed buffer. @default 1e-5 */
+  readonly fixedAtol?: number;
+}
+
+/**
+ * Check the fixed buffers among `tensors` against their expected values; returns the problems
+ * found (the tensors are left alone).
+ */
+function fixedProblems(
+  tensors: Readonly<Record<string, tf.Tensor>>,
+  fixed: Readonly<Record<string, Float32Array>>,
+  atol: number,
+): string[] {
+  const problems: string[] = [];
+  for (const [key, want] of Object.entries(fixed)) {
+    const t = tensors[key];
+    if (t === undefined) continue;
+    if (t.size !== want.length) {
+      problems.push(
+        `"${key}" has ${t.size} values [${t.shape.join(", ")}], expected ${want.length}`,
+      );
+      continue;
+    }
+    const got = t.dataSync();
+    let worst = 0;
+    for (let i = 0; i < want.length; i++) {
+      const d = Math.abs(got[i] - want[i]);
+      worst = d > worst || Number.isNaN(d) ? d : worst;
+    }
+    if (!(worst <= atol)) {
+      problems.push(
+        `"${key}" differs from its expected value by ${worst} (max abs, tolerance ${atol})`,
+      );
+    }
+  }
+  return problems;
+}
+
 /**
  * Load model weights from a safetensors file: a project checkpoint (its EMA weights when it has
  * them, else its weights), or a bare file in PyTorch layout with the reference state_dict keys.
- * fp16 / bf16 files are widened to float32.
- * @throws one Error listing every missing, unexpected and misshapen key
+ * fp16 / bf16 files are widened to float32. Fixed buffers named in `opts.fixed` are checked and
+ * dropped before the strict key check.
+ * @throws one Error listing every missing, unexpected and misshapen key, or every fixed buffer
+ * that differs from its expected value
  */
 export async function loadWeights(
   path: string,
   expected: ParamShapes,
-  opts: { readonly sameLayout?: readonly string[]; readonly prefer?: "ema" | "raw" } = {},
+  opts: LoadWeightsOptions = {},
 ): Promise<Params> {
   const ck = await loadCheckpoint(path);
   const projectFile = ck.step !== undefined;
@@ -89,7 +146,18 @@ export async function loadWeights(
   const chosen = useEma ? ck.ema : ck.params;
   const rest = { ...ck, params: useEma ? ck.params : {}, ema: useEma ? {} : ck.ema };
   disposeCheckpoint(rest);
-  const tensors = projectFile ? chosen : fromTorchLayout(expected, chosen, opts.sameLayout);
+  const fixed = opts.fixed ?? {};
+  const problems = fixedProblems(chosen, fixed, opts.fixedAtol ?? 1e-5);
+  if (problems.length > 0) {
+    tf.dispose(Object.values(chosen));
+    throw new Error(`Fixed buffers in "${path}" are wrong: ${problems.join("; ")}`);
+  }
+  const kept: Record<string, tf.Tensor> = {};
+  for (const [key, t] of Object.entries(chosen)) {
+    if (Object.hasOwn(fixed, key)) t.dispose();
+    else kept[key] = t;
+  }
+  const tensors = projectFile ? kept : fromTorchLayout(expected, kept, opts.sameLayout);
   try {
     return loadParamsStrict(expected, tensors, `"${path}"`);
   } catch (e) {

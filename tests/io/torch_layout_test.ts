@@ -4,7 +4,7 @@ import { initEngine } from "../../lib/engine/mod.ts";
 import * as unet from "../../lib/models/unet.ts";
 import { disposeParams } from "../../lib/params.ts";
 import { rng } from "../../lib/random.ts";
-import { writeSafetensors } from "../../lib/io/safetensors.ts";
+import { type TensorIn, writeSafetensors } from "../../lib/io/safetensors.ts";
 import { saveCheckpoint } from "../../lib/io/checkpoint.ts";
 import { loadWeights, torchShape, toTorchLayout } from "../../lib/io/torch_layout.ts";
 
@@ -26,6 +26,7 @@ async function writeTorchFile(
   params: Record<string, tf.Tensor>,
   drop: string[] = [],
   extra: string[] = [],
+  buffers: Record<string, TensorIn> = {},
 ) {
   const torch = toTorchLayout(params, unet.TORCH_SAME_LAYOUT, unet.isTorchConv1d);
   const entries: Record<string, { dtype: "F32"; shape: number[]; data: Float32Array }> = {};
@@ -36,7 +37,7 @@ async function writeTorchFile(
   }
   for (const k of extra) entries[k] = { dtype: "F32", shape: [1], data: new Float32Array(1) };
   tf.dispose(Object.values(torch));
-  await writeSafetensors(path, entries);
+  await writeSafetensors(path, { ...entries, ...buffers });
 }
 
 Deno.test("torchShape() gives PyTorch's conv and linear layouts", () => {
@@ -97,6 +98,65 @@ Deno.test("loadWeights() reports every missing and unexpected key in one error",
     await assertRejects(
       () => loadWeights(`${dir}/bad.safetensors`, shapes, { sameLayout: unet.TORCH_SAME_LAYOUT }),
       /do not match the model: 2 missing \(time_embed\.0\.weight, out\.2\.bias\); 1 unexpected \(input_blocks\.9\.0\.weight\)/,
+    );
+  } finally {
+    disposeParams(params);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+// A fixed buffer as DiT stores pos_embed: [1, T, D] in the state_dict, computed by the model.
+const posLike = Float32Array.from({ length: 2 * 3 }, (_, i) => Math.sin(i));
+const buffer = (data: Float32Array, shape = [1, 2, 3]): TensorIn => ({ dtype: "F32", shape, data });
+
+Deno.test("loadWeights() checks a fixed buffer against its expected values and drops it", async () => {
+  const dir = await Deno.makeTempDir();
+  const params = randomParams();
+  try {
+    const near = posLike.map((v) => v + 5e-6); // within the default tolerance 1e-5
+    await writeTorchFile(`${dir}/pos.safetensors`, params, [], [], { pos_embed: buffer(near) });
+    const opts = { sameLayout: unet.TORCH_SAME_LAYOUT, fixed: { pos_embed: posLike } };
+    await assertNoLeaks(async () => {
+      const loaded = await loadWeights(`${dir}/pos.safetensors`, shapes, opts);
+      assertEquals("pos_embed" in loaded, false);
+      assertClose(loaded["out.2.bias"], params["out.2.bias"]);
+      disposeParams(loaded);
+    });
+    // A file without the buffer loads too.
+    await writeTorchFile(`${dir}/plain.safetensors`, params);
+    disposeParams(await loadWeights(`${dir}/plain.safetensors`, shapes, opts));
+  } finally {
+    disposeParams(params);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("loadWeights() rejects a fixed buffer that differs, naming it and the difference", async () => {
+  const dir = await Deno.makeTempDir();
+  const params = randomParams();
+  const path = `${dir}/pos.safetensors`;
+  const load = () =>
+    loadWeights(path, shapes, {
+      sameLayout: unet.TORCH_SAME_LAYOUT,
+      fixed: { pos_embed: posLike },
+    });
+  try {
+    const off = posLike.map((v, i) => (i === 4 ? v + 1e-3 : v));
+    await writeTorchFile(path, params, [], [], { pos_embed: buffer(off) });
+    await assertNoLeaks(() =>
+      assertRejects(
+        load,
+        /Fixed buffers in ".*pos\.safetensors" are wrong: "pos_embed" differs from its expected value by 0\.00\d+ \(max abs, tolerance 0\.00001\)/,
+      )
+    );
+    await writeTorchFile(path, params, [], [], {
+      pos_embed: buffer(new Float32Array(8), [1, 4, 2]),
+    });
+    await assertRejects(load, /"pos_embed" has 8 values \[1, 4, 2\], expected 6/);
+    // Without `fixed`, the buffer is an unexpected key.
+    await assertRejects(
+      () => loadWeights(path, shapes, { sameLayout: unet.TORCH_SAME_LAYOUT }),
+      /1 unexpected \(pos_embed\)/,
     );
   } finally {
     disposeParams(params);
