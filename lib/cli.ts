@@ -7,6 +7,21 @@ import * as A from "fp-ts/lib/Array.js";
 import * as NEA from "fp-ts/lib/NonEmptyArray.js";
 import { pipe } from "fp-ts/lib/function.js";
 
+/**
+ * The allowed range of a numeric flag: at most one lower bound (`min` or `minExclusive`) and one
+ * upper bound (`max` or `maxExclusive`). Values outside it are usage errors naming the flag.
+ */
+export interface Bounds {
+  /** Smallest allowed value. */
+  readonly min?: number;
+  /** Largest allowed value. */
+  readonly max?: number;
+  /** Values must be above this one (e.g. 0 for a learning rate). */
+  readonly minExclusive?: number;
+  /** Values must be below this one (e.g. 1 for a dropout probability). */
+  readonly maxExclusive?: number;
+}
+
 /** One flag: its kind, default, and one line of help. */
 export type Flag =
   | {
@@ -15,18 +30,8 @@ export type Flag =
     readonly help: string;
     readonly choices?: readonly string[];
   }
-  | {
-    readonly kind: "int";
-    readonly default?: number;
-    readonly help: string;
-    readonly min?: number;
-  }
-  | {
-    readonly kind: "float";
-    readonly default?: number;
-    readonly help: string;
-    readonly min?: number;
-  }
+  | ({ readonly kind: "int"; readonly default?: number; readonly help: string } & Bounds)
+  | ({ readonly kind: "float"; readonly default?: number; readonly help: string } & Bounds)
   | { readonly kind: "boolean"; readonly help: string };
 
 export type FlagSpecs = Readonly<Record<string, Flag>>;
@@ -53,13 +58,74 @@ export const COMMON_FLAGS = {
 /** Thrown for bad command lines; `main` wrappers print its message alone and exit 2. */
 export class UsageError extends Error {}
 
-function usage(name: string, about: string, specs: FlagSpecs): string {
+// ---------------------------------------------------------------- ranges
+
+// "(0, 1]" when `b` has both a lower and an upper bound.
+function interval(b: Bounds): string | undefined {
+  const lo = b.minExclusive ?? b.min, hi = b.maxExclusive ?? b.max;
+  if (lo === undefined || hi === undefined) return undefined;
+  return `${b.minExclusive !== undefined ? "(" : "["}${lo}, ${hi}${
+    b.maxExclusive !== undefined ? ")" : "]"
+  }`;
+}
+
+// The range of `b` for --help: "in (0, 1]", "> 0", "<= 8", or "" without bounds.
+function rangeText(b: Bounds): string {
+  const both = interval(b);
+  if (both !== undefined) return `in ${both}`;
+  if (b.min !== undefined) return `>= ${b.min}`;
+  if (b.minExclusive !== undefined) return `> ${b.minExclusive}`;
+  if (b.max !== undefined) return `<= ${b.max}`;
+  if (b.maxExclusive !== undefined) return `< ${b.maxExclusive}`;
+  return "";
+}
+
+// Why `n` is outside `b`, or undefined when it is inside.
+function outOfRange(n: number, b: Bounds): string | undefined {
+  const below = (b.min !== undefined && n < b.min) ||
+    (b.minExclusive !== undefined && n <= b.minExclusive);
+  const above = (b.max !== undefined && n > b.max) ||
+    (b.maxExclusive !== undefined && n >= b.maxExclusive);
+  if (!below && !above) return undefined;
+  const both = interval(b);
+  if (both !== undefined) return `${n} is outside ${both}`;
+  if (b.min !== undefined) return `${n} is below the minimum ${b.min}`;
+  if (b.minExclusive !== undefined) return `${n} must be above ${b.minExclusive}`;
+  if (b.max !== undefined) return `${n} is above the maximum ${b.max}`;
+  return `${n} must be below ${b.maxExclusive}`;
+}
+
+// A spec with two lower or two upper bounds is a bug in the script, not in the command line.
+function checkSpec(key: string, f: Flag): void {
+  if (f.kind !== "int" && f.kind !== "float") return;
+  if (f.min !== undefined && f.minExclusive !== undefined) {
+    throw new Error(`Flag --${key}: give min or minExclusive, not both`);
+  }
+  if (f.max !== undefined && f.maxExclusive !== undefined) {
+    throw new Error(`Flag --${key}: give max or maxExclusive, not both`);
+  }
+}
+
+// ---------------------------------------------------------------- help
+
+/**
+ * The `--help` text: usage line, `about`, then one row per flag with its default and range.
+ * @example
+ * ```ts
+ * usage("pretrain", "Pre-train a U-Net.", { lr: { kind: "float", help: "lr", minExclusive: 0 } });
+ * // ... "  --lr <float>  lr (> 0)" ...
+ * ```
+ */
+export function usage(name: string, about: string, specs: FlagSpecs): string {
   const rows = Object.entries(specs).map(([k, f]) => {
     const arg = f.kind === "boolean"
       ? ""
       : ` <${f.kind === "string" ? (f.choices ? f.choices.join("|") : "value") : f.kind}>`;
-    const dflt = "default" in f && f.default !== undefined ? ` (default: ${f.default})` : "";
-    return [`  --${k}${arg}`, `${f.help}${dflt}`];
+    const notes = [
+      "default" in f && f.default !== undefined ? `default: ${f.default}` : "",
+      f.kind === "int" || f.kind === "float" ? rangeText(f) : "",
+    ].filter((x) => x !== "");
+    return [`  --${k}${arg}`, `${f.help}${notes.length > 0 ? ` (${notes.join(", ")})` : ""}`];
   });
   rows.push(["  --help", "show this help and exit"]);
   const width = Math.max(...rows.map(([a]) => a.length)) + 2;
@@ -91,13 +157,107 @@ function convert(
   const n = Number(s);
   if (s.trim() === "" || !Number.isFinite(n)) return bad(`"${s}" is not a number`);
   if (f.kind === "int" && !Number.isInteger(n)) return bad(`"${s}" is not an integer`);
-  if (f.min !== undefined && n < f.min) return bad(`${n} is below the minimum ${f.min}`);
-  return E.right(n);
+  const outside = outOfRange(n, f);
+  return outside !== undefined ? bad(outside) : E.right(n);
 }
 
+// ---------------------------------------------------------------- tokens
+
+// The known flag nearest to an unknown one (a typo: edit distance at most 2), if any.
+function nearest(name: string, known: readonly string[]): string | undefined {
+  const distance = (a: string, b: string) => {
+    let row = Array.from({ length: b.length + 1 }, (_, j) => j);
+    for (let i = 1; i <= a.length; i++) {
+      const next = [i];
+      for (let j = 1; j <= b.length; j++) {
+        next[j] = Math.min(
+          row[j] + 1,
+          next[j - 1] + 1,
+          row[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1),
+        );
+      }
+      row = next;
+    }
+    return row[b.length];
+  };
+  const scored = known.map((k) => [distance(name, k), k] as const).filter(([d]) => d <= 2);
+  return scored.sort((a, b) => a[0] - b[0])[0]?.[1];
+}
+
+// The tokens of node's parseArgs that are looked at here.
+type Token =
+  | {
+    readonly kind: "option";
+    readonly index: number;
+    readonly name: string;
+    readonly rawName: string;
+    readonly value?: string;
+    readonly inlineValue?: boolean;
+  }
+  | { readonly kind: "positional"; readonly index: number; readonly value: string }
+  | { readonly kind: "option-terminator"; readonly index: number };
+
+// Problems with the command line's shape, in argument order: unknown flags, values given to
+// boolean flags, string flags without a value, stray arguments. `flagged`: the known flags at
+// fault, whose values are then not converted (one message per flag).
+function tokenProblems(
+  tokens: readonly Token[],
+  specs: FlagSpecs,
+): { problems: string[]; flagged: Set<string> } {
+  const problems: string[] = [];
+  const flagged = new Set<string>();
+  const known = Object.keys(specs);
+  const isKnown = (name: string) => name === "help" || Object.hasOwn(specs, name);
+  tokens.forEach((t, i) => {
+    if (t.kind === "positional") {
+      const prev = tokens[i - 1];
+      // `--unknown value`: the value belongs to the unknown flag, already reported.
+      const ofUnknown = prev?.kind === "option" && !isKnown(prev.name) &&
+        prev.value === undefined && prev.index === t.index - 1;
+      if (!ofUnknown) problems.push(`unexpected argument "${t.value}"`);
+      return;
+    }
+    if (t.kind !== "option" || t.name === "help") return;
+    const f = Object.hasOwn(specs, t.name) ? specs[t.name] : undefined;
+    if (f === undefined) {
+      const hint = t.rawName.startsWith("--") ? nearest(t.name, known) : undefined;
+      problems.push(`${t.rawName}: unknown flag${hint ? ` (did you mean --${hint}?)` : ""}`);
+    } else if (f.kind === "boolean" && t.value !== undefined) {
+      flagged.add(t.name);
+      problems.push(`${t.rawName}: takes no value, got "${t.value}"`);
+    } else if (f.kind !== "boolean" && t.value === undefined) {
+      flagged.add(t.name);
+      problems.push(`${t.rawName}: missing value`);
+    } else if (
+      f.kind !== "boolean" && !t.inlineValue && t.value!.startsWith("-") &&
+      !Number.isFinite(Number(t.value))
+    ) {
+      // `--run --resume`: most likely a forgotten value, as node's strict mode judges too.
+      flagged.add(t.name);
+      problems.push(
+        `${t.rawName}: missing value before "${t.value}" (write ${t.rawName}=${t.value} for a ` +
+          "value with a dash)",
+      );
+    }
+  });
+  return { problems, flagged };
+}
+
+// ---------------------------------------------------------------- parse
+
 /**
- * Parse `args` against `specs`. Prints help and exits 0 on `--help`; throws UsageError listing
- * every problem (unknown flags, bad numbers, bad choices) otherwise.
+ * Parse `args` against `specs`. Prints help and exits 0 on `--help`; otherwise throws one
+ * UsageError listing every problem, one per line: unknown flags (with the nearest known one),
+ * stray arguments, missing values, then bad numbers, out-of-range numbers and bad choices.
+ *
+ * @throws UsageError for a bad command line; Error for a spec with two lower or two upper bounds
+ * @example
+ * ```ts
+ * const a = parseCli("pretrain", "Pre-train.", {
+ *   lr: { kind: "float", default: 1e-4, help: "learning rate", minExclusive: 0 },
+ *   "class-dropout": { kind: "float", default: 0.1, help: "p", min: 0, maxExclusive: 1 },
+ * });
+ * ```
  */
 export function parseCli<S extends FlagSpecs>(
   name: string,
@@ -107,32 +267,32 @@ export function parseCli<S extends FlagSpecs>(
 ): Values<S> {
   const options: Record<string, { type: "string" | "boolean" }> = { help: { type: "boolean" } };
   for (const [k, f] of Object.entries(specs)) {
+    checkSpec(k, f);
     options[k] = { type: f.kind === "boolean" ? "boolean" : "string" };
   }
-  let parsed;
-  try {
-    parsed = parseArgs({ args: [...args], options, strict: true, allowPositionals: false });
-  } catch (e) {
-    throw new UsageError(`${(e as Error).message}\nRun with --help for the flags.`);
-  }
-  if (parsed.values.help) {
+  // Not strict: node's strict mode stops at the first unknown flag; tokenProblems finds them all.
+  const parsed = parseArgs({
+    args: [...args],
+    options,
+    strict: false,
+    allowPositionals: true,
+    tokens: true,
+  });
+  if (parsed.values.help === true) {
     console.log(usage(name, about, specs));
     Deno.exit(0);
   }
+  const { problems, flagged } = tokenProblems(parsed.tokens, specs);
   const validation = E.getApplicativeValidation(NEA.getSemigroup<string>());
-  const entries = Object.entries(specs);
-  return pipe(
-    entries,
+  const values = pipe(
+    Object.entries(specs).filter(([k]) => !flagged.has(k)),
     A.traverse(validation)(([k, f]) =>
       pipe(convert(k, f, parsed.values[k]), E.map((v) => [k, v] as const))
     ),
-    E.fold(
-      (errors) => {
-        throw new UsageError(errors.join("\n"));
-      },
-      (pairs) => Object.fromEntries(pairs) as Values<S>,
-    ),
   );
+  const all = [...problems, ...(E.isLeft(values) ? values.left : [])];
+  if (all.length > 0 || E.isLeft(values)) throw new UsageError(all.join("\n"));
+  return Object.fromEntries(values.right) as Values<S>;
 }
 
 /**

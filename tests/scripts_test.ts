@@ -40,7 +40,7 @@ for (const script of scripts) {
     assert(help.stdout.includes("--seed"), `${script} has no --seed flag`);
     const bad = await runScript(script, ["--no-such-flag"]);
     assertEquals(bad.code, 2, bad.stderr);
-    assert(bad.stderr.startsWith("error: Unknown option '--no-such-flag'"), bad.stderr);
+    assert(bad.stderr.startsWith("error: --no-such-flag: unknown flag"), bad.stderr);
   });
 }
 

@@ -25,6 +25,7 @@ export function take(ds: Dataset, indices: ArrayLike<number>, name = ds.name): D
   const per = h * w * c;
   const images = new Float32Array(indices.length * per);
   const labels = new Int32Array(indices.length);
+  if (indices.length > 0 && count(ds) === 0) throw new Error(`Dataset "${ds.name}" is empty`);
   for (let k = 0; k < indices.length; k++) {
     const i = indices[k];
     if (!(Number.isInteger(i) && i >= 0 && i < count(ds))) {
@@ -250,9 +251,16 @@ function isDirectory(path: string): boolean {
  * path (`<path>/train`, and `<path>/test` or else `<path>/val`, when the folder has such
  * subfolders; otherwise `fixedSplit` of the whole folder).
  *
- * @throws Error naming the dataset and the fault
+ * @throws Error naming the dataset and the fault, also when the split has no samples (before any
+ * training can start)
  */
 export async function loadDataset(spec: string, opts: LoadOptions = {}): Promise<Dataset> {
+  const ds = await loadAny(spec, opts);
+  if (count(ds) === 0) throw new Error(`Dataset "${ds.name}" is empty: it has no samples`);
+  return ds;
+}
+
+async function loadAny(spec: string, opts: LoadOptions): Promise<Dataset> {
   const split = opts.split ?? "train";
   const gray = async (load: Promise<Dataset>) => {
     const ds = await load;
@@ -268,7 +276,17 @@ export async function loadDataset(spec: string, opts: LoadOptions = {}): Promise
   }
   const folderOpts = { channels: opts.channels ?? 3, size: opts.size };
   const splitDirs = ["train", "test", "val"].filter((s) => isDirectory(`${spec}/${s}`));
-  if (splitDirs.length === 0) return fixedSplit(await loadImageFolder(spec, folderOpts), split);
+  if (splitDirs.length === 0) {
+    const part = fixedSplit(await loadImageFolder(spec, folderOpts), split);
+    if (count(part) === 0) {
+      const [tr, te] = [FIXED_SPLIT_TRAIN_PERCENT, 100 - FIXED_SPLIT_TRAIN_PERCENT];
+      throw new Error(
+        `Dataset "${part.name}" is empty: the fixed ${tr}/${te} split of "${spec}" leaves it no ` +
+          "images; add images, or train/ and test/ folders",
+      );
+    }
+    return part;
+  }
   const sub = (split === "train" ? ["train"] : ["test", "val"]).find((s) => splitDirs.includes(s));
   if (!sub) {
     throw new Error(

@@ -3,6 +3,9 @@
 // row-major order, big-endian. The files usually ship gzip'd; both forms are read.
 import { gunzipSync } from "node:zlib";
 import * as E from "fp-ts/lib/Either.js";
+import { oneLine } from "../messages.ts";
+
+export { oneLine } from "../messages.ts";
 
 /** IDX element types, keyed by their magic byte. */
 export const IDX_DTYPES = {
@@ -48,14 +51,17 @@ export function isGzip(bytes: Uint8Array): boolean {
   return bytes.length >= 2 && bytes[0] === 0x1f && bytes[1] === 0x8b;
 }
 
-// Copy `n` big-endian values of `dtype` starting at `offset` into a host-order array.
+// Copy `n` big-endian values of `dtype` starting at `offset` into a host-order array of its own.
+// `bytes` may view a larger buffer (gunzipSync returns a Buffer on a shared pool, and Buffer's
+// `slice` is a view), so every read goes through byteOffset and every result is a fresh copy.
 function decode(bytes: Uint8Array, offset: number, dtype: IdxDtype, n: number): IdxData {
-  const view = new DataView(bytes.buffer, bytes.byteOffset + offset, n * BYTES[dtype]);
+  const start = bytes.byteOffset + offset;
+  const view = new DataView(bytes.buffer, start, n * BYTES[dtype]);
   switch (dtype) {
     case "uint8":
-      return bytes.slice(offset, offset + n);
+      return new Uint8Array(bytes.buffer.slice(start, start + n));
     case "int8":
-      return new Int8Array(bytes.slice(offset, offset + n).buffer);
+      return new Int8Array(bytes.buffer.slice(start, start + n));
     case "int16":
       return Int16Array.from({ length: n }, (_, i) => view.getInt16(2 * i));
     case "int32":
@@ -83,7 +89,8 @@ export function parseIdx(bytes: Uint8Array, name: string): E.Either<string, Idx>
   const fail = (fault: string) => E.left(`Cannot read IDX file "${name}": ${fault}`);
   if (isGzip(bytes)) {
     try {
-      bytes = gunzipSync(bytes);
+      const out = gunzipSync(bytes);
+      bytes = new Uint8Array(out.buffer, out.byteOffset, out.byteLength); // a plain view
     } catch (e) {
       return fail(`not a valid gzip stream (${oneLine((e as Error).message)})`);
     }
@@ -142,9 +149,4 @@ export async function readIdx(path: string): Promise<Idx> {
   const parsed = parseIdx(bytes, path);
   if (E.isLeft(parsed)) throw new Error(parsed.left);
   return parsed.right;
-}
-
-/** Collapse a multi-line library message into one line. */
-export function oneLine(message: string): string {
-  return message.split("\n").map((s) => s.trim()).filter((s) => s).join("; ");
 }

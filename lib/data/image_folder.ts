@@ -3,7 +3,7 @@
 // Every listing is sorted by name, so a folder always loads in the same order.
 import sharp from "sharp";
 import { bytesToUnit, type Dataset, makeDataset } from "./descriptor.ts";
-import { oneLine } from "./idx.ts";
+import { oneLine } from "../messages.ts";
 
 /** File extensions read as images (case-insensitive). */
 export const IMAGE_EXTENSIONS: readonly string[] = [".png", ".jpg", ".jpeg"];
@@ -34,55 +34,122 @@ function isImage(name: string): boolean {
   return IMAGE_EXTENSIONS.some((ext) => lower.endsWith(ext));
 }
 
-// Sorted subdirectory and image names of a directory; hidden entries are skipped.
-function list(dir: string): { dirs: string[]; images: string[] } {
+// A folder's sorted subfolder and image names. Hidden entries are skipped; symlinks are followed,
+// and a linked folder that resolves to the folder itself or one above it is a cycle. Faults are
+// thrown as bare messages for `listImageFolder` to prefix.
+interface Listing {
+  readonly path: string;
+  readonly dirs: string[];
+  readonly images: string[];
+  /** Real path -> path as reached, of this folder and every folder above it. */
+  readonly ancestors: ReadonlyMap<string, string>;
+}
+
+function list(path: string, above: ReadonlyMap<string, string> = new Map()): Listing {
+  const ancestors = new Map(above).set(Deno.realPathSync(path), path);
   const dirs: string[] = [], images: string[] = [];
-  for (const e of Deno.readDirSync(dir)) {
+  for (const e of Deno.readDirSync(path)) {
     if (e.name.startsWith(".")) continue;
-    if (e.isDirectory) dirs.push(e.name);
-    else if (e.isFile && isImage(e.name)) images.push(e.name);
+    const child = `${path}/${e.name}`;
+    let { isDirectory, isFile } = e;
+    if (e.isSymlink) {
+      try {
+        ({ isDirectory, isFile } = Deno.statSync(child)); // follows the link
+      } catch {
+        throw new Error(`broken symlink "${child}"`);
+      }
+      const back = isDirectory ? ancestors.get(Deno.realPathSync(child)) : undefined;
+      if (back !== undefined) throw new Error(`symlink cycle: "${child}" leads back to "${back}"`);
+    }
+    if (isDirectory) dirs.push(e.name);
+    else if (isFile && isImage(e.name)) images.push(e.name);
   }
-  return { dirs: dirs.sort(byName), images: images.sort(byName) };
+  return { path, dirs: dirs.sort(byName), images: images.sort(byName), ancestors };
+}
+
+const subfolders = (parent: Listing): Listing[] =>
+  parent.dirs.map((d) => list(`${parent.path}/${d}`, parent.ancestors));
+
+const NO_IMAGES = "has no .png/.jpg/.jpeg images";
+
+// A class folder holds images only.
+function checkClass(c: Listing): void {
+  if (c.dirs.length > 0) {
+    throw new Error(
+      `class folder "${c.path}" holds folders (${c.dirs.map((d) => `"${d}"`).join(", ")}); ` +
+        "expected root/<class>/<image> or root/<site>/<class>/<image>",
+    );
+  }
+  if (c.images.length === 0) throw new Error(`class folder "${c.path}" ${NO_IMAGES}`);
+}
+
+// The layout of root's subfolders: classes hold images, sites hold class folders; never both.
+function layoutOf(children: readonly Listing[]): "classes" | "sites" {
+  for (const c of children) {
+    if (c.images.length > 0 && c.dirs.length > 0) {
+      throw new Error(
+        `"${c.path}" holds both images and folders, so it is neither a class nor a site`,
+      );
+    }
+  }
+  const cls = children.find((c) => c.images.length > 0);
+  const site = children.find((c) => c.dirs.length > 0);
+  if (cls && site) {
+    throw new Error(
+      `"${cls.path}" holds images but "${site.path}" holds folders; expected every folder to be ` +
+        "a class (root/<class>/<image>) or every one a site (root/<site>/<class>/<image>)",
+    );
+  }
+  return site ? "sites" : "classes";
 }
 
 /**
- * The files of a folder with their labels and sites, without decoding anything. The layout has
- * sites when no top-level folder holds images directly but some hold folders.
+ * The files of a folder with their labels and sites, without decoding anything. The layout is
+ * `root/<class>/<image>` when root's folders hold images, `root/<site>/<class>/<image>` when they
+ * hold folders. Symlinked images and folders are followed.
  *
- * @throws Error when `root` is not a readable folder or holds no class folders
+ * @throws Error naming the folder at fault when `root` is unreadable or holds no class folders,
+ * when the layout is ambiguous (a folder holding both images and folders, classes beside sites,
+ * a class folder holding folders), when a class folder holds no images or a site no classes, and
+ * on a broken symlink or a symlink cycle
  */
 export function listImageFolder(
   root: string,
 ): { entries: ImageEntry[]; classes: string[]; sites?: string[] } {
-  let top;
   try {
-    top = list(root);
+    const top = list(root);
+    if (top.dirs.length === 0) throw new Error("no class folders in it");
+    if (top.images.length > 0) {
+      throw new Error(`it holds images beside its folders; move them into class folders`);
+    }
+    const children = subfolders(top);
+    if (layoutOf(children) === "classes") {
+      children.forEach(checkClass);
+      const entries = children.flatMap((c, label) =>
+        c.images.map((f) => ({ path: `${c.path}/${f}`, label, site: 0 }))
+      );
+      return { entries, classes: top.dirs };
+    }
+    const perSite = children.map((s) => {
+      if (s.dirs.length === 0) throw new Error(`site folder "${s.path}" has no class folders`);
+      const classFolders = subfolders(s);
+      classFolders.forEach(checkClass);
+      return classFolders;
+    });
+    const classes = [...new Set(children.flatMap((s) => s.dirs))].sort(byName);
+    const entries = perSite.flatMap((classFolders, site) =>
+      classFolders.flatMap((c, k) =>
+        c.images.map((f) => ({
+          path: `${c.path}/${f}`,
+          label: classes.indexOf(children[site].dirs[k]),
+          site,
+        }))
+      )
+    );
+    return { entries, classes, sites: top.dirs };
   } catch (e) {
     throw new Error(`Cannot read image folder "${root}": ${oneLine((e as Error).message)}`);
   }
-  if (top.dirs.length === 0) {
-    throw new Error(`Cannot read image folder "${root}": no class folders in it`);
-  }
-  const children = top.dirs.map((d) => list(`${root}/${d}`));
-  const hasSites = children.every((c) => c.images.length === 0) &&
-    children.some((c) => c.dirs.length > 0);
-  if (!hasSites) {
-    const entries = children.flatMap((c, label) =>
-      c.images.map((f) => ({ path: `${root}/${top.dirs[label]}/${f}`, label, site: 0 }))
-    );
-    return { entries, classes: top.dirs };
-  }
-  const classes = [...new Set(children.flatMap((c) => c.dirs))].sort(byName);
-  const entries = children.flatMap((c, site) =>
-    c.dirs.flatMap((cls) =>
-      list(`${root}/${top.dirs[site]}/${cls}`).images.map((f) => ({
-        path: `${root}/${top.dirs[site]}/${cls}/${f}`,
-        label: classes.indexOf(cls),
-        site,
-      }))
-    )
-  );
-  return { entries, classes, sites: top.dirs };
 }
 
 /**

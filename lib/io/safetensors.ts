@@ -6,7 +6,8 @@ import * as E from "fp-ts/lib/Either.js";
 import * as A from "fp-ts/lib/Array.js";
 import * as NEA from "fp-ts/lib/NonEmptyArray.js";
 import { pipe } from "fp-ts/lib/function.js";
-import { writeFileAtomic } from "./atomic.ts";
+import { removeStaleTemps, writeFileAtomic } from "./atomic.ts";
+import { oneLine, shortList } from "../messages.ts";
 import { decodeElements, type Dtype, DTYPE_BYTES } from "./dtype.ts";
 
 export { type Dtype, DTYPE_BYTES } from "./dtype.ts";
@@ -106,7 +107,7 @@ function checkEntry(name: string, raw: unknown): E.Either<Errors, Entry> {
   }
   const { dtype, shape, data_offsets: offs } = raw as Record<string, unknown>;
   const problems: string[] = [];
-  if (typeof dtype !== "string" || !(dtype in DTYPE_BYTES)) {
+  if (typeof dtype !== "string" || !Object.hasOwn(DTYPE_BYTES, dtype)) {
     problems.push(`tensor "${name}" has unknown dtype ${JSON.stringify(dtype)}`);
   }
   if (!Array.isArray(shape) || !shape.every(isNat)) {
@@ -174,11 +175,17 @@ interface Layout {
 
 // The header's JSON, checked entry by entry and against the buffer's size; collects every problem.
 function checkHeader(json: Uint8Array, bufferBytes: number): E.Either<Errors, Layout> {
+  let text: string;
+  try {
+    text = new TextDecoder("utf-8", { fatal: true }).decode(json);
+  } catch {
+    return fail("header is not valid UTF-8");
+  }
   let header: unknown;
   try {
-    header = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(json));
+    header = JSON.parse(text);
   } catch (e) {
-    return fail(`header is not valid JSON (${(e as Error).message})`);
+    return fail(`header is not valid JSON (${oneLine((e as Error).message)})`);
   }
   if (typeof header !== "object" || header === null || Array.isArray(header)) {
     return fail("header is not a JSON object");
@@ -211,15 +218,11 @@ export function decodeSafetensors(bytes: Uint8Array): E.Either<string[], Decoded
       pipe(
         checkHeader(bytes.subarray(8, 8 + n), bytes.length - 8 - n),
         E.map(({ entries, metadata }) => {
-          const tensors: Record<string, DecodedTensor> = {};
-          for (const e of entries) {
+          // fromEntries defines own keys, so even a tensor named "__proto__" comes back as one.
+          const tensors = Object.fromEntries(entries.map((e): [string, DecodedTensor] => {
             const raw = bytes.slice(8 + n + e.begin, 8 + n + e.end).buffer; // aligned copy
-            tensors[e.name] = {
-              dtype: e.dtype,
-              shape: e.shape,
-              data: decodeElements(e.dtype, raw),
-            };
-          }
+            return [e.name, { dtype: e.dtype, shape: e.shape, data: decodeElements(e.dtype, raw) }];
+          }));
           return { tensors, metadata };
         }),
       )
@@ -227,9 +230,12 @@ export function decodeSafetensors(bytes: Uint8Array): E.Either<string[], Decoded
   );
 }
 
-/** One line naming the file and every fault, for errors. */
+/**
+ * One line naming the file and its faults, for errors: the first five, then a count of the rest
+ * (a truncated checkpoint has one fault per tensor past the end).
+ */
 export function formatProblems(path: string, problems: readonly string[]): string {
-  return `Cannot read safetensors file "${path}": ${problems.join("; ")}`;
+  return `Cannot read safetensors file "${path}": ${shortList(problems, 5, "; ")}`;
 }
 
 async function readAt(
@@ -254,35 +260,56 @@ async function readAt(
  */
 export async function readSafetensors(path: string): Promise<Decoded> {
   let file: Deno.FsFile | undefined;
+  let result: E.Either<readonly string[], Decoded>;
   try {
     file = await Deno.open(path, { read: true });
-    const size = (await file.stat()).size;
-    const n = headerLength(await readAt(file, 0, Math.min(8, size)), size);
-    if (E.isLeft(n)) throw new Error(n.left.join("; "));
-    const layout = checkHeader(await readAt(file, 8, n.right), size - 8 - n.right);
-    if (E.isLeft(layout)) throw new Error(layout.left.join("; "));
-    const tensors: Record<string, DecodedTensor> = {};
-    for (const e of layout.right.entries) {
-      const raw = await readAt(file, 8 + n.right + e.begin, e.end - e.begin);
-      tensors[e.name] = {
-        dtype: e.dtype,
-        shape: e.shape,
-        data: decodeElements(e.dtype, raw.buffer),
-      };
-    }
-    return { tensors, metadata: layout.right.metadata };
+    result = await readOpen(file);
   } catch (e) {
-    throw new Error(formatProblems(path, [(e as Error).message]));
+    result = E.left([oneLine((e as Error).message)]);
   } finally {
     file?.close();
   }
+  if (E.isLeft(result)) throw new Error(formatProblems(path, result.left));
+  return result.right;
 }
 
-/** Encode and write a safetensors file atomically (temp file, fsync, rename). */
+// The header first, validated against the file's size, then each tensor into its own buffer.
+async function readOpen(file: Deno.FsFile): Promise<E.Either<Errors, Decoded>> {
+  const size = (await file.stat()).size;
+  const n = headerLength(await readAt(file, 0, Math.min(8, size)), size);
+  if (E.isLeft(n)) return n;
+  const layout = checkHeader(await readAt(file, 8, n.right), size - 8 - n.right);
+  if (E.isLeft(layout)) return layout;
+  const tensors: [string, DecodedTensor][] = [];
+  for (const e of layout.right.entries) {
+    const raw = await readAt(file, 8 + n.right + e.begin, e.end - e.begin);
+    tensors.push([e.name, {
+      dtype: e.dtype,
+      shape: e.shape,
+      data: decodeElements(e.dtype, raw.buffer),
+    }]);
+  }
+  return E.right({ tensors: Object.fromEntries(tensors), metadata: layout.right.metadata });
+}
+
+/**
+ * Encode and write a safetensors file atomically (temp file, fsync, rename), first removing the
+ * temp files that killed writers of the same path left behind (`removeStaleTemps`).
+ * @throws one-line Error naming the file: `Cannot write safetensors file "<path>": ...` for bad
+ * tensors, `Cannot write "<path>": ...` when the write fails (full disk, permissions)
+ */
 export async function writeSafetensors(
   path: string,
   tensors: Readonly<Record<string, TensorIn>>,
   metadata: Readonly<Record<string, string>> = {},
 ): Promise<void> {
-  await writeFileAtomic(path, safetensorsChunks(tensors, metadata));
+  let chunks: Uint8Array[];
+  try {
+    chunks = safetensorsChunks(tensors, metadata);
+  } catch (e) {
+    throw new Error(`Cannot write safetensors file "${path}": ${oneLine((e as Error).message)}`);
+  }
+  // Checkpoints are the large temp files; a failed cleanup must not block saving a new one.
+  await removeStaleTemps(path).catch(() => []);
+  await writeFileAtomic(path, chunks);
 }

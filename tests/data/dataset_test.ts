@@ -240,3 +240,32 @@ Deno.test("loadDataset() on folders uses train/ and test/ (or val/) subfolders, 
     /apt-get install dataset-fashion-mnist/,
   );
 });
+
+Deno.test("loadDataset() rejects an empty split while loading, naming the dataset", async () => {
+  const dir = await Deno.makeTempDir();
+  const png = sharp(new Uint8Array(4 * 4 * 3), { raw: { width: 4, height: 4, channels: 3 } })
+    .png().toBuffer();
+  try {
+    // One image per class: the fixed 80/20 split puts both in train and leaves test empty.
+    for (const c of ["a", "b"]) {
+      await Deno.mkdir(`${dir}/few/${c}`, { recursive: true });
+      await Deno.writeFile(`${dir}/few/${c}/0.png`, await png);
+    }
+    assert.equal((await loadDataset(`${dir}/few`)).labels.length, 2);
+    await assert.rejects(() => loadDataset(`${dir}/few`, { split: "test" }), (e: Error) => {
+      assert.match(e.message, new RegExp(`^Dataset "${dir}/few/test" is empty: `));
+      assert.ok(!e.message.includes("\n"), e.message);
+      return true;
+    });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+  const empty = makeDataset({
+    name: "none",
+    images: new Float32Array(0),
+    labels: new Int32Array(0),
+    shape: [1, 1, 1],
+    classes: ["a"],
+  });
+  assert.throws(() => batchAt(empty, [0]), { message: 'Dataset "none" is empty' });
+});

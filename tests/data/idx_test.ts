@@ -46,17 +46,18 @@ Deno.test("parseIdx() reads a 3-D ubyte file, plain and gzip'd", () => {
   }
 });
 
+type Setter = (v: DataView, at: number, x: number) => void;
+const DTYPE_CASES: [number, string, number[], number, Setter][] = [
+  [0x08, "uint8", [0, 1, 255], 1, (v, a, x) => v.setUint8(a, x)],
+  [0x09, "int8", [-128, -1, 127], 1, (v, a, x) => v.setInt8(a, x)],
+  [0x0b, "int16", [-32768, -2, 258], 2, (v, a, x) => v.setInt16(a, x)],
+  [0x0c, "int32", [-2147483648, 65536, 7], 4, (v, a, x) => v.setInt32(a, x)],
+  [0x0d, "float32", [1.5, -0.25, 3e30], 4, (v, a, x) => v.setFloat32(a, x)],
+  [0x0e, "float64", [Math.PI, -1e-300, 2 ** 60], 8, (v, a, x) => v.setFloat64(a, x)],
+];
+
 Deno.test("parseIdx() decodes every dtype big-endian", async (t) => {
-  const cases: [number, string, number[], number, (v: DataView, at: number, x: number) => void][] =
-    [
-      [0x08, "uint8", [0, 1, 255], 1, (v, a, x) => v.setUint8(a, x)],
-      [0x09, "int8", [-128, -1, 127], 1, (v, a, x) => v.setInt8(a, x)],
-      [0x0b, "int16", [-32768, -2, 258], 2, (v, a, x) => v.setInt16(a, x)],
-      [0x0c, "int32", [-2147483648, 65536, 7], 4, (v, a, x) => v.setInt32(a, x)],
-      [0x0d, "float32", [1.5, -0.25, 3e30], 4, (v, a, x) => v.setFloat32(a, x)],
-      [0x0e, "float64", [Math.PI, -1e-300, 2 ** 60], 8, (v, a, x) => v.setFloat64(a, x)],
-    ];
-  for (const [code, dtype, values, width, set] of cases) {
+  for (const [code, dtype, values, width, set] of DTYPE_CASES) {
     await t.step(dtype, () => {
       const idx = ok(parseIdx(idxBytes(code, [3], bigEndian(values, width, set)), "f"));
       assert.equal(idx.dtype, dtype);
@@ -64,6 +65,38 @@ Deno.test("parseIdx() decodes every dtype big-endian", async (t) => {
       const expected = dtype === "float32" ? [...Float32Array.from(values)] : values;
       assert.deepEqual([...idx.data], expected);
     });
+  }
+});
+
+// gunzipSync returns a Node Buffer that views a shared pool: decoding must copy exactly the payload.
+Deno.test("parseIdx() decodes gzip'd files of every dtype to exactly their values", async (t) => {
+  for (const [code, dtype, values, width, set] of DTYPE_CASES) {
+    await t.step(dtype, () => {
+      const plain = idxBytes(code, [3], bigEndian(values, width, set));
+      const idx = ok(parseIdx(new Uint8Array(gzipSync(plain)), "f.gz"));
+      assert.equal(idx.dtype, dtype);
+      assert.equal(idx.data.length, 3);
+      assert.equal(idx.data.byteLength, 3 * width, "data owns just its values");
+      const expected = dtype === "float32" ? [...Float32Array.from(values)] : values;
+      assert.deepEqual([...idx.data], expected);
+    });
+  }
+});
+
+Deno.test("readIdx() reads a gzip'd int8 file written to disk", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/deltas-idx2-byte.gz`;
+    const values = [-128, -1, 0, 1, 127, -7];
+    const payload = bigEndian(values, 1, (v, a, x) => v.setInt8(a, x));
+    await Deno.writeFile(path, gzipSync(idxBytes(0x09, [2, 3], payload)));
+    const idx = await readIdx(path);
+    assert.equal(idx.dtype, "int8");
+    assert.deepEqual(idx.dims, [2, 3]);
+    assert.ok(idx.data instanceof Int8Array);
+    assert.deepEqual([...idx.data], values);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });
 

@@ -127,3 +127,95 @@ Deno.test("loadImageFolder() gives one-line errors naming a corrupt file or a ba
     );
   });
 });
+
+Deno.test("loadImageFolder() follows symlinked images and class folders", async () => {
+  await withTempDir(async (dir) => {
+    const a = await writePng(`${dir}/store/a.png`, 4, 4, 1, 5);
+    const b = await writePng(`${dir}/store/b.png`, 4, 4, 1, 6);
+    await writePng(`${dir}/data/cat/0.png`, 4, 4, 1, 7);
+    await Deno.symlink(`${dir}/store/a.png`, `${dir}/data/cat/1.png`); // a linked image
+    await Deno.symlink(`${dir}/store`, `${dir}/data/dog`); // a linked class folder
+    const ds = await loadImageFolder(`${dir}/data`, { channels: 1 });
+    assert.deepEqual(ds.classes, ["cat", "dog"]);
+    assert.deepEqual([...ds.labels], [0, 0, 1, 1]);
+    assert.deepEqual([...ds.images.subarray(16, 32)], [...a].map(unit));
+    assert.deepEqual([...ds.images.subarray(48)], [...b].map(unit));
+  });
+});
+
+Deno.test("listImageFolder() reports a symlink cycle, never loops", async () => {
+  await withTempDir(async (dir) => {
+    await writePng(`${dir}/site/cls/0.png`, 4, 4, 1, 0);
+    await Deno.symlink(dir, `${dir}/site/loop`); // site/loop -> root
+    assert.throws(() => listImageFolder(dir), (e: Error) => {
+      assert.match(e.message, /symlink cycle/);
+      assert.ok(e.message.includes(`"${dir}/site/loop"`), e.message);
+      assert.ok(!e.message.includes("\n"), e.message);
+      return true;
+    });
+    await Deno.remove(`${dir}/site/loop`);
+    await Deno.symlink(`${dir}/nowhere`, `${dir}/site/cls/1.png`);
+    assert.throws(() => listImageFolder(dir), new RegExp(`broken symlink "${dir}/site/cls/1.png"`));
+  });
+});
+
+Deno.test("listImageFolder() rejects ambiguous layouts with one line naming the folder", async (t) => {
+  const cases: [string, string[], (dir: string) => string][] = [
+    // A folder of folders next to class folders: neither a class nor a site.
+    ["class beside a folder of folders", ["cat/0.png", "dog/husky/0.png"], (d) => `"${d}/dog"`],
+    ["class folder holding folders", ["cat/0.png", "cat/kittens/0.png"], (d) => `"${d}/cat"`],
+    ["images beside class folders", ["0.png", "cat/0.png"], (d) => `"${d}"`],
+    ["site folder holding images", ["s/cat/0.png", "s/0.png", "t/cat/0.png"], (d) => `"${d}/s"`],
+    [
+      "class folder of a site holding folders",
+      ["s/cat/0.png", "s/dog/x/0.png"],
+      (d) => `"${d}/s/dog"`,
+    ],
+  ];
+  for (const [what, files, named] of cases) {
+    await t.step(what, async () => {
+      await withTempDir(async (dir) => {
+        for (const f of files) await writePng(`${dir}/${f}`, 4, 4, 1, 0);
+        assert.throws(() => listImageFolder(dir), (e: Error) => {
+          assert.ok(e.message.startsWith(`Cannot read image folder "${dir}": `), e.message);
+          assert.ok(e.message.includes(named(dir)), e.message);
+          assert.ok(!e.message.includes("\n"), e.message);
+          return true;
+        });
+      });
+    });
+  }
+});
+
+Deno.test("loadImageFolder() rejects a class folder without images, naming it", async () => {
+  await withTempDir(async (dir) => {
+    await writePng(`${dir}/cat/0.png`, 4, 4, 1, 0);
+    await Deno.mkdir(`${dir}/dog`);
+    await Deno.writeTextFile(`${dir}/dog/readme.txt`, "no images here");
+    await assert.rejects(
+      () => loadImageFolder(dir),
+      {
+        message:
+          `Cannot read image folder "${dir}": class folder "${dir}/dog" has no .png/.jpg/.jpeg images`,
+      },
+    );
+  });
+  await withTempDir(async (dir) => {
+    await writePng(`${dir}/s1/cat/0.png`, 4, 4, 1, 0);
+    await Deno.mkdir(`${dir}/s2/cat`, { recursive: true });
+    await assert.rejects(
+      () => loadImageFolder(dir),
+      {
+        message:
+          `Cannot read image folder "${dir}": class folder "${dir}/s2/cat" has no .png/.jpg/.jpeg images`,
+      },
+    );
+    await Deno.remove(`${dir}/s2/cat`);
+    await assert.rejects(
+      () => loadImageFolder(dir),
+      {
+        message: `Cannot read image folder "${dir}": site folder "${dir}/s2" has no class folders`,
+      },
+    );
+  });
+});

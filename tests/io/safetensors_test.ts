@@ -4,6 +4,7 @@ import { join } from "node:path";
 import {
   decodeSafetensors,
   encodeSafetensors,
+  formatProblems,
   readSafetensors,
   writeSafetensors,
 } from "../../lib/io/safetensors.ts";
@@ -192,4 +193,79 @@ Deno.test("encodeSafetensors() rejects data that does not match its shape", () =
     () => encodeSafetensors({ w: { dtype: "F32", shape: [2, 2], data: new Float32Array(3) } }),
     /Tensor "w" has shape \[2,2\] but 3 values/,
   );
+});
+
+Deno.test("readSafetensors() on a truncated file with many tensors gives a short line", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = join(dir, "ckpt.safetensors");
+    const tensors = Object.fromEntries(
+      Array.from({ length: 500 }, (_, i) => [
+        `input_blocks.${i}.0.in_layers.2.weight`,
+        { dtype: "F32" as const, shape: [3, 3, 4, 4], data: new Float32Array(144) },
+      ]),
+    );
+    await writeSafetensors(path, tensors);
+    const bytes = await Deno.readFile(path);
+    await Deno.writeFile(path, bytes.subarray(0, Math.floor(bytes.length / 2)));
+    await assert.rejects(() => readSafetensors(path), (e: Error) => {
+      assert.ok(e.message.startsWith(`Cannot read safetensors file "${path}": `), e.message);
+      assert.ok(e.message.length < 1000, `${e.message.length} characters`);
+      assert.match(e.message, /past the \d+-byte buffer.*; … and \d+ more$/);
+      assert.ok(!e.message.includes("\n"));
+      return true;
+    });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("formatProblems() lists a few faults and counts the rest", () => {
+  const faults = Array.from({ length: 417 }, (_, i) => `tensor "t${i}" is bad`);
+  assert.equal(
+    formatProblems("x.safetensors", faults),
+    'Cannot read safetensors file "x.safetensors": tensor "t0" is bad; tensor "t1" is bad; ' +
+      'tensor "t2" is bad; tensor "t3" is bad; tensor "t4" is bad; … and 412 more',
+  );
+  assert.equal(formatProblems("x", ["a", "b"]), 'Cannot read safetensors file "x": a; b');
+});
+
+Deno.test("writeSafetensors() errors name the file", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = join(dir, "w.safetensors");
+    await assert.rejects(
+      () =>
+        writeSafetensors(path, { w: { dtype: "F32", shape: [2, 2], data: new Float32Array(3) } }),
+      {
+        message: `Cannot write safetensors file "${path}": Tensor "w" has shape [2,2] but 3 values`,
+      },
+    );
+    await Deno.mkdir(join(path, "taken"), { recursive: true }); // the target is a folder
+    await assert.rejects(
+      () => writeSafetensors(path, { w: { dtype: "F32", shape: [1], data: new Float32Array(1) } }),
+      (e: Error) => {
+        assert.ok(e.message.startsWith(`Cannot write "${path}": `), e.message);
+        return true;
+      },
+    );
+    assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name), ["w.safetensors"]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("writeSafetensors() clears the temp files that dead writers left for its target", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const child = new Deno.Command("true").spawn();
+    await child.status;
+    const path = join(dir, "last.safetensors");
+    const stale = join(dir, `.last.safetensors.${child.pid}.deadbeef.tmp`);
+    await Deno.writeFile(stale, new Uint8Array(64));
+    await writeSafetensors(path, { w: { dtype: "F32", shape: [1], data: new Float32Array(1) } });
+    assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name), ["last.safetensors"]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
