@@ -44,8 +44,9 @@ const FLAGS = {
   ema: {
     kind: "float",
     default: 0.999,
-    help: "EMA rate of the weights, in [0, 1) (ADM uses 0.9999 for long runs)",
+    help: "EMA rate of the weights (ADM uses 0.9999 for long runs)",
     min: 0,
+    maxExclusive: 1,
   },
   "clip-norm": {
     kind: "float",
@@ -64,8 +65,9 @@ const FLAGS = {
   "class-dropout": {
     kind: "float",
     default: 0,
-    help: "with --class-cond: replace labels by a null class with this probability, in [0, 1)",
+    help: "with --class-cond: replace labels by a null class with this probability",
     min: 0,
+    maxExclusive: 1,
   },
   out: { kind: "string", help: "checkpoint directory (default: checkpoints/pretrain/<run>)" },
   run: { kind: "string", help: "run name (default: <dataset>-<config>-seed<seed>)" },

@@ -110,3 +110,77 @@ Deno.test("deno task pretrain: a tiny run of 100 steps with a fixed seed lowers 
     await Deno.remove(tmp, { recursive: true });
   }
 });
+
+Deno.test("deno task pretrain checks every range before loading data or the engine", async () => {
+  const cases: [string[], RegExp][] = [
+    [["--ema", "2"], /--ema: 2 is outside \[0, 1\)/],
+    [["--class-dropout", "1", "--class-cond"], /--class-dropout: 1 is outside \[0, 1\)/],
+    [["--sample-steps", "2000"], /--sample-steps: 2000 is more than --diffusion-steps 1000/],
+    [["--model", "dit", "--config", "adm256"], /--config: "adm256" is not a dit preset/],
+  ];
+  for (const [args, message] of cases) {
+    const r = await runScript("pretrain", args);
+    assertEquals(r.code, 2, r.stderr);
+    assert(message.test(r.stderr), `${args.join(" ")}: ${r.stderr}`);
+    assert(!r.stderr.includes("engine:"), "refused before the engine starts");
+  }
+});
+
+Deno.test("deno task pretrain: one-class conditioning is a one-line error before the engine", async () => {
+  const tmp = await Deno.makeTempDir();
+  try {
+    const sharp = (await import("sharp")).default;
+    await Deno.mkdir(`${tmp}/data/only`, { recursive: true });
+    for (let i = 0; i < 6; i++) {
+      await sharp(new Uint8Array(16 * 16).fill(20 * i), {
+        raw: { width: 16, height: 16, channels: 1 },
+      })
+        .png().toFile(`${tmp}/data/only/${i}.png`);
+    }
+    const r = await runScript("pretrain", [
+      "--dataset",
+      `${tmp}/data`,
+      "--config",
+      "tiny",
+      "--class-cond",
+    ]);
+    assertEquals(r.code, 2, r.stderr);
+    assert(/has 1 class; conditioning needs 2 or more/.test(r.stderr), r.stderr);
+    assert(!r.stderr.includes("engine:"), r.stderr);
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
+
+Deno.test("deno task pretrain: rerunning a finished run leaves its results JSON as it was", async () => {
+  const tmp = await Deno.makeTempDir();
+  try {
+    const args = ["--config", "tiny", "--steps", "3", "--batch", "2", "--samples", "0", "--quiet"];
+    const run = () =>
+      runScript("pretrain", [...args, "--out", `${tmp}/ck`], { DP_RESULTS_DIR: tmp });
+    const first = await run();
+    assertEquals(first.code, 0, first.stderr);
+    const path = `${tmp}/pretrain/mnist-tiny-seed0.json`;
+    const before = await Deno.readTextFile(path);
+    const again = await run();
+    assertEquals(again.code, 0, again.stderr);
+    assert(/is finished \(step 3\)/.test(again.stderr), again.stderr);
+    assertEquals(await Deno.readTextFile(path), before);
+    const r = parseResult(before, path);
+    assert(r.command?.startsWith("deno task pretrain --config tiny --steps 3"), r.command);
+    assertEquals(r.segments?.map((s) => [s.from_step, s.to_step]), [[0, 3]]);
+    assert(typeof r.env.cpu === "string" && r.env.engine_details !== undefined);
+    // A --steps below the checkpoint's step is an error that names both.
+    const back = await runScript("pretrain", [
+      ...args.map((a) => (a === "3" ? "2" : a)),
+      "--out",
+      `${tmp}/ck`,
+    ], {
+      DP_RESULTS_DIR: tmp,
+    });
+    assertEquals(back.code, 1, back.stderr);
+    assert(/is at step 3, past --steps 2/.test(back.stderr), back.stderr);
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
