@@ -7,6 +7,7 @@ import * as A from "fp-ts/lib/Array.js";
 import * as NEA from "fp-ts/lib/NonEmptyArray.js";
 import { sequenceS } from "fp-ts/lib/Apply.js";
 import { dirname, join, relative, resolve } from "node:path";
+import * as os from "node:os";
 import { writeFileAtomic } from "./io/atomic.ts";
 
 export const SCHEMA_VERSION = 1;
@@ -24,7 +25,7 @@ export interface RunEnv {
   readonly commit: string;
   /** Whether tracked files differed from the commit. */
   readonly dirty?: boolean;
-  /** CPU model, from /proc/cpuinfo. */
+  /** CPU model, as the OS names it. */
   readonly cpu?: string;
   readonly cpus: number;
   readonly os: string;
@@ -210,13 +211,12 @@ export async function gitState(): Promise<{ commit: string; dirty: boolean | nul
   }
 }
 
-/** The CPU model ("model name" of /proc/cpuinfo), or "unknown". */
+/** The CPU model (node:os, which tasks may read with --allow-sys), or "unknown". */
 export function cpuModel(): string {
   try {
-    const info = Deno.readTextFileSync("/proc/cpuinfo");
-    return info.match(/^model name\s*:\s*(.+)$/m)?.[1].trim() ?? "unknown";
+    return os.cpus()[0]?.model?.trim() || "unknown";
   } catch {
-    /* not Linux, or no read permission */
+    /* no --allow-sys */
     return "unknown";
   }
 }

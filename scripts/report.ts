@@ -1,4 +1,5 @@
-// deno task report: render REPORT.md from every results JSON under results/.
+// deno task report: render REPORT.md (and the figures it embeds, under results/report/) from every
+// results JSON under results/; the tables it draws are declared in lib/report/tables.ts.
 import { type FlagSpecs, parseCli, runMain } from "../lib/cli.ts";
 import { writeReport } from "../lib/report/mod.ts";
 
@@ -16,6 +17,7 @@ const FLAGS = {
 async function main(): Promise<void> {
   const args = parseCli("report", "Render the results of every run as one markdown report.", FLAGS);
   const s = await writeReport(args.results, args.out);
+  for (const f of s.figures) console.error(`report: drew ${f}`);
   for (const p of s.problems) console.error(`warning: ${p}`);
   console.error(`report: ${s.runs} run(s) in ${s.experiments} experiment(s) -> ${args.out}`);
 }

@@ -1,0 +1,805 @@
+// The report's tables and figures, as data: for each paper table an analog, with the paper's rows
+// quoted from ../shared/seeds (file and table number beside each quote) and the runs of ours it
+// reads. An experiment lands its table here, in one place: name its results (experiment and a
+// filter), its columns (paths into the results JSON) and the runs it expects; a run it expects
+// but results/ lacks is drawn as missing. table.ts documents the path syntax.
+//
+// The probing, head, kNN, semi-supervised, generation and tuning experiments come later; their
+// tables are declared now with the paper's rows and the config/metric names those experiments
+// are planned to write (`config.t`, `config.block`, `config.head`, `metrics.accuracy` as a
+// fraction...). The experiment that lands adjusts its paths and commands here.
+import type { Column, FigureDef, ReportItem, Section, TableDef } from "./table.ts";
+
+// ---------------------------------------------------------------- sources
+
+/** The seed files quoted, under ../shared/seeds. */
+export const SEEDS = {
+  "000": "000_790622fb5a2d7641.txt",
+  "001": "001_1eea33de6c23a4db.txt",
+  "002": "002_33fc5e753e444cbd.txt",
+} as const;
+
+/** Report sections in order: the pre-training all papers share, the papers, then benchmarks. */
+export const SECTIONS: readonly {
+  readonly id: Section;
+  readonly title: string;
+  readonly intro: string;
+}[] = [
+  {
+    id: "pretrain",
+    title: "Pre-training",
+    intro: "The diffusion models every later table reads features from or tunes: our runs of " +
+      "`deno task pretrain` and samples drawn from their checkpoints.",
+  },
+  {
+    id: "001",
+    title: "001: Diffusion Models Beat GANs on Image Classification (Mukhopadhyay et al.)",
+    intro: "Frozen ADM U-Net features f(x0, t, b) with linear, MLP, CNN and attention heads.",
+  },
+  {
+    id: "002",
+    title:
+      "002: Do text-free diffusion models learn discriminative visual representations? (Mukhopadhyay et al.)",
+    intro: "Attention head, DifFormer and DifFeed on frozen features; semi-supervised and kNN.",
+  },
+  {
+    id: "000",
+    title:
+      "000: Image Classification Using a Diffusion Model as a Pre-Training Model (Ukita et al.)",
+    intro: "Latent DiT pre-trained without labels (unconditional or representation-conditioned), " +
+      "then tuned with labels.",
+  },
+  {
+    id: "bench",
+    title: "Benchmarks",
+    intro: "Speed of this toolkit's engines (`deno task bench`), beside PyTorch where measured.",
+  },
+];
+
+// Scale statements shared by several tables.
+const OURS_FROZEN = "Fashion-MNIST (60,000 train / 10,000 test images, 10 classes) at 28×28, " +
+  "frozen features of the `small` ADM U-Net (3.2M parameters) pre-trained here, T = 1000";
+const PAPER_IN1K = "ImageNet-1k (1.3M train images, 1000 classes) at 256×256, frozen " +
+  "unconditional ADM U-Net of guided diffusion (256×256 checkpoint), T = 1000";
+const acc: Column = {
+  key: "accuracy",
+  header: "accuracy",
+  path: "metrics.accuracy",
+  format: "percent",
+};
+
+// ---------------------------------------------------------------- pre-training
+
+const pretrain: ReportItem[] = [
+  {
+    kind: "table",
+    id: "pretrain-runs",
+    section: "pretrain",
+    title: "Pre-training runs",
+    scale: {
+      paper: "001 and 002 use the released guided-diffusion ADM U-Net trained on ImageNet at " +
+        "256×256 (not retrained); 000 trains DiT-B/2 on 10,313 brain CT latents (its Table 1 and 2)",
+      ours: "the ADM U-Net presets `tiny` (16×16) and `small` (28×28) on embedded MNIST or " +
+        "Fashion-MNIST, T = 1000, on CPU",
+    },
+    experiments: ["pretrain"],
+    columns: [
+      { key: "run", header: "run", path: "$label" },
+      { key: "dataset", header: "dataset", path: "config.dataset" },
+      { key: "kind", header: "denoiser", path: "config.model.kind" },
+      { key: "model", header: "preset", path: "config.model.name|config.modelName" },
+      { key: "steps", header: "steps", path: "metrics.steps", format: "int" },
+      { key: "batch", header: "batch", path: "config.batch", format: "int" },
+      { key: "lr", header: "lr", path: "config.lr" },
+      { key: "epochs", header: "epochs", path: "metrics.epochs" },
+      { key: "first", header: "first loss", path: "metrics.first_loss" },
+      { key: "final", header: "final loss", path: "metrics.final_loss" },
+      { key: "ips", header: "images/s", path: "metrics.images_per_s" },
+      { key: "engine", header: "engine", path: "env.engine" },
+      { key: "cpu", header: "CPU", path: "env.cpu" },
+      { key: "cores", header: "cores", path: "env.cpus" },
+    ],
+    expected: [{
+      label: "README reference run",
+      where: { "config.dataset": "fashion-mnist", "config.model.name|config.modelName": "small" },
+      command: "deno task pretrain --dataset fashion-mnist --config small --steps 4000 " +
+        "--export-weights",
+    }],
+    command: "deno task pretrain",
+    artifacts: "-samples\\.png$",
+  },
+  {
+    kind: "figure",
+    id: "pretrain_loss",
+    section: "pretrain",
+    title: "Pre-training loss (mean over each logging interval)",
+    experiments: ["pretrain"],
+    points: "metrics.loss_curve.points",
+    x: "step",
+    y: "loss",
+    logY: true,
+  },
+  {
+    kind: "table",
+    id: "pretrain-segments",
+    section: "pretrain",
+    title: "Pre-training segments",
+    note: "A resumed run has one segment per start: the steps it took, on which code, engine " +
+      "and machine.",
+    experiments: ["pretrain"],
+    each: "segments.*",
+    columns: [
+      { key: "from", header: "from step", path: "@.from_step", format: "int" },
+      { key: "to", header: "to step", path: "@.to_step", format: "int" },
+      { key: "commit", header: "commit", path: "@.commit", format: "commit" },
+      { key: "dirty", header: "dirty", path: "@.dirty" },
+      { key: "engine", header: "engine", path: "@.engine" },
+      { key: "cpu", header: "CPU", path: "@.cpu" },
+      { key: "cores", header: "cores", path: "@.cpus" },
+      { key: "train", header: "train s", path: "@.train_s" },
+      { key: "finished", header: "finished", path: "@.finished", format: "time" },
+      { key: "note", header: "note", path: "@.note" },
+    ],
+    command: "deno task pretrain",
+  },
+  {
+    kind: "table",
+    id: "sample-runs",
+    section: "pretrain",
+    title: "Samples",
+    experiments: ["sample"],
+    columns: [
+      { key: "model", header: "model", path: "config.model" },
+      { key: "method", header: "sampler", path: "config.method" },
+      { key: "steps", header: "steps", path: "config.steps", format: "int" },
+      { key: "weights", header: "weights", path: "config.weights" },
+      { key: "images", header: "images", path: "metrics.images", format: "int" },
+      { key: "mean", header: "pixel mean", path: "metrics.pixel_mean" },
+    ],
+    command: "deno task sample --checkpoint checkpoints/pretrain/<run>/checkpoint.safetensors",
+    artifacts: "\\.png$",
+  },
+];
+
+// ---------------------------------------------------------------- 001
+
+const p001: TableDef[] = [
+  {
+    kind: "table",
+    id: "001-table1",
+    section: "001",
+    title: "001 Table 1: main results (linear probe and attention head)",
+    scale: { paper: PAPER_IN1K + "; t = 90, b = 24 (its Section 4.1.1)", ours: OURS_FROZEN },
+    experiments: ["probe", "heads"],
+    columns: [
+      { key: "method", header: "method", path: "$label" },
+      { key: "b", header: "b", path: "config.block", format: "int" },
+      { key: "t", header: "t", path: "config.t", format: "int" },
+      acc,
+      { key: "fid", header: "FID" },
+    ],
+    paper: [{
+      seed: SEEDS["001"],
+      table: 1,
+      rows: [
+        { method: "U-Net Encoder", accuracy: "64.32%", fid: "n/a" },
+        { method: "GD (L, pool 1×1)", accuracy: "61.95%", fid: "26.21" },
+        { method: "GD (L, pool 2×2)", accuracy: "64.96%", fid: "26.21" },
+        { method: "GD (Attention)", accuracy: "71.89%", fid: "26.21" },
+      ],
+    }],
+    expected: [
+      {
+        label: "GD (L, pool 1×1)",
+        where: { experiment: "probe", "config.head": "linear", "config.pool": 1 },
+        command: "deno task probe",
+        setting: "linear head, pool 1×1",
+      },
+      {
+        label: "GD (L, pool 2×2)",
+        where: { experiment: "probe", "config.head": "linear", "config.pool": 2 },
+        command: "deno task probe",
+        setting: "linear head, pool 2×2",
+      },
+      {
+        label: "GD (Attention)",
+        where: { experiment: "heads", "config.head": "attention" },
+        command: "deno task heads",
+        setting: "attention head",
+      },
+    ],
+    command: "deno task probe",
+  },
+  {
+    kind: "table",
+    id: "001-table2",
+    section: "001",
+    title: "001 Table 2: fine-tuning",
+    scale: {
+      paper: "ImageNet-1k, the whole U-Net fine-tuned",
+      ours: "Fashion-MNIST, the " + "`small` U-Net fine-tuned",
+    },
+    experiments: ["finetune"],
+    columns: [
+      { key: "method", header: "method", path: "$label" },
+      { key: "pool", header: "pool", path: "config.pool", format: "int" },
+      acc,
+    ],
+    paper: [{
+      seed: SEEDS["001"],
+      table: 2,
+      rows: [
+        { method: "GD (Linear, pool 2×2)", accuracy: "73.17%" },
+        { method: "GD (Linear, pool 4×4)", accuracy: "73.50%" },
+      ],
+    }],
+    expected: [
+      {
+        label: "GD (Linear, pool 2×2)",
+        where: { "config.pool": 2 },
+        command: "deno task finetune",
+        setting: "pool 2×2",
+      },
+      {
+        label: "GD (Linear, pool 4×4)",
+        where: { "config.pool": 4 },
+        command: "deno task finetune",
+        setting: "pool 4×4",
+      },
+    ],
+    command: "deno task finetune",
+  },
+  {
+    kind: "table",
+    id: "001-table3",
+    section: "001",
+    title: "001 Table 3: linear (L) and attention (A) heads by block b and timestep t",
+    scale: {
+      paper: PAPER_IN1K,
+      ours: OURS_FROZEN + "; our block numbers b follow " + "`deno task blocks`",
+    },
+    note: "The paper's Accuracy (L) and Accuracy (A) columns are shown as rows, one per head.",
+    experiments: ["probe", "heads"],
+    columns: [
+      { key: "b", header: "b", path: "config.block", format: "int" },
+      { key: "t", header: "t", path: "config.t", format: "int" },
+      { key: "head", header: "head", path: "$label" },
+      acc,
+    ],
+    paper: [{
+      seed: SEEDS["001"],
+      table: 3,
+      rows: [
+        { b: "19", t: "90", head: "linear (L)", accuracy: "55.09%" },
+        { b: "19", t: "90", head: "attention (A)", accuracy: "66.03%" },
+        { b: "19", t: "150", head: "linear (L)", accuracy: "54.77%" },
+        { b: "19", t: "150", head: "attention (A)", accuracy: "64.85%" },
+        { b: "24", t: "90", head: "linear (L)", accuracy: "61.95%" },
+        { b: "24", t: "90", head: "attention (A)", accuracy: "71.89%" },
+        { b: "24", t: "150", head: "linear (L)", accuracy: "61.86%" },
+        { b: "24", t: "150", head: "attention (A)", accuracy: "70.98%" },
+      ],
+    }],
+    expected: [90, 150].flatMap((t) => [
+      {
+        label: `linear (L), t = ${t}`,
+        where: { experiment: "probe", "config.head": "linear", "config.t": t },
+        command: "deno task probe",
+        setting: `linear head, t = ${t}`,
+      },
+      {
+        label: `attention (A), t = ${t}`,
+        where: { experiment: "heads", "config.head": "attention", "config.t": t },
+        command: "deno task heads",
+        setting: `attention head, t = ${t}`,
+      },
+    ]),
+    command: "deno task probe",
+  },
+  {
+    kind: "table",
+    id: "001-heads",
+    section: "001",
+    title: "001 Tables 7–9: heads of comparable size on ImageNet-50",
+    scale: {
+      paper: "ImageNet-50 (50 classes, 64,274 train / 2,500 test, its Table 5) at 256×256, " +
+        "frozen ADM U-Net",
+      ours: OURS_FROZEN,
+    },
+    experiments: ["probe", "heads"],
+    columns: [
+      { key: "head", header: "head", path: "$label" },
+      { key: "params", header: "head params", path: "metrics.params" },
+      acc,
+    ],
+    paper: [
+      {
+        seed: SEEDS["001"],
+        table: 7,
+        rows: [
+          { head: "Linear-1k", params: "1M", accuracy: "87.20%" },
+          { head: "Linear-4k", params: "4M", accuracy: "89.41%" },
+          { head: "MLP-4k-2k", params: "10M", accuracy: "88.50%" },
+        ],
+      },
+      {
+        seed: SEEDS["001"],
+        table: 8,
+        rows: [{ head: "CNN-1k-1k-1k", params: "12M", accuracy: "89.50%" }],
+      },
+      {
+        seed: SEEDS["001"],
+        table: 9,
+        rows: [
+          { head: "Attention-1K-1", params: "13.7M", accuracy: "91.67%" },
+          { head: "Attention-1K-2", params: "26.2M", accuracy: "91.58%" },
+        ],
+      },
+    ],
+    expected: (["linear", "mlp", "cnn", "attention"] as const).map((head) => ({
+      label: head,
+      where: { experiment: head === "linear" ? "probe" : "heads", "config.head": head },
+      command: `deno task ${head === "linear" ? "probe" : "heads"}`,
+      setting: `${head} head`,
+    })),
+    command: "deno task heads",
+  },
+];
+
+// ---------------------------------------------------------------- 002
+
+const p002: TableDef[] = [
+  {
+    kind: "table",
+    id: "002-table1",
+    section: "002",
+    title: "002 Table 1: main results",
+    scale: { paper: PAPER_IN1K + "; f(x0, t = 150, b = 24) by default", ours: OURS_FROZEN },
+    experiments: ["probe", "heads"],
+    columns: [
+      { key: "method", header: "method", path: "$label" },
+      acc,
+    ],
+    paper: [{
+      seed: SEEDS["002"],
+      table: 1,
+      rows: [
+        { method: "SimCLR", accuracy: "69.3%" },
+        { method: "GD", accuracy: "64.9%" },
+        { method: "Attention", accuracy: "74.6%" },
+        { method: "DifFormer", accuracy: "76.0%" },
+        { method: "DifFeed", accuracy: "77.0%" },
+      ],
+    }],
+    expected: [
+      {
+        label: "GD",
+        where: { experiment: "probe", "config.head": "linear", "config.pool": 2 },
+        command: "deno task probe",
+        setting: "linear head, pool 2×2",
+      },
+      ...(["attention", "difformer", "diffeed"] as const).map((head) => ({
+        label: { attention: "Attention", difformer: "DifFormer", diffeed: "DifFeed" }[head],
+        where: { experiment: "heads", "config.head": head },
+        command: "deno task heads",
+        setting: `${head}`,
+      })),
+    ],
+    command: "deno task heads",
+  },
+  {
+    kind: "table",
+    id: "002-table5",
+    section: "002",
+    title: "002 Table 5: semi-supervised, 1% and 10% of the labels",
+    scale: {
+      paper: "ImageNet-1k with 1% / 10% of the labels sampled class-balanced, backbone fine-tuned",
+      ours: "Fashion-MNIST with 1% / 10% of the training labels, the `small` U-Net",
+    },
+    note: "The paper's 1% and 10% columns are shown as rows.",
+    experiments: ["semisup"],
+    columns: [
+      { key: "method", header: "method", path: "$label" },
+      { key: "labels", header: "labels", path: "config.labels", format: "percent" },
+      acc,
+    ],
+    paper: [{
+      seed: SEEDS["002"],
+      table: 5,
+      rows: [
+        { method: "SimCLR", labels: "1%", accuracy: "48.3%" },
+        { method: "SimCLR", labels: "10%", accuracy: "65.6%" },
+        { method: "GD", labels: "1%", accuracy: "46.7%" },
+        { method: "GD", labels: "10%", accuracy: "64.4%" },
+        { method: "DifFormer", labels: "1%", accuracy: "51.8%" },
+        { method: "DifFormer", labels: "10%", accuracy: "66.2%" },
+        { method: "DifFeed", labels: "1%", accuracy: "52.9%" },
+        { method: "DifFeed", labels: "10%", accuracy: "66.6%" },
+      ],
+    }],
+    expected: (["linear", "difformer", "diffeed"] as const).flatMap((head) =>
+      [0.01, 0.1].map((labels) => ({
+        label: `${{ linear: "GD", difformer: "DifFormer", diffeed: "DifFeed" }[head]}, ${
+          100 * labels
+        }% labels`,
+        where: { "config.head": head, "config.labels": labels },
+        command: "deno task semisup",
+        setting: `${head} head`,
+      }))
+    ),
+    command: "deno task semisup",
+  },
+  {
+    kind: "table",
+    id: "002-table9",
+    section: "002",
+    title: "002 Table 9: kNN",
+    scale: { paper: PAPER_IN1K + "; k = 20 and k = 200", ours: OURS_FROZEN },
+    experiments: ["knn"],
+    columns: [
+      { key: "b", header: "b", path: "config.block", format: "int" },
+      { key: "t", header: "t", path: "config.t", format: "int" },
+      { key: "pool", header: "pool", path: "config.pool", format: "int" },
+      { key: "top1_20", header: "Top1@20", path: "metrics.top1_k20", format: "percent" },
+      { key: "top5_20", header: "Top5@20", path: "metrics.top5_k20", format: "percent" },
+      { key: "top1_200", header: "Top1@200", path: "metrics.top1_k200", format: "percent" },
+      { key: "top5_200", header: "Top5@200", path: "metrics.top5_k200", format: "percent" },
+    ],
+    paper: [{
+      seed: SEEDS["002"],
+      table: 9,
+      rows: [
+        ["19", "10", "1", "41.14", "62.49", "39.04", "65.40"],
+        ["19", "90", "1", "49.04", "71.40", "46.17", "73.65"],
+        ["19", "150", "1", "48.78", "71.27", "46.29", "73.76"],
+        ["19", "500", "1", "29.96", "48.64", "29.68", "53.12"],
+        ["24", "90", "1", "48.34", "70.02", "46.22", "72.57"],
+      ].map(([b, t, pool, top1_20, top5_20, top1_200, top5_200]) => ({
+        b,
+        t,
+        pool,
+        top1_20,
+        top5_20,
+        top1_200,
+        top5_200,
+      })),
+    }],
+    expected: [90, 150].map((t) => ({
+      label: `t = ${t}`,
+      where: { "config.t": t },
+      command: "deno task knn",
+    })),
+    command: "deno task knn",
+  },
+];
+
+// ---------------------------------------------------------------- 000
+
+const PAPER_CT = "private brain CT at 256×256 (latent 4×32×32); pre-training on 10,313 " +
+  "unlabeled images (facilities 2–12), tuning and test on 1,424 / 178 / 179 images of " +
+  "facility 1, hematoma yes/no (its Table 1); DiT-B/2";
+const OURS_DIT = "Fashion-MNIST at 28×28 (no CT data here): pre-training without labels, " +
+  "tuning on a labeled subset; a small DiT";
+
+const p000: TableDef[] = [
+  {
+    kind: "table",
+    id: "000-table2",
+    section: "000",
+    title: "000 Table 2: pre-training hyperparameters",
+    scale: { paper: PAPER_CT, ours: OURS_DIT },
+    note: "The paper's image size (3, 256, 256) is pixels; its latent size (4, 32, 32) is shown " +
+      "as channels and side, as are our DiT's inputs.",
+    experiments: ["pretrain"],
+    where: { "config.model.kind": "dit" },
+    columns: [
+      { key: "model", header: "model size", path: "config.model.name" },
+      { key: "batch", header: "batch", path: "config.batch", format: "int" },
+      { key: "image", header: "image size" },
+      {
+        key: "channels",
+        header: "input channels",
+        path: "config.model.config.inChannels",
+        format: "int",
+      },
+      { key: "side", header: "input side", path: "config.model.config.inputSize", format: "int" },
+      { key: "patch", header: "patch", path: "config.model.config.patchSize", format: "int" },
+      { key: "lr", header: "learning rate", path: "config.lr" },
+      { key: "T", header: "T", path: "config.diffusionSteps", format: "int" },
+    ],
+    paper: [{
+      seed: SEEDS["000"],
+      table: 2,
+      rows: [{
+        model: "B",
+        batch: "16",
+        image: "(3, 256, 256)",
+        channels: "4",
+        side: "32",
+        patch: "2",
+        lr: "0.0001",
+        T: "1,000",
+      }],
+    }],
+    command: "deno task pretrain --model dit",
+  },
+  {
+    kind: "table",
+    id: "000-table3",
+    section: "000",
+    title: "000 Table 3: generation",
+    scale: { paper: PAPER_CT + "; FID-10k", ours: OURS_DIT },
+    experiments: ["generation"],
+    columns: [
+      { key: "model", header: "model", path: "$label" },
+      { key: "fid", header: "FID↓", path: "metrics.fid" },
+      { key: "sfid", header: "sFID↓", path: "metrics.sfid" },
+      { key: "is", header: "IS↑", path: "metrics.is" },
+      { key: "precision", header: "Precision↑", path: "metrics.precision" },
+      { key: "recall", header: "Recall↑", path: "metrics.recall" },
+    ],
+    paper: [{
+      seed: SEEDS["000"],
+      table: 3,
+      rows: [
+        {
+          model: "Class-Conditioned Latent Diffusion Transformer",
+          fid: "25.69",
+          sfid: "21.57",
+          is: "3.257",
+          precision: "0.39",
+          recall: "0.36",
+        },
+        {
+          model: "Unconditional Latent Diffusion Transformer (ours)",
+          fid: "24.42",
+          sfid: "20.98",
+          is: "3.117",
+          precision: "0.40",
+          recall: "0.39",
+        },
+        {
+          model: "Representation-Conditioned Latent Diffusion Transformer (ours)",
+          fid: "10.00",
+          sfid: "12.20",
+          is: "3.204",
+          precision: "0.94",
+          recall: "0.99",
+        },
+      ],
+    }],
+    expected: (["class", "none", "repr"] as const).map((condition) => ({
+      label:
+        { class: "class-conditioned", none: "unconditional", repr: "representation-conditioned" }[
+          condition
+        ],
+      where: { "config.condition": condition },
+      command: "deno task pretrain --model dit",
+      setting: `${condition} condition, then its generation metrics`,
+    })),
+    command: "deno task pretrain --model dit",
+  },
+  {
+    kind: "table",
+    id: "000-table4",
+    section: "000",
+    title: "000 Table 4: classification after tuning",
+    scale: { paper: PAPER_CT + "; test split of facility 1", ours: OURS_DIT },
+    experiments: ["baselines", "tune"],
+    columns: [
+      { key: "model", header: "model", path: "$label" },
+      { key: "accuracy", header: "Accuracy", path: "metrics.accuracy", format: "fixed4" },
+      { key: "f1", header: "F1-score", path: "metrics.f1", format: "fixed4" },
+      { key: "recall", header: "Recall", path: "metrics.recall", format: "fixed4" },
+      { key: "precision", header: "Precision", path: "metrics.precision", format: "fixed4" },
+    ],
+    paper: [{
+      seed: SEEDS["000"],
+      table: 4,
+      rows: [
+        ["ResNet 50", ".7150", ".4950", ".8928", ".3424"],
+        ["ViT B", ".8659", ".5200", ".4642", ".5909"],
+        ["DINOv2", ".8882", ".6875", ".7857", ".6111"],
+        ["Unconditional (ours)", ".8882", ".7058", ".8571", ".6000"],
+        ["Representation-Conditioned (ours)", ".9497", ".8235", ".7500", ".9130"],
+      ].map(([model, accuracy, f1, recall, precision]) => ({
+        model,
+        accuracy,
+        f1,
+        recall,
+        precision,
+      })),
+    }],
+    expected: [
+      {
+        label: "ResNet",
+        where: { experiment: "baselines", "config.model": "resnet" },
+        command: "deno task baselines",
+        setting: "ResNet",
+      },
+      {
+        label: "ViT",
+        where: { experiment: "baselines", "config.model": "vit" },
+        command: "deno task baselines",
+        setting: "ViT",
+      },
+      {
+        label: "unconditional",
+        where: { experiment: "tune", "config.condition": "none" },
+        command: "deno task tune",
+        setting: "unconditional DiT",
+      },
+      {
+        label: "representation-conditioned",
+        where: { experiment: "tune", "config.condition": "repr" },
+        command: "deno task tune",
+        setting: "representation-conditioned DiT",
+      },
+    ],
+    command: "deno task tune",
+  },
+];
+
+// ---------------------------------------------------------------- benchmarks
+
+const suite = (name: string) => ({ "config.suite": name });
+const benchTable = (
+  t: Omit<TableDef, "kind" | "section" | "experiments" | "command">,
+): TableDef => ({
+  kind: "table",
+  section: "bench",
+  experiments: ["bench"],
+  command: `deno task bench --suite ${String(t.where?.["config.suite"])}`,
+  ...t,
+});
+
+const bench: TableDef[] = [
+  benchTable({
+    id: "bench-models",
+    title: "Models: U-Net and DiT training steps and feature extraction, by engine",
+    note: "img/s is images per second at the batch shown; vs PyTorch is our img/s over PyTorch's " +
+      "on the same machine.",
+    where: suite("models"),
+    each: "metrics.engines.*.*",
+    columns: [
+      { key: "engine", header: "engine", path: "@.engine" },
+      { key: "workload", header: "workload", path: "{2}" },
+      { key: "batch", header: "batch", path: "@.batch", format: "int" },
+      { key: "img_s", header: "img/s", path: "@.img_s" },
+      { key: "median", header: "median s", path: "@.median_s" },
+      { key: "repeats", header: "repeats", path: "@.repeats", format: "int" },
+      { key: "heap", header: "heap MB", path: "@.heap_mb", format: "int" },
+      { key: "leaked", header: "leaked tensors", path: "@.leaked_tensors", format: "int" },
+      { key: "ratio", header: "vs PyTorch", path: "metrics.ratio_vs_torch_by_engine.{1}.{2}" },
+    ],
+  }),
+  benchTable({
+    id: "bench-models-torch",
+    title: "Models: the PyTorch reference",
+    where: suite("models"),
+    each: "metrics.torch.*",
+    rowsWhere: { "@.img_s": { present: true } },
+    columns: [
+      { key: "torch", header: "PyTorch", path: "metrics.torch.torch" },
+      { key: "threads", header: "threads", path: "metrics.torch.threads", format: "int" },
+      { key: "workload", header: "workload", path: "{1}" },
+      { key: "batch", header: "batch", path: "@.batch", format: "int" },
+      { key: "img_s", header: "img/s", path: "@.img_s" },
+      { key: "median", header: "median s", path: "@.median_s" },
+      { key: "repeats", header: "repeats", path: "@.repeats", format: "int" },
+    ],
+  }),
+  benchTable({
+    id: "bench-models-rest",
+    title: "Models: other measurements",
+    where: suite("models"),
+    columns: [],
+    rest: true,
+  }),
+  benchTable({
+    id: "bench-kernels-conv",
+    title: "Kernels: convolution gradients, project kernels vs built-in",
+    note: "Milliseconds per call with the BLAS kernels off (wasm + project kernels); " +
+      "`_n64` is the batch.",
+    where: suite("kernels"),
+    each: "metrics.*_fwd_ms",
+    columns: [
+      { key: "op", header: "op", path: "{1}" },
+      { key: "fwd", header: "forward ms", path: "@" },
+      { key: "dx", header: "dx ms", path: "metrics.{1}_dx_ms" },
+      { key: "dw", header: "dw ms", path: "metrics.{1}_dw_ms" },
+      { key: "ratio", header: "grads / forward", path: "metrics.{1}_grads_over_fwd" },
+      { key: "builtin", header: "built-in dx ms", path: "metrics.{1}_dx_builtin_ms" },
+    ],
+  }),
+  benchTable({
+    id: "bench-kernels-convnet",
+    title: "Kernels: a small convnet, forward and training step",
+    where: suite("kernels"),
+    each: "metrics.convnet_forward*_ms",
+    columns: [
+      {
+        key: "variant",
+        header: "variant",
+        path: "{1}",
+        labels: { "": "project kernels", "_composed_silu": "composed SiLU", "_blas": "BLAS" },
+      },
+      { key: "fwd", header: "forward ms", path: "@" },
+      { key: "train", header: "train step ms", path: "metrics.convnet_train_step{1}_ms" },
+      { key: "ratio", header: "train / forward", path: "metrics.convnet_train_over_forward{1}" },
+    ],
+  }),
+  benchTable({
+    id: "bench-kernels-rest",
+    title: "Kernels: other measurements",
+    where: suite("kernels"),
+    columns: [],
+    rest: true,
+  }),
+  benchTable({
+    id: "bench-blas-matmul",
+    title: "BLAS: square matmul",
+    where: suite("blas"),
+    each: "metrics.matmul_*_*_gflops",
+    columns: [
+      { key: "n", header: "n", path: "{1}" },
+      { key: "impl", header: "implementation", path: "{2}" },
+      { key: "gflops", header: "GFLOP/s", path: "@" },
+    ],
+  }),
+  benchTable({
+    id: "bench-blas-conv",
+    title: "BLAS: 3×3 convolution, x [n, 32, 32, 32] → 64 channels",
+    where: suite("blas"),
+    each: "metrics.conv3x3_*_*_wasm_ms",
+    columns: [
+      { key: "n", header: "n", path: "{1}" },
+      { key: "pass", header: "pass", path: "{2}" },
+      { key: "wasm", header: "wasm ms", path: "@" },
+      { key: "blas", header: "BLAS ms", path: "metrics.conv3x3_{1}_{2}_blas_ms" },
+      { key: "blas1", header: "BLAS 1 thread ms", path: "metrics.conv3x3_{1}_{2}_blas1_ms" },
+    ],
+  }),
+  benchTable({
+    id: "bench-blas-fused",
+    title: "BLAS: fused GroupNorm / SiLU kernels vs composed tfjs ops",
+    where: suite("blas"),
+    each: "metrics.*_fused_fwd_ns_per_el",
+    columns: [
+      { key: "op", header: "op", path: "{1}" },
+      { key: "ffwd", header: "fused fwd ns/el", path: "@" },
+      { key: "fbwd", header: "fused fwd+bwd ns/el", path: "metrics.{1}_fused_fwd_bwd_ns_per_el" },
+      { key: "cfwd", header: "composed fwd ns/el", path: "metrics.{1}_composed_fwd_ns_per_el" },
+      {
+        key: "cbwd",
+        header: "composed fwd+bwd ns/el",
+        path: "metrics.{1}_composed_fwd_bwd_ns_per_el",
+      },
+    ],
+  }),
+  benchTable({
+    id: "bench-blas-profile",
+    title: "BLAS: where a small conv net's training step spends its time, by kernel",
+    where: suite("blas"),
+    each: "metrics.profile_*_ms",
+    columns: [
+      { key: "kernel", header: "kernel", path: "{1}" },
+      { key: "ms", header: "ms", path: "@" },
+    ],
+  }),
+  benchTable({
+    id: "bench-blas-rest",
+    title: "BLAS: other measurements",
+    where: suite("blas"),
+    columns: [],
+    rest: true,
+  }),
+];
+
+/** Every table and figure of the report, in order within each section. */
+export const ITEMS: readonly ReportItem[] = [...pretrain, ...p001, ...p002, ...p000, ...bench];
+
+/** The figures among `ITEMS`. */
+export const FIGURES: readonly FigureDef[] = ITEMS.filter((i): i is FigureDef =>
+  i.kind === "figure"
+);
