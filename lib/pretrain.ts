@@ -21,7 +21,7 @@ import {
   saveRun,
   SegmentClock,
 } from "./pretrain_resume.ts";
-import type { EngineRecord, Segment } from "./results.ts";
+import type { RunEnv, Segment } from "./results.ts";
 
 export { checkpointPath, type LossCurve };
 
@@ -82,17 +82,7 @@ function stepLoss(ctx: StepContext, params: Params, step: number): tf.Scalar {
   });
 }
 
-/** The loss of step `step` of run `cfg` with `params` (for tests and tools). */
-export function pretrainLoss(
-  cfg: PretrainConfig,
-  ds: Dataset,
-  params: Params,
-  step: number,
-): tf.Scalar {
-  return stepLoss(stepContext(cfg, ds), params, step);
-}
-
-export const optimizerOf = (cfg: PretrainConfig): StepOptions => ({
+const optimizerOf = (cfg: PretrainConfig): StepOptions => ({
   optimizer: adam({ lr: cfg.lr }),
   clipNorm: cfg.clipNorm,
   emaRate: cfg.emaRate,
@@ -105,8 +95,8 @@ export interface PretrainOptions {
   /** Loss-curve window in steps. @default 10 */
   readonly logEvery?: number;
   readonly quiet?: boolean;
-  /** The engine from `initEngine`, recorded in the run's segment. */
-  readonly engine: EngineRecord;
+  /** The run's environment (`startRun`'s `env`): commit, engine and CPU of its new segment. */
+  readonly env: RunEnv;
 }
 
 /** Check that the dataset fits the model; one error naming both. */
@@ -146,14 +136,16 @@ export async function pretrain(
   if (resumedFrom > 0 && !o.quiet) {
     console.error(`pretrain: resuming from step ${resumedFrom} (${checkpointPath(o.dir)})`);
   }
-  const clock = await SegmentClock.open(resumedFrom, o.engine);
+  const clock = new SegmentClock(resumedFrom, o.env);
   const record = (): RunRecord => ({ curve, window, segments: start.record.segments });
+  // The segment as last saved: the checkpoint and the results JSON tell the same story.
+  let saved: Segment | undefined;
   const { state, signal } = await runLoop(start.state, {
     label: "pretrain",
     totalSteps: cfg.steps,
     quiet: o.quiet,
     checkpointEvery: o.checkpointEvery,
-    save: (s) => saveRun(o.dir, cfg, s, record(), clock.at(s.step)),
+    save: (s) => saveRun(o.dir, cfg, s, record(), saved = clock.at(s.step)),
     step: (s) => {
       const r = trainStep(s, () => stepLoss(ctx, s.params, s.step), opts);
       return { state: r.state, metrics: { loss: r.loss } };
@@ -166,13 +158,12 @@ export async function pretrain(
       }
     },
   });
-  const took = state.step - resumedFrom;
   return {
     state,
     interrupted: signal,
     curve,
-    segments: took > 0 ? [...start.record.segments, clock.at(state.step)] : start.record.segments,
-    stepsThisRun: took,
+    segments: saved ? [...start.record.segments, saved] : start.record.segments,
+    stepsThisRun: state.step - resumedFrom,
     resumedFrom,
   };
 }

@@ -10,9 +10,9 @@ import {
   loadCheckpoint,
   loadParamsStrict,
   saveCheckpoint,
-  shortList,
 } from "./io/checkpoint.ts";
-import { cpuModel, type EngineRecord, gitState, type Segment } from "./results.ts";
+import { shortList } from "./messages.ts";
+import type { RunEnv, Segment } from "./results.ts";
 import type { Rng } from "./random.ts";
 
 /** The loss curve: mean loss over each window of `every` steps, as [last step, mean]. */
@@ -152,22 +152,20 @@ export async function resumeOrInit(
 /** The segment this process is running: opened at start, extended at every save. */
 export class SegmentClock {
   private readonly t0 = performance.now();
-  private constructor(
-    private readonly head: Omit<Segment, "to_step" | "finished" | "train_s">,
-  ) {}
+  private readonly head: Omit<Segment, "to_step" | "finished" | "train_s">;
 
-  static async open(fromStep: number, engine: EngineRecord): Promise<SegmentClock> {
-    const git = await gitState();
-    return new SegmentClock({
+  /** Opened at step `fromStep` of a run whose environment `startRun` captured. */
+  constructor(fromStep: number, env: RunEnv) {
+    this.head = {
       from_step: fromStep,
-      commit: git.commit,
-      dirty: git.dirty,
-      engine: engine.engine,
-      engine_details: { ...engine.details },
-      cpu: cpuModel(),
-      cpus: navigator.hardwareConcurrency,
+      commit: env.commit,
+      dirty: env.dirty ?? null,
+      engine: env.engine,
+      engine_details: { ...env.engine_details },
+      cpu: env.cpu ?? "unknown",
+      cpus: env.cpus,
       started: new Date().toISOString(),
-    });
+    };
   }
 
   /** The segment as it stands at `step`. */

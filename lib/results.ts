@@ -194,7 +194,7 @@ export function resultsDir(dir?: string): string {
 }
 
 /** The toolkit's commit and whether tracked files differ from it ("unknown", null without git). */
-export async function gitState(): Promise<{ commit: string; dirty: boolean | null }> {
+async function gitState(): Promise<{ commit: string; dirty: boolean | null }> {
   const repo = new URL("..", import.meta.url).pathname; // the toolkit's own repository
   const git = async (...args: string[]) => {
     const out = await new Deno.Command("git", { args, cwd: repo, stdout: "piped", stderr: "null" })
@@ -212,7 +212,7 @@ export async function gitState(): Promise<{ commit: string; dirty: boolean | nul
 }
 
 /** The CPU model (node:os, which tasks may read with --allow-sys), or "unknown". */
-export function cpuModel(): string {
+function cpuModel(): string {
   try {
     return os.cpus()[0]?.model?.trim() || "unknown";
   } catch {

@@ -137,14 +137,14 @@ const DUPLICATE_MS = 500;
 
 /**
  * Run steps until `totalSteps`, with a progress line. SIGINT or SIGTERM finishes the step in
- * flight, saves a checkpoint and returns with `interrupted: true`, so rerunning the same command
+ * flight, saves a checkpoint and returns the signal, so rerunning the same command
  * resumes where it stopped. A later signal aborts at once, except during a save, which it lets
  * finish first: a checkpoint is never left half-written.
  */
 export async function runLoop<S extends { readonly step: number }>(
   initial: S,
   o: LoopOptions<S>,
-): Promise<{ state: S; interrupted: boolean; signal?: StopSignal }> {
+): Promise<{ state: S; signal?: StopSignal }> {
   let state = initial;
   let stop: { signal: StopSignal; at: number } | undefined;
   let saving = false;
@@ -199,5 +199,5 @@ export async function runLoop<S extends { readonly step: number }>(
     bar.done();
     if (canListen) { for (const [s, f] of listeners) Deno.removeSignalListener(s, f); }
   }
-  return { state, interrupted: stop !== undefined, signal: stop?.signal };
+  return { state, signal: stop?.signal };
 }

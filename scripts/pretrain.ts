@@ -181,7 +181,7 @@ await runMain(async () => {
     checkpointEvery: a["checkpoint-every"],
     logEvery: a["log-every"],
     quiet: a.quiet,
-    engine,
+    env: handle.env,
   });
   if (r.interrupted) {
     console.error(

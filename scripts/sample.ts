@@ -5,7 +5,7 @@ import { initEngine } from "../lib/engine/mod.ts";
 import { disposeCheckpoint, loadCheckpoint, loadParamsStrict } from "../lib/io/checkpoint.ts";
 import { saveImageGrid } from "../lib/io/png.ts";
 import { writeRawArray } from "../lib/io/raw_array.ts";
-import { paramShapes, specFromMeta } from "../lib/models/mod.ts";
+import { type ModelSpec, paramShapes, specFromMeta } from "../lib/models/mod.ts";
 import { disposeParams } from "../lib/params.ts";
 import { type DiffusionSpec, sampleImages } from "../lib/sampling.ts";
 import { progress } from "../lib/progress.ts";
@@ -55,7 +55,7 @@ await runMain(async () => {
   }
   const engine = await initEngine({ backend: a.backend });
   const ck = await loadCheckpoint(a.checkpoint);
-  let model, diffusion: DiffusionSpec;
+  let model: ModelSpec, diffusion: DiffusionSpec;
   try {
     model = specFromMeta(ck.meta.config, `Checkpoint "${a.checkpoint}"`);
     diffusion = ck.meta.config as DiffusionSpec;

@@ -9,6 +9,7 @@ import { checkpointPath } from "../lib/pretrain_resume.ts";
 import { sampleImages } from "../lib/sampling.ts";
 import { readSafetensors, type TensorIn, writeSafetensors } from "../lib/io/safetensors.ts";
 import { rng } from "../lib/random.ts";
+import { captureEnv } from "../lib/results.ts";
 
 const engine = await initEngine({ backend: "wasm", announce: false });
 const ds = await loadDataset("mnist", { split: "train", size: 16 });
@@ -23,7 +24,8 @@ const cfg: PretrainConfig = {
   emaRate: 0.9,
   seed: 3,
 };
-const quiet = { checkpointEvery: 100, logEvery: 1, quiet: true, engine } as const;
+const env = await captureEnv(engine);
+const quiet = { checkpointEvery: 100, logEvery: 1, quiet: true, env } as const;
 
 Deno.test("BatchOrder walks each epoch's permutation once, batch after batch", () => {
   const n = 10, b = 4;

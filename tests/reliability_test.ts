@@ -5,8 +5,8 @@
 import { assert, assertEquals } from "./assert.ts";
 import { readSafetensors } from "../lib/io/safetensors.ts";
 import { rng, uniformArray } from "../lib/random.ts";
+import { scriptCommand } from "./script.ts";
 
-const root = new URL("../", import.meta.url).pathname;
 const FLAGS = [
   "--config",
   "tiny",
@@ -26,24 +26,9 @@ const FLAGS = [
 ];
 
 function start(dir: string): Deno.ChildProcess {
-  return new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-R",
-      "-W",
-      "-E",
-      "--allow-ffi",
-      "--allow-sys",
-      "--allow-run=git",
-      "scripts/pretrain.ts",
-      ...FLAGS,
-      "--out",
-      `${dir}/ck`,
-    ],
-    cwd: root,
-    env: { DP_RESULTS_DIR: `${dir}/results`, NO_COLOR: "1" },
+  return scriptCommand("pretrain", [...FLAGS, "--out", `${dir}/ck`], {
+    env: { DP_RESULTS_DIR: `${dir}/results` },
     stdout: "null",
-    stderr: "piped",
   }).spawn();
 }
 

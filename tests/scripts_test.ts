@@ -2,27 +2,12 @@
 import { assert, assertEquals } from "./assert.ts";
 import { parseResult } from "../lib/results.ts";
 import { readRawArray } from "../lib/io/raw_array.ts";
+import { scriptCommand } from "./script.ts";
 
 const root = new URL("../", import.meta.url).pathname;
 
 async function runScript(script: string, args: string[], env: Record<string, string> = {}) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-R",
-      "-W",
-      "-E",
-      "--allow-ffi",
-      "--allow-sys",
-      "--allow-run=git",
-      `scripts/${script}.ts`,
-      ...args,
-    ],
-    cwd: root,
-    env: { NO_COLOR: "1", ...env },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
+  const out = await scriptCommand(script, args, { env }).output();
   const dec = new TextDecoder();
   return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
 }

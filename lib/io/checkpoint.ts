@@ -151,9 +151,6 @@ function checksumFaults(
   return faults;
 }
 
-// "a, b, c, … and 12 more": one helper for every long list in a message (lib/messages.ts).
-export { shortList } from "../messages.ts";
-
 /** What a training checkpoint must hold, group by group (all float32). */
 export interface ExpectedGroups {
   readonly params: ParamShapes;
