@@ -11,6 +11,7 @@ import {
   loadParamsStrict,
   saveCheckpoint,
 } from "./io/checkpoint.ts";
+import { removeStaleTemps } from "./io/atomic.ts";
 import { shortList } from "./messages.ts";
 import type { RunEnv, Segment } from "./results.ts";
 import type { Rng } from "./random.ts";
@@ -104,6 +105,8 @@ export async function resumeOrInit(
   every: number,
 ): Promise<{ state: TrainState; record: RunRecord }> {
   const path = checkpointPath(dir);
+  // Temp files of checkpoint writes killed mid-way are useless; free their space at the start.
+  await removeStaleTemps(path).catch(() => []);
   if (!await exists(path)) {
     const state = initTrainState(initParams(cfg.model, initKey), opts);
     return { state, record: { curve: { every, points: [] }, window: [], segments: [] } };

@@ -41,9 +41,11 @@ export async function writeFileAtomic(path: string, data: WriteData): Promise<vo
     const file = await Deno.open(tmp, { write: true, createNew: true });
     created = true;
     try {
-      // The lock tells `removeStaleTemps` that this writer is alive; it is held until after the
-      // rename. A file system without locks still gets the write.
-      await file.tryLock(true).catch(() => false);
+      // The lock tells `removeStaleTemps` that this writer is alive; it is taken before the first
+      // byte and held until after the rename, so an unlocked temp file with bytes in it has lost
+      // its writer. Waiting (not trying) rides out a checker's momentary probe of the lock. A
+      // file system without locks still gets the write.
+      await file.lock(true).catch(() => {});
       for await (const bytes of chunks) {
         let off = 0;
         while (off < bytes.length) off += await file.write(bytes.subarray(off));
@@ -100,25 +102,27 @@ async function isLocked(path: string): Promise<boolean> {
   }
 }
 
-// Without pid information an unlocked temp file counts as stale only once it is older than this,
-// the gap between a writer creating its temp file and locking it.
+// An empty unlocked temp file may be a live writer between creating and locking it. Without pid
+// information it counts as stale only once it is older than this.
 const UNLOCKED_GRACE_MS = 10_000;
 
 // Whether the writer of temp file `path`, process `pid`, is gone.
 async function writerGone(path: string, pid: number): Promise<boolean> {
   if (pid === Deno.pid || await isLocked(path)) return false;
+  const { size, mtime } = await Deno.stat(path);
+  if (size > 0) return true; // a writer locks before its first byte and unlocks only by dying
   const running = isRunning(pid);
   if (running !== undefined) return !running;
-  const { mtime } = await Deno.stat(path);
   return mtime !== null && Date.now() - mtime.getTime() > UNLOCKED_GRACE_MS;
 }
 
 /**
  * Delete the temp files that `writeFileAtomic(targetPath, ...)` calls left behind when their
  * process died: files in the target's folder named exactly `.<name>.<pid>.<8 hex>.tmp` whose
- * writer is gone. A writer is alive while it holds the lock it takes on its temp file, or while
- * its pid runs; this process's temps and every other file are kept. Checking a pid needs
- * --allow-run; without it an unlocked temp file counts as stale once it is 10 s old.
+ * writer is gone. A writer holds a lock on its temp file from before its first byte until the
+ * rename, so an unlocked temp file with bytes in it is stale. An empty one is stale once its pid
+ * no longer runs (checking needs --allow-run) or, without that permission, once it is 10 s old.
+ * This process's temps and every other file are kept.
  *
  * @param targetPath the file whose stale temps to remove (it need not exist)
  * @returns the paths removed, sorted; [] when the folder does not exist

@@ -95,23 +95,24 @@ Deno.test("removeStaleTemps() removes the temp files of dead writers of that tar
   }
 });
 
-Deno.test("removeStaleTemps() keeps a locked temp and, without --allow-run, judges by lock and age", async () => {
+Deno.test("removeStaleTemps() keeps a locked temp and, without --allow-run, an empty fresh one", async () => {
   const dir = await Deno.makeTempDir();
   try {
     const child = new Deno.Command("true").spawn();
     await child.status;
     const dead = child.pid;
-    const [locked, old, fresh] = ["0000000a", "0000000b", "0000000c"].map((h) =>
-      join(dir, `.w.bin.${dead}.${h}.tmp`)
-    );
-    for (const p of [locked, old, fresh]) await Deno.writeTextFile(p, "x");
+    const [locked, written, oldEmpty, freshEmpty] = ["0000000a", "0000000b", "0000000c", "0000000d"]
+      .map((h) => join(dir, `.w.bin.${dead}.${h}.tmp`));
+    for (const p of [locked, written]) await Deno.writeTextFile(p, "x");
+    for (const p of [oldEmpty, freshEmpty]) await Deno.writeTextFile(p, "");
     const hour = new Date(Date.now() - 3600_000);
-    await Deno.utime(old, hour, hour);
+    await Deno.utime(oldEmpty, hour, hour);
     await Deno.utime(locked, hour, hour);
     const holder = await Deno.open(locked, { write: true }); // a writer still at work
     await holder.lock(true);
     try {
-      // Pids cannot be checked here: only the old, unlocked temp goes.
+      // Pids cannot be checked here. Bytes without a lock mean a dead writer; an empty temp may
+      // be a writer between creating and locking it, so only the old empty one goes.
       const script = join(dir, "clean.ts");
       const lib = new URL("../../lib/io/atomic.ts", import.meta.url).href;
       await Deno.writeTextFile(
@@ -126,9 +127,9 @@ Deno.test("removeStaleTemps() keeps a locked temp and, without --allow-run, judg
         stderr: "inherit",
       }).output();
       assert.ok(out.success);
-      assert.deepEqual(JSON.parse(new TextDecoder().decode(out.stdout)), [old]);
+      assert.deepEqual(JSON.parse(new TextDecoder().decode(out.stdout)), [written, oldEmpty]);
       // With pids known (this test runs with --allow-run), the lock still keeps its writer's temp.
-      assert.deepEqual(await removeStaleTemps(join(dir, "w.bin")), [fresh]);
+      assert.deepEqual(await removeStaleTemps(join(dir, "w.bin")), [freshEmpty]);
       assert.deepEqual(await list(dir), [basename(locked), "clean.ts"]);
     } finally {
       holder.close();
