@@ -309,6 +309,38 @@ export function avgPool2(x: tf.Tensor4D): tf.Tensor4D {
 }
 
 /**
+ * The [k, n] matrix of PyTorch's adaptive average pooling along one axis of length n: output i
+ * averages inputs floor(i·n/k) .. ceil((i+1)·n/k) − 1 (windows overlap when k does not divide n).
+ */
+export function adaptivePoolMatrix(n: number, k: number): Float32Array {
+  const m = new Float32Array(k * n);
+  for (let i = 0; i < k; i++) {
+    const lo = Math.floor((i * n) / k), hi = Math.ceil(((i + 1) * n) / k);
+    for (let j = lo; j < hi; j++) m[i * n + j] = 1 / (hi - lo);
+  }
+  return m;
+}
+
+/**
+ * Adaptive average pooling to k×k (PyTorch `AdaptiveAvgPool2d(k)`): [N, H, W, C] → [N, k, k, C].
+ * Two small matmuls with the pooling matrices, so it is differentiable and exact for any H, W.
+ */
+export function adaptiveAvgPool(x: tf.Tensor4D, k: number): tf.Tensor4D {
+  const [n, h, w, c] = x.shape;
+  if (h === k && w === k) return tf.clone(x);
+  return tf.tidy(() => {
+    const ph = tf.tensor2d(adaptivePoolMatrix(h, k), [k, h]);
+    const pw = tf.tensor2d(adaptivePoolMatrix(w, k), [k, w]);
+    // Rows: [k, H] · [H, N·W·C] after moving H to the front.
+    const rows = tf.matMul(ph, tf.reshape(tf.transpose(x, [1, 0, 2, 3]), [h, n * w * c]));
+    // Columns: for each (k_row, N), [k, W] · [W, C].
+    const byRow = tf.reshape(rows, [k * n, w, c]);
+    const cols = tf.matMul(tf.tile(tf.expandDims(pw, 0), [k * n, 1, 1]), byRow); // [k·N, k, C]
+    return tf.transpose(tf.reshape(cols, [k, n, k, c]), [1, 0, 2, 3]);
+  });
+}
+
+/**
  * Nearest-neighbour ×2 upsampling: [N, H, W, C] → [N, 2H, 2W, C] (PyTorch "nearest"). Built
  * from reshapes and concats: tfjs's cpu ResizeNearestNeighborGrad is wrong for batches > 1,
  * and concat's gradient (slices) is as fast as the wasm resize kernels.

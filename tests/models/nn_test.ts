@@ -3,6 +3,8 @@ import { assert, assertClose, assertEquals, assertThrows } from "../assert.ts";
 import { initEngine } from "../../lib/engine/mod.ts";
 import { normal, rng } from "../../lib/random.ts";
 import {
+  adaptiveAvgPool,
+  adaptivePoolMatrix,
   avgPool2,
   conv2d,
   dropout,
@@ -176,6 +178,29 @@ Deno.test("qkvAttention() legacy and new orders read the channels as documented"
       atol: 1e-7,
     });
   });
+});
+
+Deno.test("adaptiveAvgPool() averages PyTorch's overlapping windows, by hand and against AdaptiveAvgPool2d", () => {
+  // n = 7, k = 3: windows [0, 3), [2, 5), [4, 7) (floor(i·7/3) .. ceil((i+1)·7/3)).
+  const m = adaptivePoolMatrix(7, 3);
+  assertClose(Array.from(m.subarray(0, 7)), [1 / 3, 1 / 3, 1 / 3, 0, 0, 0, 0], { atol: 1e-7 });
+  assertClose(Array.from(m.subarray(7, 14)), [0, 0, 1 / 3, 1 / 3, 1 / 3, 0, 0], { atol: 1e-7 });
+  assertClose(Array.from(m.subarray(14)), [0, 0, 0, 0, 1 / 3, 1 / 3, 1 / 3], { atol: 1e-7 });
+  // A 2×2 map to 1×1 is the mean; to 2×2 it is the identity.
+  const x = tf.tensor4d([1, 2, 3, 4], [1, 2, 2, 1]);
+  assertClose(Array.from(adaptiveAvgPool(x, 1).dataSync()), [2.5], { atol: 1e-7 });
+  assertClose(Array.from(adaptiveAvgPool(x, 2).dataSync()), [1, 2, 3, 4], { atol: 1e-7 });
+  // torch.nn.AdaptiveAvgPool2d(3) on x[n,h,w,c] = sin(flat index) of shape [2, 7, 5, 3], NHWC,
+  // first 9 outputs (printed by /usr/bin/python3 with torch 2.x).
+  const y = tf.tensor4d(Array.from({ length: 210 }, (_, i) => Math.sin(i)), [2, 7, 5, 3]);
+  const got = adaptiveAvgPool(y, 3);
+  assertEquals(got.shape, [2, 3, 3, 3]);
+  assertClose(
+    Array.from(got.dataSync().subarray(0, 9)),
+    [0.00872, 0.01195, 0.00419, 0.04732, -0.0005, -0.04786, -0.0044, -0.01199, -0.00856],
+    { atol: 1e-5 },
+  );
+  tf.dispose([x, y, got]);
 });
 
 Deno.test("avgPool2() and upsampleNearest2() resample by 2", () => {
