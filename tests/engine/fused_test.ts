@@ -11,7 +11,6 @@ import {
   groupNormScaleShift,
   SILU,
   silu,
-  siluComposed,
 } from "../../lib/engine/fused/mod.ts";
 
 await initEngine({ backend: "wasm", announce: false });

@@ -1,0 +1,51 @@
+// A pre-trained denoiser loaded for feature extraction: its weights (EMA when the file has them,
+// as the papers probe EMA weights), spec, noise schedule, the dataset it was trained on, and the
+// sha256 of the file that addresses the feature cache.
+import { namedSchedule } from "./diffusion/schedule.ts";
+import type { FrozenModel } from "./features.ts";
+import { sha256File } from "./features_cache.ts";
+import { disposeCheckpoint, loadCheckpoint, loadParamsStrict } from "./io/checkpoint.ts";
+import { paramShapes, specFromMeta } from "./models/mod.ts";
+
+/** A loaded frozen model and where it came from. */
+export interface LoadedModel {
+  readonly model: FrozenModel;
+  /** sha256 hex of the weights file's bytes. */
+  readonly sha256: string;
+  /** The dataset the checkpoint records, if any (the default to probe on). */
+  readonly dataset?: string;
+  /** Which weights were loaded. */
+  readonly weights: "ema" | "raw";
+  readonly step?: number;
+}
+
+/**
+ * Load a checkpoint or exported weights file for probing.
+ * @throws one-line Error naming the file when it is missing, damaged, records no model or
+ * schedule, or its tensors do not fit the model it records
+ */
+export async function loadFrozenModel(
+  path: string,
+  which: "ema" | "raw" = "ema",
+): Promise<LoadedModel> {
+  const ck = await loadCheckpoint(path);
+  try {
+    const where = `Weights file "${path}"`;
+    const spec = specFromMeta(ck.meta.config, where);
+    const cfg = ck.meta.config as { schedule?: string; diffusionSteps?: number; dataset?: string };
+    if ((cfg.schedule !== "linear" && cfg.schedule !== "cosine") || !cfg.diffusionSteps) {
+      throw new Error(`${where} records no noise schedule (schedule, diffusionSteps)`);
+    }
+    const useEma = which === "ema" && Object.keys(ck.ema).length > 0;
+    const params = loadParamsStrict(paramShapes(spec), useEma ? ck.ema : ck.params, `"${path}"`);
+    return {
+      model: { spec, params, schedule: namedSchedule(cfg.schedule, cfg.diffusionSteps) },
+      sha256: await sha256File(path),
+      dataset: cfg.dataset,
+      weights: useEma ? "ema" : "raw",
+      step: ck.step,
+    };
+  } finally {
+    disposeCheckpoint(ck);
+  }
+}

@@ -1,0 +1,187 @@
+// What the probe scripts (probe, ablate, heads, knn) share: their common flags, loading the
+// frozen model and the train/test splits, the validation part carved from train, and the
+// features of a set of cells for both splits through the cache.
+import { balancedSubset, count, type Dataset, loadDataset } from "./data/dataset.ts";
+import type { Cell } from "./features.ts";
+import { type SplitFeatures, splitFeatures } from "./feature_store.ts";
+import { type LoadedModel, loadFrozenModel } from "./frozen_model.ts";
+import { blockTable, inputShape, type ModelSpec } from "./models/mod.ts";
+import { fold, foldName, rng } from "./random.ts";
+import { type Recipe, RECIPES, validationSplit } from "./probe.ts";
+import { type FlagSpecs, UsageError, type Values } from "./cli.ts";
+
+/** The reference checkpoint: the committed Fashion-MNIST `small` U-Net. */
+export const DEFAULT_WEIGHTS = "results/pretrain/fashion-mnist-small-seed0.weights.safetensors";
+
+/** Flags every probe script takes. */
+export const PROBE_FLAGS = {
+  weights: { kind: "string", default: DEFAULT_WEIGHTS, help: "checkpoint or .weights.safetensors" },
+  dataset: {
+    kind: "string",
+    help: "mnist | fashion-mnist | <image folder> (default: the checkpoint's own)",
+  },
+  "train-percent": {
+    kind: "float",
+    default: 100,
+    help: "class-balanced share of the train split to use",
+    minExclusive: 0,
+    max: 100,
+  },
+  "test-percent": {
+    kind: "float",
+    default: 100,
+    help: "class-balanced share of the test split to use",
+    minExclusive: 0,
+    max: 100,
+  },
+  "val-percent": {
+    kind: "float",
+    default: 10,
+    help: "share of each train class held out for validation (choices are made on it)",
+    minExclusive: 0,
+    maxExclusive: 100,
+  },
+  recipe: {
+    kind: "string",
+    default: "paper",
+    help: "paper (Adam, StepLR every 8 of 28 epochs) | reference (diffssl: SGD, every 7)",
+    choices: ["paper", "reference"],
+  },
+  epochs: { kind: "int", help: "override the recipe's epochs", min: 1 },
+  lr: { kind: "float", help: "override the recipe's learning rate", minExclusive: 0 },
+  batch: { kind: "int", default: 128, help: "head training batch", min: 1 },
+  "extract-batch": { kind: "int", default: 128, help: "images per network call", min: 1 },
+  "cache-dir": { kind: "string", default: "cache/features", help: "feature cache folder" },
+  "no-cache": { kind: "boolean", help: "extract without reading or writing the cache" },
+  quiet: { kind: "boolean", help: "no progress lines" },
+} as const satisfies FlagSpecs;
+
+type ProbeFlagValues = Values<typeof PROBE_FLAGS>;
+
+/** The model, splits and validation part of a probe run. */
+export interface ProbeSetup {
+  readonly loaded: LoadedModel;
+  readonly dataset: string;
+  readonly train: Dataset;
+  readonly test: Dataset;
+  /** Rows of `train` that train heads, and the held-out validation rows. */
+  readonly fit: Int32Array;
+  readonly val: Int32Array;
+  readonly recipe: Recipe;
+  readonly classes: number;
+}
+
+/**
+ * Load the frozen model and the splits (subsets keyed by the seed, fixed across runs).
+ * @throws UsageError when the dataset does not fit the model
+ */
+export async function setupProbe(a: ProbeFlagValues, seed: number): Promise<ProbeSetup> {
+  const loaded = await loadFrozenModel(a.weights);
+  const dataset = a.dataset ?? loaded.dataset ?? "fashion-mnist";
+  const [size, , channels] = inputShape(loaded.model.spec);
+  const load = (split: "train" | "test") =>
+    loadDataset(dataset, { split, size, channels: channels as 1 | 3 });
+  let [train, test] = await Promise.all([load("train"), load("test")]);
+  // Subsets depend on the seed only, so every script of one seed sees the same images.
+  if (a["train-percent"] < 100) {
+    train = balancedSubset(train, a["train-percent"], fold(rng(seed), 1));
+  }
+  if (a["test-percent"] < 100) test = balancedSubset(test, a["test-percent"], fold(rng(seed), 2));
+  const classes = train.classes.length;
+  if (classes < 2) throw new UsageError(`--dataset ${dataset}: a probe needs 2 or more classes`);
+  const { train: fit, val } = validationSplit(train.labels, classes, a["val-percent"], rng(seed));
+  const base = RECIPES[a.recipe as "paper" | "reference"];
+  const recipe: Recipe = {
+    ...base,
+    epochs: a.epochs ?? base.epochs,
+    lr: a.lr ?? base.lr,
+    batch: a.batch,
+  };
+  return { loaded, dataset, train, test, fit, val, recipe, classes };
+}
+
+/** The noise key of feature extraction (one per seed, shared by train and test). */
+export const noiseKeyOf = (seed: number) => foldName(rng(seed), "feature-noise");
+
+/** Features of the train and test splits for `cells` (through the cache unless --no-cache). */
+export async function probeFeatures(
+  s: ProbeSetup,
+  a: ProbeFlagValues,
+  seed: number,
+  cells: readonly Cell[],
+): Promise<{ train: SplitFeatures; test: SplitFeatures }> {
+  const common = {
+    noiseKey: noiseKeyOf(seed),
+    cacheDir: a["no-cache"] ? undefined : a["cache-dir"],
+    batch: a["extract-batch"],
+    quiet: a.quiet,
+  };
+  const id = (split: string, ds: Dataset, percent: number) => ({
+    weights: s.loaded.sha256,
+    dataset: s.dataset,
+    split,
+    indices: percent < 100
+      ? `balanced ${percent}% seed ${seed} (${count(ds)})`
+      : `all (${count(ds)})`,
+    noiseSeed: seed,
+  });
+  const train = await splitFeatures(
+    s.loaded.model,
+    s.train,
+    id("train", s.train, a["train-percent"]),
+    cells,
+    common,
+  );
+  const test = await splitFeatures(
+    s.loaded.model,
+    s.test,
+    id("test", s.test, a["test-percent"]),
+    cells,
+    common,
+  );
+  return { train, test };
+}
+
+/** The default block: the U-Net's middle block (the bottleneck), the DiT's middle block. */
+export function defaultBlock(spec: ModelSpec): number {
+  const table = blockTable(spec);
+  return table.find((b) => b.module === "middle_block")?.b ?? table[Math.floor(table.length / 2)].b;
+}
+
+/** Epochs per cell of the ablation grid: seed 001's appendix trains Figure 2's grid 15 epochs. */
+export const GRID_EPOCHS = 15;
+
+/** Flags of a (t, block, pool) grid (ablate, probe --select auto). */
+export const GRID_FLAGS = {
+  ts: {
+    kind: "string",
+    default: "10,30,50,90,150,300,500,700",
+    help: "grid timesteps, comma-separated",
+  },
+  blocks: { kind: "string", default: "all", help: "grid blocks, comma-separated, or all" },
+  pools: { kind: "string", default: "1,2,4", help: "grid pool sizes, comma-separated" },
+} as const satisfies FlagSpecs;
+
+/**
+ * A comma-separated list of positive integers from flag `--<flag>`.
+ * @throws UsageError naming the flag and the text
+ */
+export function intList(flag: string, text: string): number[] {
+  const xs = text.split(",").map((s) => Number(s.trim()));
+  if (text.trim() === "" || xs.some((x) => !Number.isInteger(x) || x < 0)) {
+    throw new UsageError(`--${flag}: "${text}" is not a comma-separated list of integers >= 0`);
+  }
+  return xs;
+}
+
+/** The grid the GRID_FLAGS describe, for a model. */
+export function gridFromFlags(
+  a: { readonly ts: string; readonly blocks: string; readonly pools: string },
+  spec: ModelSpec,
+): { ts: number[]; blocks: number[]; pools: number[] } {
+  return {
+    ts: intList("ts", a.ts),
+    blocks: a.blocks === "all" ? blockTable(spec).map((b) => b.b) : intList("blocks", a.blocks),
+    pools: intList("pools", a.pools),
+  };
+}
