@@ -33,6 +33,10 @@ const FLAGS = {
     min: 1,
   },
   run: { kind: "string", help: "run name (default: <dataset>-grid-seed<seed>)" },
+  "state-dir": {
+    kind: "string",
+    help: "where finished t's are kept for a resume (default: checkpoints/ablate/<run>)",
+  },
 } as const;
 
 /** One cell's outcome. */
@@ -76,7 +80,7 @@ await runMain(async () => {
   const handle = await startRun("ablate", run, config, a.seed, { engine, task: "ablate" });
 
   // Finished t's of an earlier, interrupted run with the same config.
-  const statePath = `checkpoints/ablate/${run}/done.json`;
+  const statePath = `${a["state-dir"] ?? `checkpoints/ablate/${run}`}/done.json`;
   let done: {
     config: unknown;
     cells: CellResult[];

@@ -1,0 +1,168 @@
+// The probe scripts end to end on a tiny checkpoint and the embedded MNIST: every results JSON
+// carries the fields the report reads, a second run reads the feature cache, and a grid killed
+// after its first t resumes to the cells of an unbroken grid.
+import { assert, assertEquals } from "./assert.ts";
+import { parseResult } from "../lib/results.ts";
+import { scriptCommand } from "./script.ts";
+
+const tmp = await Deno.makeTempDir();
+const env = { DP_RESULTS_DIR: `${tmp}/results` };
+const dec = new TextDecoder();
+
+async function run(script: string, args: string[]) {
+  const out = await scriptCommand(script, args, { env }).output();
+  const r = { code: out.code, stderr: dec.decode(out.stderr) };
+  assertEquals(r.code, 0, `${script} ${args.join(" ")}\n${r.stderr}`);
+  return r;
+}
+
+const result = async (exp: string, name: string) => {
+  const path = `${tmp}/results/${exp}/${name}.json`;
+  return parseResult(await Deno.readTextFile(path), path);
+};
+
+// A tiny pre-trained checkpoint (16 px MNIST U-Net, 4 steps).
+await run("pretrain", [
+  ...["--config", "tiny", "--steps", "4", "--batch", "4", "--samples", "0", "--quiet"],
+  ...["--out", `${tmp}/ck`, "--run", "tiny"],
+]);
+const common = [
+  ...["--weights", `${tmp}/ck/checkpoint.safetensors`, "--cache-dir", `${tmp}/cache`],
+  ...["--train-percent", "3", "--test-percent", "10", "--val-percent", "20", "--quiet"],
+];
+
+function checkFields(r: Awaited<ReturnType<typeof result>>, head: string) {
+  const c = r.config as Record<string, unknown>, m = r.metrics as Record<string, unknown>;
+  for (const k of ["t", "block", "pool", "head"]) assert(k in c, `config.${k} missing`);
+  assert(String(c.head).includes(head), `config.head ${c.head}`);
+  const acc = m.test_accuracy as number;
+  assert(acc >= 0 && acc <= 1, `test_accuracy ${acc}`);
+}
+
+Deno.test("deno task probe: one cell, its fields, and the cache on a second run", async () => {
+  const args = [...common, "--t", "20", "--block", "3", "--pool", "2", "--epochs", "2"];
+  await run("probe", [...args, "--run", "a"]);
+  const a = await result("probe", "a");
+  checkFields(a, "linear");
+  assertEquals([a.config.t, a.config.block, a.config.pool], [20, 3, 2]);
+  assertEquals((a.metrics as { features_cached: boolean }).features_cached, false);
+  assert((a.metrics as { feature_images_per_s: number }).feature_images_per_s > 0);
+  await run("probe", [...args, "--run", "b"]);
+  const b = await result("probe", "b");
+  assertEquals((b.metrics as { features_cached: boolean }).features_cached, true);
+  assertEquals(
+    b.metrics.test_accuracy,
+    a.metrics.test_accuracy,
+    "cached features give the same probe",
+  );
+});
+
+Deno.test("deno task ablate: a grid killed after its first t resumes to the unbroken grid", async () => {
+  const grid = [
+    ...common,
+    "--ts",
+    "10,30,60",
+    "--blocks",
+    "1,2",
+    "--pools",
+    "1,2",
+    "--epochs",
+    "1",
+  ];
+  await run("ablate", [...grid, "--run", "whole", "--state-dir", `${tmp}/state-whole`]);
+  const whole = await result("ablate", "whole");
+  checkFields(whole, "linear");
+  // Kill the second grid as soon as its first t is saved; its rerun must skip that t.
+  const child = scriptCommand("ablate", [...grid, "--run", "killed", "--no-cache"], { env })
+    .spawn();
+  let log = "";
+  for await (const chunk of child.stderr) {
+    log += dec.decode(chunk);
+    if (/ablate: t=10:/.test(log)) {
+      child.kill("SIGKILL");
+      break;
+    }
+  }
+  await child.status;
+  await child.stdout.cancel();
+  const again = await run("ablate", killedArgs);
+  assert(again.stderr.includes("resuming: t 10 done"), again.stderr);
+  const killed = await result("ablate", "killed");
+  assertEquals(
+    (killed.metrics as { cells: unknown[] }).cells,
+    (whole.metrics as { cells: unknown[] }).cells,
+  );
+  assertEquals((whole.metrics as { cells: unknown[] }).cells.length, 3 * 2 * 2);
+  for (const f of ["t", "block", "pool"]) {
+    assert(await Deno.stat(`${tmp}/results/ablate/whole-${f}.png`));
+  }
+});
+
+Deno.test("deno task heads, knn, baselines and probe --select auto write the report's fields", async () => {
+  await run("heads", [
+    ...common,
+    "--t",
+    "20",
+    "--block",
+    "3",
+    "--budgets",
+    "3000",
+    "--attention-layers",
+    "1,2",
+    "--epochs",
+    "1",
+    "--run",
+    "h",
+  ]);
+  const h = await result("heads", "h");
+  const rows = (h.metrics as { heads: { head: string; param_count: number }[] }).heads;
+  assertEquals(rows.map((r) => r.head), [
+    "linear",
+    "linear",
+    "linear",
+    "mlp",
+    "cnn",
+    "attention",
+    "attention",
+  ]);
+  assert(rows.every((r) => r.param_count > 0));
+  await run("knn", [...common, "--ts", "20", "--blocks", "3", "--k", "3,10", "--run", "k"]);
+  const k = await result("knn", "k");
+  checkFields(k, "knn");
+  const cells = (k.metrics as { cells: Record<string, number>[] }).cells;
+  assert(cells[0].top5_at_10 >= cells[0].top1_at_10);
+  await run("baselines", [...common, "--baseline", "raw-pixels", "--epochs", "1", "--run", "raw"]);
+  checkFields(await result("baselines", "raw"), "raw-pixels");
+  await run("probe", [
+    ...common,
+    ...[
+      "--select",
+      "auto",
+      "--ts",
+      "10,40",
+      "--blocks",
+      "1,2,3",
+      "--pools",
+      "1,2",
+      "--select-epochs",
+      "1",
+      "--epochs",
+      "1",
+      "--run",
+      "auto",
+    ],
+  ]);
+  const auto = await result("probe", "auto");
+  checkFields(auto, "linear");
+  const sel = (auto.metrics as {
+    selection: {
+      rounds: { cells: number }[];
+      cost: { forward_passes: number };
+      grid: { cost: { forward_passes: number } };
+    };
+  }).selection;
+  assertEquals(sel.rounds.map((r) => r.cells), [12, 4]);
+  assert(sel.cost.forward_passes <= sel.grid.cost.forward_passes);
+});
+
+globalThis.addEventListener("unload", () => Deno.removeSync(tmp, { recursive: true }));
