@@ -5,7 +5,15 @@ import { namedSchedule } from "./diffusion/schedule.ts";
 import type { FrozenModel } from "./features.ts";
 import { sha256File } from "./features_cache.ts";
 import { disposeCheckpoint, loadCheckpoint, loadParamsStrict } from "./io/checkpoint.ts";
-import { paramShapes, specFromMeta } from "./models/mod.ts";
+import { initParams, paramShapes, specFromMeta } from "./models/mod.ts";
+import { disposeParams } from "./params.ts";
+import type { Rng } from "./random.ts";
+
+const sha256Text = async (text: string) =>
+  Array.from(
+    new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text))),
+    (b) => b.toString(16).padStart(2, "0"),
+  ).join("");
 
 /** A loaded frozen model and where it came from. */
 export interface LoadedModel {
@@ -15,8 +23,10 @@ export interface LoadedModel {
   /** The dataset the checkpoint records, if any (the default to probe on). */
   readonly dataset?: string;
   /** Which weights were loaded. */
-  readonly weights: "ema" | "raw";
+  readonly weights: "ema" | "raw" | "random";
   readonly step?: number;
+  /** Batch size of the pre-training, for epochs = step · batch / images. */
+  readonly batch?: number;
 }
 
 /**
@@ -27,23 +37,44 @@ export interface LoadedModel {
 export async function loadFrozenModel(
   path: string,
   which: "ema" | "raw" = "ema",
+  opts: { readonly randomKey?: Rng } = {},
 ): Promise<LoadedModel> {
   const ck = await loadCheckpoint(path);
   try {
     const where = `Weights file "${path}"`;
     const spec = specFromMeta(ck.meta.config, where);
-    const cfg = ck.meta.config as { schedule?: string; diffusionSteps?: number; dataset?: string };
+    const cfg = ck.meta.config as {
+      schedule?: string;
+      diffusionSteps?: number;
+      dataset?: string;
+      batch?: number;
+    };
     if ((cfg.schedule !== "linear" && cfg.schedule !== "cosine") || !cfg.diffusionSteps) {
       throw new Error(`${where} records no noise schedule (schedule, diffusionSteps)`);
     }
     const useEma = which === "ema" && Object.keys(ck.ema).length > 0;
     const params = loadParamsStrict(paramShapes(spec), useEma ? ck.ema : ck.params, `"${path}"`);
+    const schedule = namedSchedule(cfg.schedule, cfg.diffusionSteps);
+    const sha256 = await sha256File(path);
+    if (opts.randomKey) {
+      // The same architecture and schedule with fresh weights: the "0 epochs" point.
+      disposeParams(params);
+      return {
+        model: { spec, params: initParams(spec, opts.randomKey), schedule },
+        sha256: await sha256Text(`random ${JSON.stringify(opts.randomKey)} ${sha256}`),
+        dataset: cfg.dataset,
+        weights: "random",
+        step: 0,
+        batch: cfg.batch,
+      };
+    }
     return {
-      model: { spec, params, schedule: namedSchedule(cfg.schedule, cfg.diffusionSteps) },
-      sha256: await sha256File(path),
+      model: { spec, params, schedule },
+      sha256,
       dataset: cfg.dataset,
       weights: useEma ? "ema" : "raw",
       step: ck.step,
+      batch: cfg.batch,
     };
   } finally {
     disposeCheckpoint(ck);

@@ -16,6 +16,10 @@ export const DEFAULT_WEIGHTS = "results/pretrain/fashion-mnist-small-seed0.weigh
 /** Flags every probe script takes. */
 export const PROBE_FLAGS = {
   weights: { kind: "string", default: DEFAULT_WEIGHTS, help: "checkpoint or .weights.safetensors" },
+  "random-weights": {
+    kind: "boolean",
+    help: "probe the --weights architecture with fresh random weights (from --seed) instead",
+  },
   dataset: {
     kind: "string",
     help: "mnist | fashion-mnist | <image folder> (default: the checkpoint's own)",
@@ -69,6 +73,8 @@ export interface ProbeSetup {
   readonly val: Int32Array;
   readonly recipe: Recipe;
   readonly classes: number;
+  /** Epochs of pre-training of the weights on this dataset (0 for random weights), if known. */
+  readonly weightsEpochs?: number;
 }
 
 /**
@@ -76,12 +82,19 @@ export interface ProbeSetup {
  * @throws UsageError when the dataset does not fit the model
  */
 export async function setupProbe(a: ProbeFlagValues, seed: number): Promise<ProbeSetup> {
-  const loaded = await loadFrozenModel(a.weights);
+  const loaded = await loadFrozenModel(a.weights, "ema", {
+    randomKey: a["random-weights"] ? foldName(rng(seed), "random-weights") : undefined,
+  });
   const dataset = a.dataset ?? loaded.dataset ?? "fashion-mnist";
   const [size, , channels] = inputShape(loaded.model.spec);
   const load = (split: "train" | "test") =>
     loadDataset(dataset, { split, size, channels: channels as 1 | 3 });
   let [train, test] = await Promise.all([load("train"), load("test")]);
+  const weightsEpochs = loaded.weights === "random"
+    ? 0
+    : loaded.dataset === dataset && loaded.step !== undefined && loaded.batch
+    ? (loaded.step * loaded.batch) / count(train)
+    : undefined;
   // Subsets depend on the seed only, so every script of one seed sees the same images.
   if (a["train-percent"] < 100) {
     train = balancedSubset(train, a["train-percent"], fold(rng(seed), 1));
@@ -97,7 +110,7 @@ export async function setupProbe(a: ProbeFlagValues, seed: number): Promise<Prob
     lr: a.lr ?? base.lr,
     batch: a.batch,
   };
-  return { loaded, dataset, train, test, fit, val, recipe, classes };
+  return { loaded, dataset, train, test, fit, val, recipe, classes, weightsEpochs };
 }
 
 /** The noise key of feature extraction (one per seed, shared by train and test). */

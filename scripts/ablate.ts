@@ -161,6 +161,10 @@ await runMain(async () => {
       best_by_test: (({ t, block, pool, test_accuracy }) => ({ t, block, pool, test_accuracy }))(
         cells.reduce((x, y) => (y.test_accuracy > x.test_accuracy ? y : x)),
       ),
+      // Figure 2's questions as tables: the best cell (on validation) for each t, block and pool.
+      best_per_t: bestPer(cells, (c) => c.t),
+      best_per_block: bestPer(cells, (c) => c.block),
+      best_per_pool: bestPer(cells, (c) => c.pool),
       feature_images_per_s: rates.length ? rates.reduce((x, y) => x + y) / rates.length : null,
       cells,
       per_t: done.perT,
@@ -174,6 +178,16 @@ await runMain(async () => {
   );
   console.error(`ablate: wrote ${path}`);
 });
+
+/** For each value of `key`, the cell best on validation among those with it. */
+function bestPer(cells: CellResult[], key: (c: CellResult) => number): Record<string, CellResult> {
+  const out: Record<string, CellResult> = {};
+  for (const c of cells) {
+    const k = String(key(c));
+    if (!(k in out) || c.val_accuracy > out[k].val_accuracy) out[k] = c;
+  }
+  return out;
+}
 
 /** Figure 2's three views: accuracy against t per block, against block per t, against pool. */
 async function gridFigures(cells: CellResult[], base: string): Promise<string[]> {

@@ -34,6 +34,18 @@ const FLAGS = {
   run: { kind: "string", help: "run name (default: <dataset>-heads-<t,b>-seed<seed>)" },
 } as const;
 
+/** One trained head's outcome. */
+interface HeadRow {
+  head: string;
+  head_spec: string;
+  pool: number;
+  role: string;
+  param_count: number;
+  val_accuracy: number;
+  test_accuracy: number;
+  train_loss_final: number;
+}
+
 await runMain(async () => {
   const a = parseCli("heads", "Linear, MLP, CNN and attention heads on one (t, block).", FLAGS);
   const pools = intList("linear-pools", a["linear-pools"]);
@@ -130,7 +142,7 @@ await runMain(async () => {
   );
   bar.done();
   const valLabels = Int32Array.from(s.val, (i) => s.train.labels[i]);
-  const rows = [];
+  const rows: HeadRow[] = [];
   for (const [i, h] of trained.entries()) {
     const j = jobs[i];
     const src = cellName(j.cell);
@@ -151,11 +163,18 @@ await runMain(async () => {
       } %`,
     );
   }
-  const best = rows.reduce((x, y) => (y.val_accuracy > x.val_accuracy ? y : x));
+  // Choices on validation: the best head overall and of each kind; test reported alongside.
+  const bestOf = (rs: HeadRow[]) => rs.reduce((x, y) => (y.val_accuracy > x.val_accuracy ? y : x));
+  const best = bestOf(rows);
+  const kinds = [...new Set(rows.map((r) => r.head))];
+  const bestByKind = Object.fromEntries(
+    kinds.map((k) => [k, bestOf(rows.filter((r) => r.head === k))]),
+  );
   const path = await finishRun(handle, {
     metrics: {
       test_accuracy: best.test_accuracy,
       best_head: best.head_spec,
+      best_by_kind: bestByKind,
       heads: rows,
       feature_images_per_s: f.train.imagesPerS ?? null,
     },

@@ -96,6 +96,8 @@ await runMain(async () => {
     {
       weights: a.weights,
       weights_sha256: s.loaded.sha256,
+      weights_kind: s.loaded.weights,
+      weights_epochs: s.weightsEpochs ?? null,
       dataset: s.dataset,
       select: a.select,
       t: cell.t,

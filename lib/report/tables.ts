@@ -4,10 +4,10 @@
 // filter), its columns (paths into the results JSON) and the runs it expects; a run it expects
 // but results/ lacks is drawn as missing. table.ts documents the path syntax.
 //
-// The probing, head, kNN, semi-supervised, generation and tuning experiments come later; their
-// tables are declared now with the paper's rows and the config/metric names those experiments
-// are planned to write (`config.t`, `config.block`, `config.head`, `metrics.accuracy` as a
-// fraction...). The experiment that lands adjusts its paths and commands here.
+// Probe-like results (probe, ablate, heads, knn, baselines) carry `config.t`, `config.block`,
+// `config.pool`, `config.head` and `metrics.test_accuracy` as a fraction. The semi-supervised,
+// generation and tuning experiments come later; their tables are declared with the names they
+// are planned to write, and the experiment that lands adjusts its paths and commands here.
 import type { Column, FigureDef, ReportItem, Section, TableDef } from "./table.ts";
 
 // ---------------------------------------------------------------- sources
@@ -64,9 +64,16 @@ const PAPER_IN1K = "ImageNet-1k (1.3M train images, 1000 classes) at 256×256, f
 const acc: Column = {
   key: "accuracy",
   header: "accuracy",
-  path: "metrics.accuracy",
+  path: "metrics.test_accuracy",
   format: "percent",
 };
+// A heads run's best head of a kind (chosen on validation), else the run's own test accuracy.
+const accOf = (kind: string): Column => ({
+  ...acc,
+  path: `metrics.best_by_kind.${kind}.test_accuracy|metrics.test_accuracy`,
+});
+// The fixed-cell probes (not the automatic choice) of the default protocol.
+const fixedProbe = { experiment: "probe", "config.select": "fixed", "config.head": "linear" };
 
 // ---------------------------------------------------------------- pre-training
 
@@ -168,14 +175,18 @@ const p001: TableDef[] = [
     kind: "table",
     id: "001-table1",
     section: "001",
-    title: "001 Table 1: main results (linear probe and attention head)",
+    title: "001 Table 1: main results (linear probe and attention head) and baselines",
     scale: { paper: PAPER_IN1K + "; t = 90, b = 24 (its Section 4.1.1)", ours: OURS_FROZEN },
-    experiments: ["probe", "heads"],
+    note: "Our rows at the cell the ablation grid chose on validation (see Figure 2 below). " +
+      "The paper's U-Net Encoder is its guided-diffusion classifier; ours is the same encoder " +
+      "trained from scratch with labels. The raw-pixel probe and the supervised CNN are ours.",
+    experiments: ["probe", "heads", "baselines"],
     columns: [
       { key: "method", header: "method", path: "$label" },
       { key: "b", header: "b", path: "config.block", format: "int" },
       { key: "t", header: "t", path: "config.t", format: "int" },
-      acc,
+      { key: "pool", header: "pool", path: "config.pool", format: "int" },
+      { ...acc, path: "metrics.best_by_kind.attention.test_accuracy|metrics.test_accuracy" },
       { key: "fid", header: "FID" },
     ],
     paper: [{
@@ -190,22 +201,40 @@ const p001: TableDef[] = [
     }],
     expected: [
       {
+        label: "U-Net Encoder (supervised, from scratch)",
+        where: { experiment: "baselines", "config.head": "unet-encoder-supervised" },
+        command: "deno task baselines --baseline unet-encoder-supervised",
+      },
+      {
         label: "GD (L, pool 1×1)",
-        where: { experiment: "probe", "config.head": "linear", "config.pool": 1 },
-        command: "deno task probe",
-        setting: "linear head, pool 1×1",
+        where: { ...fixedProbe, "config.pool": 1 },
+        command: "deno task probe --pool 1",
       },
       {
         label: "GD (L, pool 2×2)",
-        where: { experiment: "probe", "config.head": "linear", "config.pool": 2 },
-        command: "deno task probe",
-        setting: "linear head, pool 2×2",
+        where: { ...fixedProbe, "config.pool": 2 },
+        command: "deno task probe --pool 2",
+      },
+      {
+        label: "GD (L, pool 4×4)",
+        where: { ...fixedProbe, "config.pool": 4 },
+        command: "deno task probe --pool 4",
       },
       {
         label: "GD (Attention)",
-        where: { experiment: "heads", "config.head": "attention" },
+        where: { experiment: "heads" },
         command: "deno task heads",
-        setting: "attention head",
+        setting: "the attention head best on validation",
+      },
+      {
+        label: "raw pixels, linear",
+        where: { experiment: "baselines", "config.head": "raw-pixels" },
+        command: "deno task baselines --baseline raw-pixels",
+      },
+      {
+        label: "supervised CNN",
+        where: { experiment: "baselines", "config.head": "cnn-supervised" },
+        command: "deno task baselines --baseline cnn-supervised",
       },
     ],
     command: "deno task probe",
@@ -253,64 +282,141 @@ const p001: TableDef[] = [
     kind: "table",
     id: "001-table3",
     section: "001",
-    title: "001 Table 3: linear (L) and attention (A) heads by block b and timestep t",
+    title: "001 Table 3 and Figure 2: linear probes by block b, timestep t and pool",
     scale: {
-      paper: PAPER_IN1K,
-      ours: OURS_FROZEN + "; our block numbers b follow " + "`deno task blocks`",
+      paper: PAPER_IN1K + "; Figure 2's grid trained 15 epochs (its appendix)",
+      ours: OURS_FROZEN + "; the grid on a class-balanced 20% of train (10% of it held out " +
+        "for validation) and 20% of test, 15 epochs; our block numbers b follow " +
+        "`deno task blocks`",
     },
-    note: "The paper's Accuracy (L) and Accuracy (A) columns are shown as rows, one per head.",
-    experiments: ["probe", "heads"],
+    note: "One row per t: the cell best on validation at that t, its test accuracy beside it. " +
+      "The figures plot test accuracy of every cell.",
+    experiments: ["ablate"],
+    each: "metrics.best_per_t.*",
     columns: [
-      { key: "b", header: "b", path: "config.block", format: "int" },
-      { key: "t", header: "t", path: "config.t", format: "int" },
-      { key: "head", header: "head", path: "$label" },
-      acc,
+      { key: "t", header: "t", path: "@.t", format: "int" },
+      { key: "b", header: "b", path: "@.block", format: "int" },
+      { key: "pool", header: "pool", path: "@.pool", format: "int" },
+      { key: "head", header: "head", path: "config.head" },
+      { key: "val", header: "val accuracy", path: "@.val_accuracy", format: "percent" },
+      { key: "accuracy", header: "accuracy", path: "@.test_accuracy", format: "percent" },
     ],
     paper: [{
       seed: SEEDS["001"],
       table: 3,
       rows: [
         { b: "19", t: "90", head: "linear (L)", accuracy: "55.09%" },
-        { b: "19", t: "90", head: "attention (A)", accuracy: "66.03%" },
         { b: "19", t: "150", head: "linear (L)", accuracy: "54.77%" },
-        { b: "19", t: "150", head: "attention (A)", accuracy: "64.85%" },
         { b: "24", t: "90", head: "linear (L)", accuracy: "61.95%" },
-        { b: "24", t: "90", head: "attention (A)", accuracy: "71.89%" },
         { b: "24", t: "150", head: "linear (L)", accuracy: "61.86%" },
-        { b: "24", t: "150", head: "attention (A)", accuracy: "70.98%" },
       ],
     }],
-    expected: [90, 150].flatMap((t) => [
+    command: "deno task ablate --train-percent 20 --test-percent 20",
+    artifacts: "\\.png$",
+  },
+  {
+    kind: "table",
+    id: "001-grid-blocks",
+    section: "001",
+    title: "Figure 2, by block: the best cell of each block b (on validation)",
+    scale: { ours: "the grid of the table above" },
+    experiments: ["ablate"],
+    each: "metrics.best_per_block.*",
+    columns: [
+      { key: "b", header: "b", path: "@.block", format: "int" },
+      { key: "t", header: "t", path: "@.t", format: "int" },
+      { key: "pool", header: "pool", path: "@.pool", format: "int" },
+      { key: "val", header: "val accuracy", path: "@.val_accuracy", format: "percent" },
+      { key: "accuracy", header: "accuracy", path: "@.test_accuracy", format: "percent" },
+    ],
+    command: "deno task ablate --train-percent 20 --test-percent 20",
+  },
+  {
+    kind: "table",
+    id: "001-grid-pools",
+    section: "001",
+    title: "Figure 2, by pool: the best cell of each pool size (on validation)",
+    scale: { ours: "the grid of the table above" },
+    experiments: ["ablate"],
+    each: "metrics.best_per_pool.*",
+    columns: [
+      { key: "pool", header: "pool", path: "@.pool", format: "int" },
+      { key: "b", header: "b", path: "@.block", format: "int" },
+      { key: "t", header: "t", path: "@.t", format: "int" },
+      { key: "val", header: "val accuracy", path: "@.val_accuracy", format: "percent" },
+      { key: "accuracy", header: "accuracy", path: "@.test_accuracy", format: "percent" },
+    ],
+    command: "deno task ablate --train-percent 20 --test-percent 20",
+  },
+  {
+    kind: "table",
+    id: "001-select",
+    section: "001",
+    title: "Automatic choice of (t, b, pool): successive halving against the full grid (ours)",
+    scale: { ours: OURS_FROZEN + "; the same images as the grid" },
+    note: "Cost in distinct (image, t) network passes and in head·image·epochs of training; " +
+      "the grid trains every cell 15 epochs on every image. Chosen on validation; test once.",
+    experiments: ["probe"],
+    where: { "config.select": "auto" },
+    columns: [
+      { key: "t", header: "t", path: "config.t", format: "int" },
+      { key: "b", header: "b", path: "config.block", format: "int" },
+      { key: "pool", header: "pool", path: "config.pool", format: "int" },
+      acc,
       {
-        label: `linear (L), t = ${t}`,
-        where: { experiment: "probe", "config.head": "linear", "config.t": t },
-        command: "deno task probe",
-        setting: `linear head, t = ${t}`,
+        key: "fwd",
+        header: "forward passes",
+        path: "metrics.selection.cost.forward_passes",
+        format: "int",
       },
       {
-        label: `attention (A), t = ${t}`,
-        where: { experiment: "heads", "config.head": "attention", "config.t": t },
-        command: "deno task heads",
-        setting: `attention head, t = ${t}`,
+        key: "gridfwd",
+        header: "grid's forward passes",
+        path: "metrics.selection.grid.cost.forward_passes",
+        format: "int",
       },
-    ]),
-    command: "deno task probe",
+      {
+        key: "hie",
+        header: "head·image·epochs",
+        path: "metrics.selection.cost.head_image_epochs",
+        format: "int",
+      },
+      {
+        key: "gridhie",
+        header: "grid's",
+        path: "metrics.selection.grid.cost.head_image_epochs",
+        format: "int",
+      },
+      { key: "same", header: "grid's best?", path: "metrics.selection.grid.picked_grid_best" },
+      {
+        key: "rank",
+        header: "rank in grid",
+        path: "metrics.selection.grid.rank_in_grid",
+        format: "int",
+      },
+    ],
+    command: "deno task probe --select auto --grid results/ablate/<run>.json",
   },
   {
     kind: "table",
     id: "001-heads",
     section: "001",
-    title: "001 Tables 7–9: heads of comparable size on ImageNet-50",
+    title: "001 Tables 7–9: heads of comparable size",
     scale: {
       paper: "ImageNet-50 (50 classes, 64,274 train / 2,500 test, its Table 5) at 256×256, " +
         "frozen ADM U-Net",
-      ours: OURS_FROZEN,
+      ours: OURS_FROZEN + "; linear probes read the pooled map, MLPs the 2×2 pool, CNN and " +
+        "attention heads the whole map",
     },
-    experiments: ["probe", "heads"],
+    experiments: ["heads"],
+    each: "metrics.heads.*",
     columns: [
-      { key: "head", header: "head", path: "$label" },
-      { key: "params", header: "head params", path: "metrics.params" },
-      acc,
+      { key: "head", header: "head", path: "@.head_spec" },
+      { key: "pool", header: "input pool", path: "@.pool", format: "int" },
+      { key: "role", header: "budget", path: "@.role" },
+      { key: "params", header: "head params", path: "@.param_count", format: "int" },
+      { key: "val", header: "val accuracy", path: "@.val_accuracy", format: "percent" },
+      { key: "accuracy", header: "accuracy", path: "@.test_accuracy", format: "percent" },
     ],
     paper: [
       {
@@ -336,13 +442,29 @@ const p001: TableDef[] = [
         ],
       },
     ],
-    expected: (["linear", "mlp", "cnn", "attention"] as const).map((head) => ({
-      label: head,
-      where: { experiment: head === "linear" ? "probe" : "heads", "config.head": head },
-      command: `deno task ${head === "linear" ? "probe" : "heads"}`,
-      setting: `${head} head`,
-    })),
     command: "deno task heads",
+  },
+  {
+    kind: "table",
+    id: "001-epochs",
+    section: "001",
+    title: "Linear probe against epochs of pre-training (ours)",
+    scale: { ours: OURS_FROZEN + "; checkpoints of one pre-training run, and random weights" },
+    experiments: ["probe"],
+    where: {
+      "config.select": "fixed",
+      "config.head": "linear",
+      "config.weights_epochs": { present: true },
+    },
+    columns: [
+      { key: "epochs", header: "pre-training epochs", path: "config.weights_epochs" },
+      { key: "weights", header: "weights", path: "config.weights" },
+      { key: "t", header: "t", path: "config.t", format: "int" },
+      { key: "b", header: "b", path: "config.block", format: "int" },
+      { key: "pool", header: "pool", path: "config.pool", format: "int" },
+      acc,
+    ],
+    command: "deno task probe --weights <checkpoint>",
   },
 ];
 
@@ -355,10 +477,13 @@ const p002: TableDef[] = [
     section: "002",
     title: "002 Table 1: main results",
     scale: { paper: PAPER_IN1K + "; f(x0, t = 150, b = 24) by default", ours: OURS_FROZEN },
+    note: "DifFormer and DifFeed are not built yet.",
     experiments: ["probe", "heads"],
     columns: [
       { key: "method", header: "method", path: "$label" },
-      acc,
+      { key: "t", header: "t", path: "config.t", format: "int" },
+      { key: "b", header: "b", path: "config.block", format: "int" },
+      accOf("attention"),
     ],
     paper: [{
       seed: SEEDS["002"],
@@ -374,17 +499,53 @@ const p002: TableDef[] = [
     expected: [
       {
         label: "GD",
-        where: { experiment: "probe", "config.head": "linear", "config.pool": 2 },
-        command: "deno task probe",
+        where: { ...fixedProbe, "config.pool": 2 },
+        command: "deno task probe --pool 2",
         setting: "linear head, pool 2×2",
       },
-      ...(["attention", "difformer", "diffeed"] as const).map((head) => ({
-        label: { attention: "Attention", difformer: "DifFormer", diffeed: "DifFeed" }[head],
-        where: { experiment: "heads", "config.head": head },
+      {
+        label: "Attention",
+        where: { experiment: "heads" },
         command: "deno task heads",
+        setting: "the attention head best on validation",
+      },
+      ...(["difformer", "diffeed"] as const).map((head) => ({
+        label: { difformer: "DifFormer", diffeed: "DifFeed" }[head],
+        where: { experiment: "heads", "config.head": head },
+        command: "not built yet",
         setting: `${head}`,
       })),
     ],
+    command: "deno task heads",
+  },
+  {
+    kind: "table",
+    id: "002-table2",
+    section: "002",
+    title: "002 Table 2: attention head, number of layers",
+    scale: {
+      paper: "ImageNet-1k with 1% of the labels (IN-1%) and CUB; heads trained 15 epochs",
+      ours: OURS_FROZEN,
+    },
+    experiments: ["heads"],
+    each: "metrics.heads.*",
+    rowsWhere: { "@.head": "attention" },
+    columns: [
+      { key: "layers", header: "# layers", path: "@.head_spec" },
+      { key: "in1", header: "IN-1%" },
+      { key: "cub", header: "CUB" },
+      { key: "accuracy", header: "accuracy (ours)", path: "@.test_accuracy", format: "percent" },
+      { key: "params", header: "# params", path: "@.param_count", format: "int" },
+    ],
+    paper: [{
+      seed: SEEDS["002"],
+      table: 2,
+      rows: [
+        { layers: "1", in1: "40.4%", cub: "39.4%", params: "15.2M" },
+        { layers: "2", in1: "45.7%", cub: "47.4%", params: "27.8M" },
+        { layers: "4", in1: "47.9%", cub: "52.0%", params: "53.0M" },
+      ],
+    }],
     command: "deno task heads",
   },
   {
@@ -434,16 +595,21 @@ const p002: TableDef[] = [
     id: "002-table9",
     section: "002",
     title: "002 Table 9: kNN",
-    scale: { paper: PAPER_IN1K + "; k = 20 and k = 200", ours: OURS_FROZEN },
+    scale: {
+      paper: PAPER_IN1K + "; k = 20 and k = 200",
+      ours: OURS_FROZEN + "; cosine similarity, votes weighted exp(sim/0.07), the whole " +
+        "train split as the memory bank",
+    },
     experiments: ["knn"],
+    each: "metrics.cells.*",
     columns: [
-      { key: "b", header: "b", path: "config.block", format: "int" },
-      { key: "t", header: "t", path: "config.t", format: "int" },
-      { key: "pool", header: "pool", path: "config.pool", format: "int" },
-      { key: "top1_20", header: "Top1@20", path: "metrics.top1_k20", format: "percent" },
-      { key: "top5_20", header: "Top5@20", path: "metrics.top5_k20", format: "percent" },
-      { key: "top1_200", header: "Top1@200", path: "metrics.top1_k200", format: "percent" },
-      { key: "top5_200", header: "Top5@200", path: "metrics.top5_k200", format: "percent" },
+      { key: "b", header: "b", path: "@.block", format: "int" },
+      { key: "t", header: "t", path: "@.t", format: "int" },
+      { key: "pool", header: "pool", path: "@.pool", format: "int" },
+      { key: "top1_20", header: "Top1@20", path: "@.top1_at_20", format: "percent" },
+      { key: "top5_20", header: "Top5@20", path: "@.top5_at_20", format: "percent" },
+      { key: "top1_200", header: "Top1@200", path: "@.top1_at_200", format: "percent" },
+      { key: "top5_200", header: "Top5@200", path: "@.top5_at_200", format: "percent" },
     ],
     paper: [{
       seed: SEEDS["002"],
@@ -464,11 +630,6 @@ const p002: TableDef[] = [
         top5_200,
       })),
     }],
-    expected: [90, 150].map((t) => ({
-      label: `t = ${t}`,
-      where: { "config.t": t },
-      command: "deno task knn",
-    })),
     command: "deno task knn",
   },
 ];
