@@ -3,9 +3,7 @@
 // flag at once (fp-ts validation) instead of stopping at the first.
 import { parseArgs } from "node:util";
 import * as E from "fp-ts/lib/Either.js";
-import * as A from "fp-ts/lib/Array.js";
 import * as NEA from "fp-ts/lib/NonEmptyArray.js";
-import { pipe } from "fp-ts/lib/function.js";
 
 /**
  * The allowed range of a numeric flag: at most one lower bound (`min` or `minExclusive`) and one
@@ -248,7 +246,8 @@ function tokenProblems(
 /**
  * Parse `args` against `specs`. Prints help and exits 0 on `--help`; otherwise throws one
  * UsageError listing every problem, one per line: unknown flags (with the nearest known one),
- * stray arguments, missing values, then bad numbers, out-of-range numbers and bad choices.
+ * stray arguments, missing values, then bad numbers, out-of-range numbers and bad choices, then
+ * what `check` finds in the flags that parsed (faults between flags, e.g. `--a` needs `--b`).
  *
  * @throws UsageError for a bad command line; Error for a spec with two lower or two upper bounds
  * @example
@@ -264,6 +263,7 @@ export function parseCli<S extends FlagSpecs>(
   about: string,
   specs: S,
   args: readonly string[] = Deno.args,
+  check?: (valid: Partial<Values<S>>) => string[],
 ): Values<S> {
   const options: Record<string, { type: "string" | "boolean" }> = { help: { type: "boolean" } };
   for (const [k, f] of Object.entries(specs)) {
@@ -283,16 +283,21 @@ export function parseCli<S extends FlagSpecs>(
     Deno.exit(0);
   }
   const { problems, flagged } = tokenProblems(parsed.tokens, specs);
-  const validation = E.getApplicativeValidation(NEA.getSemigroup<string>());
-  const values = pipe(
-    Object.entries(specs).filter(([k]) => !flagged.has(k)),
-    A.traverse(validation)(([k, f]) =>
-      pipe(convert(k, f, parsed.values[k]), E.map((v) => [k, v] as const))
-    ),
-  );
-  const all = [...problems, ...(E.isLeft(values) ? values.left : [])];
-  if (all.length > 0 || E.isLeft(values)) throw new UsageError(all.join("\n"));
-  return Object.fromEntries(values.right) as Values<S>;
+  const converted = Object.entries(specs)
+    .filter(([k]) => !flagged.has(k))
+    .map(([k, f]) => [k, convert(k, f, parsed.values[k])] as const);
+  const valid = Object.fromEntries(
+    converted.flatMap(([k, v]) => (E.isRight(v) ? [[k, v.right]] : [])),
+  ) as Partial<Values<S>>;
+  // Faults that involve several flags are judged on the flags that parsed, so that one error
+  // lists them together with the single-flag ones.
+  const all = [
+    ...problems,
+    ...converted.flatMap(([, v]) => (E.isLeft(v) ? v.left : [])),
+    ...(check?.(valid) ?? []),
+  ];
+  if (all.length > 0) throw new UsageError(all.join("\n"));
+  return valid as Values<S>;
 }
 
 /**

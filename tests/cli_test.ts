@@ -140,3 +140,33 @@ Deno.test("usage() shows each flag's range", () => {
   assertEquals(row("n"), "--n <int> workers (default: 8, <= 8)");
   assertEquals(row("k"), "--k <int> shards (default: 1, in [1, 10))");
 });
+
+Deno.test("parseCli() lists faults between flags in the same error as the single-flag ones", () => {
+  const flags = {
+    steps: { kind: "int", default: 10, help: "", min: 1 },
+    every: { kind: "int", default: 5, help: "" },
+    lr: { kind: "float", default: 0.1, help: "", minExclusive: 0 },
+  } as const;
+  const check = (v: { steps?: number; every?: number }) =>
+    v.steps !== undefined && v.every !== undefined && v.every > v.steps
+      ? [`--every: ${v.every} is more than --steps ${v.steps}`]
+      : [];
+  const message = (args: string[]) => {
+    try {
+      parseCli("t", "", flags, args, check);
+    } catch (e) {
+      if (e instanceof UsageError) return e.message;
+      throw e;
+    }
+    throw new Error("no UsageError");
+  };
+  assertEquals(message(["--every", "20", "--lr", "-1", "--bogus"]).split("\n"), [
+    "--bogus: unknown flag",
+    "--lr: -1 must be above 0",
+    "--every: 20 is more than --steps 10",
+  ]);
+  // A flag that failed to parse is left out of the check, which then cannot misjudge it.
+  const m2 = message(["--steps", "x", "--every", "20"]);
+  assertEquals(m2.split("\n").length, 1, m2);
+  assertEquals(parseCli("t", "", flags, ["--every", "3"], check).every, 3);
+});
