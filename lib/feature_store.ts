@@ -3,7 +3,7 @@
 // otherwise. What the probes train on are `RowSource`s.
 import { count, type Dataset } from "./data/dataset.ts";
 import { type Cell, cellName, cellShape, extractFeatures, type FrozenModel } from "./features.ts";
-import { createEntry, type FeatureKey, openEntry } from "./features_cache.ts";
+import { type CacheEntry, createEntry, type FeatureKey, openEntry } from "./features_cache.ts";
 import { memoryRows, type RowSource } from "./probe.ts";
 import { progress } from "./progress.ts";
 import type { Rng } from "./random.ts";
@@ -27,6 +27,11 @@ export interface StoreOptions {
   readonly noiseKey: Rng;
   /** Cache root; undefined: no cache (extract every time). */
   readonly cacheDir?: string;
+  /**
+   * Bytes of features to hold in memory; cached cells beyond it are read from disk at each
+   * gather. @default 4 GiB
+   */
+  readonly memoryBytes?: number;
   readonly batch?: number;
   readonly flip?: boolean;
   readonly quiet?: boolean;
@@ -65,6 +70,14 @@ export async function splitFeatures(
   const sources = new Map<string, RowSource>();
   const cached: string[] = [];
   const missing: Cell[] = [];
+  let budget = o.memoryBytes ?? 4 * 2 ** 30;
+  // An entry in memory while the budget lasts, else read from disk batch by batch.
+  const fromEntry = async (e: CacheEntry, c: Cell) => {
+    const shape = cellShape(model.spec, c);
+    if (e.bytes > budget) return diskRows(e, shape);
+    budget -= e.bytes;
+    return memoryRows(await e.readRows(0, e.rows), shape);
+  };
   for (const c of cells) {
     if (o.cacheDir === undefined) {
       missing.push(c);
@@ -72,10 +85,7 @@ export async function splitFeatures(
     }
     const hit = await openEntry(o.cacheDir, keyOf(id, c, flip));
     if (hit.ok) {
-      sources.set(
-        cellName(c),
-        memoryRows(await hit.entry.readRows(0, hit.entry.rows), cellShape(model.spec, c)),
-      );
+      sources.set(cellName(c), await fromEntry(hit.entry, c));
       cached.push(cellName(c));
     } else if (hit.reason !== "missing" && !o.quiet) {
       console.error(`features: cache entry for ${cellName(c)} is ${hit.reason}; recomputing`);
@@ -91,7 +101,11 @@ export async function splitFeatures(
     ),
   );
   const dims = missing.map((c) => cellShape(model.spec, c).reduce((a, b) => a * b));
-  const data = missing.map((_, i) => new Float32Array(n * dims[i]));
+  // Without a cache everything stays in memory; with one, only what fits the budget does, and
+  // the rest is read back from its committed entry.
+  const total = 4 * n * dims.reduce((a, b) => a + b, 0);
+  const keep = writers.length === 0 || total <= budget;
+  const data = missing.map((_, i) => (keep ? new Float32Array(n * dims[i]) : undefined));
   const bar = progress({ label: `features ${id.split}`, total: n, quiet: o.quiet });
   const t0 = performance.now();
   try {
@@ -105,11 +119,17 @@ export async function splitFeatures(
     ) {
       for (const [i, c] of missing.entries()) {
         const rows = b.rows.get(cellName(c))!;
-        data[i].set(rows, b.start * dims[i]);
+        data[i]?.set(rows, b.start * dims[i]);
         if (writers.length) await writers[i].append(rows);
       }
     }
-    for (const w of writers) await w.commit();
+    const entries: CacheEntry[] = [];
+    for (const w of writers) entries.push(await w.commit());
+    missing.forEach((c, i) => {
+      const shape = cellShape(model.spec, c);
+      sources.set(cellName(c), data[i] ? memoryRows(data[i]!, shape) : diskRows(entries[i], shape));
+    });
+    if (keep && writers.length) budget -= total;
   } catch (e) {
     for (const w of writers) await w.abort().catch(() => {});
     throw e;
@@ -117,8 +137,37 @@ export async function splitFeatures(
     bar.done();
   }
   const extractS = (performance.now() - t0) / 1000;
-  missing.forEach((c, i) =>
-    sources.set(cellName(c), memoryRows(data[i], cellShape(model.spec, c)))
-  );
+  if (writers.length === 0) {
+    missing.forEach((c, i) =>
+      sources.set(cellName(c), memoryRows(data[i]!, cellShape(model.spec, c)))
+    );
+  }
   return { sources, imagesPerS: n / Math.max(extractS, 1e-9), extractS, cached };
+}
+
+/**
+ * A RowSource that reads a cache entry from disk at each gather: the wanted rows in ascending
+ * order, consecutive ones in one read, then put in the order asked for.
+ */
+export function diskRows(e: CacheEntry, shape: readonly [number, number, number]): RowSource {
+  const dim = e.rowFloats;
+  return {
+    rows: e.rows,
+    shape,
+    gather: async (indices) => {
+      const order = Int32Array.from(indices).sort();
+      const at = new Map<number, Float32Array>();
+      for (let i = 0; i < order.length;) {
+        let j = i + 1;
+        while (j < order.length && order[j] <= order[j - 1] + 1) j++;
+        const start = order[i], count = order[j - 1] - start + 1;
+        const block = await e.readRows(start, count);
+        for (let r = 0; r < count; r++) at.set(start + r, block.subarray(r * dim, (r + 1) * dim));
+        i = j;
+      }
+      const out = new Float32Array(indices.length * dim);
+      indices.forEach((r, k) => out.set(at.get(r)!, k * dim));
+      return out;
+    },
+  };
 }

@@ -57,6 +57,12 @@ export const PROBE_FLAGS = {
   "extract-batch": { kind: "int", default: 128, help: "images per network call", min: 1 },
   "cache-dir": { kind: "string", default: "cache/features", help: "feature cache folder" },
   "no-cache": { kind: "boolean", help: "extract without reading or writing the cache" },
+  "memory-gb": {
+    kind: "float",
+    default: 4,
+    help: "features held in memory; cached features beyond it are read from disk per batch",
+    minExclusive: 0,
+  },
   quiet: { kind: "boolean", help: "no progress lines" },
 } as const satisfies FlagSpecs;
 
@@ -128,6 +134,8 @@ export async function probeFeatures(
     cacheDir: a["no-cache"] ? undefined : a["cache-dir"],
     batch: a["extract-batch"],
     quiet: a.quiet,
+    // Shared by both splits: each takes what the other left.
+    memoryBytes: a["memory-gb"] * 2 ** 30 / 2,
   };
   const id = (split: string, ds: Dataset, percent: number) => ({
     weights: s.loaded.sha256,

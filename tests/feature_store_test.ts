@@ -79,6 +79,25 @@ Deno.test("splitFeatures() reads a second run from the cache, and recomputes a c
   }
 });
 
+Deno.test("splitFeatures() past its memory budget reads the cache from disk, to the same rows", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const o = { noiseKey: rng(4), cacheDir: dir, batch: 4, quiet: true };
+    const mem = await splitFeatures(model, ds, id, cells, { ...o, cacheDir: undefined });
+    const fresh = await splitFeatures(model, ds, id, cells, { ...o, memoryBytes: 0 });
+    const hit = await splitFeatures(model, ds, id, cells, { ...o, memoryBytes: 0 });
+    assertEquals(hit.cached.length, cells.length);
+    const order = Int32Array.of(7, 2, 3, 4, 9, 0, 3); // runs, gaps and a repeat
+    for (const c of cells) {
+      const want = await mem.sources.get(cellName(c))!.gather(order);
+      assertEquals(await fresh.sources.get(cellName(c))!.gather(order), want);
+      assertEquals(await hit.sources.get(cellName(c))!.gather(order), want);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("splitFeatures() without a cache extracts every time and writes nothing", async () => {
   const r = await splitFeatures(model, ds, id, cells.slice(0, 1), {
     noiseKey: rng(4),
