@@ -134,7 +134,7 @@ export async function probeFeatures(
     cacheDir: a["no-cache"] ? undefined : a["cache-dir"],
     batch: a["extract-batch"],
     quiet: a.quiet,
-    // Shared by both splits: each takes what the other left.
+    // Half of the budget for each split.
     memoryBytes: a["memory-gb"] * 2 ** 30 / 2,
   };
   const id = (split: string, ds: Dataset, percent: number) => ({
