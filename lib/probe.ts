@@ -62,6 +62,32 @@ export function memoryRows(
   };
 }
 
+/** Rows of `a` then rows of `b` (same shape): e.g. a split and its flipped copy. */
+export function concatRows(a: RowSource, b: RowSource): RowSource {
+  if (a.shape.join() !== b.shape.join()) {
+    throw new Error(`concatRows: shapes [${a.shape}] and [${b.shape}] differ`);
+  }
+  const dim = a.shape[0] * a.shape[1] * a.shape[2];
+  return {
+    rows: a.rows + b.rows,
+    shape: a.shape,
+    gather: async (indices) => {
+      const inA = indices.filter((i) => i < a.rows);
+      const inB = indices.filter((i) => i >= a.rows).map((i) => i - a.rows);
+      const [xa, xb] = await Promise.all([a.gather(inA), b.gather(inB)]);
+      const out = new Float32Array(indices.length * dim);
+      let ia = 0, ib = 0;
+      indices.forEach((r, k) => {
+        const src = r < a.rows
+          ? xa.subarray(dim * ia, dim * ++ia)
+          : xb.subarray(dim * ib, dim * ++ib);
+        out.set(src, k * dim);
+      });
+      return out;
+    },
+  };
+}
+
 /** Any trainable classifier of feature maps (a head, or a network trained from scratch). */
 export interface Classifier {
   readonly params: Params;

@@ -7,7 +7,7 @@ import { type SplitFeatures, splitFeatures } from "./feature_store.ts";
 import { type LoadedModel, loadFrozenModel } from "./frozen_model.ts";
 import { blockTable, inputShape, type ModelSpec } from "./models/mod.ts";
 import { fold, foldName, rng } from "./random.ts";
-import { type Recipe, RECIPES, validationSplit } from "./probe.ts";
+import { concatRows, type Recipe, RECIPES, validationSplit } from "./probe.ts";
 import { type FlagSpecs, UsageError, type Values } from "./cli.ts";
 
 /** The reference checkpoint: the committed Fashion-MNIST `small` U-Net. */
@@ -65,6 +65,22 @@ export const PROBE_FLAGS = {
   },
   quiet: { kind: "boolean", help: "no progress lines" },
 } as const satisfies FlagSpecs;
+
+/** Options of `probeFeatures`. */
+export interface FeatureOptions {
+  /** Also extract the train split flipped horizontally, as extra training rows (augmentation). */
+  readonly flip?: boolean;
+}
+
+/** Features of both splits, with the training rows and labels they give (flips appended). */
+export interface ProbeFeatures {
+  readonly train: SplitFeatures;
+  readonly test: SplitFeatures;
+  /** Labels of the training sources' rows. */
+  readonly labels: Int32Array;
+  /** Rows that train heads: the fit part, and its flipped copies with --flip. */
+  readonly fit: Int32Array;
+}
 
 type ProbeFlagValues = Values<typeof PROBE_FLAGS>;
 
@@ -128,7 +144,8 @@ export async function probeFeatures(
   a: ProbeFlagValues,
   seed: number,
   cells: readonly Cell[],
-): Promise<{ train: SplitFeatures; test: SplitFeatures }> {
+  o: FeatureOptions = {},
+): Promise<ProbeFeatures> {
   const common = {
     noiseKey: noiseKeyOf(seed),
     cacheDir: a["no-cache"] ? undefined : a["cache-dir"],
@@ -146,13 +163,8 @@ export async function probeFeatures(
       : `all (${count(ds)})`,
     noiseSeed: seed,
   });
-  const train = await splitFeatures(
-    s.loaded.model,
-    s.train,
-    id("train", s.train, a["train-percent"]),
-    cells,
-    common,
-  );
+  const trainId = id("train", s.train, a["train-percent"]);
+  const train = await splitFeatures(s.loaded.model, s.train, trainId, cells, common);
   const test = await splitFeatures(
     s.loaded.model,
     s.test,
@@ -160,7 +172,27 @@ export async function probeFeatures(
     cells,
     common,
   );
-  return { train, test };
+  if (!o.flip) return { train, test, labels: s.train.labels, fit: s.fit };
+  // Flipped copies as rows N..2N−1: the fit part trains on both views, validation on the
+  // originals only.
+  const flipped = await splitFeatures(s.loaded.model, s.train, trainId, cells, {
+    ...common,
+    flip: true,
+  });
+  const n = s.train.labels.length;
+  const sources = new Map(
+    [...train.sources].map(([k, v]) => [k, concatRows(v, flipped.sources.get(k)!)]),
+  );
+  const labels = new Int32Array(2 * n);
+  labels.set(s.train.labels);
+  labels.set(s.train.labels, n);
+  const fit = Int32Array.from([...s.fit, ...Array.from(s.fit, (i) => i + n)]);
+  return {
+    train: { ...train, sources, extractS: train.extractS + flipped.extractS },
+    test,
+    labels,
+    fit,
+  };
 }
 
 /** The default block: the U-Net's middle block (the bottleneck), the DiT's middle block. */

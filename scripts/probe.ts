@@ -44,6 +44,10 @@ const FLAGS = {
     choices: ["fixed", "auto"],
   },
   ...GRID_FLAGS,
+  flip: {
+    kind: "boolean",
+    help: "augment: add the train split's horizontal flips (extracted too)",
+  },
   "select-epochs": {
     kind: "int",
     default: 4,
@@ -113,24 +117,25 @@ await runMain(async () => {
       train_percent: a["train-percent"],
       test_percent: a["test-percent"],
       noise_seed: a.seed,
+      flip: a.flip,
     },
     a.seed,
     { engine, task: "probe" },
   );
 
-  const f = await probeFeatures(s, a, a.seed, [cell]);
+  const f = await probeFeatures(s, a, a.seed, [cell], { flip: a.flip });
   const name = cellName(cell);
   const train = f.train.sources.get(name)!, test = f.test.sources.get(name)!;
   const bar = progress({ label: "probe", total: s.recipe.epochs, quiet: a.quiet });
   const t0 = performance.now();
   const [h] = await trainHeads(
     [{ name, head, train }],
-    s.train.labels,
+    f.labels,
     s.recipe,
     foldName(rng(a.seed), "probe"),
     {
       classes: s.classes,
-      indices: s.fit,
+      indices: f.fit,
       onEpoch: (e, loss) => bar.tick(e, { loss }),
     },
   );

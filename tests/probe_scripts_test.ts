@@ -55,6 +55,11 @@ Deno.test("deno task probe: one cell, its fields, and the cache on a second run"
     a.metrics.test_accuracy,
     "cached features give the same probe",
   );
+  // --flip adds the flipped train images (their own cache entries) as training rows.
+  await run("probe", [...args, "--flip", "--run", "flip"]);
+  const f = await result("probe", "flip");
+  assertEquals(f.config.flip, true);
+  assert(f.metrics.train_loss_final !== a.metrics.train_loss_final, "the flips changed training");
 });
 
 Deno.test("deno task ablate: a grid killed after its first t resumes to the unbroken grid", async () => {
@@ -73,8 +78,15 @@ Deno.test("deno task ablate: a grid killed after its first t resumes to the unbr
   const whole = await result("ablate", "whole");
   checkFields(whole, "linear");
   // Kill the second grid as soon as its first t is saved; its rerun must skip that t.
-  const child = scriptCommand("ablate", [...grid, "--run", "killed", "--no-cache"], { env })
-    .spawn();
+  const killedArgs = [
+    ...grid,
+    "--run",
+    "killed",
+    "--no-cache",
+    "--state-dir",
+    `${tmp}/state-killed`,
+  ];
+  const child = scriptCommand("ablate", killedArgs, { env }).spawn();
   let log = "";
   for await (const chunk of child.stderr) {
     log += dec.decode(chunk);

@@ -3,6 +3,7 @@ import { assert, assertClose, assertEquals, assertRejects } from "./assert.ts";
 import { initEngine } from "../lib/engine/mod.ts";
 import {
   accuracy,
+  concatRows,
   memoryRows,
   predict,
   RECIPES,
@@ -135,6 +136,25 @@ Deno.test("validationSplit() holds out a balanced share of each class, disjoint 
   assert(train.every((i) => !inVal.has(i)));
   for (let c = 0; c < 4; c++) assertEquals(val.filter((i) => labels[i] === c).length, 25);
   assertEquals(validationSplit(labels, 4, 10, rng(0)).val, val, "the same key, the same split");
+});
+
+Deno.test("concatRows() gathers across both sources in the order asked", async () => {
+  const a = memoryRows(Float32Array.of(0, 1, 2, 3), [1, 1, 2]);
+  const b = memoryRows(Float32Array.of(10, 11, 12, 13, 14, 15), [1, 1, 2]);
+  const ab = concatRows(a, b);
+  assertEquals(ab.rows, 5);
+  assertEquals(Array.from(await ab.gather(Int32Array.of(4, 0, 2, 1, 3))), [
+    14,
+    15,
+    0,
+    1,
+    10,
+    11,
+    2,
+    3,
+    12,
+    13,
+  ]);
 });
 
 Deno.test("memoryRows() gathers rows and checks their size", () => {

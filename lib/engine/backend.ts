@@ -4,6 +4,7 @@ import * as tf from "@tensorflow/tfjs";
 import { setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
 import { registerWasmKernels } from "./wasm_kernels/mod.ts";
 import { registerBlasKernels, unregisterBlasKernels } from "./blas/mod.ts";
+import { prepareNativeLibs } from "./native_libs.ts";
 
 export const BACKENDS = ["tensorflow", "webgpu", "wasm", "cpu"] as const;
 export type BackendName = (typeof BACKENDS)[number];
@@ -152,7 +153,11 @@ export async function initEngine(opts: EngineOptions = {}): Promise<EngineInfo> 
     setWasmPaths(wasmDistDir());
     registerWasmKernels();
     layers.push("kernels");
-    const blas = (opts.blas ?? true) ? registerBlasKernels() : undefined;
+    const useBlas = opts.blas ?? true;
+    // Once per process, before the first load: OpenBLAS / oneDNN from the per-user cache where
+    // the system lacks them (fetched there the first time; ./native_libs.ts).
+    if (useBlas) await prepareNativeLibs();
+    const blas = useBlas ? registerBlasKernels() : undefined;
     if (blas) {
       layers.push("blas");
       if (blas.onednn) layers.push("onednn"); // convolutions on oneDNN, the rest on OpenBLAS

@@ -18,7 +18,13 @@ import {
 } from "./conv.ts";
 
 export { BLAS_ENV, BLAS_THREADS_ENV, loadOpenBlas, openBlas, OPENBLAS_ENV } from "./openblas.ts";
-export { loadOneDnn, ONEDNN_ENV, ONEDNN_THREADS_ENV, openOneDnn } from "./onednn.ts";
+export {
+  loadOneDnn,
+  ONEDNN_ENV,
+  ONEDNN_LIB_ENV,
+  ONEDNN_THREADS_ENV,
+  openOneDnn,
+} from "./onednn.ts";
 export { useOneDnn } from "./conv.ts";
 export type { Blas } from "./openblas.ts";
 

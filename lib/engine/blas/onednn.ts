@@ -29,7 +29,7 @@ import {
   type View,
 } from "./onednn_core.ts";
 
-export { ONEDNN_ENV, ONEDNN_THREADS_ENV } from "./onednn_core.ts";
+export { ONEDNN_ENV, ONEDNN_LIB_ENV, ONEDNN_THREADS_ENV } from "./onednn_core.ts";
 
 /** oneDNN convolutions on NHWC float32 views; each returns false where oneDNN declines. */
 export interface OneDnn {

@@ -8,9 +8,13 @@ import { ffiGranted, processEnv } from "./openblas.ts";
 export const ONEDNN_ENV = "DP_ONEDNN";
 /** Environment variable with oneDNN's (OpenMP) thread count; default: DP_BLAS_THREADS, else all. */
 export const ONEDNN_THREADS_ENV = "DP_ONEDNN_THREADS";
+/** Environment variable naming the libdnnl shared library to load first (like DP_OPENBLAS). */
+export const ONEDNN_LIB_ENV = "DP_ONEDNN_LIB";
 
-const CANDIDATES = [
+/** System paths and sonames tried after DP_ONEDNN_LIB (../native_libs.ts reads them too). */
+export const ONEDNN_CANDIDATES: readonly string[] = [
   "/usr/lib/x86_64-linux-gnu/libdnnl.so.2",
+  "/usr/lib/aarch64-linux-gnu/libdnnl.so.2",
   "libdnnl.so.2",
 ];
 
@@ -260,7 +264,8 @@ function threadCount(env: (name: string) => string | undefined): number {
 // OpenBLAS's pool (and often another job) that spinning steals the cores (a train step ran 1.8×
 // slower). libgomp reads the policy once, when it loads: set it around the dlopen only, so
 // child processes (the PyTorch peer of the benches) do not inherit it. Returns the undo.
-function passiveOpenMp(env: (name: string) => string | undefined): () => void {
+// ../native_libs.ts uses it too: a libgomp it loads from the cache must read the same policy.
+export function passiveOpenMp(env: (name: string) => string | undefined): () => void {
   if (env("OMP_WAIT_POLICY") !== undefined) return () => {};
   try {
     Deno.env.set("OMP_WAIT_POLICY", "passive");
@@ -286,8 +291,9 @@ function openMpThreadSetter(): (n: number) => void {
 }
 
 /**
- * Open libdnnl (uncached: a new dlopen, engine and stream per call); undefined when DP_ONEDNN=0,
- * without FFI permission for it, or when the library does not load. `env` reads configuration.
+ * Open libdnnl (uncached: a new dlopen, engine and stream per call): the `DP_ONEDNN_LIB` path
+ * first, then the Debian path and soname. Undefined when DP_ONEDNN=0, without FFI permission for
+ * it, or when the library does not load. `env` reads configuration.
  */
 export function openOneDnnCore(
   env: (name: string) => string | undefined = processEnv,
@@ -296,7 +302,8 @@ export function openOneDnnCore(
   let core: Core | undefined;
   const undo = passiveOpenMp(env);
   try {
-    for (const path of CANDIDATES) {
+    const override = env(ONEDNN_LIB_ENV);
+    for (const path of override ? [override, ...ONEDNN_CANDIDATES] : ONEDNN_CANDIDATES) {
       if (!ffiGranted(path)) continue;
       try {
         const lib = Deno.dlopen(path, SYMBOLS).symbols;

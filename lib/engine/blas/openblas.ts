@@ -9,8 +9,9 @@ export const BLAS_THREADS_ENV = "DP_BLAS_THREADS";
 export const BLAS_ENV = "DP_BLAS";
 
 // Debian's pthread build first (the one measured in engine-facts.md), then sonames for the
-// dynamic loader to resolve through its own search path (the ldconfig cache).
-const CANDIDATES = [
+// dynamic loader to resolve through its own search path (the ldconfig cache). ../native_libs.ts
+// reads this list to decide whether the system has OpenBLAS.
+export const OPENBLAS_CANDIDATES: readonly string[] = [
   "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
   "/usr/lib/aarch64-linux-gnu/openblas-pthread/libopenblas.so.0",
   "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
@@ -110,7 +111,7 @@ function threadCount(env: (name: string) => string | undefined): number {
 export function openBlas(env: (name: string) => string | undefined = processEnv): Blas | undefined {
   if (env(BLAS_ENV) === "0") return undefined;
   const override = env(OPENBLAS_ENV);
-  for (const path of override ? [override, ...CANDIDATES] : CANDIDATES) {
+  for (const path of override ? [override, ...OPENBLAS_CANDIDATES] : OPENBLAS_CANDIDATES) {
     if (!ffiGranted(path)) continue;
     let lib: Deno.DynamicLibrary<typeof SYMBOLS>;
     try {
