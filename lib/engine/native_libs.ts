@@ -111,7 +111,7 @@ function exists(path: string): boolean {
 // ---------------------------------------------------------------------------------------------
 // Subprocesses
 
-/** What a command did. Codes as the shell has them: 124 timed out, 126 not permitted, 127 absent. */
+/** What a command did; codes as in the shell: 124 timed out, 126 not permitted, 127 absent. */
 export interface RunResult {
   readonly code: number;
   readonly stdout: string;
@@ -125,10 +125,20 @@ export type Runner = (
   opts: { readonly cwd?: string; readonly timeoutMs: number },
 ) => Promise<RunResult>;
 
+// Whether `cmd` is on PATH. Deno cannot resolve an --allow-run name that is not, so there the
+// permission reads as not granted: this tells "not installed" from "not permitted".
+function onPath(cmd: string): boolean {
+  const dirs = (granted({ name: "env", variable: "PATH" }) ? Deno.env.get("PATH") ?? "" : "")
+    .split(":").filter((d) => d.startsWith("/"));
+  return dirs.some((d) => granted({ name: "read", path: `${d}/${cmd}` }) && exists(`${d}/${cmd}`));
+}
+
 /** The real runner: Deno.Command, only where --allow-run grants `cmd` (so it never prompts). */
 export const runCommand: Runner = async (cmd, args, { cwd, timeoutMs }) => {
   if (!granted({ name: "run", command: cmd })) {
-    return { code: 126, stdout: "", stderr: `no --allow-run permission for ${cmd}` };
+    return onPath(cmd)
+      ? { code: 126, stdout: "", stderr: `no --allow-run permission for ${cmd}` }
+      : { code: 127, stdout: "", stderr: `${cmd} not found` };
   }
   const signal = AbortSignal.timeout(timeoutMs);
   const timedOut = {
@@ -156,14 +166,18 @@ export const runCommand: Runner = async (cmd, args, { cwd, timeoutMs }) => {
   }
 };
 
-/** A fetch that did not complete. */
-class FetchError extends Error {}
+/** A fetch that did not complete; `timedOut` when a command ran out of time. */
+class FetchError extends Error {
+  constructor(message: string, readonly timedOut = false) {
+    super(message);
+  }
+}
 
 async function must(run: Runner, cmd: string, args: string[], cwd?: string): Promise<string> {
   const r = await run(cmd, args, { cwd, timeoutMs: cmd === "apt-get" ? DOWNLOAD_MS : LOCAL_MS });
   if (r.code === 0) return r.stdout;
   const why = r.stderr.split("\n").map((l) => l.trim()).find((l) => l !== "" && !/^[WN]:/.test(l));
-  throw new FetchError(`${cmd} ${args[0]}: ${why ?? `exit ${r.code}`}`);
+  throw new FetchError(`${cmd} ${args[0]}: ${why ?? `exit ${r.code}`}`, r.code === 124);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -176,13 +190,15 @@ export function parseDepends(field: string): string[][] {
   ).filter((g) => g.length > 0);
 }
 
-/** Control fields of a .deb (`dpkg-deb -f`). */
+/** Control fields of a .deb (`dpkg-deb -f`); a folded field's lines continue with a space. */
 async function debFields(run: Runner, deb: string): Promise<Record<string, string>> {
   const out = await must(run, "dpkg-deb", ["-f", deb, "Package", "Version", "Depends"]);
-  return Object.fromEntries(
-    out.split("\n").map((l) => l.match(/^([\w-]+):\s*(.*)$/)).filter((m) => m !== null)
-      .map((m) => [m![1], m![2]]),
-  );
+  const fields: Record<string, string> = {};
+  for (const line of out.replace(/\n[ \t]+/g, " ").split("\n")) {
+    const m = line.match(/^([\w-]+):\s*(.*)$/);
+    if (m) fields[m[1]] = m[2];
+  }
+  return fields;
 }
 
 /** Which of `names` dpkg has installed (`dpkg -s` stanzas; it exits 1 when some are not). */
@@ -419,7 +435,7 @@ export interface NativeLibsOptions {
   readonly specs?: Readonly<Record<NativeLib, NativeLibSpec>>;
 }
 
-/** `$XDG_CACHE_HOME/diffusion-pretraining/native`, else under `~/.cache`; undefined without HOME. */
+/** `$XDG_CACHE_HOME/diffusion-pretraining/native`, else in `~/.cache`; undefined without HOME. */
 export function nativeCacheRoot(env: Env = processEnv): string | undefined {
   const xdg = env("XDG_CACHE_HOME"), home = env("HOME");
   const base = xdg?.startsWith("/") ? xdg : home?.startsWith("/") ? `${home}/.cache` : undefined;
@@ -509,7 +525,7 @@ export async function ensureNativeLibs(
       `${shown} (once; ${NATIVE_ENV}=off to skip)`,
   );
   const failed: NativeLib[] = [];
-  let why = "";
+  let why = "", timedOut = false;
   try {
     await Deno.mkdir(archDir, { recursive: true });
     await removeStale(archDir);
@@ -517,12 +533,17 @@ export async function ensureNativeLibs(
     return skip(`cannot write ${root}: ${e instanceof Error ? e.message : e}`, toFetch);
   }
   for (const name of toFetch) {
+    if (timedOut) { // the network is likely down for the next package too: do not wait again
+      failed.push(name);
+      continue;
+    }
     try {
       const entry = await fetchEntry(run, archDir, specs[name]);
       out[name] = { path: entry.lib, from: "cache", preload: entry.preload };
     } catch (e) {
       failed.push(name);
       why ||= e instanceof Error ? e.message : `${e}`;
+      timedOut = e instanceof FetchError && e.timedOut;
     }
   }
   return failed.length > 0 ? skip(`fetch failed: ${why}`, failed) : result();
@@ -535,22 +556,25 @@ let prepared: Promise<NativeLibs | undefined> | undefined;
 const held: Deno.DynamicLibrary<Record<string, never>>[] = []; // kept open for the process
 
 // dlopen `paths` by absolute path, in passes until none more loads (a dependency may need
-// another first); the names of those that never load.
-function preload(paths: readonly string[]): string[] {
-  let left = paths.filter((p) => ffiGranted(p));
+// another first); the dlopen error of the first that never loads.
+function preload(paths: readonly string[]): string | undefined {
+  let left = [...paths], error: string | undefined;
   for (let progress = true; progress && left.length > 0;) {
     const before = left.length;
+    error = undefined;
     left = left.filter((p) => {
       try {
+        if (!ffiGranted(p)) throw new Error(`no --allow-ffi for ${p}`);
         held.push(Deno.dlopen(p, {}));
         return false;
-      } catch {
+      } catch (e) {
+        error ??= e instanceof Error ? e.message : `${e}`;
         return true;
       }
     });
     progress = left.length < before;
   }
-  return left;
+  return error;
 }
 
 /**
@@ -571,10 +595,10 @@ export function prepareNativeLibs(opts: NativeLibsOptions = {}): Promise<NativeL
     try {
       for (const [name, lib] of Object.entries(libs ?? {}) as [NativeLib, NativeLibPath][]) {
         if (lib.from !== "cache") continue;
-        const failed = preload([...lib.preload, lib.path]);
-        if (failed.length > 0) {
+        const error = preload([...lib.preload, lib.path]);
+        if (error) {
           (opts.log ?? console.error)(
-            `engine: ${specs[name].pkg} from ${lib.path} does not load (${failed.join(", ")}); ` +
+            `engine: the cached ${specs[name].pkg} does not load (${error}); ` +
               `continuing without ${specs[name].label}`,
           );
           delete libs![name];

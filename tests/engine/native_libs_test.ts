@@ -8,6 +8,7 @@ import {
   type NativeLibSpec,
   nativeLibSpecs,
   parseDepends,
+  prepareNativeLibs,
   runCommand,
   type Runner,
   type RunResult,
@@ -345,13 +346,17 @@ Deno.test("ensureNativeLibs() after a failed or timed-out fetch: one hint, no fi
     await t.step(what, async () => {
       const s = await sandbox();
       try {
-        const { run } = fakeDebian(undefined, fail); // the dependency case fails libdnnl2 only
+        const { run, calls } = fakeDebian(undefined, fail); // the dependency case: libdnnl2 only
         const libs = await ensureNativeLibs(["openblas", "onednn"], s.opts(run));
         const hints = s.lines.filter((l) => l.startsWith("engine: no "));
         assert.equal(hints.length, 1, s.lines.join("\n"));
         assert.match(hints[0], reason);
         assert.match(hints[0], /for several times faster training; continuing on wasm without/);
         const arch = await s.archDir();
+        // After a timeout the next library is not tried (the network is likely down).
+        if (what === "download times out") {
+          assert.deepEqual(downloads(calls), ["libopenblas0-pthread"]);
+        }
         if (what.startsWith("download")) {
           assert.equal(libs, undefined);
           assert.match(hints[0], /`apt-get install libopenblas0-pthread libdnnl2`/);
@@ -407,6 +412,24 @@ Deno.test("ensureNativeLibs() without fetching: DP_NATIVE=off, no apt-get, no ru
         await s.cleanup();
       }
     });
+  }
+});
+
+Deno.test("prepareNativeLibs() honours DP_ONEDNN=0 and drops a cached library that does not load", async () => {
+  const s = await sandbox({ DP_ONEDNN: "0" });
+  try {
+    const { run, calls } = fakeDebian();
+    const libs = await prepareNativeLibs(s.opts(run)); // the fake .so files are text: no dlopen
+    assert.deepEqual(downloads(calls), ["libopenblas0-pthread"]);
+    assert.deepEqual(libs, {});
+    assert.match(
+      s.lines[1],
+      /^engine: the cached libopenblas0-pthread does not load \(.+\); continuing without OpenBLAS$/,
+    );
+    assert.equal(Deno.env.get("DP_OPENBLAS"), undefined);
+    assert.equal(await prepareNativeLibs(s.opts(run)), libs); // once per process
+  } finally {
+    await s.cleanup();
   }
 });
 
