@@ -99,6 +99,53 @@ export const EXPERIMENTS: readonly ReproExperiment[] = [
       },
     },
   },
+  {
+    name: "probe_tiny",
+    task: "probe",
+    args: [
+      ...["--weights", "$TMP/pretrain_tiny/checkpoint.safetensors", "--dataset", "mnist"],
+      ...["--train-percent", "5", "--test-percent", "20", "--epochs", "3"],
+      ...["--t", "20", "--block", "3", "--pool", "2", "--no-cache", "--seed", "1", "--run", "tiny"],
+      "--quiet",
+    ],
+    result: "probe/tiny.json",
+    tolerances: {
+      "metrics.train_loss_final": LOSS,
+      "metrics.loss_curve.*.1": LOSS,
+      ...Object.fromEntries(["metrics.test_accuracy", "metrics.val_accuracy"].map((k) => [k, {
+        rel: 0,
+        abs: 0.01,
+        why:
+          "a fraction of argmax hits: the engines' float sums can flip an argmax at a near tie " +
+          "(one image of 400 moves it 0.0025); a real change moves many",
+      }])),
+    },
+    // The tiny checkpoint's bytes hold its own start times, so its hash differs per run.
+    ignore: ["config.weights_sha256", "metrics.feature_images_per_s"],
+  },
+  {
+    name: "knn_tiny",
+    task: "knn",
+    args: [
+      ...["--weights", "$TMP/pretrain_tiny/checkpoint.safetensors", "--dataset", "mnist"],
+      ...["--train-percent", "10", "--test-percent", "20", "--ts", "20,200", "--blocks", "3"],
+      ...["--k", "5,20", "--no-cache", "--seed", "1", "--run", "tiny", "--quiet"],
+    ],
+    result: "knn/tiny.json",
+    tolerances: {
+      "metrics.test_accuracy": {
+        rel: 0,
+        abs: 0.01,
+        why: "a fraction of hits: near-tied similarities can swap neighbours across engines",
+      },
+      "metrics.cells.*.top*": {
+        rel: 0,
+        abs: 0.01,
+        why: "fractions of hits, as test_accuracy",
+      },
+    },
+    ignore: ["config.weights_sha256", "metrics.feature_images_per_s"],
+  },
 ];
 
 // ---------------------------------------------------------------- comparing
