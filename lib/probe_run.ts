@@ -238,3 +238,25 @@ export function gridFromFlags(
     pools: intList("pools", a.pools),
   };
 }
+
+/** The config fields every probe-like result records: weights, data, protocol and noise. */
+export function probeConfig(
+  s: ProbeSetup,
+  a: Pick<ProbeFlagValues, "weights" | "recipe" | "train-percent" | "test-percent">,
+  seed: number,
+) {
+  return {
+    weights: a.weights,
+    weights_sha256: s.loaded.sha256,
+    weights_kind: s.loaded.weights,
+    weights_epochs: s.weightsEpochs ?? null,
+    dataset: s.dataset,
+    recipe: { name: a.recipe, ...s.recipe },
+    train_images: s.fit.length,
+    val_images: s.val.length,
+    test_images: s.test.labels.length,
+    train_percent: a["train-percent"],
+    test_percent: a["test-percent"],
+    noise_seed: seed,
+  };
+}

@@ -14,6 +14,7 @@ import {
   GRID_FLAGS,
   gridFromFlags,
   PROBE_FLAGS,
+  probeConfig,
   probeFeatures,
   setupProbe,
 } from "../lib/probe_run.ts";
@@ -62,20 +63,11 @@ await runMain(async () => {
   const { ts, blocks, pools } = gridFromFlags(a, spec);
   const run = a.run ?? `${s.dataset}-grid-seed${a.seed}`;
   const config = {
-    weights: a.weights,
-    weights_sha256: s.loaded.sha256,
-    dataset: s.dataset,
+    ...probeConfig(s, a, a.seed),
     t: ts,
     block: blocks,
     pool: pools,
     head: "linear",
-    recipe: { name: a.recipe, ...s.recipe },
-    train_images: s.fit.length,
-    val_images: s.val.length,
-    test_images: s.test.labels.length,
-    train_percent: a["train-percent"],
-    test_percent: a["test-percent"],
-    noise_seed: a.seed,
   };
   const handle = await startRun("ablate", run, config, a.seed, { engine, task: "ablate" });
 

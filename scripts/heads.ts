@@ -9,7 +9,14 @@ import { describeHead, headForBudget, headParamCount, type HeadSpec } from "../l
 import { blockTable } from "../lib/models/mod.ts";
 import { disposeParams } from "../lib/params.ts";
 import { accuracy, predict, trainHeads } from "../lib/probe.ts";
-import { defaultBlock, intList, PROBE_FLAGS, probeFeatures, setupProbe } from "../lib/probe_run.ts";
+import {
+  defaultBlock,
+  intList,
+  PROBE_FLAGS,
+  probeConfig,
+  probeFeatures,
+  setupProbe,
+} from "../lib/probe_run.ts";
 import { progress } from "../lib/progress.ts";
 import { foldName, rng } from "../lib/random.ts";
 import { finishRun, startRun } from "../lib/results.ts";
@@ -105,21 +112,12 @@ await runMain(async () => {
     "heads",
     run,
     {
-      weights: a.weights,
-      weights_sha256: s.loaded.sha256,
-      dataset: s.dataset,
+      ...probeConfig(s, a, a.seed),
       t: a.t,
       block,
       pool: [...new Set(jobs.map((j) => j.cell.pool))],
       head: [...new Set(jobs.map((j) => j.head.kind))],
       heads: jobs.map((j) => ({ head: describeHead(j.head), pool: j.cell.pool, role: j.role })),
-      recipe: { name: a.recipe, ...s.recipe },
-      train_images: s.fit.length,
-      val_images: s.val.length,
-      test_images: s.test.labels.length,
-      train_percent: a["train-percent"],
-      test_percent: a["test-percent"],
-      noise_seed: a.seed,
     },
     a.seed,
     { engine, task: "heads" },

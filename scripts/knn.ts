@@ -6,7 +6,14 @@ import { initEngine } from "../lib/engine/mod.ts";
 import { cellName, cellShape, gridCells } from "../lib/features.ts";
 import { knnAccuracy, knnClassify } from "../lib/knn.ts";
 import { blockTable } from "../lib/models/mod.ts";
-import { defaultBlock, intList, PROBE_FLAGS, probeFeatures, setupProbe } from "../lib/probe_run.ts";
+import {
+  defaultBlock,
+  intList,
+  PROBE_FLAGS,
+  probeConfig,
+  probeFeatures,
+  setupProbe,
+} from "../lib/probe_run.ts";
 import { finishRun, startRun } from "../lib/results.ts";
 
 const FLAGS = {
@@ -44,9 +51,9 @@ await runMain(async () => {
     "knn",
     run,
     {
-      weights: a.weights,
-      weights_sha256: s.loaded.sha256,
-      dataset: s.dataset,
+      ...probeConfig(s, a, a.seed),
+      // The memory bank is the whole train split: kNN fits nothing.
+      train_images: s.train.labels.length,
       t: ts,
       block: blocks,
       pool: a.pool,
@@ -54,11 +61,6 @@ await runMain(async () => {
       k: ks,
       temperature: a.temperature,
       vote: a.vote,
-      train_images: s.train.labels.length,
-      test_images: s.test.labels.length,
-      train_percent: a["train-percent"],
-      test_percent: a["test-percent"],
-      noise_seed: a.seed,
     },
     a.seed,
     { engine, task: "knn" },

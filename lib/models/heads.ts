@@ -283,15 +283,21 @@ function mlpForward(p: Params, x: tf.Tensor4D, layers: number): tf.Tensor {
 // here, no batch-norm), no activation and no padding, and diffssl has no CNN head (facts.md §5):
 // the ReLU after each conv, the "same" padding and skipping the max-pool on a side under 2 (a
 // 1×1 map has no 2×2 window) are ours. MaxPool2d(2) floors odd sides, and so does `maxPool2`.
-function cnnForward(spec: HeadSpec & { kind: "cnn" }, p: Params, x: tf.Tensor4D): tf.Tensor {
+function cnnBlocks(p: Params, x: tf.Tensor4D): [tf.Tensor4D, tf.Tensor4D] {
+  const out: tf.Tensor4D[] = [];
   let h = x;
   for (const k of ["convs.0", "convs.1"]) {
     // Even k: tfjs "same" pads the extra row and column at the bottom and right, as PyTorch's
     // padding="same" does; nn.ts `conv2d`'s default padding (k − 1)/2 selects that mode.
     h = tf.relu(conv2d(h, param(p, `${k}.weight`), param(p, `${k}.bias`))); // [N, h, w, c_i]
     h = maxPool2(h); // [N, ⌊h/2⌋, ⌊w/2⌋, c_i]
+    out.push(h);
   }
-  h = adaptiveAvgPool(h, spec.pool); // [N, P, P, c2]
+  return [out[0], out[1]];
+}
+
+function cnnForward(spec: HeadSpec & { kind: "cnn" }, p: Params, x: tf.Tensor4D): tf.Tensor {
+  const h = adaptiveAvgPool(cnnBlocks(p, x)[1], spec.pool); // [N, P, P, c2]
   return linear(flatten(h), param(p, "fc.weight"), param(p, "fc.bias")); // [N, K]
 }
 
@@ -387,6 +393,22 @@ export function applyHead(spec: HeadSpec, params: Params, x: tf.Tensor4D): tf.Te
         return attentionForward(spec, params, x) as tf.Tensor2D;
     }
   });
+}
+
+/**
+ * A CNN head's activations after each of its two conv blocks (conv → ReLU → max-pool), for
+ * representation analysis (CKA): x [N, h, w, C] → [N, ⌊h/2⌋, ⌊w/2⌋, c1] and
+ * [N, ⌊h/4⌋, ⌊w/4⌋, c2] (sides under 2 are not pooled). The caller owns both.
+ * @throws Error as `applyHead`, or for a head that is not a CNN
+ */
+export function cnnActivations(
+  spec: HeadSpec,
+  params: Params,
+  x: tf.Tensor4D,
+): [tf.Tensor4D, tf.Tensor4D] {
+  if (spec.kind !== "cnn") throw new Error(`heads.ts: ${spec.kind} head has no conv blocks`);
+  checkInput(spec, params, x);
+  return tf.tidy(() => cnnBlocks(params, x));
 }
 
 // ---------------------------------------------------------------------------------------------

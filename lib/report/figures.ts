@@ -44,6 +44,77 @@ export function lineChart(opts: {
   };
 }
 
+/**
+ * A heat map of a matrix, e.g. CKA between layers: `values[i][j]` is drawn at row `rows[i]`,
+ * column `cols[j]`, rows bottom to top (the first row at the bottom, like the origin of a plot),
+ * with each value printed in its cell; null cells are left blank.
+ * @param domain the colour scale's range of values @default [0, 1]
+ */
+export function heatmap(opts: {
+  readonly title: string;
+  /** Axis titles. */
+  readonly x: string;
+  readonly y: string;
+  readonly rows: readonly string[];
+  readonly cols: readonly string[];
+  readonly values: readonly (readonly (number | null)[])[];
+  readonly domain?: readonly [number, number];
+}): VegaLiteSpec {
+  if (
+    opts.values.length !== opts.rows.length ||
+    opts.values.some((r) => r.length !== opts.cols.length)
+  ) {
+    throw new Error(`heatmap: values are not ${opts.rows.length}×${opts.cols.length}`);
+  }
+  const values = opts.rows.flatMap((row, i) =>
+    opts.cols.map((col, j) => ({ row, col, value: opts.values[i][j] }))
+  );
+  const cell = 30;
+  const [lo, hi] = opts.domain ?? [0, 1];
+  return {
+    $schema: "https://vega.github.io/schema/vega-lite/v6.json",
+    title: opts.title,
+    width: Math.max(120, cell * opts.cols.length),
+    height: Math.max(120, cell * opts.rows.length),
+    background: "white",
+    data: { values },
+    transform: [{ filter: "datum.value !== null" }],
+    encoding: {
+      x: {
+        field: "col",
+        type: "ordinal",
+        sort: [...opts.cols],
+        title: opts.x,
+        axis: { labelAngle: 0 },
+      },
+      y: { field: "row", type: "ordinal", sort: [...opts.rows].reverse(), title: opts.y },
+    },
+    layer: [
+      {
+        mark: "rect",
+        encoding: {
+          color: {
+            field: "value",
+            type: "quantitative",
+            title: null,
+            scale: { domain: [lo, hi], scheme: "viridis" },
+          },
+        },
+      },
+      {
+        mark: { type: "text", fontSize: 9 },
+        encoding: {
+          text: { field: "value", type: "quantitative", format: ".2f" },
+          color: {
+            condition: { test: `datum.value < ${(lo + hi) / 2}`, value: "white" },
+            value: "black",
+          },
+        },
+      },
+    ],
+  };
+}
+
 /** Render a Vega-Lite spec to SVG text. */
 export async function toSvg(spec: VegaLiteSpec): Promise<string> {
   const compiled = vegaLite.compile(spec as unknown as vegaLite.TopLevelSpec).spec;
