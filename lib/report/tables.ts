@@ -446,6 +446,33 @@ const p001: TableDef[] = [
   },
   {
     kind: "table",
+    id: "001-cka",
+    section: "001",
+    title: "001 Figures 4–6: CKA between blocks, timesteps, and a supervised CNN's layers",
+    scale: {
+      paper: "ImageNet-50 at 256×256, the frozen ADM U-Net and supervised ResNet/ViT",
+      ours: OURS_FROZEN + "; a seeded subset of the test images; minibatch CKA with the " +
+        "unbiased HSIC; the supervised network is a small CNN trained here",
+    },
+    experiments: ["cka"],
+    columns: [
+      { key: "t", header: "t (blocks map)", path: "config.t", format: "int" },
+      { key: "b", header: "b (timesteps map)", path: "config.block", format: "int" },
+      { key: "pool", header: "pool", path: "config.pool", format: "int" },
+      { key: "images", header: "images", path: "config.images", format: "int" },
+      { key: "kernel", header: "kernel", path: "config.kernel" },
+      {
+        key: "cnn",
+        header: "CNN test-image accuracy",
+        path: "metrics.cnn_accuracy",
+        format: "percent",
+      },
+    ],
+    command: "deno task cka",
+    artifacts: "\\.png$",
+  },
+  {
+    kind: "table",
     id: "001-epochs",
     section: "001",
     title: "Linear probe against epochs of pre-training (ours)",
