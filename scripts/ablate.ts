@@ -3,7 +3,7 @@
 // extraction pass per t feeds every block and pool; the cell's linear heads then train together.
 // Resumable: each finished t is saved under checkpoints/ablate/<run>/, so a killed grid continues
 // with the next t (and the feature cache makes the t in flight cheaper).
-import { COMMON_FLAGS, parseCli, runMain } from "../lib/cli.ts";
+import { COMMON_FLAGS, parseCli, runMain, UsageError } from "../lib/cli.ts";
 import { initEngine } from "../lib/engine/mod.ts";
 import { cellName, gridCells } from "../lib/features.ts";
 import { writeFileAtomic } from "../lib/io/atomic.ts";
@@ -20,7 +20,7 @@ import {
 } from "../lib/probe_run.ts";
 import { progress } from "../lib/progress.ts";
 import { fold, foldName, rng } from "../lib/random.ts";
-import { finishRun, resultsDir, startRun } from "../lib/results.ts";
+import { finishRun, parseResult, resultsDir, startRun } from "../lib/results.ts";
 import { lineChart, renderFigure } from "../lib/report/figures.ts";
 
 const FLAGS = {
@@ -34,6 +34,10 @@ const FLAGS = {
     min: 1,
   },
   run: { kind: "string", help: "run name (default: <dataset>-grid-seed<seed>)" },
+  replot: {
+    kind: "boolean",
+    help: "only redraw the figures of the finished grid --run from its results JSON",
+  },
   "state-dir": {
     kind: "string",
     help: "where finished t's are kept for a resume (default: checkpoints/ablate/<run>)",
@@ -57,6 +61,17 @@ await runMain(async () => {
     "Linear probes on a (t, block, pool) grid of frozen features.",
     FLAGS,
   );
+  if (a.replot) {
+    if (!a.run) throw new UsageError("--replot needs --run (the finished grid to redraw)");
+    const path = `${resultsDir()}/ablate/${a.run}.json`;
+    const done = parseResult(await Deno.readTextFile(path), path);
+    const figures = await gridFigures(
+      (done.metrics as { cells: CellResult[] }).cells,
+      `${resultsDir()}/ablate/${a.run}`,
+    );
+    console.error(`ablate: redrew ${figures.join(", ")}`);
+    return;
+  }
   const engine = await initEngine({ backend: a.backend });
   const s = await setupProbe(a, a.seed);
   const spec = s.loaded.model.spec;
@@ -194,15 +209,15 @@ async function gridFigures(cells: CellResult[], base: string): Promise<string[]>
       const k = `${key(c)}|${x(c)}`;
       if (!seen.has(k) || c.test_accuracy > seen.get(k)!) seen.set(k, c.test_accuracy);
     }
-    for (const [k, acc] of seen) {
-      const [name, xv] = k.split("|");
-      (series[name] ??= []).push([Number(xv), 100 * acc]);
-    }
+    // Series in numeric order of their key (b1, b2, …, b13), points in order of x.
+    const entries = [...seen].map(([k, acc]) => [...k.split("|"), acc] as [string, string, number]);
+    entries.sort((p, q) => Number(p[0].slice(1)) - Number(q[0].slice(1)));
+    for (const [name, xv, acc] of entries) (series[name] ??= []).push([Number(xv), 100 * acc]);
     for (const v of Object.values(series)) v.sort((p, q) => p[0] - q[0]);
     return series;
   };
-  const pools = [...new Set(cells.map((c) => c.pool))];
-  const pool = pools.includes(2) ? 2 : pools[0];
+  // The per-block and per-t views at the pool of the best cell (on validation).
+  const pool = cells.reduce((x, y) => (y.val_accuracy > x.val_accuracy ? y : x)).pool;
   const specs = {
     t: lineChart({
       title: `Linear probe test accuracy (%) against t, per block (pool ${pool})`,

@@ -35,9 +35,12 @@ export function lineChart(opts: {
         type: "quantitative",
         scale: opts.logY ? { type: "log" } : { zero: false },
       },
+      // Legend in the order the series were given; 20 colours where 10 would repeat.
       color: {
         field: "series",
         type: "nominal",
+        sort: Object.keys(opts.series),
+        scale: { scheme: Object.keys(opts.series).length > 10 ? "category20" : "tableau10" },
         legend: Object.keys(opts.series).length > 1 ? {} : null,
       },
     },
