@@ -177,7 +177,7 @@ const p001: TableDef[] = [
     section: "001",
     title: "001 Table 1: main results (linear probe and attention head) and baselines",
     scale: { paper: PAPER_IN1K + "; t = 90, b = 24 (its Section 4.1.1)", ours: OURS_FROZEN },
-    note: "Our rows at the cell the ablation grid chose on validation (see Figure 2 below). " +
+    note: "Our rows at the (t, b) the ablation grid chose on validation (see Figure 2 below). " +
       "The paper's U-Net Encoder is its guided-diffusion classifier; ours is the same encoder " +
       "trained from scratch with labels. The raw-pixel probe and the supervised CNN are ours.",
     experiments: ["probe", "heads", "baselines"],
@@ -226,6 +226,12 @@ const p001: TableDef[] = [
         label: "GD (L, pool 4×4)",
         where: { ...fixedProbe, "config.pool": 4 },
         command: "deno task probe --pool 4",
+      },
+      {
+        label: "GD (L, the whole 7×7 map)",
+        where: { ...fixedProbe, "config.pool": 7 },
+        command: "deno task probe --pool 7",
+        setting: "no pooling: the bottleneck's 7×7×128 map",
       },
       {
         label: "GD (Attention)",
