@@ -234,7 +234,12 @@ const p001: TableDef[] = [
         setting: "no pooling: the bottleneck's 7×7×128 map",
       },
       {
-        label: "GD (Attention)",
+        label: "GD (Attention), all of train",
+        where: { experiment: "probe", "config.select": "fixed", "config.head": "attention" },
+        command: "deno task probe --head attention:36:2:4:16 --pool 7 --epochs 15",
+      },
+      {
+        label: "GD (Attention), heads comparison",
         where: { experiment: "heads" },
         command: "deno task heads",
         setting: "the attention head best on validation",
@@ -547,9 +552,8 @@ const p002: TableDef[] = [
       },
       {
         label: "Attention",
-        where: { experiment: "heads" },
-        command: "deno task heads",
-        setting: "the attention head best on validation",
+        where: { experiment: "probe", "config.select": "fixed", "config.head": "attention" },
+        command: "deno task probe --head attention:36:2:4:16 --pool 7 --epochs 15",
       },
       ...(["difformer", "diffeed"] as const).map((head) => ({
         label: { difformer: "DifFormer", diffeed: "DifFeed" }[head],
