@@ -333,7 +333,8 @@ function rowsOf(def: TableDef, row: RowContext, ctx: TableContext): Row[] {
       if (c.path === undefined) return "";
       const { value, abs } = resolve(c.path, r);
       if (abs) shown.add(abs);
-      if (value === undefined || value === null) return NOT_RECORDED;
+      if (value === undefined) return NOT_RECORDED;
+      if (value === null) return "n/a"; // recorded as not applicable (e.g. t of a pixel baseline)
       const text = formatCell(value, c);
       return typeof value === "number" ? `[${text}](${link})` : text;
     }),

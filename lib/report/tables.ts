@@ -72,8 +72,14 @@ const accOf = (kind: string): Column => ({
   ...acc,
   path: `metrics.best_by_kind.${kind}.test_accuracy|metrics.test_accuracy`,
 });
-// The fixed-cell probes (not the automatic choice) of the default protocol.
-const fixedProbe = { experiment: "probe", "config.select": "fixed", "config.head": "linear" };
+// The fixed-cell probes (not the automatic choice) of the default protocol, on the reference
+// weights (other checkpoints and random weights have their own table).
+const fixedProbe = {
+  experiment: "probe",
+  "config.select": "fixed",
+  "config.head": "linear",
+  "config.weights": "results/pretrain/fashion-mnist-small-seed0.weights.safetensors",
+};
 
 // ---------------------------------------------------------------- pre-training
 
@@ -159,7 +165,8 @@ const pretrain: ReportItem[] = [
       { key: "model", header: "model", path: "config.model" },
       { key: "method", header: "sampler", path: "config.method" },
       { key: "steps", header: "steps", path: "config.steps", format: "int" },
-      { key: "weights", header: "weights", path: "config.weights" },
+      { key: "kind", header: "weights used", path: "config.weights_kind" },
+      { key: "weights", header: "weights file (architecture)", path: "config.weights" },
       { key: "images", header: "images", path: "metrics.images", format: "int" },
       { key: "mean", header: "pixel mean", path: "metrics.pixel_mean" },
     ],
@@ -501,11 +508,13 @@ const p001: TableDef[] = [
     where: {
       "config.select": "fixed",
       "config.head": "linear",
+      "config.pool": 4,
       "config.weights_epochs": { present: true },
     },
     columns: [
       { key: "epochs", header: "pre-training epochs", path: "config.weights_epochs" },
-      { key: "weights", header: "weights", path: "config.weights" },
+      { key: "kind", header: "weights used", path: "config.weights_kind" },
+      { key: "weights", header: "weights file (architecture)", path: "config.weights" },
       { key: "t", header: "t", path: "config.t", format: "int" },
       { key: "b", header: "b", path: "config.block", format: "int" },
       { key: "pool", header: "pool", path: "config.pool", format: "int" },
