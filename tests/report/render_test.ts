@@ -107,7 +107,10 @@ Deno.test("writeReport() draws the sections in paper order, the figures, and oth
       "pretrain_loss.png",
     ]);
     // Paper tables with no runs of ours: the quotes, then missing rows.
-    assert.ok(md.includes("| 001 Table 1 | GD (L, pool 2×2) |  |  |  |  |  | 64.96% | 26.21 |"), md);
+    assert.ok(
+      md.includes("| 001 Table 1 | GD (L, pool 2×2) |  |  |  |  |  | 64.96% | 26.21 |"),
+      md,
+    );
     assert.ok(md.includes("| ours: **missing** | GD (L, pool 2×2) |"), md);
     assert.ok(md.includes("| 002 Table 5 | DifFeed | 1% | 52.9% |"), md);
     assert.ok(md.includes("| 000 Table 4 | Representation-Conditioned (ours) | .9497 |"), md);
