@@ -7,7 +7,16 @@ import { type SplitFeatures, splitFeatures } from "./feature_store.ts";
 import { type LoadedModel, loadFrozenModel } from "./frozen_model.ts";
 import { blockTable, inputShape, type ModelSpec } from "./models/mod.ts";
 import { fold, foldName, rng } from "./random.ts";
-import { concatRows, type Recipe, RECIPES, validationSplit } from "./probe.ts";
+import {
+  accuracy,
+  concatRows,
+  predict,
+  type Recipe,
+  RECIPES,
+  type RowSource,
+  type TrainedHead,
+  validationSplit,
+} from "./probe.ts";
 import { type FlagSpecs, UsageError, type Values } from "./cli.ts";
 
 /** The reference checkpoint: the committed Fashion-MNIST `small` U-Net. */
@@ -90,9 +99,10 @@ export interface ProbeSetup {
   readonly dataset: string;
   readonly train: Dataset;
   readonly test: Dataset;
-  /** Rows of `train` that train heads, and the held-out validation rows. */
+  /** Rows of `train` that train heads, and the held-out validation rows with their labels. */
   readonly fit: Int32Array;
   readonly val: Int32Array;
+  readonly valLabels: Int32Array;
   readonly recipe: Recipe;
   readonly classes: number;
   /** Epochs of pre-training of the weights on this dataset (0 for random weights), if known. */
@@ -132,7 +142,8 @@ export async function setupProbe(a: ProbeFlagValues, seed: number): Promise<Prob
     lr: a.lr ?? base.lr,
     batch: a.batch,
   };
-  return { loaded, dataset, train, test, fit, val, recipe, classes, weightsEpochs };
+  const valLabels = Int32Array.from(val, (i) => train.labels[i]);
+  return { loaded, dataset, train, test, fit, val, valLabels, recipe, classes, weightsEpochs };
 }
 
 /** The noise key of feature extraction (one per seed, shared by train and test). */
@@ -260,3 +271,28 @@ export function probeConfig(
     noise_seed: seed,
   };
 }
+
+/**
+ * A trained head's accuracy on the validation rows of `train` and on all of `test` (the test
+ * split, scored once per configuration).
+ */
+export async function scoreHead(
+  h: TrainedHead,
+  s: ProbeSetup,
+  train: RowSource,
+  test: RowSource,
+): Promise<{ val: number; test: number }> {
+  return {
+    val: accuracy(await predict(h, train, s.val), s.valLabels),
+    test: accuracy(await predict(h, test), s.test.labels),
+  };
+}
+
+/** The metrics every single-head result records. */
+export const headMetrics = (h: TrainedHead, score: { val: number; test: number }) => ({
+  test_accuracy: score.test,
+  val_accuracy: score.val,
+  train_loss_final: h.curve.at(-1)!.loss,
+  param_count: h.paramCount,
+  loss_curve: h.curve.map((c) => [c.epoch, c.loss]),
+});

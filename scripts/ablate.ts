@@ -8,7 +8,7 @@ import { initEngine } from "../lib/engine/mod.ts";
 import { cellName, gridCells } from "../lib/features.ts";
 import { writeFileAtomic } from "../lib/io/atomic.ts";
 import { disposeParams } from "../lib/params.ts";
-import { accuracy, predict, trainHeads } from "../lib/probe.ts";
+import { trainHeads } from "../lib/probe.ts";
 import {
   GRID_EPOCHS,
   GRID_FLAGS,
@@ -16,6 +16,7 @@ import {
   PROBE_FLAGS,
   probeConfig,
   probeFeatures,
+  scoreHead,
   setupProbe,
 } from "../lib/probe_run.ts";
 import { progress } from "../lib/progress.ts";
@@ -106,7 +107,6 @@ await runMain(async () => {
     console.error(`ablate: resuming: t ${Object.keys(done.perT).join(", ")} done`);
   }
 
-  const valLabels = Int32Array.from(s.val, (i) => s.train.labels[i]);
   for (const t of ts) {
     if (String(t) in done.perT) continue;
     const cells = gridCells([t], blocks, pools);
@@ -127,10 +127,16 @@ await runMain(async () => {
     bar.done();
     for (const [i, c] of cells.entries()) {
       const h = heads[i];
+      const score = await scoreHead(
+        h,
+        s,
+        f.train.sources.get(h.name)!,
+        f.test.sources.get(h.name)!,
+      );
       done.cells.push({
         ...c,
-        val_accuracy: accuracy(await predict(h, f.train.sources.get(h.name)!, s.val), valLabels),
-        test_accuracy: accuracy(await predict(h, f.test.sources.get(h.name)!), s.test.labels),
+        val_accuracy: score.val,
+        test_accuracy: score.test,
         train_loss_final: h.curve.at(-1)!.loss,
         param_count: h.paramCount,
       });

@@ -10,15 +10,8 @@ import { describeHead, type HeadSpec, parseHeadSpec } from "../lib/models/heads.
 import { blockTable, features, initParams, type ModelSpec } from "../lib/models/mod.ts";
 import { adaptiveAvgPool, initParam, linear, linearSpecs } from "../lib/models/nn.ts";
 import { countParams, disposeParams, type Params, toVariables } from "../lib/params.ts";
-import {
-  accuracy,
-  type Classifier,
-  type HeadJob,
-  memoryRows,
-  predict,
-  trainHeads,
-} from "../lib/probe.ts";
-import { defaultBlock, PROBE_FLAGS, setupProbe } from "../lib/probe_run.ts";
+import { type Classifier, type HeadJob, memoryRows, trainHeads } from "../lib/probe.ts";
+import { defaultBlock, headMetrics, PROBE_FLAGS, scoreHead, setupProbe } from "../lib/probe_run.ts";
 import { progress } from "../lib/progress.ts";
 import { foldName, type Rng, rng } from "../lib/random.ts";
 import { finishRun, startRun } from "../lib/results.ts";
@@ -136,25 +129,15 @@ await runMain(async () => {
     onEpoch: (e, loss) => bar.tick(e, { loss }),
   });
   bar.done();
-  const valAcc = accuracy(
-    await predict(h, train, s.val),
-    Int32Array.from(s.val, (i) => s.train.labels[i]),
-  );
-  const testAcc = accuracy(await predict(h, test), s.test.labels);
+  const score = await scoreHead(h, s, train, test);
   disposeParams(h.params);
   const path = await finishRun(handle, {
-    metrics: {
-      test_accuracy: testAcc,
-      val_accuracy: valAcc,
-      train_loss_final: h.curve.at(-1)!.loss,
-      param_count: h.paramCount,
-      loss_curve: h.curve.map((c) => [c.epoch, c.loss]),
-    },
+    metrics: headMetrics(h, score),
     timings: { train_s: (performance.now() - t0) / 1000 },
   });
   console.error(
-    `baselines: ${a.baseline}: val ${(100 * valAcc).toFixed(2)} %, test ${
-      (100 * testAcc).toFixed(2)
+    `baselines: ${a.baseline}: val ${(100 * score.val).toFixed(2)} %, test ${
+      (100 * score.test).toFixed(2)
     } %`,
   );
   console.error(`baselines: wrote ${path}`);

@@ -125,10 +125,7 @@ async function trainCnn(
     { classes: s.classes, indices: s.fit, onEpoch: (e, loss) => bar.tick(e, { loss }) },
   );
   bar.done();
-  const valAccuracy = accuracy(
-    await predict(trained, pixels, s.val),
-    Int32Array.from(s.val, (i) => s.train.labels[i]),
-  );
+  const valAccuracy = accuracy(await predict(trained, pixels, s.val), s.valLabels);
   return { trained, valAccuracy };
 }
 

@@ -5,16 +5,17 @@
 import { COMMON_FLAGS, parseCli, runMain, UsageError } from "../lib/cli.ts";
 import { initEngine } from "../lib/engine/mod.ts";
 import { type Cell, cellName, cellShape } from "../lib/features.ts";
-import { describeHead, headForBudget, headParamCount, type HeadSpec } from "../lib/models/heads.ts";
+import { describeHead, headForBudget, type HeadSpec } from "../lib/models/heads.ts";
 import { blockTable } from "../lib/models/mod.ts";
 import { disposeParams } from "../lib/params.ts";
-import { accuracy, predict, trainHeads } from "../lib/probe.ts";
+import { trainHeads } from "../lib/probe.ts";
 import {
   defaultBlock,
   intList,
   PROBE_FLAGS,
   probeConfig,
   probeFeatures,
+  scoreHead,
   setupProbe,
 } from "../lib/probe_run.ts";
 import { progress } from "../lib/progress.ts";
@@ -139,19 +140,19 @@ await runMain(async () => {
     { classes, indices: s.fit, onEpoch: (e, loss) => bar.tick(e, { loss }) },
   );
   bar.done();
-  const valLabels = Int32Array.from(s.val, (i) => s.train.labels[i]);
   const rows: HeadRow[] = [];
   for (const [i, h] of trained.entries()) {
     const j = jobs[i];
     const src = cellName(j.cell);
+    const score = await scoreHead(h, s, f.train.sources.get(src)!, f.test.sources.get(src)!);
     rows.push({
       head: j.head.kind,
       head_spec: describeHead(j.head),
       pool: j.cell.pool,
       role: j.role,
-      param_count: headParamCount(j.head, cellShape(spec, j.cell), classes),
-      val_accuracy: accuracy(await predict(h, f.train.sources.get(src)!, s.val), valLabels),
-      test_accuracy: accuracy(await predict(h, f.test.sources.get(src)!), s.test.labels),
+      param_count: h.paramCount,
+      val_accuracy: score.val,
+      test_accuracy: score.test,
       train_loss_final: h.curve.at(-1)!.loss,
     });
     disposeParams(h.params);

@@ -6,16 +6,18 @@ import { type Cell, cellName, gridCells } from "../lib/features.ts";
 import { describeHead, parseHeadSpec } from "../lib/models/heads.ts";
 import { blockTable } from "../lib/models/mod.ts";
 import { disposeParams } from "../lib/params.ts";
-import { accuracy, predict, trainHeads } from "../lib/probe.ts";
+import { trainHeads } from "../lib/probe.ts";
 import {
   defaultBlock,
   GRID_EPOCHS,
   GRID_FLAGS,
   gridFromFlags,
+  headMetrics,
   noiseKeyOf,
   PROBE_FLAGS,
   probeConfig,
   probeFeatures,
+  scoreHead,
   setupProbe,
 } from "../lib/probe_run.ts";
 import { autoSelect } from "../lib/auto_select.ts";
@@ -131,28 +133,20 @@ await runMain(async () => {
   );
   bar.done();
   const trainS = (performance.now() - t0) / 1000;
-  const valAcc = accuracy(
-    await predict(h, train, s.val),
-    Int32Array.from(s.val, (i) => s.train.labels[i]),
-  );
-  const testAcc = accuracy(await predict(h, test), s.test.labels);
+  const score = await scoreHead(h, s, train, test);
   disposeParams(h.params);
   const path = await finishRun(handle, {
     metrics: {
-      test_accuracy: testAcc,
-      val_accuracy: valAcc,
-      train_loss_final: h.curve.at(-1)!.loss,
-      param_count: h.paramCount,
+      ...headMetrics(h, score),
       feature_images_per_s: f.train.imagesPerS ?? null,
       features_cached: f.train.cached.length > 0 && f.test.cached.length > 0,
-      loss_curve: h.curve.map((c) => [c.epoch, c.loss]),
       ...(selection ? { selection } : {}),
     },
     timings: { extract_s: f.train.extractS + f.test.extractS, train_s: trainS },
   });
   console.error(
-    `probe: ${name} ${describeHead(head)}: val ${(100 * valAcc).toFixed(2)} %, test ${
-      (100 * testAcc).toFixed(2)
+    `probe: ${name} ${describeHead(head)}: val ${(100 * score.val).toFixed(2)} %, test ${
+      (100 * score.test).toFixed(2)
     } %`,
   );
   console.error(`probe: wrote ${path}`);
