@@ -38,7 +38,7 @@
 import { createHash } from "node:crypto";
 import { dirname, join } from "node:path";
 import { crc32 } from "./io/crc32.ts";
-import { removeStaleTemps, writeFileAtomic } from "./io/atomic.ts";
+import { removeStaleTemps, syncDir, writeFileAtomic } from "./io/atomic.ts";
 import { oneLine, shortList } from "./messages.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -257,17 +257,6 @@ async function readFullAt(file: Deno.FsFile, pos: number, out: Uint8Array): Prom
     at += n;
   }
   return true;
-}
-
-async function syncDir(dir: string): Promise<void> {
-  try {
-    const d = await Deno.open(dir, { read: true });
-    try {
-      await d.sync();
-    } finally {
-      d.close();
-    }
-  } catch { /* best effort: not every platform opens directories */ }
 }
 
 const removeIfThere = (path: string) =>

@@ -64,8 +64,11 @@ export async function writeFileAtomic(path: string, data: WriteData): Promise<vo
   await syncDir(dir);
 }
 
-// Make the rename itself durable; not every platform lets a directory be opened, so best effort.
-async function syncDir(dir: string): Promise<void> {
+/**
+ * Make a rename in `dir` durable (fsync the folder); best effort, as not every platform lets a
+ * directory be opened.
+ */
+export async function syncDir(dir: string): Promise<void> {
   try {
     const d = await Deno.open(dir, { read: true });
     try {

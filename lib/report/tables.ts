@@ -177,6 +177,32 @@ const pretrain: ReportItem[] = [
 
 // ---------------------------------------------------------------- 001
 
+// Figure 2 by one axis: the grid's cell best on validation for each value of `by`, that value
+// first, then the other two axes.
+function gridBestTable(by: "block" | "pool", header: string, what: string): TableDef {
+  const cols: Record<string, Column> = {
+    block: { key: "b", header: "b", path: "@.block", format: "int" },
+    t: { key: "t", header: "t", path: "@.t", format: "int" },
+    pool: { key: "pool", header: "pool", path: "@.pool", format: "int" },
+  };
+  return {
+    kind: "table",
+    id: `001-grid-${by}s`,
+    section: "001",
+    title: `Figure 2, by ${by}: the best cell of ${what} (on validation)`,
+    scale: { ours: "the grid of the table above" },
+    experiments: ["ablate"],
+    each: `metrics.best_per_${by}.*`,
+    columns: [
+      { ...cols[by], header },
+      ...(["block", "t", "pool"] as const).filter((k) => k !== by).map((k) => cols[k]),
+      { key: "val", header: "val accuracy", path: "@.val_accuracy", format: "percent" },
+      { key: "accuracy", header: "accuracy", path: "@.test_accuracy", format: "percent" },
+    ],
+    command: "deno task ablate --train-percent 20 --test-percent 20",
+  };
+}
+
 const p001: TableDef[] = [
   {
     kind: "table",
@@ -339,40 +365,8 @@ const p001: TableDef[] = [
     command: "deno task ablate --train-percent 20 --test-percent 20",
     artifacts: "\\.png$",
   },
-  {
-    kind: "table",
-    id: "001-grid-blocks",
-    section: "001",
-    title: "Figure 2, by block: the best cell of each block b (on validation)",
-    scale: { ours: "the grid of the table above" },
-    experiments: ["ablate"],
-    each: "metrics.best_per_block.*",
-    columns: [
-      { key: "b", header: "b", path: "@.block", format: "int" },
-      { key: "t", header: "t", path: "@.t", format: "int" },
-      { key: "pool", header: "pool", path: "@.pool", format: "int" },
-      { key: "val", header: "val accuracy", path: "@.val_accuracy", format: "percent" },
-      { key: "accuracy", header: "accuracy", path: "@.test_accuracy", format: "percent" },
-    ],
-    command: "deno task ablate --train-percent 20 --test-percent 20",
-  },
-  {
-    kind: "table",
-    id: "001-grid-pools",
-    section: "001",
-    title: "Figure 2, by pool: the best cell of each pool size (on validation)",
-    scale: { ours: "the grid of the table above" },
-    experiments: ["ablate"],
-    each: "metrics.best_per_pool.*",
-    columns: [
-      { key: "pool", header: "pool", path: "@.pool", format: "int" },
-      { key: "b", header: "b", path: "@.block", format: "int" },
-      { key: "t", header: "t", path: "@.t", format: "int" },
-      { key: "val", header: "val accuracy", path: "@.val_accuracy", format: "percent" },
-      { key: "accuracy", header: "accuracy", path: "@.test_accuracy", format: "percent" },
-    ],
-    command: "deno task ablate --train-percent 20 --test-percent 20",
-  },
+  gridBestTable("block", "b", "each block b"),
+  gridBestTable("pool", "pool", "each pool size"),
   {
     kind: "table",
     id: "001-select",
