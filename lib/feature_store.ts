@@ -5,6 +5,7 @@ import { count, type Dataset } from "./data/dataset.ts";
 import { type Cell, cellName, cellShape, extractFeatures, type FrozenModel } from "./features.ts";
 import { type CacheEntry, createEntry, type FeatureKey, openEntry } from "./features_cache.ts";
 import { memoryRows, type RowSource } from "./probe.ts";
+import { oneLine } from "./messages.ts";
 import { progress } from "./progress.ts";
 import type { Rng } from "./random.ts";
 
@@ -71,26 +72,40 @@ export async function splitFeatures(
   const cached: string[] = [];
   const missing: Cell[] = [];
   let budget = o.memoryBytes ?? 4 * 2 ** 30;
-  // An entry in memory while the budget lasts, else read from disk batch by batch.
-  const fromEntry = async (e: CacheEntry, c: Cell) => {
-    const shape = cellShape(model.spec, c);
-    if (e.bytes > budget) return diskRows(e, shape);
-    budget -= e.bytes;
-    return memoryRows(await e.readRows(0, e.rows), shape);
+  const report = (c: Cell, why: string) => {
+    if (!o.quiet) console.error(`features: cache entry for ${cellName(c)} is ${why}; recomputing`);
   };
   for (const c of cells) {
     if (o.cacheDir === undefined) {
       missing.push(c);
       continue;
     }
-    const hit = await openEntry(o.cacheDir, keyOf(id, c, flip));
-    if (hit.ok) {
-      sources.set(cellName(c), await fromEntry(hit.entry, c));
-      cached.push(cellName(c));
-    } else if (hit.reason !== "missing" && !o.quiet) {
-      console.error(`features: cache entry for ${cellName(c)} is ${hit.reason}; recomputing`);
+    const key = keyOf(id, c, flip);
+    const shape = cellShape(model.spec, c);
+    // Opened lazily: an entry loaded into memory is then read, and its chunks checked, in one
+    // pass. One read from disk at each gather is checked whole first, so that a bad chunk shows
+    // here, not in the middle of training.
+    const hit = await openEntry(o.cacheDir, key, { verify: "lazy" });
+    if (!hit.ok) {
+      if (hit.reason !== "missing") report(c, hit.reason);
+      missing.push(c);
+      continue;
     }
-    if (!hit.ok) missing.push(c);
+    try {
+      if (hit.entry.bytes <= budget) {
+        sources.set(cellName(c), memoryRows(await hit.entry.readRows(0, hit.entry.rows), shape));
+        budget -= hit.entry.bytes;
+      } else {
+        const checked = await openEntry(o.cacheDir, key);
+        if (!checked.ok) throw new Error(checked.reason);
+        sources.set(cellName(c), diskRows(checked.entry, shape));
+      }
+      cached.push(cellName(c));
+    } catch (e) {
+      // A chunk failed its CRC (the lazy read removed the entry) or the entry went bad.
+      report(c, `unreadable (${oneLine((e as Error).message)})`);
+      missing.push(c);
+    }
   }
   if (missing.length === 0) return { sources, extractS: 0, cached };
 
