@@ -250,10 +250,10 @@ export function gridFromFlags(
   };
 }
 
-/** The config fields every probe-like result records: weights, data, protocol and noise. */
+/** The config fields every probe-like result records: weights, data and noise. */
 export function probeConfig(
   s: ProbeSetup,
-  a: Pick<ProbeFlagValues, "weights" | "recipe" | "train-percent" | "test-percent">,
+  a: Pick<ProbeFlagValues, "weights" | "train-percent" | "test-percent">,
   seed: number,
 ) {
   return {
@@ -262,15 +262,19 @@ export function probeConfig(
     weights_kind: s.loaded.weights,
     weights_epochs: s.weightsEpochs ?? null,
     dataset: s.dataset,
-    recipe: { name: a.recipe, ...s.recipe },
-    train_images: s.fit.length,
-    val_images: s.val.length,
     test_images: s.test.labels.length,
     train_percent: a["train-percent"],
     test_percent: a["test-percent"],
     noise_seed: seed,
   };
 }
+
+/** The config fields of a result whose heads train: the recipe and the fit / validation sizes. */
+export const trainingConfig = (s: ProbeSetup, a: Pick<ProbeFlagValues, "recipe">) => ({
+  recipe: { name: a.recipe, ...s.recipe },
+  train_images: s.fit.length,
+  val_images: s.val.length,
+});
 
 /**
  * A trained head's accuracy on the validation rows of `train` and on all of `test` (the test

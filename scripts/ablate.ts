@@ -18,6 +18,7 @@ import {
   probeFeatures,
   scoreHead,
   setupProbe,
+  trainingConfig,
 } from "../lib/probe_run.ts";
 import { progress } from "../lib/progress.ts";
 import { fold, foldName, rng } from "../lib/random.ts";
@@ -80,6 +81,7 @@ await runMain(async () => {
   const run = a.run ?? `${s.dataset}-grid-seed${a.seed}`;
   const config = {
     ...probeConfig(s, a, a.seed),
+    ...trainingConfig(s, a),
     t: ts,
     block: blocks,
     pool: pools,

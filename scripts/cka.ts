@@ -39,6 +39,7 @@ import {
   PROBE_FLAGS,
   probeConfig,
   setupProbe,
+  trainingConfig,
 } from "../lib/probe_run.ts";
 import { progress } from "../lib/progress.ts";
 import { foldName, permutation, rng } from "../lib/random.ts";
@@ -190,6 +191,7 @@ await runMain(async () => {
     run,
     {
       ...probeConfig(s, a, a.seed),
+      ...trainingConfig(s, a),
       t: a.t,
       block,
       pool: a.pool,

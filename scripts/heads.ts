@@ -17,6 +17,7 @@ import {
   probeFeatures,
   scoreHead,
   setupProbe,
+  trainingConfig,
 } from "../lib/probe_run.ts";
 import { progress } from "../lib/progress.ts";
 import { foldName, rng } from "../lib/random.ts";
@@ -114,6 +115,7 @@ await runMain(async () => {
     run,
     {
       ...probeConfig(s, a, a.seed),
+      ...trainingConfig(s, a),
       t: a.t,
       block,
       pool: [...new Set(jobs.map((j) => j.cell.pool))],

@@ -47,9 +47,8 @@ await runMain(async () => {
   const blocks = a.blocks === "auto" ? [mid, Math.min(mid + 2, last)] : intList("blocks", a.blocks);
   const cells = gridCells(ts, [...new Set(blocks)], [a.pool]);
   const run = a.run ?? `${s.dataset}-knn-seed${a.seed}`;
-  // kNN fits nothing: no recipe, no validation part; the memory bank is the whole train split.
-  const { recipe: _r, val_images: _v, ...shared } = probeConfig(s, a, a.seed);
-  const knnConfig = { ...shared, train_images: s.train.labels.length };
+  // kNN fits nothing: no recipe or validation part; its memory bank is the whole train split.
+  const knnConfig = { ...probeConfig(s, a, a.seed), train_images: s.train.labels.length };
   const handle = await startRun(
     "knn",
     run,

@@ -19,6 +19,7 @@ import {
   probeFeatures,
   scoreHead,
   setupProbe,
+  trainingConfig,
 } from "../lib/probe_run.ts";
 import { autoSelect } from "../lib/auto_select.ts";
 import { gridCost, type Selection } from "../lib/select.ts";
@@ -102,6 +103,7 @@ await runMain(async () => {
     run,
     {
       ...probeConfig(s, a, a.seed),
+      ...trainingConfig(s, a),
       select: a.select,
       t: cell.t,
       block: cell.block,
