@@ -577,5 +577,8 @@ export function fitTemperature(
   }
   const x = fc < fd ? c : d, v = Math.min(fc, fd);
   const [logTau, nllAfter] = v < bestNll ? [x, v] : [best, bestNll];
-  return { tau: Math.exp(logTau), nllBefore: f(0), nllAfter };
+  // τ = 1 may lie outside the scan (errors spread far below 1): never return a worse fit.
+  const nllBefore = f(0);
+  if (nllBefore <= nllAfter) return { tau: 1, nllBefore, nllAfter: nllBefore };
+  return { tau: Math.exp(logTau), nllBefore, nllAfter };
 }

@@ -9,7 +9,7 @@ import { count, type Dataset } from "./data/dataset.ts";
 import { qSample } from "./diffusion/gaussian.ts";
 import type { Schedule } from "./diffusion/schedule.ts";
 import { adaptiveAvgPool } from "./models/nn.ts";
-import { blockTable, conditioning, features, type ModelSpec } from "./models/mod.ts";
+import { blockTable, conditioning, features, type ModelSpec, represented } from "./models/mod.ts";
 import type { Params } from "./params.ts";
 import { fold, normalArray, type Rng } from "./random.ts";
 
@@ -133,7 +133,9 @@ export function batchFeatures(
     const xt = tf.tidy(() => qSample(model.schedule, x0, t, imageNoise(noiseKey, ids, t, shape)));
     const tt = tf.fill([n], t, "int32") as tf.Tensor1D;
     const y = nullLabels(model.spec, n);
-    const maps = features(model.spec, model.params, xt, tt, blocks, { y });
+    // A representation-conditioned model is given the representation of the clean image.
+    const clean = represented(model.spec) ? x0 : undefined;
+    const maps = features(model.spec, model.params, xt, tt, blocks, { y, x0: clean });
     tf.dispose([xt, tt, ...(y ? [y] : [])]);
     try {
       for (const c of here) {

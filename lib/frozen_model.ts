@@ -8,6 +8,7 @@ import { disposeCheckpoint, loadCheckpoint, loadParamsStrict } from "./io/checkp
 import { initParams, paramShapes, specFromMeta } from "./models/mod.ts";
 import { disposeParams } from "./params.ts";
 import type { Rng } from "./random.ts";
+import type { LatentSpec } from "./pretrain.ts";
 
 const sha256Text = async (text: string) =>
   Array.from(
@@ -27,6 +28,8 @@ export interface LoadedModel {
   readonly step?: number;
   /** Batch size of the pre-training, for epochs = step · batch / images. */
   readonly batch?: number;
+  /** The autoencoder a latent model runs in (lib/latent_space.ts); absent for pixel models. */
+  readonly latent?: LatentSpec;
 }
 
 /**
@@ -48,6 +51,7 @@ export async function loadFrozenModel(
       diffusionSteps?: number;
       dataset?: string;
       batch?: number;
+      latent?: LatentSpec;
     };
     if ((cfg.schedule !== "linear" && cfg.schedule !== "cosine") || !cfg.diffusionSteps) {
       throw new Error(`${where} records no noise schedule (schedule, diffusionSteps)`);
@@ -66,6 +70,7 @@ export async function loadFrozenModel(
         weights: "random",
         step: 0,
         batch: cfg.batch,
+        latent: cfg.latent,
       };
     }
     return {
@@ -75,6 +80,7 @@ export async function loadFrozenModel(
       weights: useEma ? "ema" : "raw",
       step: ck.step,
       batch: cfg.batch,
+      latent: cfg.latent,
     };
   } finally {
     disposeCheckpoint(ck);

@@ -6,7 +6,14 @@ import * as tf from "@tensorflow/tfjs";
 import { batchAt, count, type Dataset } from "./data/dataset.ts";
 import { namedSchedule, type Schedule } from "./diffusion/schedule.ts";
 import { diffusionLoss } from "./diffusion/losses.ts";
-import { conditioning, denoise, inputShape, learnSigma, type ModelSpec } from "./models/mod.ts";
+import {
+  conditioning,
+  denoise,
+  inputShape,
+  learnSigma,
+  type ModelSpec,
+  represented,
+} from "./models/mod.ts";
 import type { Params } from "./params.ts";
 import { disposeParams } from "./params.ts";
 import { adam, disposeTensors } from "./optim.ts";
@@ -38,6 +45,20 @@ export interface PretrainConfig {
   readonly emaRate: number;
   readonly clipNorm?: number;
   readonly seed: number;
+  /**
+   * The model runs in this autoencoder's latent space (seed 000's latent DiT): the dataset is
+   * encoded once (posterior means × scale) before the first step. Absent: pixels.
+   */
+  readonly latent?: LatentSpec;
+}
+
+/** An autoencoder's latent space, as a run records it. */
+export interface LatentSpec {
+  readonly kind: "vae";
+  /** The weights file (`deno task train-vae`), its sha256 and its latent scale. */
+  readonly weights: string;
+  readonly sha256: string;
+  readonly scale: number;
 }
 
 export interface PretrainResult {
@@ -76,8 +97,10 @@ function stepLoss(ctx: StepContext, params: Params, step: number): tf.Scalar {
     const t = tf.tensor1d(randint(fold(keys.t, step), n, 0, sched.T), "int32");
     const noise = normal(fold(keys.noise, step), x.shape) as tf.Tensor4D;
     const labels = conditioning(cfg.model) ? y : undefined;
+    // A representation-conditioned model sees its own clean input through the encoder.
+    const x0 = represented(cfg.model) ? x : undefined;
     const net = (xt: tf.Tensor4D, tt: tf.Tensor1D) =>
-      denoise(cfg.model, params, xt, tt, { y: labels, key: fold(keys.net, step) });
+      denoise(cfg.model, params, xt, tt, { y: labels, x0, key: fold(keys.net, step) });
     return diffusionLoss(sched, net, x, t, noise, { learnSigma: learnSigma(cfg.model) });
   });
 }

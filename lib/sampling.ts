@@ -1,10 +1,18 @@
 // Drawing images from a trained denoiser (any model of lib/models), for pre-training's sample
 // grids and `deno task sample`. Conditional models draw the classes in turn, so a square grid
-// of a 10-class model shows one class per column.
+// of a 10-class model shows one class per column; a representation-conditioned model draws
+// image i with the representation of the clean input i it is given.
 import * as tf from "@tensorflow/tfjs";
 import { namedSchedule } from "./diffusion/schedule.ts";
 import { sampleLoop } from "./diffusion/sample.ts";
-import { conditioning, denoise, inputShape, learnSigma, type ModelSpec } from "./models/mod.ts";
+import {
+  conditioning,
+  denoise,
+  inputShape,
+  learnSigma,
+  type ModelSpec,
+  represented,
+} from "./models/mod.ts";
 import type { Params } from "./params.ts";
 import type { Tensors } from "./optim.ts";
 import { sampleKey } from "./pretrain_data.ts";
@@ -22,6 +30,10 @@ export interface SampleOptions {
   /** Network calls; fewer than T respaces the schedule. @default 50 */
   readonly steps?: number;
   readonly onStep?: (done: number, total: number) => void;
+  /** Clean inputs [n, S, S, C] whose representations condition a representation-conditioned model. */
+  readonly x0?: tf.Tensor4D;
+  /** Clamp x̂_0 to [−1, 1] at each step: right for pixels, wrong for unit-variance latents. @default true */
+  readonly clip?: boolean;
 }
 
 /** Draw `n` images with the given weights; returns [n, S, S, C] in [-1, 1]. */
@@ -37,8 +49,15 @@ export function sampleImages(
   if (!(Number.isInteger(steps) && steps >= 1 && steps <= diffusion.diffusionSteps)) {
     throw new Error(`Sampling steps ${steps} must be in 1..${diffusion.diffusionSteps} (T)`);
   }
+  if (represented(model) && opts.x0?.shape[0] !== n) {
+    throw new Error(
+      `${model.kind} "${model.name}" is representation-conditioned: sampling ${n} images needs ` +
+        `${n} clean inputs, got ${opts.x0?.shape[0] ?? "none"}`,
+    );
+  }
   const sched = namedSchedule(diffusion.schedule, diffusion.diffusionSteps);
   const cond = conditioning(model);
+  const x0 = represented(model) ? opts.x0 : undefined;
   const y = cond
     ? tf.tensor1d(Array.from({ length: n }, (_, i) => i % cond.classes), "int32")
     : undefined;
@@ -46,13 +65,14 @@ export function sampleImages(
   try {
     return sampleLoop(
       sched,
-      (xt, t) => denoise(model, p, xt, t, { y }),
+      (xt, t) => denoise(model, p, xt, t, { y, x0 }),
       [n, ...inputShape(model)],
       sampleKey(seed),
       {
         method: opts.method ?? "ddim",
         steps,
         learnSigma: learnSigma(model),
+        clip: opts.clip,
         onStep: opts.onStep,
       },
     );
@@ -61,7 +81,20 @@ export function sampleImages(
   }
 }
 
-/** Save a PNG grid of `n` images drawn with `weights`. */
+/** Options of `saveSampleGrid`. */
+export interface GridOptions {
+  /** DDIM steps. @default 50 */
+  readonly steps?: number;
+  /** Clean inputs for a representation-conditioned model (see `SampleOptions.x0`). */
+  readonly x0?: tf.Tensor4D;
+  /**
+   * Latents → pixels in [-1, 1] (a latent model's decoder; x̂_0 is then not clamped while
+   * sampling). The caller's tensors stay its own.
+   */
+  readonly decode?: (z: tf.Tensor4D) => tf.Tensor4D;
+}
+
+/** Save a PNG grid of `n` images drawn with `weights` (decoded to pixels for a latent model). */
 export async function saveSampleGrid(
   path: string,
   model: ModelSpec,
@@ -69,12 +102,18 @@ export async function saveSampleGrid(
   weights: Params | Tensors,
   n: number,
   seed: number,
-  steps = 50,
+  opts: GridOptions = {},
 ): Promise<void> {
-  const images = sampleImages(model, diffusion, weights, n, seed, { steps });
+  const drawn = sampleImages(model, diffusion, weights, n, seed, {
+    steps: opts.steps,
+    x0: opts.x0,
+    clip: opts.decode === undefined,
+  });
+  const images = opts.decode ? tf.tidy(() => opts.decode!(drawn)) : drawn;
   try {
     await saveImageGrid(path, images, { cols: Math.ceil(Math.sqrt(n)) });
   } finally {
-    images.dispose();
+    if (images !== drawn) images.dispose();
+    drawn.dispose();
   }
 }

@@ -3,7 +3,24 @@
 import { COMMON_FLAGS, parseCli, runMain, UsageError, type Values } from "../lib/cli.ts";
 import { initEngine } from "../lib/engine/mod.ts";
 import { count, loadDataset } from "../lib/data/dataset.ts";
-import { inputShape, type ModelKind, presetNames, presetSpec } from "../lib/models/mod.ts";
+import {
+  type Condition,
+  CONDITIONS,
+  type ConditionSpec,
+  inputShape,
+  type ModelKind,
+  presetNames,
+  presetSpec,
+} from "../lib/models/mod.ts";
+import { VIT_CONFIGS } from "../lib/models/vit.ts";
+import {
+  closeLatentSpace,
+  decodeLatents,
+  encodeDataset,
+  type LatentSpace,
+  openLatentSpace,
+} from "../lib/latent_space.ts";
+import * as tf from "@tensorflow/tfjs";
 import { checkpointPath, disposeState, pretrain, type PretrainConfig } from "../lib/pretrain.ts";
 import { throughput } from "../lib/pretrain_resume.ts";
 import { saveSampleGrid } from "../lib/sampling.ts";
@@ -11,6 +28,9 @@ import { finishRun, resultsDir, startRun } from "../lib/results.ts";
 import { saveCheckpoint } from "../lib/io/checkpoint.ts";
 import { lineChart, renderFigure } from "../lib/report/figures.ts";
 import { basename } from "node:path";
+
+/** Where `deno task train-vae` writes the default autoencoder of Fashion-MNIST. */
+const DEFAULT_VAE = "results/vae/fashion-mnist-vae-small-seed0.weights.safetensors";
 
 const FLAGS = {
   ...COMMON_FLAGS,
@@ -22,10 +42,32 @@ const FLAGS = {
   model: { kind: "string", default: "unet", help: "denoiser", choices: ["unet", "dit"] },
   config: {
     kind: "string",
+    help: `preset of the model (default: small; dit with --latent vae: small-latent): unet ${
+      presetNames("unet").join("|")
+    }; dit ${presetNames("dit").join("|")}`,
+  },
+  condition: {
+    kind: "string",
+    default: "none",
+    help: "what the model sees besides t: none | class (labels) | repr (a ViT's representation " +
+      "of the clean input, trained jointly; dit only)",
+    choices: CONDITIONS,
+  },
+  encoder: {
+    kind: "string",
     default: "small",
-    help: `preset of the model: unet ${presetNames("unet").join("|")}; dit ${
-      presetNames("dit").join("|")
-    }`,
+    help: `with --condition repr: the ViT preset (${Object.keys(VIT_CONFIGS).join("|")})`,
+  },
+  latent: {
+    kind: "string",
+    default: "pixel",
+    help: "pixel: the model runs on images; vae: on the latents of the --vae autoencoder",
+    choices: ["pixel", "vae"],
+  },
+  vae: {
+    kind: "string",
+    default: DEFAULT_VAE,
+    help: "with --latent vae: autoencoder weights from deno task train-vae",
   },
   steps: {
     kind: "int",
@@ -61,11 +103,10 @@ const FLAGS = {
     choices: ["linear", "cosine"],
   },
   "diffusion-steps": { kind: "int", default: 1000, help: "diffusion steps T", min: 2 },
-  "class-cond": { kind: "boolean", help: "condition the model on class labels" },
   "class-dropout": {
     kind: "float",
     default: 0,
-    help: "with --class-cond: replace labels by a null class with this probability",
+    help: "with --condition class: replace labels by a null class with this probability",
     min: 0,
     maxExclusive: 1,
   },
@@ -96,8 +137,16 @@ function crossFlagFaults(a: Partial<Values<typeof FLAGS>>): string[] {
       `--config: "${a.config}" is not a ${kind} preset (${presetNames(kind).join(", ")})`,
     );
   }
-  if ((a["class-dropout"] ?? 0) > 0 && !a["class-cond"]) {
-    faults.push("--class-dropout needs --class-cond");
+  if ((a["class-dropout"] ?? 0) > 0 && a.condition !== "class") {
+    faults.push("--class-dropout needs --condition class");
+  }
+  if (a.condition === "repr" && kind === "unet") {
+    faults.push("--condition repr: representation conditioning is the DiT's (--model dit)");
+  }
+  if (a.encoder !== undefined && !Object.hasOwn(VIT_CONFIGS, a.encoder)) {
+    faults.push(
+      `--encoder: "${a.encoder}" is not a ViT preset (${Object.keys(VIT_CONFIGS).join(", ")})`,
+    );
   }
   const s = a["sample-steps"], T = a["diffusion-steps"];
   if (s !== undefined && T !== undefined && s > T) {
@@ -123,24 +172,44 @@ const parse = () =>
 await runMain(async () => {
   const a = parse();
   const kind = a.model as ModelKind;
-  const base = presetSpec(kind, a.config);
+  const condition = a.condition as Condition;
+  const latent = a.latent === "vae";
+  const preset = a.config ?? (kind === "dit" && latent ? "small-latent" : "small");
+  const base = presetSpec(kind, preset);
+  const loadPixels = async (side: number, channels: number) => {
+    const ds = await loadDataset(a.dataset, {
+      split: "train",
+      size: side,
+      channels: channels as 1 | 3,
+    });
+    if (condition === "class" && ds.classes.length < 2) {
+      throw new UsageError(
+        `--condition class: dataset "${ds.name}" has ${ds.classes.length} class; ` +
+          "conditioning needs 2 or more",
+      );
+    }
+    return ds;
+  };
+  // A pixel model's data is checked before the engine starts; a latent model's images are the
+  // autoencoder's, whose weights need the engine first.
   const [side, , channels] = inputShape(base);
-  const ds = await loadDataset(a.dataset, {
-    split: "train",
-    size: side,
-    channels: channels as 1 | 3,
-  });
-  if (a["class-cond"] && ds.classes.length < 2) {
-    throw new UsageError(
-      `--class-cond: dataset "${ds.name}" has ${ds.classes.length} class; conditioning needs 2 or more`,
-    );
-  }
-  const model = a["class-cond"]
-    ? presetSpec(kind, a.config, { classes: ds.classes.length, dropRate: a["class-dropout"] })
-    : base;
+  const early = latent ? undefined : await loadPixels(side, channels);
+  const engine = await initEngine({ backend: a.backend });
+  const space: LatentSpace | undefined = latent ? await openLatentSpace(a.vae) : undefined;
+  const pixels = early ??
+    await loadPixels(space!.config.resolution, space!.config.inChannels);
+  if (space) console.error(`pretrain: encoding ${count(pixels)} images with ${a.vae}`);
+  const ds = space ? encodeDataset(space, pixels) : pixels;
+  const cond: ConditionSpec | undefined = condition === "class"
+    ? { classes: ds.classes.length, dropRate: a["class-dropout"] }
+    : condition === "repr"
+    ? { encoder: a.encoder }
+    : undefined;
+  const model = presetSpec(kind, preset, cond);
   const dataName = a.dataset.includes("/") ? basename(a.dataset.replace(/\/+$/, "")) : a.dataset;
-  const tag = kind === "unet" ? a.config : `dit-${a.config.replace(/\//g, "")}`;
-  const run = a.run ?? `${dataName}-${tag}${a["class-cond"] ? "-cond" : ""}-seed${a.seed}`;
+  const tag = kind === "unet" ? preset : `dit-${preset.replace(/\//g, "")}`;
+  const suffix = { none: "", class: "-cond", repr: "-repr" }[condition];
+  const run = a.run ?? `${dataName}-${tag}${suffix}-seed${a.seed}`;
   if (!/^[A-Za-z0-9._-]+$/.test(run)) {
     throw new UsageError(`--run: the default name "${run}" is not file-safe; pass --run`);
   }
@@ -156,15 +225,29 @@ await runMain(async () => {
     emaRate: a.ema,
     ...(a["clip-norm"] > 0 ? { clipNorm: a["clip-norm"] } : {}),
     seed: a.seed,
+    ...(space ? { latent: space.spec } : {}),
   };
   const out = `${resultsDir()}/pretrain`;
   const resultsPath = `${out}/${run}.json`;
 
-  const engine = await initEngine({ backend: a.backend });
+  // The results JSON names the model by kind (config.model) beside its full spec; the
+  // checkpoint keeps the spec under `model`, as loaders read it.
+  const { model: spec, latent: vaeSpec, ...rest } = cfg;
   const handle = await startRun(
     "pretrain",
     run,
-    { ...cfg, checkpointDir: dir, samples: a.samples, sampleSteps: a["sample-steps"] },
+    {
+      ...rest,
+      model: kind,
+      preset,
+      condition,
+      latent: a.latent,
+      ...(vaeSpec ? { vae: vaeSpec } : {}),
+      spec,
+      checkpointDir: dir,
+      samples: a.samples,
+      sampleSteps: a["sample-steps"],
+    },
     a.seed,
     { engine, task: "pretrain" },
   );
@@ -188,6 +271,7 @@ await runMain(async () => {
       }. Rerun to resume.`,
     );
     disposeState(r.state);
+    if (space) closeLatentSpace(space);
     Deno.exit(r.interrupted === "SIGINT" ? 130 : 143);
   }
   // A finished run rerun: nothing trained, so its results stay as they were.
@@ -203,6 +287,7 @@ await runMain(async () => {
         `pretrain: ${run} is finished (step ${r.state.step}); results in ${resultsPath}`,
       );
       disposeState(r.state);
+      if (space) closeLatentSpace(space);
       return;
     }
   }
@@ -214,15 +299,23 @@ await runMain(async () => {
   if (a.samples > 0) {
     const t0 = performance.now();
     const grid = `${out}/${run}-samples.png`;
-    await saveSampleGrid(
-      grid,
-      cfg.model,
-      cfg,
-      r.state.ema ?? r.state.params,
-      a.samples,
-      a.seed,
-      a["sample-steps"],
-    );
+    // A representation-conditioned model draws image i from the representation of training
+    // image i.
+    const x0 = condition === "repr"
+      ? tf.tensor4d(
+        ds.images.subarray(0, a.samples * ds.shape.reduce((p, q) => p * q, 1)),
+        [a.samples, ...ds.shape],
+      )
+      : undefined;
+    try {
+      await saveSampleGrid(grid, cfg.model, cfg, r.state.ema ?? r.state.params, a.samples, a.seed, {
+        steps: a["sample-steps"],
+        x0,
+        decode: space && ((z) => decodeLatents(space, z)),
+      });
+    } finally {
+      x0?.dispose();
+    }
     timings.sample_s = (performance.now() - t0) / 1000;
     artifacts.push(grid);
   }
@@ -255,6 +348,8 @@ await runMain(async () => {
       epochs: (r.state.step * cfg.batch) / count(ds),
       first_loss: points[0]?.[1] ?? null,
       final_loss: tail.length ? tail.reduce((s, p) => s + p[1], 0) / tail.length : null,
+      // The lowest point of the curve (a mean over --log-every steps), as seed 000 reports.
+      min_loss: points.length ? Math.min(...points.map((p) => p[1])) : null,
       images_per_s: throughput(r.segments, cfg.batch),
       loss_curve: r.curve,
     },
@@ -263,5 +358,6 @@ await runMain(async () => {
     segments: r.segments,
   });
   disposeState(r.state);
+  if (space) closeLatentSpace(space);
   console.error(`pretrain: wrote ${path}`);
 });

@@ -5,7 +5,10 @@ import { initEngine } from "../lib/engine/mod.ts";
 import { disposeCheckpoint, loadCheckpoint, loadParamsStrict } from "../lib/io/checkpoint.ts";
 import { saveImageGrid } from "../lib/io/png.ts";
 import { writeRawArray } from "../lib/io/raw_array.ts";
-import { type ModelSpec, paramShapes, specFromMeta } from "../lib/models/mod.ts";
+import { type ModelSpec, paramShapes, represented, specFromMeta } from "../lib/models/mod.ts";
+import { closeLatentSpace, decodeLatents, openLatentSpace } from "../lib/latent_space.ts";
+import type { LatentSpec } from "../lib/pretrain.ts";
+import * as tf from "@tensorflow/tfjs";
 import { disposeParams } from "../lib/params.ts";
 import { type DiffusionSpec, sampleImages } from "../lib/sampling.ts";
 import { progress } from "../lib/progress.ts";
@@ -59,6 +62,12 @@ await runMain(async () => {
   try {
     model = specFromMeta(ck.meta.config, `Checkpoint "${a.checkpoint}"`);
     diffusion = ck.meta.config as DiffusionSpec;
+    if (represented(model)) {
+      throw new UsageError(
+        "The checkpoint is representation-conditioned: each draw needs a clean input to embed. " +
+          "Its pre-training's sample grid and `deno task dit-figures` draw from dataset images.",
+      );
+    }
     if (a.steps > diffusion.diffusionSteps) {
       throw new UsageError(
         `--steps: ${a.steps} is more than the checkpoint's ${diffusion.diffusionSteps} diffusion steps`,
@@ -86,13 +95,25 @@ await runMain(async () => {
     a.seed,
     { engine, task: "sample" },
   );
+  // A latent model's draws are decoded by the autoencoder its checkpoint names.
+  const latent = (ck.meta.config as { latent?: LatentSpec }).latent;
+  const space = latent && await openLatentSpace(latent.weights);
+  if (space && space.spec.sha256 !== latent!.sha256) {
+    throw new UsageError(`${latent!.weights} changed since the model was trained on its latents`);
+  }
   const bar = progress({ label: "sample", total: a.steps });
-  const images = sampleImages(model, diffusion, weights, a.n, a.seed, {
+  const drawn = sampleImages(model, diffusion, weights, a.n, a.seed, {
     method: a.method as "ddim" | "ddpm",
     steps: a.steps,
+    clip: !space,
     onStep: (d) => bar.tick(d),
   });
   bar.done();
+  const images = space ? decodeLatents(space, drawn) : drawn;
+  if (space) {
+    tf.dispose(drawn);
+    closeLatentSpace(space);
+  }
 
   // Read the images off the backend once; the grid, the raw file and the metric share it.
   const data = Float32Array.from(await images.data());

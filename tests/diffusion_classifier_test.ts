@@ -536,6 +536,21 @@ Deno.test("fitTemperature() finds the NLL minimum and lowers the validation NLL"
     assert(fit.nllAfter < fit.nllBefore - 0.01, `${fit.nllAfter} vs ${fit.nllBefore}`);
     assert(nll(fit.tau * 1.05) > fit.nllAfter && nll(fit.tau / 1.05) > fit.nllAfter);
   });
+  await t.step(
+    "errors that carry no information keep τ = 1 (the scan would lie far below it)",
+    () => {
+      // Half the rows ranked right, half wrong, by a gap of 1e-8: the NLL falls towards ln 2 as τ
+      // grows, and the scan, centred on the spread, ends near τ = 3e-5, which is worse than τ = 1.
+      const n = 10, errors = new Float64Array(2 * n), labels = new Int32Array(n);
+      for (let i = 0; i < n; i++) {
+        errors[2 * i + 1] = 1e-8;
+        labels[i] = i % 2;
+      }
+      const fit = fitTemperature(errors, labels, 2);
+      assertEquals(fit.tau, 1);
+      assertEquals(fit.nllAfter, fit.nllBefore);
+    },
+  );
   await t.step("refuses pruned (NaN) errors and labels out of range", () => {
     assertThrows(() => fitTemperature([0, NaN], Int32Array.of(0), 2), /unpruned plan/);
     assertThrows(() => fitTemperature([0, 1], Int32Array.of(2), 2), /label 2 at index 0/);

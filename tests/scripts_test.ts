@@ -21,7 +21,8 @@ for (const script of scripts) {
   Deno.test(`scripts/${script}.ts --help prints usage; an unknown flag is a one-line usage error`, async () => {
     const help = await runScript(script, ["--help"]);
     assertEquals(help.code, 0, help.stderr);
-    assert(help.stdout.startsWith(`Usage: deno task ${script}`), help.stdout);
+    // Task names spell a file's underscores as dashes (scripts/train_vae.ts: train-vae).
+    assert(help.stdout.startsWith(`Usage: deno task ${script.replaceAll("_", "-")}`), help.stdout);
     assert(help.stdout.includes("--seed"), `${script} has no --seed flag`);
     const bad = await runScript(script, ["--no-such-flag"]);
     assertEquals(bad.code, 2, bad.stderr);
@@ -99,7 +100,10 @@ Deno.test("deno task pretrain: a tiny run of 100 steps with a fixed seed lowers 
 Deno.test("deno task pretrain checks every range before loading data or the engine", async () => {
   const cases: [string[], RegExp][] = [
     [["--ema", "2"], /--ema: 2 is outside \[0, 1\)/],
-    [["--class-dropout", "1", "--class-cond"], /--class-dropout: 1 is outside \[0, 1\)/],
+    [["--class-dropout", "1", "--condition", "class"], /--class-dropout: 1 is outside \[0, 1\)/],
+    [["--class-dropout", "0.1"], /--class-dropout needs --condition class/],
+    [["--condition", "repr"], /representation conditioning is the DiT's/],
+    [["--model", "dit", "--condition", "repr", "--encoder", "huge"], /--encoder: "huge" is not/],
     [["--sample-steps", "2000"], /--sample-steps: 2000 is more than --diffusion-steps 1000/],
     [["--model", "dit", "--config", "adm256"], /--config: "adm256" is not a dit preset/],
   ];
@@ -127,7 +131,8 @@ Deno.test("deno task pretrain: one-class conditioning is a one-line error before
       `${tmp}/data`,
       "--config",
       "tiny",
-      "--class-cond",
+      "--condition",
+      "class",
     ]);
     assertEquals(r.code, 2, r.stderr);
     assert(/has 1 class; conditioning needs 2 or more/.test(r.stderr), r.stderr);

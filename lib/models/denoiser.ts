@@ -42,10 +42,19 @@ export interface ReferenceLayout<C> {
   readonly fixed?: (c: C) => Readonly<Record<string, Float32Array>>;
 }
 
+/**
+ * What a model is conditioned on besides t (seed 000, Figure 5): nothing, class labels, or a
+ * representation r = f_φ(x0) of the clean input by an encoder trained jointly with it.
+ */
+export const CONDITIONS = ["none", "class", "repr"] as const;
+export type Condition = (typeof CONDITIONS)[number];
+
 /** Options of a network call. */
 export interface NetOptions {
   /** Labels in 0..K (K = null), int32 [N]; required exactly when the config is conditional. */
   readonly y?: tf.Tensor1D;
+  /** The clean input [N, S, S, C]; required exactly when the config is representation-conditioned. */
+  readonly x0?: tf.Tensor4D;
   /** Dropout masks are drawn from this key in training; none in eval. */
   readonly dropoutKey?: Rng;
 }
@@ -66,6 +75,13 @@ export interface Denoiser<C> {
   conditioning(c: C): Conditioning | undefined;
   /** The config made conditional on `classes` labels (with a null label when dropRate > 0). */
   conditioned(c: C, classes: number, dropRate: number): C;
+  /** Whether the config has a representation encoder (and so needs the clean input x0). */
+  represented(c: C): boolean;
+  /**
+   * The config made representation-conditioned with encoder preset `encoder`.
+   * @throws for a model without a representation path
+   */
+  withEncoder(c: C, encoder: string): C;
   /** The network: x_t [N, S, S, C], t [N] → [N, S, S, C (×2 with learnSigma)]. One tidy. */
   net(c: C, p: Params, xt: tf.Tensor4D, t: tf.Tensor1D, o?: NetOptions): tf.Tensor4D;
   /**
@@ -78,7 +94,7 @@ export interface Denoiser<C> {
     xt: tf.Tensor4D,
     t: tf.Tensor1D,
     blocks: readonly number[],
-    o?: { readonly y?: tf.Tensor1D },
+    o?: { readonly y?: tf.Tensor1D; readonly x0?: tf.Tensor4D },
   ): Map<number, tf.Tensor4D>;
   blockTable(c: C): readonly BlockInfo[];
   readonly referenceLayout: ReferenceLayout<C>;

@@ -1,7 +1,16 @@
 // The Diffusion Transformer of "Scalable Diffusion Models with Transformers" (DiT, models.py,
 // facts.md §4) as pure functions: `paramShapes(config)` (no allocation), `init(config, rng)`,
-// `apply(config, params, x, t, {y})`, plus `posEmbed` (the fixed 2-D sin-cos table) and
+// `apply(config, params, x, t, {y, x0})`, plus `posEmbed` (the fixed 2-D sin-cos table) and
 // `features` (block outputs, for feature extraction).
+//
+// Three conditions (seed 000 §3.2, Figure 5): unconditional (t only), class (t + label
+// embedding, `numClasses`), and representation (`encoder`): a ViT f_φ embeds the clean input z0
+// as r = f_φ(z0), and r enters twice, as 000 §3.1 and its Figure 2 describe: added into the
+// conditioning c that modulates every block and the final layer (`r_embedder`, our reading of
+// "combined at the beginning of each of the N blocks"), and added to the final layer's output
+// tokens before unpatchify (`r_out`, zero-initialised like adaLN-Zero). φ is part of the params
+// (keys `encoder.*`, timm's ViT names) and trains jointly with θ. The paper's code is not
+// public: these key names are ours.
 //
 // Layout is NHWC. Keys are DiT's state_dict names; values are in tfjs layout: linear [in, out],
 // the patch-embedding conv [p, p, C, D]. `pos_embed` is in DiT's state_dict (an nn.Parameter with
@@ -13,6 +22,7 @@
 // channels, p patch, G = S/p grid side, T = G² tokens, D hidden width, H heads.
 import * as tf from "@tensorflow/tfjs";
 import type { Rng } from "../random.ts";
+import * as vit from "./vit.ts";
 import type { BlockInfo, Denoiser } from "./denoiser.ts";
 import { countParams, type Params, type ParamShapes, toVariables } from "../params.ts";
 import {
@@ -48,6 +58,11 @@ export interface DiTConfig {
   readonly numClasses?: number;
   /** Output 2·C channels: ε̂, then the variance interpolation v. */
   readonly learnSigma: boolean;
+  /**
+   * Representation-conditioned when set: the ViT f_φ on the clean input (its input side,
+   * channels and patch equal the DiT's). Exclusive with `numClasses`.
+   */
+  readonly encoder?: vit.ViTConfig;
 }
 
 const paper = (depth: number, hiddenSize: number, numHeads: number): DiTConfig => ({
@@ -96,6 +111,23 @@ export const DIT_CONFIGS = {
     numClasses: 10,
     learnSigma: true,
   },
+  /**
+   * Fashion-MNIST latents of the `small` autoencoder (lib/models/vae.ts, f = 4): 7×7×4 in 1×1
+   * patches (49 tokens), width 128 in 4 heads, 6 blocks. No learned σ: the loss is eq. 2 of
+   * seed 000, ‖ε − ε̂‖², the loss its Figure 8 plots.
+   */
+  "small-latent": {
+    inputSize: 7,
+    patchSize: 1,
+    inChannels: 4,
+    hiddenSize: 128,
+    depth: 6,
+    numHeads: 4,
+    mlpRatio: 4,
+    classDropoutProb: 0.1,
+    numClasses: 10,
+    learnSigma: false,
+  },
   "DiT-S/2": paper(12, 384, 6),
   "DiT-B/2": paper(12, 768, 12),
   "DiT-L/2": paper(24, 1024, 16),
@@ -117,7 +149,38 @@ function validate(c: DiTConfig): void {
   if (c.numClasses !== undefined && !(c.numClasses >= 1)) {
     throw fault(`numClasses ${c.numClasses} must be at least 1`);
   }
+  const e = c.encoder;
+  if (e) {
+    if (c.numClasses !== undefined) {
+      throw fault("a config is class- or representation-conditioned, not both");
+    }
+    if (e.inputSize !== c.inputSize || e.inChannels !== c.inChannels) {
+      throw fault(
+        `the encoder reads ${e.inputSize}×${e.inputSize}×${e.inChannels} inputs, the DiT ` +
+          `${c.inputSize}×${c.inputSize}×${c.inChannels}`,
+      );
+    }
+  }
 }
+
+/** The ViT preset `name` fitted to the DiT's input: its side, channels and patch. */
+export function encoderFor(c: DiTConfig, name: string): vit.ViTConfig {
+  const base = (vit.VIT_CONFIGS as Record<string, vit.ViTConfig>)[name];
+  if (!base) {
+    throw new Error(
+      `Unknown ViT preset "${name}": expected ${Object.keys(vit.VIT_CONFIGS).join(", ")}`,
+    );
+  }
+  return {
+    ...base,
+    inputSize: c.inputSize,
+    inChannels: c.inChannels,
+    patchSize: c.patchSize,
+  };
+}
+
+/** Prefix of the encoder's parameters. */
+export const ENCODER_PREFIX = "encoder.";
 
 /** Channels of the network output: inChannels, doubled with learnSigma. */
 export function outputChannels(c: DiTConfig): number {
@@ -186,6 +249,14 @@ export function paramSpecs(c: DiTConfig): Record<string, ParamSpec> {
     ...dense("final_layer.linear", d, p * p * outputChannels(c), true), // zero output at init
     ...dense("final_layer.adaLN_modulation.1", d, 2 * d, true),
   );
+  if (c.encoder) {
+    const re = c.encoder.hiddenSize;
+    entries.push(
+      ...Object.entries(vit.paramSpecs(c.encoder, ENCODER_PREFIX)),
+      ...dense("r_embedder", re, d), // r into the conditioning of every block
+      ...dense("r_out", re, numTokens(c) * p * p * outputChannels(c), true), // r onto the output
+    );
+  }
   return Object.fromEntries(entries);
 }
 
@@ -258,6 +329,11 @@ export interface ApplyOptions {
    * class-conditional. Label dropout in training is the caller's (lib/models/mod.ts `denoise`).
    */
   readonly y?: tf.Tensor1D;
+  /**
+   * The clean input z0 [N, S, S, C] that the encoder embeds as r; required exactly when the
+   * config is representation-conditioned.
+   */
+  readonly x0?: tf.Tensor4D;
 }
 
 function param(p: Params, key: string): tf.Variable {
@@ -335,10 +411,30 @@ function checkInputs(c: DiTConfig, x: tf.Tensor4D, t: tf.Tensor1D, o: ApplyOptio
   if (o.y && o.y.shape[0] !== n) {
     throw new Error(`dit.ts: ${o.y.shape[0]} labels for a batch of ${n}`);
   }
+  if ((o.x0 !== undefined) !== (c.encoder !== undefined)) {
+    throw new Error(
+      "dit.ts: the clean input x0 must be given exactly when the config is representation-conditioned",
+    );
+  }
+  if (o.x0 && o.x0.shape.some((v, i) => v !== x.shape[i])) {
+    throw new Error(`dit.ts: x0 is [${o.x0.shape}], x_t [${x.shape}]`);
+  }
 }
 
-/** Embedded tokens (patches + positions) and SiLU(c), c = t_emb (+ y_emb). */
-function embed(c: DiTConfig, p: Params, x: tf.Tensor4D, t: tf.Tensor1D, o: ApplyOptions) {
+/** r = f_φ(z0) [N, D_r], or undefined without an encoder. */
+function representation(c: DiTConfig, p: Params, o: ApplyOptions): tf.Tensor2D | undefined {
+  return c.encoder && o.x0 ? vit.apply(c.encoder, p, o.x0, ENCODER_PREFIX) : undefined;
+}
+
+/** Embedded tokens (patches + positions) and SiLU(c), c = t_emb (+ y_emb or r_emb). */
+function embed(
+  c: DiTConfig,
+  p: Params,
+  x: tf.Tensor4D,
+  t: tf.Tensor1D,
+  o: ApplyOptions,
+  r?: tf.Tensor2D,
+) {
   const wt = (x2: tf.Tensor, name: string) =>
     linear(x2, param(p, `${name}.weight`), param(p, `${name}.bias`));
   const d = c.hiddenSize, ps = c.patchSize;
@@ -354,6 +450,7 @@ function embed(c: DiTConfig, p: Params, x: tf.Tensor4D, t: tf.Tensor1D, o: Apply
     const y = tf.cast(o.y, "int32") as tf.Tensor1D;
     cond = tf.add(cond, tf.gather(param(p, "y_embedder.embedding_table.weight"), y)); // [N, D]
   }
+  if (r) cond = tf.add(cond, wt(r, "r_embedder"));
   return { h, sc: silu(cond) as tf.Tensor2D };
 }
 
@@ -370,7 +467,8 @@ export function apply(
 ): tf.Tensor4D {
   checkInputs(c, x, t, o);
   return tf.tidy(() => {
-    let { h, sc } = embed(c, p, x, t, o);
+    const r = representation(c, p, o);
+    let { h, sc } = embed(c, p, x, t, o, r);
     for (let i = 0; i < c.depth; i++) h = block(c, p, i, h, sc); // [N, T, D]
     const mod = linear(
       sc,
@@ -379,12 +477,16 @@ export function apply(
     );
     const [shift, scale] = tf.split(mod, 2, 1); // shift first here, unlike ADM's scale-shift
     const hn = layerNormModulate(h, shift, scale);
-    const out = linear(
+    let out = linear(
       hn,
       param(p, "final_layer.linear.weight"),
       param(p, "final_layer.linear.bias"),
-    ); // [N, T, p²·C']
-    return unpatchify(out as tf.Tensor3D, c.patchSize, outputChannels(c));
+    ) as tf.Tensor3D; // [N, T, p²·C']
+    if (r) {
+      const fromR = linear(r, param(p, "r_out.weight"), param(p, "r_out.bias"));
+      out = tf.add(out, tf.reshape(fromR, out.shape));
+    }
+    return unpatchify(out, c.patchSize, outputChannels(c));
   });
 }
 
@@ -409,7 +511,7 @@ export function features(
   if (blocks.length === 0) return new Map();
   const sorted = [...new Set(blocks)].sort((a, b) => a - b);
   const outs = tf.tidy(() => {
-    let { h, sc } = embed(c, p, x, t, o);
+    let { h, sc } = embed(c, p, x, t, o, representation(c, p, o));
     const kept: tf.Tensor3D[] = [];
     if (sorted[0] === 0) kept.push(h);
     for (let i = 0; i < sorted[sorted.length - 1]; i++) {
@@ -452,12 +554,17 @@ export const denoiser: Denoiser<DiTConfig> = {
     c.numClasses === undefined
       ? undefined
       : { classes: c.numClasses, dropRate: c.classDropoutProb },
-  conditioned: (c, classes, dropRate) => ({
-    ...c,
-    numClasses: classes,
-    classDropoutProb: dropRate,
-  }),
-  net: (c, p, xt, t, o = {}) => apply(c, p, xt, t, { y: o.y }),
+  // Class conditioning replaces a representation path (seed 000 tunes that way).
+  conditioned: (c, classes, dropRate) => {
+    const { encoder: _r, ...rest } = c;
+    return { ...rest, numClasses: classes, classDropoutProb: dropRate };
+  },
+  represented: (c) => c.encoder !== undefined,
+  withEncoder: (c, name) => {
+    const { numClasses: _labels, ...rest } = c;
+    return { ...rest, encoder: encoderFor(c, name) };
+  },
+  net: (c, p, xt, t, o = {}) => apply(c, p, xt, t, { y: o.y, x0: o.x0 }),
   features: (c, p, xt, t, blocks, o = {}) => {
     const g = c.inputSize / c.patchSize;
     const tokens = features(c, p, xt, t, blocks, o);

@@ -545,6 +545,10 @@ export const denoiser: Denoiser<UNetConfig> = {
     numClasses: classes + (dropRate > 0 ? 1 : 0),
     classDropout: dropRate,
   }),
+  represented: () => false,
+  withEncoder: () => {
+    throw new Error("The U-Net has no representation path: representation conditioning is DiT's");
+  },
   net: (c, p, xt, t, o = {}) => apply(c, p, xt, t, { y: o.y, dropoutRng: o.dropoutKey }).eps!,
   features: (c, p, xt, t, blocks, o = {}) =>
     apply(c, p, xt, t, { y: o.y, taps: blocks, needEps: false }).taps,

@@ -20,8 +20,9 @@ export type Section = "pretrain" | "001" | "002" | "000" | "bench";
 export interface Quote {
   /** The seed file quoted, under ../shared/seeds. */
   readonly seed: string;
-  /** The paper's table number. */
-  readonly table: number;
+  /** The paper's table number, or its figure's where the numbers are read from a figure or text. */
+  readonly table?: number;
+  readonly figure?: number;
   /** Cells as the paper prints them, keyed by column key; absent keys are blank. */
   readonly rows: readonly Readonly<Record<string, string>>[];
 }
@@ -271,7 +272,8 @@ export interface TableContext {
 }
 
 const wrapPath = (p: string) => (/[\s()<>]/.test(p) ? `<${p}>` : p);
-const paperSource = (q: Quote) => `${q.seed.slice(0, 3)} Table ${q.table}`;
+const quoted = (q: Quote) => q.figure !== undefined ? `Figure ${q.figure}` : `Table ${q.table}`;
+const paperSource = (q: Quote) => `${q.seed.slice(0, 3)} ${quoted(q)}`;
 
 /** The runs a table reads: of its experiments, satisfying its `where`. */
 export function selectRuns(
@@ -426,11 +428,9 @@ export function renderTable(
       ]),
     ),
   );
-  const bySeed = new Map<string, number[]>();
-  for (const q of def.paper ?? []) bySeed.set(q.seed, [...bySeed.get(q.seed) ?? [], q.table]);
-  const quotes = [...bySeed].map(([seed, t]) =>
-    `\`../shared/seeds/${seed}\`, Table${t.length > 1 ? "s" : ""} ${t.join(", ")}`
-  );
+  const bySeed = new Map<string, string[]>();
+  for (const q of def.paper ?? []) bySeed.set(q.seed, [...bySeed.get(q.seed) ?? [], quoted(q)]);
+  const quotes = [...bySeed].map(([seed, t]) => `\`../shared/seeds/${seed}\`, ${t.join(", ")}`);
   if (quotes.length > 0) out.push(`Paper rows quoted from ${quotes.join("; ")}.`);
   if (missing.length > 0) {
     out.push(

@@ -11,6 +11,7 @@ import { assert, assertEquals, assertNoLeaks, assertRejects } from "../assert.ts
 import { initEngine } from "../../lib/engine/mod.ts";
 import * as unet from "../../lib/models/unet.ts";
 import * as dit from "../../lib/models/dit.ts";
+import { loadModelWeights } from "../../lib/models/mod.ts";
 import { disposeParams, type Params } from "../../lib/params.ts";
 import { type Decoded, readSafetensors } from "../../lib/io/safetensors.ts";
 import { loadWeights } from "../../lib/io/torch_layout.ts";
@@ -215,11 +216,15 @@ function ditConfig(f: Fixture): dit.DiTConfig {
   };
 }
 
-const loadDit = (cfg: dit.DiTConfig, f: Fixture, sameLayout = DIT_TORCH_SAME_LAYOUT) =>
-  loadWeights(f.weights, dit.paramShapes(cfg), {
-    sameLayout,
-    fixed: dit.denoiser.referenceLayout.fixed!(cfg),
-  });
+// The official state_dict loads as it is through the model registry's loader (pos_embed checked
+// and dropped); `sameLayout` overridden only to show what a transposed label table does.
+const loadDit = (cfg: dit.DiTConfig, f: Fixture, sameLayout?: readonly string[]) =>
+  sameLayout
+    ? loadWeights(f.weights, dit.paramShapes(cfg), {
+      sameLayout,
+      fixed: dit.denoiser.referenceLayout.fixed!(cfg),
+    })
+    : loadModelWeights({ kind: "dit", name: "fixture", config: cfg }, f.weights);
 
 function ditInputs(f: Fixture) {
   return {
