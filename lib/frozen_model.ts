@@ -28,7 +28,7 @@ export interface LoadedModel {
   readonly step?: number;
   /** Batch size of the pre-training, for epochs = step · batch / images. */
   readonly batch?: number;
-  /** The autoencoder a latent model runs in (lib/latent_space.ts); absent for pixel models. */
+  /** The autoencoder a latent model runs in (lib/latent.ts); absent for pixel models. */
   readonly latent?: LatentSpec;
 }
 

@@ -2,13 +2,18 @@
 // diffusers-format reference weights or from the weights file `deno task train-vae` writes, and
 // the maps between images and scaled latents that a latent DiT trains and samples in
 // (DiT: `x0 = vae.encode(x).latent_dist.sample()·0.18215`, images = `vae.decode(z / 0.18215)`).
-// File I/O lives here rather than in lib/models/, which imports no io.
+// File I/O lives here rather than in lib/models/, which imports no io. A run in latent space
+// (`pretrain --latent vae`, tune, classify, dit-figures) opens a `LatentSpace`: the trained
+// autoencoder plus the record its results keep (path, sha256, scale), encodes its dataset once
+// (posterior means, as the Diffusion Classifier's reference encodes; facts.md §6) and decodes
+// what it draws.
 import * as tf from "@tensorflow/tfjs";
 import {
   configFaults,
   decode,
   encode,
   isAttentionLinear,
+  latentShape,
   paramShapes,
   referenceKey,
   sampleLatent,
@@ -26,6 +31,10 @@ import {
 } from "./io/checkpoint.ts";
 import { fromTorchLayout } from "./io/torch_layout.ts";
 import { shortList } from "./messages.ts";
+import { count, type Dataset, makeDataset } from "./data/dataset.ts";
+import { sha256File } from "./features_cache.ts";
+import { disposeParams } from "./params.ts";
+import type { LatentSpec } from "./pretrain.ts";
 
 /** An autoencoder as its weights file records it: kind, the preset it started from, config. */
 export interface VaeSpec {
@@ -183,4 +192,66 @@ export function toLatent(v: LoadedVae, x: tf.Tensor4D, key?: Rng): tf.Tensor4D {
 /** Images [N, S, S, C] from scaled latents [N, s, s, L]: decode(z / scale). */
 export function fromLatent(v: LoadedVae, z: tf.Tensor4D): tf.Tensor4D {
   return tf.tidy(() => decode(v.config, v.params, tf.div(z, v.scale) as tf.Tensor4D));
+}
+
+// ---------------------------------------------------------------------------------------------
+// A run's latent space
+// ---------------------------------------------------------------------------------------------
+
+/** A trained autoencoder opened for a run, with the record the run keeps of it. */
+export interface LatentSpace extends LoadedVae {
+  readonly latent: LatentSpec;
+}
+
+/** Open the autoencoder weights of `deno task train-vae` at `path` for a run. */
+export async function openLatentSpace(path: string): Promise<LatentSpace> {
+  const v = await loadVae(path);
+  const sha256 = await sha256File(path);
+  return { ...v, latent: { kind: "vae", weights: path, sha256, scale: v.scale } };
+}
+
+export function closeLatentSpace(s: LatentSpace): void {
+  disposeParams(s.params);
+}
+
+/**
+ * The dataset as scaled latent means (same labels and order), encoded in batches.
+ * @throws when the images do not fit the autoencoder
+ */
+export function encodeDataset(
+  s: LoadedVae,
+  ds: Dataset,
+  opts: { readonly batch?: number } = {},
+): Dataset {
+  const [h, w, c] = ds.shape;
+  if (h !== s.config.resolution || w !== s.config.resolution || c !== s.config.inChannels) {
+    throw new Error(
+      `Dataset "${ds.name}" has images ${h}×${w}×${c}; the autoencoder reads ` +
+        `${s.config.resolution}×${s.config.resolution}×${s.config.inChannels}`,
+    );
+  }
+  const n = count(ds), per = h * w * c, batch = opts.batch ?? 256;
+  const [lh, lw, lc] = latentShape(s.config);
+  const out = new Float32Array(n * lh * lw * lc);
+  for (let i = 0; i < n; i += batch) {
+    const m = Math.min(batch, n - i);
+    const z = tf.tidy(() =>
+      toLatent(s, tf.tensor4d(ds.images.subarray(i * per, (i + m) * per), [m, h, w, c]))
+    );
+    out.set(z.dataSync(), i * lh * lw * lc);
+    z.dispose();
+  }
+  return makeDataset({
+    name: `${ds.name}@latent`,
+    images: out,
+    labels: ds.labels,
+    shape: [lh, lw, lc],
+    classes: ds.classes,
+    ...(ds.sites ? { sites: ds.sites } : {}),
+  });
+}
+
+/** Scaled latents [N, h, w, c] → pixels [N, H, W, C] clipped to [-1, 1] (the caller owns them). */
+export function decodeLatents(s: LoadedVae, z: tf.Tensor4D): tf.Tensor4D {
+  return tf.tidy(() => tf.clipByValue(fromLatent(s, z), -1, 1));
 }

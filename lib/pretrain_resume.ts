@@ -8,6 +8,7 @@ import {
   checkpointFaults,
   disposeCheckpoint,
   loadCheckpoint,
+  type LoadedCheckpoint,
   loadParamsStrict,
   saveCheckpoint,
 } from "./io/checkpoint.ts";
@@ -93,6 +94,33 @@ function metaFaults(meta: Record<string, unknown>, step: number, every: number):
 }
 
 /**
+ * The checks every resumable run makes of its checkpoint before its tensors: that it belongs to
+ * this run and that its step lies within --steps. `fail` (which disposes the checkpoint and
+ * names it) serves the caller's further checks.
+ * @throws naming the checkpoint, which is left as it is
+ */
+export function checkRunHeader(
+  ck: LoadedCheckpoint,
+  path: string,
+  sameRun: boolean,
+  steps: number,
+): { readonly step: number; readonly fail: (what: string) => Error } {
+  const fail = (what: string) => {
+    disposeCheckpoint(ck);
+    return new Error(`Checkpoint "${path}" ${what}; it is left as it is`);
+  };
+  if (!sameRun) {
+    throw fail("belongs to a different run (config differs): use another --out or delete it");
+  }
+  const step = ck.step ?? -1;
+  if (!(Number.isSafeInteger(step) && step >= 0)) throw fail(`has a bad step ${ck.step}`);
+  if (step > steps) {
+    throw fail(`is at step ${step}, past --steps ${steps}: pass --steps ${step} or more`);
+  }
+  return { step, fail };
+}
+
+/**
  * A fresh run's state, or the checkpoint in `dir` resumed, after checking it belongs to this
  * run and is sound in every group.
  * @throws naming the file and every fault; the file is left untouched
@@ -112,19 +140,13 @@ export async function resumeOrInit(
     return { state, record: { curve: { every, points: [] }, window: [], segments: [] } };
   }
   const ck = await loadCheckpoint(path);
-  const fail = (what: string) => {
-    disposeCheckpoint(ck);
-    return new Error(`Checkpoint "${path}" ${what}; it is left as it is`);
-  };
   const saved = ck.meta.config as Resumable | undefined;
-  if (!saved || identity(saved) !== identity(cfg)) {
-    throw fail("belongs to a different run (config differs): use another --out or delete it");
-  }
-  const step = ck.step ?? -1;
-  if (!(Number.isSafeInteger(step) && step >= 0)) throw fail(`has a bad step ${ck.step}`);
-  if (step > cfg.steps) {
-    throw fail(`is at step ${step}, past --steps ${cfg.steps}: pass --steps ${step} or more`);
-  }
+  const { step, fail } = checkRunHeader(
+    ck,
+    path,
+    saved !== undefined && identity(saved) === identity(cfg),
+    cfg.steps,
+  );
   const shapes = paramShapes(cfg.model);
   const faults = [
     ...checkpointFaults(ck, {

@@ -25,7 +25,6 @@ import { namedSchedule, type Schedule } from "./diffusion/schedule.ts";
 import type { Task } from "./downstream.ts";
 import {
   checkpointFaults,
-  disposeCheckpoint,
   loadCheckpoint,
   loadParamsStrict,
   saveCheckpoint,
@@ -46,7 +45,7 @@ import { adam, disposeTensors, type Tensors } from "./optim.ts";
 import type { Params, ParamShapes } from "./params.ts";
 import type { LatentSpec } from "./pretrain.ts";
 import { BatchOrder, runKeys } from "./pretrain_data.ts";
-import { checkpointPath, type LossCurve, SegmentClock } from "./pretrain_resume.ts";
+import { checkpointPath, checkRunHeader, type LossCurve, SegmentClock } from "./pretrain_resume.ts";
 import { progress } from "./progress.ts";
 import { fold, foldName, normal, normalArray, randint, rng } from "./random.ts";
 import type { RunEnv, Segment } from "./results.ts";
@@ -285,19 +284,13 @@ async function resumeOrStart(
     return { state, record };
   }
   const ck = await loadCheckpoint(path);
-  const fail = (what: string) => {
-    disposeCheckpoint(ck);
-    return new Error(`Checkpoint "${path}" ${what}; it is left as it is`);
-  };
   const saved = ck.meta.config as TuneConfig | undefined;
-  if (!saved || identity(saved) !== identity(cfg)) {
-    throw fail("belongs to a different run (config differs): use another --out or delete it");
-  }
-  const step = ck.step ?? -1;
-  if (!(Number.isSafeInteger(step) && step >= 0)) throw fail(`has a bad step ${ck.step}`);
-  if (step > cfg.steps) {
-    throw fail(`is at step ${step}, past --steps ${cfg.steps}: pass --steps ${step} or more`);
-  }
+  const { step, fail } = checkRunHeader(
+    ck,
+    path,
+    saved !== undefined && identity(saved) === identity(cfg),
+    cfg.steps,
+  );
   const bestShapes: ParamShapes = Object.fromEntries(
     Object.entries(shapes).map(([k, s]) => [BEST_PREFIX + k, s]),
   );

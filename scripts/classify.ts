@@ -23,7 +23,7 @@ import { downstreamMetrics, loadProtocol } from "../lib/downstream.ts";
 import { loadFrozenModel } from "../lib/frozen_model.ts";
 import { writeFileAtomic } from "../lib/io/atomic.ts";
 import { readSafetensors } from "../lib/io/safetensors.ts";
-import { closeLatentSpace, encodeDataset, openLatentSpace } from "../lib/latent_space.ts";
+import { closeLatentSpace, encodeDataset, openLatentSpace } from "../lib/latent.ts";
 import { expectedCalibrationError, negativeLogLikelihood } from "../lib/metrics/classification.ts";
 import { inputShape } from "../lib/models/mod.ts";
 import { disposeParams } from "../lib/params.ts";
@@ -264,11 +264,11 @@ await runMain(async () => {
   // The same downstream splits as tuning, in the same space.
   const latent = cfg.latent;
   const space = latent ? await openLatentSpace(a.vae ?? latent.weights) : undefined;
-  if (space && space.spec.sha256 !== latent!.sha256) {
+  if (space && space.latent.sha256 !== latent!.sha256) {
     closeLatentSpace(space);
     release();
     throw new Error(
-      `The autoencoder "${space.spec.weights}" has sha256 ${space.spec.sha256}, but "${weights}" ` +
+      `The autoencoder "${space.latent.weights}" has sha256 ${space.latent.sha256}, but "${weights}" ` +
         `was tuned in the latents of sha256 ${latent!.sha256}: pass --vae with that file`,
     );
   }

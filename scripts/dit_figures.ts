@@ -21,7 +21,7 @@ import {
   encodeDataset,
   type LatentSpace,
   openLatentSpace,
-} from "../lib/latent_space.ts";
+} from "../lib/latent.ts";
 import { type Condition, conditionOf, denoise, learnSigma } from "../lib/models/mod.ts";
 import { disposeParams } from "../lib/params.ts";
 import { fold, foldName, normal, rng } from "../lib/random.ts";
@@ -106,8 +106,8 @@ await runMain(async () => {
   const vaes = new Set(models.map((m) => m.loaded.latent!.sha256));
   if (vaes.size !== 1) throw new UsageError("the models were trained in different latent spaces");
   const space: LatentSpace = await openLatentSpace(models[0].loaded.latent!.weights);
-  if (space.spec.sha256 !== models[0].loaded.latent!.sha256) {
-    throw new UsageError(`${space.spec.weights} changed since the models were trained on it`);
+  if (space.latent.sha256 !== models[0].loaded.latent!.sha256) {
+    throw new UsageError(`${space.latent.weights} changed since the models were trained on it`);
   }
   const sched = models[0].loaded.model.schedule;
   const dataset = models[0].loaded.dataset ?? "fashion-mnist";
@@ -124,7 +124,7 @@ await runMain(async () => {
     {
       models: Object.fromEntries(models.map((m) => [m.condition, m.path])),
       dataset,
-      vae: space.spec,
+      vae: space.latent,
       images: a.images,
       errorImages: nErr,
       startT: a["start-t"],

@@ -19,7 +19,7 @@ import {
   encodeDataset,
   type LatentSpace,
   openLatentSpace,
-} from "../lib/latent_space.ts";
+} from "../lib/latent.ts";
 import * as tf from "@tensorflow/tfjs";
 import { checkpointPath, disposeState, pretrain, type PretrainConfig } from "../lib/pretrain.ts";
 import { throughput } from "../lib/pretrain_resume.ts";
@@ -225,7 +225,7 @@ await runMain(async () => {
     emaRate: a.ema,
     ...(a["clip-norm"] > 0 ? { clipNorm: a["clip-norm"] } : {}),
     seed: a.seed,
-    ...(space ? { latent: space.spec } : {}),
+    ...(space ? { latent: space.latent } : {}),
   };
   const out = `${resultsDir()}/pretrain`;
   const resultsPath = `${out}/${run}.json`;

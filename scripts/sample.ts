@@ -6,7 +6,7 @@ import { disposeCheckpoint, loadCheckpoint, loadParamsStrict } from "../lib/io/c
 import { saveImageGrid } from "../lib/io/png.ts";
 import { writeRawArray } from "../lib/io/raw_array.ts";
 import { type ModelSpec, paramShapes, represented, specFromMeta } from "../lib/models/mod.ts";
-import { closeLatentSpace, decodeLatents, openLatentSpace } from "../lib/latent_space.ts";
+import { closeLatentSpace, decodeLatents, openLatentSpace } from "../lib/latent.ts";
 import type { LatentSpec } from "../lib/pretrain.ts";
 import * as tf from "@tensorflow/tfjs";
 import { disposeParams } from "../lib/params.ts";
@@ -98,7 +98,7 @@ await runMain(async () => {
   // A latent model's draws are decoded by the autoencoder its checkpoint names.
   const latent = (ck.meta.config as { latent?: LatentSpec }).latent;
   const space = latent && await openLatentSpace(latent.weights);
-  if (space && space.spec.sha256 !== latent!.sha256) {
+  if (space && space.latent.sha256 !== latent!.sha256) {
     throw new UsageError(`${latent!.weights} changed since the model was trained on its latents`);
   }
   const bar = progress({ label: "sample", total: a.steps });

@@ -25,10 +25,14 @@ import { fold } from "../lib/random.ts";
 import { disposeParams } from "../lib/params.ts";
 import { runLoop, type StepOptions, type TrainState, trainStep } from "../lib/train.ts";
 import { BatchOrder, runKeys } from "../lib/pretrain_data.ts";
-import { checkpointPath, SegmentClock, throughput } from "../lib/pretrain_resume.ts";
+import {
+  checkpointPath,
+  checkRunHeader,
+  SegmentClock,
+  throughput,
+} from "../lib/pretrain_resume.ts";
 import {
   checkpointFaults,
-  disposeCheckpoint,
   loadCheckpoint,
   loadParamsStrict,
   saveCheckpoint,
@@ -194,19 +198,13 @@ async function resumeOrInit(
     };
   }
   const ck = await loadCheckpoint(path);
-  const fail = (what: string) => {
-    disposeCheckpoint(ck);
-    return new Error(`Checkpoint "${path}" ${what}; it is left as it is`);
-  };
   const saved = ck.meta.config as VaeRunConfig | undefined;
-  if (!saved || identity(saved) !== identity(cfg)) {
-    throw fail("belongs to a different run (config differs): use another --out or delete it");
-  }
-  const step = ck.step ?? -1;
-  if (!(Number.isSafeInteger(step) && step >= 0)) throw fail(`has a bad step ${ck.step}`);
-  if (step > cfg.steps) {
-    throw fail(`is at step ${step}, past --steps ${cfg.steps}: pass --steps ${step} or more`);
-  }
+  const { step, fail } = checkRunHeader(
+    ck,
+    path,
+    saved !== undefined && identity(saved) === identity(cfg),
+    cfg.steps,
+  );
   const shapes = paramShapes(cfg.model.config);
   const faults = [
     ...checkpointFaults(ck, { params: shapes, opt: opts.optimizer.slotShapes(shapes) }),

@@ -15,7 +15,7 @@ import {
   encodeDataset,
   type LatentSpace,
   openLatentSpace,
-} from "../lib/latent_space.ts";
+} from "../lib/latent.ts";
 import {
   carryParams,
   conditionedSpec,
@@ -165,10 +165,10 @@ async function latentSpaceOf(
 ): Promise<LatentSpace> {
   const path = override ?? recorded.weights;
   const space = await openLatentSpace(path);
-  if (space.spec.sha256 !== recorded.sha256) {
+  if (space.latent.sha256 !== recorded.sha256) {
     closeLatentSpace(space);
     throw new Error(
-      `The autoencoder "${path}" has sha256 ${space.spec.sha256}, but "${weights}" was ` +
+      `The autoencoder "${path}" has sha256 ${space.latent.sha256}, but "${weights}" was ` +
         `pre-trained in the latents of sha256 ${recorded.sha256}: pass --vae with that file`,
     );
   }
@@ -219,7 +219,9 @@ await runMain(async () => {
   };
   const p = await loadProtocol(dataset, { ...protocol, size: side, channels: channels as 1 | 3 });
   const encode = (ds: Dataset) => (space ? encodeDataset(space, ds) : ds);
-  if (space) console.error(`tune: encoding ${a.train + a.valid} images with ${space.spec.weights}`);
+  if (space) {
+    console.error(`tune: encoding ${a.train + a.valid} images with ${space.latent.weights}`);
+  }
   const train = encode(p.train), valid = encode(p.valid);
   if (space) closeLatentSpace(space);
 
@@ -247,7 +249,7 @@ await runMain(async () => {
     model,
     schedule: source.model.schedule.name as "linear" | "cosine",
     diffusionSteps: source.model.schedule.T,
-    ...(space ? { latent: space.spec } : {}),
+    ...(space ? { latent: space.latent } : {}),
     source: { weights, sha256: source.sha256, condition, fromScratch: a["from-scratch"] },
     pretraining,
     protocol,

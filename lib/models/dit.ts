@@ -24,15 +24,16 @@ import * as tf from "@tensorflow/tfjs";
 import type { Rng } from "../random.ts";
 import * as vit from "./vit.ts";
 import type { BlockInfo, Denoiser } from "./denoiser.ts";
-import { countParams, type Params, type ParamShapes, toVariables } from "../params.ts";
+import { countParams, type Params, type ParamShapes } from "../params.ts";
 import {
   geluTanh,
-  initParam,
+  initSpecs,
   layerNormModulate,
   linear,
   type ParamSpec,
   qkvAttention,
   silu,
+  specShapes,
   timestepEmbedding,
 } from "./nn.ts";
 
@@ -262,7 +263,7 @@ export function paramSpecs(c: DiTConfig): Record<string, ParamSpec> {
 
 /** Parameter shapes from the config alone (nothing allocated); `pos_embed` is not among them. */
 export function paramShapes(c: DiTConfig): ParamShapes {
-  return Object.fromEntries(Object.entries(paramSpecs(c)).map(([k, s]) => [k, s.shape]));
+  return specShapes(paramSpecs(c));
 }
 
 /** Trainable parameters, from shapes (DiT-XL/2: 674,834,720; + pos_embed = 675,129,632 as printed by DiT). */
@@ -277,11 +278,7 @@ export function posEmbedSize(c: DiTConfig): number {
 
 /** Fresh parameters with DiT's init; each draw keyed by (rng, name). */
 export function init(c: DiTConfig, rng: Rng): Params {
-  const values: Record<string, tf.Tensor> = {};
-  for (const [name, spec] of Object.entries(paramSpecs(c))) {
-    values[name] = initParam(rng, name, spec);
-  }
-  return toVariables(values);
+  return initSpecs(paramSpecs(c), rng);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { foldName, normal, type Rng, uniform } from "../random.ts";
 import * as fused from "../engine/fused/mod.ts";
+import { type Params, type ParamShapes, toVariables } from "../params.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Dense and convolution
@@ -405,6 +406,18 @@ export function initParam(rng: Rng, name: string, spec: ParamSpec): tf.Tensor {
       return uniform(foldName(rng, name), shape, -bound, bound);
     }
   }
+}
+
+/** The shapes of a model's parameter specs (nothing allocated). */
+export function specShapes(specs: Readonly<Record<string, ParamSpec>>): ParamShapes {
+  return Object.fromEntries(Object.entries(specs).map(([k, s]) => [k, s.shape]));
+}
+
+/** Fresh variables for a model's parameter specs, each draw keyed by (rng, name). */
+export function initSpecs(specs: Readonly<Record<string, ParamSpec>>, rng: Rng): Params {
+  const values: Record<string, tf.Tensor> = {};
+  for (const [name, spec] of Object.entries(specs)) values[name] = initParam(rng, name, spec);
+  return toVariables(values);
 }
 
 /** Specs of a conv (weight [k, k, in, out], bias [out]) under `prefix`, PyTorch-default init. */

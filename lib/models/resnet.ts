@@ -19,8 +19,8 @@
 // Symbols: N batch, S input side, C input channels, W_s stage widths, K classes.
 import * as tf from "@tensorflow/tfjs";
 import type { Rng } from "../random.ts";
-import { countParams, type Params, type ParamShapes, toVariables } from "../params.ts";
-import { conv2d, groupNorm, initParam, linear, type ParamSpec } from "./nn.ts";
+import { countParams, type Params, type ParamShapes } from "../params.ts";
+import { conv2d, groupNorm, initSpecs, linear, type ParamSpec, specShapes } from "./nn.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Config and presets
@@ -142,7 +142,7 @@ export function paramSpecs(c: ResNetConfig): Record<string, ParamSpec> {
 
 /** Parameter shapes from the config alone (nothing allocated). */
 export function paramShapes(c: ResNetConfig): ParamShapes {
-  return Object.fromEntries(Object.entries(paramSpecs(c)).map(([k, s]) => [k, s.shape]));
+  return specShapes(paramSpecs(c));
 }
 
 /**
@@ -155,11 +155,7 @@ export function numParams(c: ResNetConfig): number {
 
 /** Fresh parameters (torchvision's init); each draw keyed by (rng, name). */
 export function init(c: ResNetConfig, rng: Rng): Params {
-  const values: Record<string, tf.Tensor> = {};
-  for (const [name, spec] of Object.entries(paramSpecs(c))) {
-    values[name] = initParam(rng, name, spec);
-  }
-  return toVariables(values);
+  return initSpecs(paramSpecs(c), rng);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@
 // linears, out.0 GN, out.2 conv (zero-init). Symbols: N batch, S side, C channels, E = 4·mc.
 import * as tf from "@tensorflow/tfjs";
 import type { Rng } from "../random.ts";
-import { countParams, type Params, type ParamShapes, toVariables } from "../params.ts";
+import { countParams, type Params, type ParamShapes } from "../params.ts";
 import {
   avgPool2,
   conv2d,
@@ -20,13 +20,14 @@ import {
   dropout,
   groupNorm,
   groupNormScaleShift,
-  initParam,
+  initSpecs,
   linear,
   linearSpecs,
   normSpecs,
   type ParamSpec,
   qkvAttention,
   silu,
+  specShapes,
   timestepEmbedding,
   upsampleNearest2,
 } from "./nn.ts";
@@ -320,7 +321,7 @@ export const isTorchConv1d = (key: string): boolean => /\.(qkv|proj_out)\.weight
 
 /** Parameter shapes from the config alone (nothing allocated): drives init, counts and loading. */
 export function paramShapes(c: UNetConfig): ParamShapes {
-  return Object.fromEntries(Object.entries(paramSpecs(c)).map(([k, s]) => [k, s.shape]));
+  return specShapes(paramSpecs(c));
 }
 
 /** Number of parameters, from shapes (adm256: 552,814,086). */
@@ -330,11 +331,7 @@ export function numParams(c: UNetConfig): number {
 
 /** Fresh parameters: PyTorch-default init, zero-init where ADM uses it; draws keyed by name. */
 export function init(c: UNetConfig, rng: Rng): Params {
-  const values: Record<string, tf.Tensor> = {};
-  for (const [name, spec] of Object.entries(paramSpecs(c))) {
-    values[name] = initParam(rng, name, spec);
-  }
-  return toVariables(values);
+  return initSpecs(paramSpecs(c), rng);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -20,17 +20,18 @@
 // s = S/f latent side, L latent channels.
 import * as tf from "@tensorflow/tfjs";
 import { normal, type Rng } from "../random.ts";
-import { countParams, type Params, type ParamShapes, toVariables } from "../params.ts";
+import { countParams, type Params, type ParamShapes } from "../params.ts";
 import {
   conv2d,
   convSpecs,
   groupNorm,
-  initParam,
+  initSpecs,
   linear,
   linearSpecs,
   normSpecs,
   type ParamSpec,
   qkvAttention,
+  specShapes,
   upsampleNearest2,
 } from "./nn.ts";
 
@@ -279,7 +280,7 @@ export function paramSpecs(c: VAEConfig): Record<string, ParamSpec> {
 
 /** Parameter shapes from the config alone (nothing allocated): drives init, counts and loading. */
 export function paramShapes(c: VAEConfig): ParamShapes {
-  return Object.fromEntries(Object.entries(paramSpecs(c)).map(([k, s]) => [k, s.shape]));
+  return specShapes(paramSpecs(c));
 }
 
 /** Number of parameters, from shapes (sd-vae: 83,653,863). */
@@ -289,11 +290,7 @@ export function numParams(c: VAEConfig): number {
 
 /** Fresh parameters, PyTorch-default init; draws keyed by name. */
 export function init(c: VAEConfig, rng: Rng): Params {
-  const values: Record<string, tf.Tensor> = {};
-  for (const [name, spec] of Object.entries(paramSpecs(c))) {
-    values[name] = initParam(rng, name, spec);
-  }
-  return toVariables(values);
+  return initSpecs(paramSpecs(c), rng);
 }
 
 // Older diffusers releases (the `AttentionBlock` of diffusers < 0.15, and the HF copies of

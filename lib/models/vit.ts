@@ -17,8 +17,16 @@
 // checkpoint does not load into "mean" as is.
 import * as tf from "@tensorflow/tfjs";
 import type { Rng } from "../random.ts";
-import { countParams, type Params, type ParamShapes, toVariables } from "../params.ts";
-import { geluExact, initParam, layerNorm, linear, type ParamSpec, qkvAttention } from "./nn.ts";
+import { countParams, type Params, type ParamShapes } from "../params.ts";
+import {
+  geluExact,
+  initSpecs,
+  layerNorm,
+  linear,
+  type ParamSpec,
+  qkvAttention,
+  specShapes,
+} from "./nn.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Config and presets
@@ -187,7 +195,7 @@ export function paramSpecs(c: ViTConfig, prefix = ""): Record<string, ParamSpec>
 
 /** Parameter shapes from the config alone (nothing allocated), keys prefixed by `prefix`. */
 export function paramShapes(c: ViTConfig, prefix = ""): ParamShapes {
-  return Object.fromEntries(Object.entries(paramSpecs(c, prefix)).map(([k, s]) => [k, s.shape]));
+  return specShapes(paramSpecs(c, prefix));
 }
 
 /**
@@ -200,11 +208,7 @@ export function numParams(c: ViTConfig): number {
 
 /** Fresh parameters with timm's default init; each draw keyed by (rng, prefixed name). */
 export function init(c: ViTConfig, rng: Rng, prefix = ""): Params {
-  const values: Record<string, tf.Tensor> = {};
-  for (const [name, spec] of Object.entries(paramSpecs(c, prefix))) {
-    values[name] = initParam(rng, name, spec);
-  }
-  return toVariables(values);
+  return initSpecs(paramSpecs(c, prefix), rng);
 }
 
 // ---------------------------------------------------------------------------------------------

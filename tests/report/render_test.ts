@@ -113,7 +113,10 @@ Deno.test("writeReport() draws the sections in paper order, the figures, and oth
     );
     assert.ok(md.includes("| ours: **missing** | GD (L, pool 2×2) |"), md);
     assert.ok(md.includes("| 002 Table 5 | DifFeed | 1% | 52.9% |"), md);
-    assert.ok(md.includes("| 000 Table 4 | Representation-Conditioned (ours) | .9497 |"), md);
+    assert.ok(
+      md.includes("| 000 Table 4 | Representation-Conditioned (ours) | binary | .9497 |"),
+      md,
+    );
     // Benchmarks in the new form; what no table shows is listed under other measurements.
     const bench = "results/bench/models-1.json";
     assert.ok(
