@@ -6,7 +6,7 @@ import * as E from "fp-ts/lib/Either.js";
 import * as A from "fp-ts/lib/Array.js";
 import * as NEA from "fp-ts/lib/NonEmptyArray.js";
 import { sequenceS } from "fp-ts/lib/Apply.js";
-import { dirname, join, relative, resolve } from "node:path";
+import { basename, dirname, join, relative, resolve } from "node:path";
 import * as os from "node:os";
 import { writeFileAtomic } from "./io/atomic.ts";
 
@@ -382,4 +382,15 @@ export async function readAllResults(
     }
   }
   return { results, problems };
+}
+
+/**
+ * The run a weights file belongs to, file-safe: `checkpoints/pretrain/<run>/checkpoint.safetensors`
+ * and `results/pretrain/<run>.weights.safetensors` both give `<run>`.
+ */
+export function runStem(weights: string): string {
+  const folder = basename(dirname(resolve(weights)));
+  const file = basename(weights).replace(/\.(weights\.)?safetensors$/, "");
+  const stem = file === "checkpoint" && folder ? folder : file;
+  return stem.replace(/[^A-Za-z0-9._-]+/g, "-").replace(/^[.-]+/, "") || "checkpoint";
 }

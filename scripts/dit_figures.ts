@@ -27,7 +27,7 @@ import { disposeParams } from "../lib/params.ts";
 import { fold, foldName, normal, rng } from "../lib/random.ts";
 import { saveImageGrid } from "../lib/io/png.ts";
 import { lineChart, renderFigure } from "../lib/report/figures.ts";
-import { finishRun, parseResult, resultsDir, startRun } from "../lib/results.ts";
+import { finishRun, parseResult, resultsDir, runStem, startRun } from "../lib/results.ts";
 
 const run = (c: string) => `fashion-mnist-dit-small-latent${c}-seed0`;
 const weightsOf = (c: string) => `results/pretrain/${run(c)}.weights.safetensors`;
@@ -53,6 +53,12 @@ const FLAGS = {
     min: 1,
   },
   "start-t": { kind: "int", default: 100, help: "Figure 7's partial denoising start", min: 1 },
+  weights: {
+    kind: "string",
+    default: "ema",
+    help: "which weights of a training checkpoint (exported files hold the EMA only)",
+    choices: ["ema", "raw"],
+  },
   run: { kind: "string", default: "fashion-mnist-dit-small-latent-seed0", help: "output name" },
   quiet: { kind: "boolean", help: "no progress lines" },
 } as const;
@@ -94,7 +100,7 @@ await runMain(async () => {
   const paths: [Condition, string][] = [["none", a.none], ["class", a.class], ["repr", a.repr]];
   const models: Model[] = [];
   for (const [condition, path] of paths.filter(([, p]) => p !== "")) {
-    const loaded = await loadFrozenModel(path);
+    const loaded = await loadFrozenModel(path, a.weights as "ema" | "raw");
     if (conditionOf(loaded.model.spec) !== condition) {
       throw new UsageError(
         `--${condition}: ${path} holds a ${conditionOf(loaded.model.spec)}-conditioned model`,
@@ -123,6 +129,7 @@ await runMain(async () => {
     a.run,
     {
       models: Object.fromEntries(models.map((m) => [m.condition, m.path])),
+      weights: Object.fromEntries(models.map((m) => [m.condition, m.loaded.weights])),
       dataset,
       vae: space.latent,
       images: a.images,
@@ -146,7 +153,7 @@ await runMain(async () => {
   const curves: Record<string, [number, number][]> = {};
   const minima: Record<string, number> = {};
   for (const m of models) {
-    const json = m.path.replace(/\.weights\.safetensors$/, ".json");
+    const json = `${resultsDir()}/pretrain/${runStem(m.path)}.json`;
     const r = parseResult(await Deno.readTextFile(json), json);
     const pts = (r.metrics.loss_curve as { points: [number, number][] }).points;
     curves[m.condition] = pts;

@@ -12,8 +12,7 @@ import * as tf from "@tensorflow/tfjs";
 import { disposeParams } from "../lib/params.ts";
 import { type DiffusionSpec, sampleImages } from "../lib/sampling.ts";
 import { progress } from "../lib/progress.ts";
-import { finishRun, resultsDir, startRun } from "../lib/results.ts";
-import { basename, dirname, resolve } from "node:path";
+import { finishRun, resultsDir, runStem, startRun } from "../lib/results.ts";
 
 const FLAGS = {
   ...COMMON_FLAGS,
@@ -37,14 +36,6 @@ const FLAGS = {
   },
   run: { kind: "string", help: "run name (default: <checkpoint dir>-<method><steps>-seed<seed>)" },
 } as const;
-
-/** A file-safe stem for the default run name: the checkpoint's folder, else its file name. */
-function runStem(checkpoint: string): string {
-  const folder = basename(dirname(resolve(checkpoint)));
-  const file = basename(checkpoint).replace(/\.(weights\.)?safetensors$/, "");
-  const stem = file === "checkpoint" && folder ? folder : file;
-  return stem.replace(/[^A-Za-z0-9._-]+/g, "-").replace(/^[.-]+/, "") || "checkpoint";
-}
 
 await runMain(async () => {
   const a = parseCli(
