@@ -129,7 +129,10 @@ await runMain(async () => {
     a.run,
     {
       models: Object.fromEntries(models.map((m) => [m.condition, m.path])),
-      weights: Object.fromEntries(models.map((m) => [m.condition, m.loaded.weights])),
+      // An exported weights file holds the EMA weights as its only group.
+      weights: Object.fromEntries(
+        models.map((m) => [m.condition, a.weights === "ema" ? "ema" : m.loaded.weights]),
+      ),
       dataset,
       vae: space.latent,
       images: a.images,

@@ -774,7 +774,10 @@ const p000: TableDef[] = [
     scale: { paper: PAPER_CT, ours: OURS_DIT },
     note: "The loss is ‖ε − ε̂‖² (seed 000 eq. 2); our minimum is that of the logged curve, " +
       "a mean over each 10 steps. The representation r = f_φ(z0) is computed from the very " +
-      "latent the model denoises, so the gap measures how much of z0 the encoder passes on.",
+      "latent the model denoises, so the gap measures how much of z0 the encoder passes on. " +
+      "The grids below are drawn with the EMA weights (rate 0.999), which after 600 steps still " +
+      "hold 0.999^600 = 55 % of the initial, zero-output model: they look like noise. Draws " +
+      "from the raw weights are under Samples (deno task sample --weights raw).",
     experiments: ["pretrain"],
     where: { "config.model": "dit" },
     columns: [
@@ -812,6 +815,7 @@ const p000: TableDef[] = [
       "unconditional one from t ≈ 400.",
     experiments: ["dit-figures"],
     columns: [
+      { key: "weights", header: "weights", path: "config.weights.none" },
       { key: "images", header: "images", path: "config.errorImages", format: "int" },
       ...(["none", "class", "repr"] as const).flatMap((c) =>
         [100, 500, 900].map((t) => ({
