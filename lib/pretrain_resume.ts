@@ -12,7 +12,7 @@ import {
   loadParamsStrict,
   saveCheckpoint,
 } from "./io/checkpoint.ts";
-import { removeStaleTemps } from "./io/atomic.ts";
+import { fileExists, removeStaleTemps } from "./io/atomic.ts";
 import { shortList } from "./messages.ts";
 import type { RunEnv, Segment } from "./results.ts";
 import type { Rng } from "./random.ts";
@@ -42,16 +42,6 @@ export interface Resumable {
 }
 
 const identity = (c: Resumable) => JSON.stringify({ ...c, steps: undefined });
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw new Error(`Cannot read checkpoint "${path}": ${(e as Error).message}`);
-  }
-}
 
 // Faults of the metadata: step, optimiser count, loss curve, window and segments must agree.
 function metaFaults(meta: Record<string, unknown>, step: number, every: number): string[] {
@@ -135,7 +125,7 @@ export async function resumeOrInit(
   const path = checkpointPath(dir);
   // Temp files of checkpoint writes killed mid-way are useless; free their space at the start.
   await removeStaleTemps(path).catch(() => []);
-  if (!await exists(path)) {
+  if (!await fileExists(path)) {
     const state = initTrainState(initParams(cfg.model, initKey), opts);
     return { state, record: { curve: { every, points: [] }, window: [], segments: [] } };
   }

@@ -29,7 +29,7 @@ import {
   loadParamsStrict,
   saveCheckpoint,
 } from "./io/checkpoint.ts";
-import { removeStaleTemps } from "./io/atomic.ts";
+import { fileExists, removeStaleTemps } from "./io/atomic.ts";
 import { shortList } from "./messages.ts";
 import {
   type Condition,
@@ -213,16 +213,6 @@ export interface TuneRecord {
   readonly segments: Segment[];
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw new Error(`Cannot read checkpoint "${path}": ${(e as Error).message}`);
-  }
-}
-
 const prefixed = (p: string, ts: Tensors): Tensors =>
   Object.fromEntries(Object.entries(ts).map(([k, v]) => [p + k, v]));
 
@@ -271,7 +261,7 @@ async function resumeOrStart(
   const path = checkpointPath(dir);
   await removeStaleTemps(path).catch(() => []);
   const shapes = paramShapes(cfg.model);
-  if (!await exists(path)) {
+  if (!await fileExists(path)) {
     const state = initTrainState(initial, opts);
     const record: TuneRecord = {
       curve: { every, points: [] },

@@ -1,6 +1,7 @@
 // deno task pretrain: pre-train a diffusion model (the ADM U-Net or the DiT) with the diffusion
 // loss on a dataset, resumable, then draw a DDIM sample grid and write results/pretrain/<run>.json.
 import { COMMON_FLAGS, parseCli, runMain, UsageError, type Values } from "../lib/cli.ts";
+import { fileExists } from "../lib/io/atomic.ts";
 import { initEngine } from "../lib/engine/mod.ts";
 import { count, loadDataset } from "../lib/data/dataset.ts";
 import {
@@ -276,13 +277,7 @@ await runMain(async () => {
   }
   // A finished run rerun: nothing trained, so its results stay as they were.
   if (r.stepsThisRun === 0) {
-    let written = true;
-    try {
-      await Deno.stat(resultsPath);
-    } catch {
-      written = false;
-    }
-    if (written) {
+    if (await fileExists(resultsPath)) {
       console.error(
         `pretrain: ${run} is finished (step ${r.state.step}); results in ${resultsPath}`,
       );

@@ -37,7 +37,7 @@ import {
   loadParamsStrict,
   saveCheckpoint,
 } from "../lib/io/checkpoint.ts";
-import { removeStaleTemps } from "../lib/io/atomic.ts";
+import { fileExists, removeStaleTemps } from "../lib/io/atomic.ts";
 import { saveImageGrid } from "../lib/io/png.ts";
 import { shortList } from "../lib/messages.ts";
 import { finishRun, resultsDir, type Segment, startRun } from "../lib/results.ts";
@@ -172,16 +172,6 @@ function metaFaults(meta: Record<string, unknown>, step: number, every: number):
   return faults;
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
-  }
-}
-
 /** A fresh run, or the checkpoint in `dir` after checking it belongs to this run and is sound. */
 async function resumeOrInit(
   cfg: VaeRunConfig,
@@ -191,7 +181,7 @@ async function resumeOrInit(
 ): Promise<{ state: TrainState; record: RunRecord }> {
   const path = checkpointPath(dir);
   await removeStaleTemps(path).catch(() => []);
-  if (!await exists(path)) {
+  if (!await fileExists(path)) {
     const params = init(cfg.model.config, runKeys(cfg.seed).init);
     return {
       state: { params, opt: opts.optimizer.init(params), step: 0 },
@@ -417,7 +407,7 @@ await runMain(async () => {
     disposeState(state);
     Deno.exit(signal === "SIGINT" ? 130 : 143);
   }
-  if (state.step === resumedFrom && await exists(resultsPath)) {
+  if (state.step === resumedFrom && await fileExists(resultsPath)) {
     console.error(`train-vae: ${run} is finished (step ${state.step}); results in ${resultsPath}`);
     disposeState(state);
     return;

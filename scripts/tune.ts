@@ -5,6 +5,7 @@
 // ε-MSE. Resumable; writes results/tune/<run>.json and the kept weights, which
 // `deno task classify` reads.
 import { COMMON_FLAGS, parseCli, runMain, UsageError, type Values } from "../lib/cli.ts";
+import { fileExists } from "../lib/io/atomic.ts";
 import { initEngine } from "../lib/engine/mod.ts";
 import { count, type Dataset } from "../lib/data/dataset.ts";
 import { DEFAULT_POSITIVES, loadProtocol, TABLE1_SIZES, type Task } from "../lib/downstream.ts";
@@ -337,13 +338,7 @@ await runMain(async () => {
   }
   const rec = r.record;
   if (r.stepsThisRun === 0) {
-    let written = true;
-    try {
-      await Deno.stat(resultsPath);
-    } catch {
-      written = false;
-    }
-    if (written) {
+    if (await fileExists(resultsPath)) {
       console.error(`tune: ${run} is finished (step ${r.state.step}); results in ${resultsPath}`);
       release();
       return;

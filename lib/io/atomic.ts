@@ -163,3 +163,17 @@ export async function removeStaleTemps(targetPath: string): Promise<string[]> {
   }
   return removed;
 }
+
+/**
+ * Whether a file exists: false when it does not, an Error naming it for any other failure to
+ * look (permissions, I/O).
+ */
+export async function fileExists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw new Error(`Cannot read "${path}": ${(e as Error).message}`);
+  }
+}
