@@ -26,7 +26,6 @@
 import { dirname, join } from "node:path";
 import * as tf from "@tensorflow/tfjs";
 import {
-  batchAt,
   batches,
   count,
   type Dataset,
@@ -44,7 +43,7 @@ import {
 import { fold, foldName, permutation, type Rng, rng } from "./random.ts";
 import { finishRun, resultsDir, type RunHandle, type RunOutcome } from "./results.ts";
 import { adam } from "./optim.ts";
-import type { Classifier } from "./probe.ts";
+import { type Classifier, memoryRows, predict } from "./probe.ts";
 import { initTrainState, trainStep } from "./train.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -485,20 +484,8 @@ export interface FitResult {
 }
 
 /** Top-1 predictions of a classifier on every image of `ds`, in batches. */
-export async function predictLabels(
-  model: Classifier,
-  ds: Dataset,
-  batch = 256,
-): Promise<Int32Array> {
-  const out = new Int32Array(count(ds));
-  for (let s = 0; s < count(ds); s += batch) {
-    const idx = Int32Array.from({ length: Math.min(batch, count(ds) - s) }, (_, i) => s + i);
-    const b = batchAt(ds, idx);
-    const pred = tf.tidy(() => tf.argMax(model.apply(model.params, b.x), 1));
-    out.set(await pred.data() as Int32Array, s);
-    tf.dispose([pred, b.x, b.y]);
-  }
-  return out;
+export function predictLabels(model: Classifier, ds: Dataset, batch = 256): Promise<Int32Array> {
+  return predict(model, memoryRows(ds.images, ds.shape), undefined, batch);
 }
 
 /**

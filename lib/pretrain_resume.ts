@@ -41,8 +41,6 @@ export interface Resumable {
   readonly steps: number;
 }
 
-const identity = (c: Resumable) => JSON.stringify({ ...c, steps: undefined });
-
 // Faults of the metadata: step, optimiser count, loss curve, window and segments must agree.
 function metaFaults(meta: Record<string, unknown>, step: number, every: number): string[] {
   const faults: string[] = [];
@@ -84,30 +82,42 @@ function metaFaults(meta: Record<string, unknown>, step: number, every: number):
 }
 
 /**
- * The checks every resumable run makes of its checkpoint before its tensors: that it belongs to
- * this run and that its step lies within --steps. `fail` (which disposes the checkpoint and
- * names it) serves the caller's further checks.
+ * A run's identity for resuming: its whole config except the step budget, which a rerun may
+ * raise (or lower down to the checkpoint's step).
+ */
+const runIdentity = (c: { readonly steps: number }) => JSON.stringify({ ...c, steps: undefined });
+
+/**
+ * Open a resumable run's checkpoint with the checks every run makes before its tensors: that it
+ * belongs to this run (`identity` of the saved config equals that of `cfg`) and that its step
+ * lies within --steps. `fail` (which disposes the checkpoint and names it) serves the caller's
+ * further checks.
  * @throws naming the checkpoint, which is left as it is
  */
-export function checkRunHeader(
-  ck: LoadedCheckpoint,
+export async function openRunCheckpoint<C extends { readonly steps: number }>(
   path: string,
-  sameRun: boolean,
-  steps: number,
-): { readonly step: number; readonly fail: (what: string) => Error } {
+  cfg: C,
+  identity: (c: C) => string = runIdentity,
+): Promise<{
+  readonly ck: LoadedCheckpoint;
+  readonly step: number;
+  readonly fail: (what: string) => Error;
+}> {
+  const ck = await loadCheckpoint(path);
   const fail = (what: string) => {
     disposeCheckpoint(ck);
     return new Error(`Checkpoint "${path}" ${what}; it is left as it is`);
   };
-  if (!sameRun) {
+  const saved = ck.meta.config as C | undefined;
+  if (saved === undefined || identity(saved) !== identity(cfg)) {
     throw fail("belongs to a different run (config differs): use another --out or delete it");
   }
   const step = ck.step ?? -1;
   if (!(Number.isSafeInteger(step) && step >= 0)) throw fail(`has a bad step ${ck.step}`);
-  if (step > steps) {
-    throw fail(`is at step ${step}, past --steps ${steps}: pass --steps ${step} or more`);
+  if (step > cfg.steps) {
+    throw fail(`is at step ${step}, past --steps ${cfg.steps}: pass --steps ${step} or more`);
   }
-  return { step, fail };
+  return { ck, step, fail };
 }
 
 /**
@@ -129,14 +139,7 @@ export async function resumeOrInit(
     const state = initTrainState(initParams(cfg.model, initKey), opts);
     return { state, record: { curve: { every, points: [] }, window: [], segments: [] } };
   }
-  const ck = await loadCheckpoint(path);
-  const saved = ck.meta.config as Resumable | undefined;
-  const { step, fail } = checkRunHeader(
-    ck,
-    path,
-    saved !== undefined && identity(saved) === identity(cfg),
-    cfg.steps,
-  );
+  const { ck, step, fail } = await openRunCheckpoint(path, cfg);
   const shapes = paramShapes(cfg.model);
   const faults = [
     ...checkpointFaults(ck, {

@@ -217,9 +217,9 @@ export async function trainHeads(
   return jobs.map((j, i) => ({ ...own[i], name: j.name, curve: curves[i] }));
 }
 
-/** Top-1 predictions of a trained head on rows `indices` (default all) of `src`. */
+/** Top-1 predictions of a classifier (a trained head) on rows `indices` (default all) of `src`. */
 export async function predict(
-  h: TrainedHead,
+  h: Classifier,
   src: RowSource,
   indices?: Int32Array,
   batch = 512,

@@ -23,12 +23,7 @@ import { diffusionLoss } from "./diffusion/losses.ts";
 import { qSample, splitOutput } from "./diffusion/gaussian.ts";
 import { namedSchedule, type Schedule } from "./diffusion/schedule.ts";
 import type { Task } from "./downstream.ts";
-import {
-  checkpointFaults,
-  loadCheckpoint,
-  loadParamsStrict,
-  saveCheckpoint,
-} from "./io/checkpoint.ts";
+import { checkpointFaults, loadParamsStrict, saveCheckpoint } from "./io/checkpoint.ts";
 import { fileExists, removeStaleTemps } from "./io/atomic.ts";
 import { shortList } from "./messages.ts";
 import {
@@ -45,7 +40,12 @@ import { adam, disposeTensors, type Tensors } from "./optim.ts";
 import type { Params, ParamShapes } from "./params.ts";
 import type { LatentSpec } from "./pretrain.ts";
 import { BatchOrder, runKeys } from "./pretrain_data.ts";
-import { checkpointPath, checkRunHeader, type LossCurve, SegmentClock } from "./pretrain_resume.ts";
+import {
+  checkpointPath,
+  type LossCurve,
+  openRunCheckpoint,
+  SegmentClock,
+} from "./pretrain_resume.ts";
 import { progress } from "./progress.ts";
 import { fold, foldName, normal, normalArray, randint, rng } from "./random.ts";
 import type { RunEnv, Segment } from "./results.ts";
@@ -273,14 +273,7 @@ async function resumeOrStart(
     };
     return { state, record };
   }
-  const ck = await loadCheckpoint(path);
-  const saved = ck.meta.config as TuneConfig | undefined;
-  const { step, fail } = checkRunHeader(
-    ck,
-    path,
-    saved !== undefined && identity(saved) === identity(cfg),
-    cfg.steps,
-  );
+  const { ck, step, fail } = await openRunCheckpoint(path, cfg, identity);
   const bestShapes: ParamShapes = Object.fromEntries(
     Object.entries(shapes).map(([k, s]) => [BEST_PREFIX + k, s]),
   );

@@ -73,17 +73,22 @@ interface Model {
   readonly loaded: LoadedModel;
 }
 
-/** ε̂ of a model at z_t, given the clean latents (repr) or labels (class) of the same images. */
-function epsHat(m: Model, zt: tf.Tensor4D, t: number, z0: tf.Tensor4D, y: tf.Tensor1D) {
+/** The network output at z_t, given the clean latents (repr) or labels (class) of the images. */
+function netOut(m: Model, zt: tf.Tensor4D, t: number, z0: tf.Tensor4D, y: tf.Tensor1D) {
   const { spec, params } = m.loaded.model;
-  return tf.tidy(() => {
-    const tt = tf.fill([zt.shape[0]], t, "int32") as tf.Tensor1D;
-    const out = denoise(spec, params, zt, tt, {
+  return tf.tidy(() =>
+    denoise(spec, params, zt, tf.fill([zt.shape[0]], t, "int32") as tf.Tensor1D, {
       ...(m.condition === "class" ? { y } : {}),
       ...(m.condition === "repr" ? { x0: z0 } : {}),
-    });
-    return splitOutput(out, zt.shape[3], learnSigma(spec))[0];
-  });
+    })
+  );
+}
+
+/** ε̂ of a model at z_t (see `netOut`). */
+function epsHat(m: Model, zt: tf.Tensor4D, t: number, z0: tf.Tensor4D, y: tf.Tensor1D) {
+  return tf.tidy(() =>
+    splitOutput(netOut(m, zt, t, z0, y), zt.shape[3], learnSigma(m.loaded.model.spec))[0]
+  );
 }
 
 const noiseFor = (seed: number, t: number, shape: number[]) =>
@@ -238,15 +243,9 @@ await runMain(async () => {
     let z = tf.clone(zStart);
     for (let t = t0; t >= 0; t--) {
       const next = tf.tidy(() => {
-        const { spec, params } = m.loaded.model;
-        const tt = tf.fill([z.shape[0]], t, "int32") as tf.Tensor1D;
-        const outT = denoise(spec, params, z, tt, {
-          ...(m.condition === "class" ? { y } : {}),
-          ...(m.condition === "repr" ? { x0: z0 } : {}),
-        });
         const noise = normal(fold(foldName(rng(a.seed), `fig7-${m.condition}`), t), z.shape);
-        return ddpmStep(sched, outT, t, z, noise as tf.Tensor4D, {
-          learnSigma: learnSigma(spec),
+        return ddpmStep(sched, netOut(m, z, t, z0, y), t, z, noise as tf.Tensor4D, {
+          learnSigma: learnSigma(m.loaded.model.spec),
           clip: false,
         }).prev;
       });

@@ -27,16 +27,11 @@ import { runLoop, type StepOptions, type TrainState, trainStep } from "../lib/tr
 import { BatchOrder, runKeys } from "../lib/pretrain_data.ts";
 import {
   checkpointPath,
-  checkRunHeader,
+  openRunCheckpoint,
   SegmentClock,
   throughput,
 } from "../lib/pretrain_resume.ts";
-import {
-  checkpointFaults,
-  loadCheckpoint,
-  loadParamsStrict,
-  saveCheckpoint,
-} from "../lib/io/checkpoint.ts";
+import { checkpointFaults, loadParamsStrict, saveCheckpoint } from "../lib/io/checkpoint.ts";
 import { fileExists, removeStaleTemps } from "../lib/io/atomic.ts";
 import { saveImageGrid } from "../lib/io/png.ts";
 import { shortList } from "../lib/messages.ts";
@@ -142,7 +137,6 @@ interface RunRecord {
   readonly segments: Segment[];
 }
 
-const identity = (c: VaeRunConfig) => JSON.stringify({ ...c, steps: undefined });
 const emptyCurves = (): Curves => ({ loss: [], rec: [], kl: [] });
 const emptyWindows = (): Windows => ({ loss: [], rec: [], kl: [] });
 
@@ -188,14 +182,7 @@ async function resumeOrInit(
       record: { curves: emptyCurves(), windows: emptyWindows(), segments: [] },
     };
   }
-  const ck = await loadCheckpoint(path);
-  const saved = ck.meta.config as VaeRunConfig | undefined;
-  const { step, fail } = checkRunHeader(
-    ck,
-    path,
-    saved !== undefined && identity(saved) === identity(cfg),
-    cfg.steps,
-  );
+  const { ck, step, fail } = await openRunCheckpoint(path, cfg);
   const shapes = paramShapes(cfg.model.config);
   const faults = [
     ...checkpointFaults(ck, { params: shapes, opt: opts.optimizer.slotShapes(shapes) }),

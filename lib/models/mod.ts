@@ -52,10 +52,8 @@ export function presetSpec(kind: ModelKind, name: string, cond?: ConditionSpec):
     throw new Error(`Unknown ${kind} preset "${name}": expected ${presetNames(kind).join(", ")}`);
   }
   // A preset's own labels (DiT's paper sizes are ImageNet-conditional) give way to `cond`.
-  const config = !cond
-    ? unconditional(base)
-    : "encoder" in cond
-    ? d.withEncoder(unconditional(base), cond.encoder)
+  const config = !cond ? unconditional(base) : "encoder" in cond
+    ? d.withEncoder(base, cond.encoder) // which drops the preset's labels
     : d.conditioned(base, cond.classes, cond.dropRate);
   return { kind, name, config } as ModelSpec;
 }
@@ -132,18 +130,16 @@ export interface Carried {
  */
 export function carryParams(from: Params, to: ModelSpec, key: Rng): Carried {
   const shapes = paramShapes(to);
-  const fresh = Object.keys(shapes).filter((k) =>
-    !from[k] || from[k].shape.join() !== shapes[k].join()
-  );
+  const keys = Object.keys(shapes);
+  const fits = (k: string) => from[k] !== undefined && from[k].shape.join() === shapes[k].join();
+  const fresh = keys.filter((k) => !fits(k));
   const init = fresh.length > 0 ? initParams(to, key) : {};
   const values: Record<string, tf.Tensor> = {};
-  for (const k of Object.keys(shapes)) {
-    values[k] = fresh.includes(k) ? tf.clone(init[k]) : tf.clone(from[k]);
-  }
+  for (const k of keys) values[k] = tf.clone(fits(k) ? from[k] : init[k]);
   for (const v of Object.values(init)) v.dispose();
   return {
     params: toVariables(values),
-    carried: Object.keys(shapes).filter((k) => !fresh.includes(k)),
+    carried: keys.filter(fits),
     fresh,
     dropped: Object.keys(from).filter((k) => !(k in shapes)),
   };

@@ -74,6 +74,12 @@ const accOf = (kind: string): Column => ({
 });
 // The fixed-cell probes (not the automatic choice) of the default protocol, on the reference
 // weights (other checkpoints and random weights have their own table).
+// The attention-head probe of the default protocol, and how to run it.
+const attentionProbe = {
+  where: { experiment: "probe", "config.select": "fixed", "config.head": "attention" },
+  command: "deno task probe --head attention:36:2:4:16 --pool 7 --epochs 15",
+};
+
 const fixedProbe = {
   experiment: "probe",
   "config.select": "fixed",
@@ -275,8 +281,7 @@ const p001: TableDef[] = [
       },
       {
         label: "GD (Attention), all of train",
-        where: { experiment: "probe", "config.select": "fixed", "config.head": "attention" },
-        command: "deno task probe --head attention:36:2:4:16 --pool 7 --epochs 15",
+        ...attentionProbe,
       },
       {
         label: "GD (Attention), heads comparison",
@@ -562,8 +567,7 @@ const p002: TableDef[] = [
       },
       {
         label: "Attention",
-        where: { experiment: "probe", "config.select": "fixed", "config.head": "attention" },
-        command: "deno task probe --head attention:36:2:4:16 --pool 7 --epochs 15",
+        ...attentionProbe,
       },
       ...(["difformer", "diffeed"] as const).map((head) => ({
         label: { difformer: "DifFormer", diffeed: "DifFeed" }[head],
