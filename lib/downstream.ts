@@ -25,14 +25,7 @@
 // rate of every split is the source's up to rounding (10 % for one Fashion-MNIST class).
 import { dirname, join } from "node:path";
 import * as tf from "@tensorflow/tfjs";
-import {
-  batches,
-  count,
-  type Dataset,
-  loadDataset,
-  makeDataset,
-  take,
-} from "./data/dataset.ts";
+import { batches, count, type Dataset, loadDataset, makeDataset, take } from "./data/dataset.ts";
 import { loadImageFolder } from "./data/image_folder.ts";
 import {
   accuracy as accuracyOf,

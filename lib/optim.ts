@@ -183,6 +183,15 @@ export function emaInit(params: Params): Tensors {
   return out;
 }
 
+/**
+ * The rate of update number `updates` (0-based): min(rate, (1 + n) / (10 + n)), TensorFlow's
+ * `num_updates` warm-up. Without it a short run's average keeps most of the initial weights
+ * (0.999 over 600 steps leaves 0.999⁶⁰⁰ ≈ 55 % of them).
+ */
+export function emaRateAt(rate: number, updates: number): number {
+  return Math.min(rate, (1 + updates) / (10 + updates));
+}
+
 /** ema ← rate·ema + (1 − rate)·params; returns the new record and frees the old one. */
 export function emaUpdate(ema: Tensors, params: Params, rate: number): Tensors {
   const out: Record<string, tf.Tensor> = {};

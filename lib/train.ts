@@ -7,6 +7,7 @@ import {
   clipByGlobalNorm,
   disposeTensors,
   emaInit,
+  emaRateAt,
   emaUpdate,
   globalNorm,
   type Optimizer,
@@ -29,7 +30,7 @@ export interface StepOptions {
   readonly optimizer: Optimizer;
   /** Clip gradients to this global norm (ADM clips at 1 only in some configs). @default none */
   readonly clipNorm?: number;
-  /** EMA rate; the average is skipped when undefined. */
+  /** EMA rate, reached after a warm-up (`emaRateAt`); the average is skipped when undefined. */
   readonly emaRate?: number;
   /** Parameter names to train; the others stay frozen. @default all */
   readonly trainable?: readonly string[];
@@ -100,7 +101,7 @@ export function trainStep(
   applyUpdates(trained, updates);
   disposeTensors(state.opt);
   const ema = state.ema && opts.emaRate !== undefined
-    ? emaUpdate(state.ema, state.params, opts.emaRate)
+    ? emaUpdate(state.ema, state.params, emaRateAt(opts.emaRate, state.step))
     : state.ema;
   return {
     state: { params: state.params, opt, ema, step: state.step + 1 },

@@ -7,6 +7,7 @@ import {
   clipByGlobalNorm,
   disposeTensors,
   emaInit,
+  emaRateAt,
   emaUpdate,
   type Optimizer,
   sgd,
@@ -133,6 +134,22 @@ Deno.test("emaUpdate() follows ema = r·ema + (1 − r)·w", async () => {
     disposeTensors(ema);
     disposeParams(params);
   });
+});
+
+Deno.test("emaRateAt() warms up as (1 + n)/(10 + n) and then holds the rate", () => {
+  assertClose([emaRateAt(0.999, 0), emaRateAt(0.999, 10), emaRateAt(0.9, 1000)], [
+    0.1,
+    11 / 20,
+    0.9,
+  ]);
+  // What is left of the initial weights after 600 updates: ∏ rate_n = 9!·600!/609! (telescoping),
+  // against 0.999⁶⁰⁰ ≈ 0.55 without the warm-up.
+  let left = 1;
+  for (let n = 0; n < 600; n++) left *= emaRateAt(0.999, n);
+  let closed = 1;
+  for (let k = 1; k <= 9; k++) closed *= k / (600 + k);
+  assertClose([left], [closed], { rtol: 1e-9 });
+  assert(left < 1e-15);
 });
 
 Deno.test("adam() and emaUpdate() agree between the fused wasm kernels and composed ops on cpu", async () => {

@@ -152,3 +152,17 @@ Deno.test("trainStep() stops on a non-finite loss or gradient before touching we
   }
   dispose(s);
 });
+
+Deno.test("trainStep() averages with the warmed-up EMA rate of each step", () => {
+  let s = initTrainState(fresh(), opts);
+  // Follow the average by hand in float64 from the weights after each step.
+  let expected = Array.from(s.params.w.dataSync(), Number);
+  for (let step = 0; step < 4; step++) {
+    s = trainStep(s, lossAt(s.params, step), opts).state;
+    const r = Math.min(0.9, (1 + step) / (10 + step));
+    const w = s.params.w.dataSync();
+    expected = expected.map((e, i) => r * e + (1 - r) * w[i]);
+  }
+  assertClose(s.ema!.w, expected, { rtol: 1e-5 });
+  dispose(s);
+});
