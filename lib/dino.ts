@@ -35,8 +35,16 @@
 // `head.mlp.{0,2,4}.{weight,bias}` (Linear, GELU between) and `head.last_layer.weight_v`
 // (weight-normed, weight_g fixed to 1, so its columns are normalised in the forward pass).
 // Symbols: N batch, S side, C channels, D ViT width, K prototypes, V views.
+import { dirname } from "node:path";
 import * as tf from "@tensorflow/tfjs";
 import { count, type Dataset } from "./data/dataset.ts";
+import { fileExists } from "./io/atomic.ts";
+import {
+  disposeCheckpoint,
+  loadCheckpoint,
+  loadParamsStrict,
+  saveCheckpoint,
+} from "./io/checkpoint.ts";
 import { adam, type Optimizer } from "./optim.ts";
 import { countParams, type Params, toVariables } from "./params.ts";
 import { fold, foldName, permutation, type Rng, uniformArray } from "./random.ts";
@@ -469,6 +477,104 @@ export async function pretrainDino(
   }
   tf.dispose([...Object.values(s.train.opt.slots), s.center]);
   return { student: s.train.params, teacher: s.teacher, losses };
+}
+
+/** The backbones of a DINO pre-training (heads dropped), its losses and its wall time. */
+export interface DinoBackbones {
+  readonly student: Params;
+  readonly teacher: Params;
+  readonly losses: number[];
+  readonly seconds: number;
+  /** True when they were read from the cache file instead of pre-trained. */
+  readonly cached: boolean;
+}
+
+const ROLES = ["student", "teacher"] as const;
+
+function backboneOnly(p: Params): Params {
+  const own: Record<string, tf.Variable> = {};
+  for (const [k, v] of Object.entries(p)) {
+    if (k.startsWith(BACKBONE)) own[k] = v;
+    else v.dispose();
+  }
+  return own;
+}
+
+/** The cached backbones in `path` when its identity is `identity`; why not, otherwise. */
+async function readCached(
+  path: string,
+  c: DinoConfig,
+  identity: string,
+): Promise<DinoBackbones | string> {
+  if (!(await fileExists(path))) return "no cache file";
+  let ck;
+  try {
+    ck = await loadCheckpoint(path);
+  } catch (e) {
+    return `unreadable (${(e as Error).message})`;
+  }
+  if (JSON.stringify(ck.meta.identity) !== identity) {
+    disposeCheckpoint(ck);
+    return "it holds a different pre-training (config, pool or seed)";
+  }
+  const shapes = vit.paramShapes(c.vit, BACKBONE);
+  const byRole = ROLES.map((role) =>
+    Object.fromEntries(
+      Object.entries(ck.params).filter(([k]) => k.startsWith(`${role}.`)).map((
+        [k, t],
+      ) => [k.slice(role.length + 1), t]),
+    )
+  );
+  try {
+    const [student, teacher] = byRole.map((t, i) =>
+      loadParamsStrict(shapes, t, `${path} (${ROLES[i]})`)
+    );
+    return {
+      student,
+      teacher,
+      losses: ck.meta.losses as number[],
+      seconds: ck.meta.seconds as number,
+      cached: true,
+    };
+  } catch (e) {
+    disposeCheckpoint(ck);
+    return (e as Error).message;
+  }
+}
+
+/**
+ * `pretrainDino` kept in the file `path`: a later call with the same `identity` (a JSON value
+ * naming whatever decides the outcome: config, options, pool, seed) reads the backbones back
+ * instead of pre-training again, so the downstream tasks share one pre-training and a crash in
+ * tuning loses none of it. A file of another identity, or an unreadable one, is replaced;
+ * `onMiss` hears why it was not used.
+ */
+export async function pretrainDinoCached(
+  path: string,
+  identity: unknown,
+  c: DinoConfig,
+  pool: Dataset,
+  o: PretrainOptions & { readonly onMiss?: (why: string) => void },
+): Promise<DinoBackbones> {
+  const id = JSON.stringify(identity);
+  const hit = await readCached(path, c, id);
+  if (typeof hit !== "string") return hit;
+  o.onMiss?.(hit);
+  const t0 = performance.now();
+  const out = await pretrainDino(c, pool, o);
+  const seconds = (performance.now() - t0) / 1000;
+  const student = backboneOnly(out.student), teacher = backboneOnly(out.teacher);
+  const params: Record<string, tf.Tensor> = {};
+  for (const [role, p] of [["student", student], ["teacher", teacher]] as const) {
+    for (const [k, v] of Object.entries(p)) params[`${role}.${k}`] = v;
+  }
+  await Deno.mkdir(dirname(path), { recursive: true });
+  await saveCheckpoint(path, {
+    params,
+    step: o.steps,
+    meta: { identity: JSON.parse(id), losses: out.losses, seconds },
+  });
+  return { student, teacher, losses: out.losses, seconds, cached: false };
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -7,10 +7,17 @@
 // drawn with --split-seed (as deno task tune's), so runs of every --seed share it; --seed keys
 // the initialisation, batch orders and views. DINO runs with DINOv2's KoLeo term by default
 // (--koleo 0.1): DINO's loss alone collapses at these sizes (lib/dino.ts).
-import { basename } from "node:path";
+import { createHash } from "node:crypto";
+import { basename, join } from "node:path";
 import { COMMON_FLAGS, parseCli, runMain, UsageError } from "../lib/cli.ts";
 import { count } from "../lib/data/dataset.ts";
-import { BACKBONE, type DinoConfig, dinoConfig, pretrainDino, vitClassifier } from "../lib/dino.ts";
+import {
+  BACKBONE,
+  type DinoConfig,
+  dinoConfig,
+  pretrainDinoCached,
+  vitClassifier,
+} from "../lib/dino.ts";
 import {
   downstreamMetrics,
   finishDownstreamRun,
@@ -118,6 +125,11 @@ const FLAGS = {
     default: "teacher",
     help: "dino: the backbone to tune (DINO evaluates its teacher)",
     choices: ["teacher", "student"],
+  },
+  "dino-cache": {
+    kind: "string",
+    default: "checkpoints/dino",
+    help: "dino: directory of pre-trained backbones, reused by runs of the same pre-training",
   },
   run: { kind: "string", help: "run name (default: <dataset>-<task>-<method>-seed<seed>)" },
   quiet: { kind: "boolean", help: "no progress lines" },
@@ -253,7 +265,7 @@ await runMain(async () => {
   );
   // ---- pre-training (dino) and the classifier
   let model: Classifier;
-  let pretrainS = 0, pretrainLosses: number[] = [];
+  let pretrainS = 0, pretrainLosses: number[] = [], pretrainCached = false;
   if (r) {
     const params = resnet.init(r, foldName(key, "init"));
     model = {
@@ -265,8 +277,21 @@ await runMain(async () => {
     model = vitClassifier(v!, vit.init(v!, foldName(key, "init"), BACKBONE), classes, key);
   } else {
     const bar = progress({ label: "dino pre-training", total: pretrain!.steps, quiet: a.quiet });
-    const t0 = performance.now();
-    const out = await pretrainDino(dcfg!, p.pool, {
+    // What decides the pre-training (not the task, split or tuned backbone): its cache key.
+    const { backbone: _, ...schedule } = pretrain!;
+    const identity = {
+      dataset: a.dataset,
+      site: p.describe.site ?? null,
+      pool: p.describe.pool_source ?? null,
+      size: a.size ?? null,
+      seed: a.seed,
+      dino: dinoFields(dcfg!),
+      vit: v,
+      pretrain: schedule,
+    };
+    const id = createHash("sha256").update(JSON.stringify(identity)).digest("hex").slice(0, 16);
+    const cache = join(a["dino-cache"], `${datasetName}-dino-${id}.safetensors`);
+    const out = await pretrainDinoCached(cache, identity, dcfg!, p.pool, {
       steps: pretrain!.steps,
       batch: pretrainBatch,
       lr: pretrain!.lr,
@@ -275,9 +300,12 @@ await runMain(async () => {
       weightDecay: pretrain!.weight_decay,
       key: foldName(key, "dino"),
       onStep: (step, loss) => bar.tick(step, { loss }),
+      onMiss: (why) => console.error(`downstream-baselines: pre-training DINO (${cache}: ${why})`),
     });
     bar.done();
-    pretrainS = (performance.now() - t0) / 1000;
+    if (out.cached) console.error(`downstream-baselines: DINO backbones from ${cache}`);
+    pretrainS = out.seconds;
+    pretrainCached = out.cached;
     pretrainLosses = out.losses;
     const [keep, drop] = a["dino-backbone"] === "teacher"
       ? [out.teacher, out.student]
@@ -311,6 +339,7 @@ await runMain(async () => {
       ...(method === "dino"
         ? {
           pretrain_s: pretrainS,
+          pretrain_cached: pretrainCached,
           pretrain_loss: pretrainLosses,
           pretrain_loss_final: pretrainLosses.at(-1)!,
         }

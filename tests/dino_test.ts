@@ -19,6 +19,7 @@ import {
   multiCrop,
   numParams,
   pretrainDino,
+  pretrainDinoCached,
   project,
   teacherMomentum,
   teacherProbs,
@@ -195,4 +196,58 @@ Deno.test("pretrainDino(): steps on tiny data run without leaks, deterministic; 
   assertEquals(y.shape, [1, 12]);
   y.dispose();
   disposeParams(s);
+});
+
+Deno.test("pretrainDinoCached(): the second call reads the backbones back; another identity or a corrupt file pre-trains again", async () => {
+  const n = 8;
+  const images = Float32Array.from(uniformArray(rng(3), n * 64), (u) => 2 * u - 1);
+  const pool = makeDataset({
+    name: "toy",
+    images,
+    labels: new Int32Array(n),
+    shape: [8, 8, 1],
+    classes: ["unused"],
+  });
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/sub/dino.safetensors`;
+  const misses: string[] = [];
+  const opts = { steps: 2, batch: 4, lr: 1e-3, key: rng(4), onMiss: (w: string) => misses.push(w) };
+  const call = (identity: unknown) => pretrainDinoCached(path, identity, tiny, pool, opts);
+  const values = (r: Awaited<ReturnType<typeof call>>) =>
+    Object.keys(r.teacher).sort().map((k) => Array.from(r.teacher[k].dataSync()));
+  const done = (r: Awaited<ReturnType<typeof call>>) => {
+    disposeParams(r.student);
+    disposeParams(r.teacher);
+  };
+  try {
+    const first = await call({ seed: 0 });
+    assertEquals(first.cached, false);
+    assert(Object.keys(first.student).every((k) => k.startsWith("backbone.")), "heads dropped");
+    const again = await call({ seed: 0 });
+    assertEquals(again.cached, true);
+    assertEquals(values(again), values(first));
+    assertEquals(again.losses, first.losses);
+    done(again);
+    const other = await call({ seed: 1 });
+    assertEquals(other.cached, false);
+    done(other);
+    // A truncated file is not trusted: pre-trained again and rewritten.
+    const bytes = await Deno.readFile(path);
+    await Deno.writeFile(path, bytes.subarray(0, bytes.length >> 1));
+    const repaired = await call({ seed: 1 });
+    assertEquals(repaired.cached, false);
+    done(repaired);
+    const reread = await call({ seed: 1 });
+    assertEquals(reread.cached, true);
+    done(reread);
+    assertEquals(misses.length, 3);
+    assert(
+      /no cache file/.test(misses[0]) && /different/.test(misses[1]) &&
+        /unreadable/.test(misses[2]),
+      misses.join("; "),
+    );
+    done(first);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
