@@ -1,27 +1,20 @@
 // deno task ablate: seed 001's Figure 2 grid on our U-Net: linear probes on every (t, block,
-// pool) cell, chosen on validation, with the test accuracy of every cell reported alongside. One
-// extraction pass per t feeds every block and pool; the cell's linear heads then train together.
-// Resumable: each finished t is saved under checkpoints/ablate/<run>/, so a killed grid continues
-// with the next t (and the feature cache makes the t in flight cheaper).
+// pool) cell, chosen on validation, with the test accuracy of every cell reported alongside
+// (lib/grid.ts). Resumable: each finished t is saved under checkpoints/ablate/<run>/, so a killed
+// grid continues with the next t (and the feature cache makes the t in flight cheaper).
 import { COMMON_FLAGS, parseCli, runMain, UsageError } from "../lib/cli.ts";
 import { initEngine } from "../lib/engine/mod.ts";
-import { cellName, gridCells } from "../lib/features.ts";
-import { writeFileAtomic } from "../lib/io/atomic.ts";
-import { disposeParams } from "../lib/params.ts";
-import { trainHeads } from "../lib/probe.ts";
+import { cellName } from "../lib/features.ts";
+import { bestCell, bestPer, type CellResult, meanRate, runGrid } from "../lib/grid.ts";
 import {
   GRID_EPOCHS,
   GRID_FLAGS,
   gridFromFlags,
   PROBE_FLAGS,
   probeConfig,
-  probeFeatures,
-  scoreHead,
   setupProbe,
   trainingConfig,
 } from "../lib/probe_run.ts";
-import { progress } from "../lib/progress.ts";
-import { fold, foldName, rng } from "../lib/random.ts";
 import { finishRun, parseResult, resultsDir, startRun } from "../lib/results.ts";
 import { lineChart, renderFigure } from "../lib/report/figures.ts";
 
@@ -45,17 +38,6 @@ const FLAGS = {
     help: "where finished t's are kept for a resume (default: checkpoints/ablate/<run>)",
   },
 } as const;
-
-/** One cell's outcome. */
-interface CellResult {
-  t: number;
-  block: number;
-  pool: number;
-  val_accuracy: number;
-  test_accuracy: number;
-  train_loss_final: number;
-  param_count: number;
-}
 
 await runMain(async () => {
   const a = parseCli(
@@ -89,85 +71,20 @@ await runMain(async () => {
   };
   const handle = await startRun("ablate", run, config, a.seed, { engine, task: "ablate" });
 
-  // Finished t's of an earlier, interrupted run with the same config.
-  const statePath = `${a["state-dir"] ?? `checkpoints/ablate/${run}`}/done.json`;
-  let done: {
-    config: unknown;
-    cells: CellResult[];
-    perT: Record<string, { images_per_s: number | null; extract_s: number; train_s: number }>;
-  } = {
+  const done = await runGrid(s, a, a.seed, {
+    ts,
+    blocks,
+    pools,
+    statePath: `${a["state-dir"] ?? `checkpoints/ablate/${run}`}/done.json`,
     config,
-    cells: [],
-    perT: {},
-  };
-  try {
-    const saved = JSON.parse(await Deno.readTextFile(statePath));
-    if (JSON.stringify(saved.config) === JSON.stringify(config)) done = saved;
-    else console.error(`ablate: ${statePath} is from another config; starting over`);
-  } catch { /* none yet */ }
-  if (done.cells.length) {
-    console.error(`ablate: resuming: t ${Object.keys(done.perT).join(", ")} done`);
-  }
-
-  for (const t of ts) {
-    if (String(t) in done.perT) continue;
-    const cells = gridCells([t], blocks, pools);
-    const f = await probeFeatures(s, a, a.seed, cells);
-    const bar = progress({ label: `ablate t=${t}`, total: s.recipe.epochs, quiet: a.quiet });
-    const t0 = performance.now();
-    const heads = await trainHeads(
-      cells.map((c) => ({
-        name: cellName(c),
-        head: { kind: "linear" },
-        train: f.train.sources.get(cellName(c))!,
-      })),
-      s.train.labels,
-      s.recipe,
-      fold(foldName(rng(a.seed), "ablate"), t),
-      { classes: s.classes, indices: s.fit, onEpoch: (e, loss) => bar.tick(e, { loss }) },
-    );
-    bar.done();
-    for (const [i, c] of cells.entries()) {
-      const h = heads[i];
-      const score = await scoreHead(
-        h,
-        s,
-        f.train.sources.get(h.name)!,
-        f.test.sources.get(h.name)!,
-      );
-      done.cells.push({
-        ...c,
-        val_accuracy: score.val,
-        test_accuracy: score.test,
-        train_loss_final: h.curve.at(-1)!.loss,
-        param_count: h.paramCount,
-      });
-      disposeParams(h.params);
-    }
-    done.perT[String(t)] = {
-      images_per_s: f.train.imagesPerS ?? null,
-      extract_s: f.train.extractS + f.test.extractS,
-      train_s: (performance.now() - t0) / 1000,
-    };
-    await writeFileAtomic(statePath, JSON.stringify(done));
-    const best = done.cells.filter((c) => c.t === t).reduce((
-      x,
-      y,
-    ) => (y.val_accuracy > x.val_accuracy ? y : x));
-    console.error(
-      `ablate: t=${t}: best on validation ${cellName(best)} val ${
-        (100 * best.val_accuracy).toFixed(2)
-      } % test ${(100 * best.test_accuracy).toFixed(2)} %`,
-    );
-  }
+    label: "ablate",
+    quiet: a.quiet,
+  });
 
   // The grid's choice is made on validation; its test accuracy is reported once.
   const cells = done.cells;
-  const best = cells.reduce((x, y) => (y.val_accuracy > x.val_accuracy ? y : x));
+  const best = bestCell(cells);
   const figures = await gridFigures(cells, `${resultsDir()}/ablate/${run}`);
-  const rates = Object.values(done.perT).map((p) => p.images_per_s).filter((r): r is number =>
-    r !== null
-  );
   const path = await finishRun(handle, {
     metrics: {
       test_accuracy: best.test_accuracy,
@@ -180,7 +97,7 @@ await runMain(async () => {
       best_per_t: bestPer(cells, (c) => c.t),
       best_per_block: bestPer(cells, (c) => c.block),
       best_per_pool: bestPer(cells, (c) => c.pool),
-      feature_images_per_s: rates.length ? rates.reduce((x, y) => x + y) / rates.length : null,
+      feature_images_per_s: meanRate(done.perT),
       cells,
       per_t: done.perT,
     },
@@ -193,16 +110,6 @@ await runMain(async () => {
   );
   console.error(`ablate: wrote ${path}`);
 });
-
-/** For each value of `key`, the cell best on validation among those with it. */
-function bestPer(cells: CellResult[], key: (c: CellResult) => number): Record<string, CellResult> {
-  const out: Record<string, CellResult> = {};
-  for (const c of cells) {
-    const k = String(key(c));
-    if (!(k in out) || c.val_accuracy > out[k].val_accuracy) out[k] = c;
-  }
-  return out;
-}
 
 /** Figure 2's three views: accuracy against t per block, against block per t, against pool. */
 async function gridFigures(cells: CellResult[], base: string): Promise<string[]> {
@@ -225,7 +132,7 @@ async function gridFigures(cells: CellResult[], base: string): Promise<string[]>
     return series;
   };
   // The per-block and per-t views at the pool of the best cell (on validation).
-  const pool = cells.reduce((x, y) => (y.val_accuracy > x.val_accuracy ? y : x)).pool;
+  const pool = bestCell(cells).pool;
   const specs = {
     t: lineChart({
       title: `Linear probe test accuracy (%) against t, per block (pool ${pool})`,

@@ -1,6 +1,7 @@
 // The probe scripts end to end on a tiny checkpoint and the embedded MNIST: every results JSON
 // carries the fields the report reads, a second run reads the feature cache, and a grid killed
 // after its first t resumes to the cells of an unbroken grid.
+import sharp from "sharp";
 import { assert, assertEquals } from "./assert.ts";
 import { parseResult } from "../lib/results.ts";
 import { scriptCommand } from "./script.ts";
@@ -175,6 +176,78 @@ Deno.test("deno task heads, knn, baselines and probe --select auto write the rep
   }).selection;
   assertEquals(sel.rounds.map((r) => r.cells), [12, 4]);
   assert(sel.cost.forward_passes <= sel.grid.cost.forward_passes);
+});
+
+Deno.test("deno task transfer: MNIST → a generated image folder, both grids, the carried choice scored on the target", async () => {
+  // Two classes told apart by brightness, 12 images each, 16×16 gray (the model's input).
+  const root = `${tmp}/folder`;
+  for (const [c, level] of [["dark", 40], ["bright", 200]] as const) {
+    await Deno.mkdir(`${root}/${c}`, { recursive: true });
+    for (let i = 0; i < 12; i++) {
+      const raw = Uint8Array.from(
+        { length: 256 },
+        (_, j) => (level + ((i * 37 + j * 11) % 50)) % 256,
+      );
+      await sharp(raw, { raw: { width: 16, height: 16, channels: 1 } }).toColourspace("b-w").png()
+        .toFile(`${root}/${c}/${i}.png`);
+    }
+  }
+  const grid = ["--ts", "10,60", "--blocks", "1,2", "--pools", "1", "--epochs", "2"];
+  await run("transfer", [
+    ...common,
+    ...grid,
+    ...["--target", root, "--target-train-percent", "100", "--target-test-percent", "100"],
+    ...["--run", "tr"],
+  ]);
+  const r = await result("transfer", "tr");
+  const c = r.config as {
+    source: { dataset: string };
+    target: { dataset: string; classes: number };
+  };
+  assertEquals([c.source.dataset, c.target.dataset, c.target.classes], ["mnist", root, 2]);
+  type Cell = {
+    t: number;
+    block: number;
+    pool: number;
+    val_accuracy: number;
+    test_accuracy: number;
+  };
+  const m = r.metrics as {
+    source_cells: Cell[];
+    target_cells: Cell[];
+    source_best: Cell;
+    target_best: Cell;
+    target_at_source_choice: Cell;
+    accuracy_lost: number;
+    test_accuracy: number;
+  };
+  assertEquals([m.source_cells.length, m.target_cells.length], [4, 4]);
+  const best = (cells: Cell[]) => Math.max(...cells.map((x) => x.val_accuracy));
+  assertEquals(m.source_best.val_accuracy, best(m.source_cells));
+  assertEquals(m.target_best.val_accuracy, best(m.target_cells));
+  const at = (x: Cell) => [x.t, x.block, x.pool];
+  assertEquals(at(m.target_at_source_choice), at(m.source_best));
+  const carried = m.target_cells.find((x) => at(x).join() === at(m.source_best).join())!;
+  assertEquals(m.target_at_source_choice.test_accuracy, carried.test_accuracy);
+  assertEquals(m.accuracy_lost, m.target_best.test_accuracy - carried.test_accuracy);
+  assertEquals(m.test_accuracy, m.target_best.test_accuracy);
+  assert(await Deno.stat(`${tmp}/results/transfer/tr-blocks.png`));
+  // A rerun resumes both grids from their saved t's.
+  const again = await run("transfer", [
+    ...common,
+    ...grid,
+    ...["--target", root, "--target-train-percent", "100", "--target-test-percent", "100"],
+    ...["--run", "tr"],
+  ]);
+  assert(
+    /transfer source: resuming/.test(again.stderr) &&
+      /transfer target: resuming/.test(again.stderr),
+    again.stderr,
+  );
+  const bad = await scriptCommand("transfer", [...common, ...grid, "--target", "mnist"], { env })
+    .output();
+  assertEquals(bad.code, 2, dec.decode(bad.stderr));
+  assert(/is the source dataset itself/.test(dec.decode(bad.stderr)));
 });
 
 globalThis.addEventListener("unload", () => Deno.removeSync(tmp, { recursive: true }));
