@@ -453,6 +453,10 @@ export interface FitOptions {
   readonly patience?: number;
   /** Decoupled weight decay (AdamW). @default 0 */
   readonly weightDecay?: number;
+  /** Each parameter's multiple of `lr`, by name (e.g. a slower pre-trained backbone). */
+  readonly lrScale?: (name: string) => number;
+  /** The parameters to train, by name. @default every one */
+  readonly trainable?: readonly string[];
   /** Epoch e's batch order is a permutation from `fold(key, e)`. */
   readonly key: Rng;
   readonly onEpoch?: (r: FitEpoch) => void;
@@ -498,8 +502,11 @@ export async function fitClassifier(
   }
   const t0 = performance.now();
   const classes = train.classes.length;
-  const optimizer = adam({ lr: o.lr, weightDecay: o.weightDecay ?? 0 });
-  let state = initTrainState(model.params, { optimizer });
+  const optimizer = adam({ lr: o.lr, weightDecay: o.weightDecay ?? 0, lrScale: o.lrScale });
+  const opts = { optimizer, trainable: o.trainable };
+  // Only trained parameters change, so only they need the best epoch's copy.
+  const kept = o.trainable ?? Object.keys(model.params);
+  let state = initTrainState(model.params, opts);
   const curve: FitEpoch[] = [];
   let best: Record<string, tf.Tensor> | undefined;
   let bestEpoch = 0, bestAcc = -1;
@@ -511,9 +518,7 @@ export async function fitClassifier(
         const r = trainStep(
           state,
           () => tf.losses.softmaxCrossEntropy(y, model.apply(model.params, b.x)) as tf.Scalar,
-          {
-            optimizer,
-          },
+          opts,
         );
         state = r.state;
         sum += r.loss * b.indices.length;
@@ -525,7 +530,7 @@ export async function fitClassifier(
       o.onEpoch?.(rec);
       if (acc > bestAcc) {
         if (best) tf.dispose(Object.values(best));
-        best = Object.fromEntries(Object.entries(model.params).map(([k, v]) => [k, tf.clone(v)]));
+        best = Object.fromEntries(kept.map((k) => [k, tf.clone(model.params[k])]));
         bestEpoch = epoch;
         bestAcc = acc;
       } else if (o.patience !== undefined && epoch - bestEpoch >= o.patience) break;

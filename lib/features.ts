@@ -98,7 +98,7 @@ export function imageNoise(
 
 // Features need no labels: a class-conditional model is asked with its null label K, which it
 // learned from label dropout; one without a null label cannot be probed label-free.
-function nullLabels(spec: ModelSpec, n: number): tf.Tensor1D | undefined {
+export function nullLabels(spec: ModelSpec, n: number): tf.Tensor1D | undefined {
   const cond = conditioning(spec);
   if (!cond) return undefined;
   if (cond.dropRate <= 0) {

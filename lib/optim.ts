@@ -34,6 +34,11 @@ export interface AdamOptions {
   readonly eps?: number;
   /** Decoupled weight decay (AdamW); 0 gives Adam. @default 0 */
   readonly weightDecay?: number;
+  /**
+   * Each parameter's multiple of the learning rate, by name (torch's parameter groups: e.g. a
+   * pre-trained backbone slower than a fresh head). @default 1 for every parameter
+   */
+  readonly lrScale?: (name: string) => number;
 }
 
 const lrAt = (lr: number | ((count: number) => number), count: number) =>
@@ -42,6 +47,7 @@ const lrAt = (lr: number | ((count: number) => number), count: number) =>
 /** Adam / AdamW with bias correction, as in torch.optim.AdamW. */
 export function adam(opts: AdamOptions = {}): Optimizer {
   const { lr = 1e-4, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weightDecay = 0 } = opts;
+  const scale = opts.lrScale ?? (() => 1);
   return {
     name: weightDecay > 0 ? "adamw" : "adam",
     init: (params) => {
@@ -64,7 +70,7 @@ export function adam(opts: AdamOptions = {}): Optimizer {
         const stepSize = a * Math.sqrt(1 - beta2 ** count) / (1 - beta1 ** count);
         const updates: Record<string, tf.Tensor> = {};
         const slots: Record<string, tf.Tensor> = {};
-        const step = {
+        const base = {
           beta1,
           beta2,
           epsHat: eps * Math.sqrt(1 - beta2 ** count),
@@ -72,6 +78,8 @@ export function adam(opts: AdamOptions = {}): Optimizer {
           decay: weightDecay > 0 ? a * weightDecay : 0,
         };
         for (const [k, g] of Object.entries(grads)) {
+          const r = scale(k);
+          const step = r === 1 ? base : { ...base, stepSize: r * stepSize, decay: r * base.decay };
           // m, v, u in one pass on wasm (composed ops elsewhere): see engine/fused/optim.ts.
           const { m, v, u } = adamStep(
             g,

@@ -93,6 +93,21 @@ export interface ProbeFeatures {
 
 type ProbeFlagValues = Values<typeof PROBE_FLAGS>;
 
+/** The flags `setupProbe` reads: weights, data, validation share and the head's recipe. */
+export type SetupFlags = Pick<
+  ProbeFlagValues,
+  | "weights"
+  | "random-weights"
+  | "dataset"
+  | "train-percent"
+  | "test-percent"
+  | "val-percent"
+  | "recipe"
+  | "epochs"
+  | "lr"
+  | "batch"
+>;
+
 /** The model, splits and validation part of a probe run. */
 export interface ProbeSetup {
   readonly loaded: LoadedModel;
@@ -113,7 +128,7 @@ export interface ProbeSetup {
  * Load the frozen model and the splits (subsets keyed by the seed, fixed across runs).
  * @throws UsageError when the dataset does not fit the model
  */
-export async function setupProbe(a: ProbeFlagValues, seed: number): Promise<ProbeSetup> {
+export async function setupProbe(a: SetupFlags, seed: number): Promise<ProbeSetup> {
   const loaded = await loadFrozenModel(a.weights, "ema", {
     randomKey: a["random-weights"] ? foldName(rng(seed), "random-weights") : undefined,
   });

@@ -102,6 +102,16 @@ Deno.test("sgd() matches a float64 reference with and without momentum", async (
   });
 });
 
+Deno.test("adam() with lrScale is Adam at the scaled rate for that parameter (decay scaled too)", async () => {
+  await assertNoLeaks(() => {
+    assertClose(
+      run(adam({ lr: 0.1, weightDecay: 0.1, lrScale: (n) => (n === "w" ? 0.25 : 1) }), w0, grads),
+      adamReference(w0, grads, 0.025, 0.9, 0.999, 1e-8, 0.1),
+      { rtol: 1e-5 },
+    );
+  });
+});
+
 Deno.test("adam() takes a learning-rate schedule by step count", () => {
   // With lr(0) = 0 the first step must not move the weights.
   assertClose(run(adam({ lr: (c) => (c === 0 ? 0 : 0.1) }), w0, grads.slice(0, 1)), w0);
