@@ -250,4 +250,61 @@ Deno.test("deno task transfer: MNIST → a generated image folder, both grids, t
   assert(/is the source dataset itself/.test(dec.decode(bad.stderr)));
 });
 
+Deno.test("deno task finetune and semisup: modes train what they say; mean ± std over subset seeds", async () => {
+  const base = ["--weights", `${tmp}/ck/checkpoint.safetensors`, "--quiet"];
+  const tiny = [
+    "--train-percent",
+    "3",
+    "--test-percent",
+    "10",
+    "--val-percent",
+    "20",
+    "--epochs",
+    "1",
+  ];
+  for (const mode of ["finetune", "frozen", "scratch"]) {
+    await run("finetune", [...base, ...tiny, "--mode", mode, "--run", `ft-${mode}`]);
+  }
+  const ft = await Promise.all(
+    ["finetune", "frozen", "scratch"].map((m) => result("finetune", `ft-${m}`)),
+  );
+  const trained = ft.map((r) => (r.config as { trained_params: number }).trained_params);
+  // The frozen probe trains the linear head alone; finetune and scratch the same backbone + head.
+  assert(trained[1] < trained[0], `${trained}`);
+  assertEquals(trained[0], trained[2]);
+  for (const r of ft) {
+    const acc = (r.metrics as { test_accuracy: number }).test_accuracy;
+    assert(acc >= 0 && acc <= 1);
+  }
+  await run("semisup", [
+    ...base,
+    ...["--percents", "5", "--subset-seeds", "0,1", "--test-percent", "10", "--epochs", "1"],
+    ...["--head-epochs", "1", "--head", "attention:8:1:2:4", "--head-pool", "2"],
+    ...["--cache-dir", `${tmp}/cache`, "--state-dir", `${tmp}/semisup-state`, "--run", "ss"],
+  ]);
+  const labeled: number[] = [];
+  for (const m of ["finetune", "frozen-attention", "scratch"]) {
+    const r = await result("semisup", `ss-${m}-5pct`);
+    const x = r.metrics as {
+      test_accuracy: number;
+      test_accuracy_std: number;
+      per_seed: { seed: number; test_accuracy: number; labeled_images: number }[];
+    };
+    assertEquals(x.per_seed.map((p) => p.seed), [0, 1]);
+    const [a0, a1] = x.per_seed.map((p) => p.test_accuracy);
+    assertEquals(x.test_accuracy, (a0 + a1) / 2);
+    assert(Math.abs(x.test_accuracy_std - Math.abs(a0 - a1) / Math.SQRT2) < 1e-12);
+    labeled.push(...x.per_seed.map((p) => p.labeled_images));
+  }
+  // 5 % of the embedded MNIST's train split, class-balanced: the same count for every method.
+  assert(labeled.every((n) => n === labeled[0]) && labeled[0] > 0, `${labeled}`);
+  const again = await run("semisup", [
+    ...base,
+    ...["--percents", "5", "--subset-seeds", "0,1", "--test-percent", "10", "--epochs", "1"],
+    ...["--head-epochs", "1", "--head", "attention:8:1:2:4", "--head-pool", "2"],
+    ...["--cache-dir", `${tmp}/cache`, "--state-dir", `${tmp}/semisup-state`, "--run", "ss"],
+  ]);
+  assert(/resuming: 6 runs done/.test(again.stderr), again.stderr);
+});
+
 globalThis.addEventListener("unload", () => Deno.removeSync(tmp, { recursive: true }));
