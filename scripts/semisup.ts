@@ -178,10 +178,16 @@ await runMain(async () => {
     for (const m of methods) {
       handles.set(
         rowName(p, m),
-        await startRun("semisup", rowName(p, m), { ...config, percent: p, method: m }, seeds[0], {
-          engine,
-          task: "semisup",
-        }),
+        await startRun(
+          "semisup",
+          rowName(p, m),
+          { ...config, percent: p, labels: p / 100, method: m },
+          seeds[0],
+          {
+            engine,
+            task: "semisup",
+          },
+        ),
       );
     }
   }

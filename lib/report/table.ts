@@ -23,6 +23,11 @@ export interface Quote {
   /** The paper's table number, or its figure's where the numbers are read from a figure or text. */
   readonly table?: number;
   readonly figure?: number;
+  /**
+   * Where in the text the numbers are, when not in the table's block or the paragraph opening
+   * "Figure N shows": the words that start the line they are read from.
+   */
+  readonly at?: string;
   /** Cells as the paper prints them, keyed by column key; absent keys are blank. */
   readonly rows: readonly Readonly<Record<string, string>>[];
 }

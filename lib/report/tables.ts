@@ -306,15 +306,31 @@ const p001: TableDef[] = [
     kind: "table",
     id: "001-table2",
     section: "001",
-    title: "001 Table 2: fine-tuning",
+    title: "001 Table 2: fine-tuning, against the frozen probe and the same network from scratch",
     scale: {
       paper: "ImageNet-1k, the whole U-Net fine-tuned",
-      ours: "Fashion-MNIST, the " + "`small` U-Net fine-tuned",
+      ours: "Fashion-MNIST (a class-balanced share of the train split, the full test split), " +
+        "the `small` U-Net up to block b with a linear head",
     },
+    note: "Every row trains the same path (x_t at t → blocks to b → pool → linear) for the same " +
+      "epochs on the same images, keeping the epoch of the best validation accuracy: finetune " +
+      "trains the backbone at a tenth of the head's learning rate; frozen trains the head alone; " +
+      "scratch trains it all from fresh weights. The paper's U-Net encoder row (Table 1, 64.32%) " +
+      "is a supervised U-Net encoder, our scratch row's analogue.",
     experiments: ["finetune"],
     columns: [
       { key: "method", header: "method", path: "$label" },
+      { key: "train", header: "train images", path: "config.train_images", format: "int" },
+      { key: "t", header: "t", path: "config.t", format: "int" },
+      { key: "b", header: "b", path: "config.block", format: "int" },
       { key: "pool", header: "pool", path: "config.pool", format: "int" },
+      {
+        key: "trained",
+        header: "trained parameters",
+        path: "config.trained_params",
+        format: "int",
+      },
+      { key: "epoch", header: "best epoch", path: "metrics.best_epoch", format: "int" },
       acc,
     ],
     paper: [{
@@ -324,22 +340,73 @@ const p001: TableDef[] = [
         { method: "GD (Linear, pool 2×2)", accuracy: "73.17%" },
         { method: "GD (Linear, pool 4×4)", accuracy: "73.50%" },
       ],
+    }, {
+      seed: SEEDS["001"],
+      table: 1,
+      rows: [{ method: "U-Net Encoder", accuracy: "64.32%" }],
+    }],
+    expected: ([
+      ["finetune", "fine-tuned (diffusion weights)"],
+      ["frozen", "frozen probe"],
+      ["scratch", "from scratch"],
+    ] as const).map(([method, label]) => ({
+      label,
+      where: { "config.method": method },
+      command: `deno task finetune --mode ${method}`,
+    })),
+    command: "deno task finetune --mode finetune|frozen|scratch",
+  },
+  {
+    kind: "table",
+    id: "001-transfer",
+    section: "001",
+    title: "001 Figure 5: transfer, and how far the best feature moves",
+    scale: {
+      paper: "ImageNet → CUB and other FGVC sets, the frozen ADM U-Net",
+      ours: "a U-Net pre-trained on one of MNIST / Fashion-MNIST, probed on the other or on an " +
+        "image folder; one linear-probe grid on each",
+    },
+    note: "Each dataset chooses its (t, b, pool) on its own validation split; lost is the " +
+      "target's test accuracy at its own choice minus at the source's. The paper reads the " +
+      "blocks off Figure 5: b = 24 best on ImageNet, b = 19 on CUB.",
+    experiments: ["transfer"],
+    columns: [
+      { key: "source", header: "source", path: "config.source.dataset" },
+      { key: "target", header: "target", path: "config.target.dataset" },
+      { key: "sb", header: "source best b", path: "metrics.source_best.block", format: "int" },
+      { key: "st", header: "source best t", path: "metrics.source_best.t", format: "int" },
+      { key: "tb", header: "target best b", path: "metrics.target_best.block", format: "int" },
+      { key: "tt", header: "target best t", path: "metrics.target_best.t", format: "int" },
+      {
+        key: "own",
+        header: "target acc. (own choice)",
+        path: "metrics.target_best.test_accuracy",
+        format: "percent",
+      },
+      {
+        key: "carried",
+        header: "target acc. (source's choice)",
+        path: "metrics.target_at_source_choice.test_accuracy",
+        format: "percent",
+      },
+      { key: "lost", header: "lost", path: "metrics.accuracy_lost", format: "percent" },
+    ],
+    paper: [{
+      seed: SEEDS["001"],
+      figure: 5,
+      at: "on Figure 5, we find that the ideal block number",
+      rows: [{ source: "ImageNet", target: "CUB", sb: "24", tb: "19" }],
     }],
     expected: [
-      {
-        label: "GD (Linear, pool 2×2)",
-        where: { "config.pool": 2 },
-        command: "deno task finetune",
-        setting: "pool 2×2",
-      },
-      {
-        label: "GD (Linear, pool 4×4)",
-        where: { "config.pool": 4 },
-        command: "deno task finetune",
-        setting: "pool 4×4",
-      },
-    ],
-    command: "deno task finetune",
+      ["fashion-mnist", "mnist"],
+      ["mnist", "fashion-mnist"],
+    ].map(([source, target]) => ({
+      label: `${source} → ${target}`,
+      where: { "config.source.dataset": source, "config.target.dataset": target },
+      command: `deno task transfer --weights <${source} pretrain> --target ${target}`,
+    })),
+    command: "deno task transfer --target mnist|fashion-mnist|<image folder>",
+    artifacts: "\\.png$",
   },
   {
     kind: "table",
@@ -615,14 +682,19 @@ const p002: TableDef[] = [
     title: "002 Table 5: semi-supervised, 1% and 10% of the labels",
     scale: {
       paper: "ImageNet-1k with 1% / 10% of the labels sampled class-balanced, backbone fine-tuned",
-      ours: "Fashion-MNIST with 1% / 10% of the training labels, the `small` U-Net",
+      ours: "Fashion-MNIST with 1% / 10% of the training labels (class-balanced, a fifth held " +
+        "out for validation), the `small` U-Net; mean ± std over subset seeds",
     },
-    note: "The paper's 1% and 10% columns are shown as rows.",
+    note: "The paper's 1% and 10% columns are shown as rows. Every method of one subset seed " +
+      "sees the same labeled images.",
     experiments: ["semisup"],
     columns: [
       { key: "method", header: "method", path: "$label" },
       { key: "labels", header: "labels", path: "config.labels", format: "percent" },
+      { key: "images", header: "labeled images", path: "metrics.labeled_images", format: "int" },
+      { key: "seeds", header: "seeds", path: "metrics.seeds", format: "int" },
       acc,
+      { key: "std", header: "± std", path: "metrics.test_accuracy_std", format: "percent" },
     ],
     paper: [{
       seed: SEEDS["002"],
@@ -638,14 +710,15 @@ const p002: TableDef[] = [
         { method: "DifFeed", labels: "10%", accuracy: "66.6%" },
       ],
     }],
-    expected: (["linear", "difformer", "diffeed"] as const).flatMap((head) =>
+    expected: ([
+      ["finetune", "fine-tuned diffusion encoder"],
+      ["frozen-attention", "frozen attention head"],
+      ["scratch", "supervised from scratch"],
+    ] as const).flatMap(([method, name]) =>
       [0.01, 0.1].map((labels) => ({
-        label: `${{ linear: "GD", difformer: "DifFormer", diffeed: "DifFeed" }[head]}, ${
-          100 * labels
-        }% labels`,
-        where: { "config.head": head, "config.labels": labels },
-        command: "deno task semisup",
-        setting: `${head} head`,
+        label: `${name}, ${100 * labels}% labels`,
+        where: { "config.method": method, "config.labels": labels },
+        command: `deno task semisup --methods ${method}`,
       }))
     ),
     command: "deno task semisup",

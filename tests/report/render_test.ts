@@ -112,7 +112,7 @@ Deno.test("writeReport() draws the sections in paper order, the figures, and oth
       md,
     );
     assert.ok(md.includes("| ours: **missing** | GD (L, pool 2×2) |"), md);
-    assert.ok(md.includes("| 002 Table 5 | DifFeed | 1% | 52.9% |"), md);
+    assert.ok(md.includes("| 002 Table 5 | DifFeed | 1% |  |  | 52.9% |  |"), md);
     assert.ok(
       md.includes("| 000 Table 4 | Representation-Conditioned (ours) | binary | .9497 |"),
       md,

@@ -220,15 +220,17 @@ Deno.test({
         const text = Deno.readTextFileSync(`${seedsDir}${q.seed}`).replace(/ +%/g, "%");
         // A table's numbers are in its block; a figure's in the paragraph that discusses it,
         // where the text prints 3.13e-2 as "3.13 × 10^-2" (the mantissa is looked for).
-        const marker = q.figure !== undefined ? `Figure ${q.figure} shows` : `Table ${q.table}:`;
+        const marker = q.at ??
+          (q.figure !== undefined ? `Figure ${q.figure} shows` : `Table ${q.table}:`);
         const start = text.indexOf(marker);
         assert(start >= 0, `${item.id}: no "${marker}" in ${q.seed}`);
-        const next = text.indexOf(q.figure !== undefined ? "\n" : "\nTable ", start + 1);
+        const inLine = q.figure !== undefined || q.at !== undefined;
+        const next = text.indexOf(inLine ? "\n" : "\nTable ", start + 1);
         const block = text.slice(start, next < 0 ? undefined : next);
         for (const row of q.rows) {
           for (const [k, v] of Object.entries(row)) {
             if (/\d/.test(v)) {
-              const wanted = q.figure !== undefined ? v.replace(/e-?\d+$/, "") : v;
+              const wanted = inLine ? v.replace(/e-?\d+$/, "") : v;
               assert(
                 block.includes(wanted),
                 `${item.id}: "${wanted}" (${k}) not in ${q.seed} at "${marker}"`,
