@@ -852,9 +852,8 @@ const p000: TableDef[] = [
     note: "The loss is ‖ε − ε̂‖² (seed 000 eq. 2); our minimum is that of the logged curve, " +
       "a mean over each 10 steps. The representation r = f_φ(z0) is computed from the very " +
       "latent the model denoises, so the gap measures how much of z0 the encoder passes on. " +
-      "The grids below are drawn with the EMA weights (rate 0.999), which after 600 steps still " +
-      "hold 0.999^600 = 55 % of the initial, zero-output model: they look like noise. Draws " +
-      "from the raw weights are under Samples (deno task sample --weights raw).",
+      "The grids below are drawn with the EMA weights (rate 0.999 after a (1 + n)/(10 + n) " +
+      "warm-up); draws from the raw weights are under Samples (deno task sample --weights raw).",
     experiments: ["pretrain"],
     where: { "config.model": "dit" },
     columns: [
