@@ -12,11 +12,15 @@ import * as tf from "@tensorflow/tfjs";
 import { qSample } from "./diffusion/gaussian.ts";
 import { type Cell, cellShape, type FrozenModel, nullLabels } from "./features.ts";
 import { applyHead, headParamCount, initHead } from "./models/heads.ts";
-import { countParams, type Params } from "./params.ts";
+import { countParams, disposeParams, type Params } from "./params.ts";
 import { features, inputShape, represented } from "./models/mod.ts";
 import { adaptiveAvgPool } from "./models/nn.ts";
 import type { Classifier } from "./probe.ts";
-import { fold, normal, type Rng } from "./random.ts";
+import type { ProbeSetup } from "./probe_run.ts";
+import { progress } from "./progress.ts";
+import { fold, foldName, normal, type Rng } from "./random.ts";
+import { take } from "./data/dataset.ts";
+import { type FitResult, fitClassifier, predictLabels } from "./downstream.ts";
 
 /** A fine-tunable classifier, and which of its parameters train. */
 export interface FeatureClassifier extends Classifier {
@@ -84,4 +88,64 @@ function reached(
   const got = new Set(Object.keys(grads));
   tf.dispose([x, value, ...Object.values(grads)]);
   return names.filter((k) => got.has(params[k].name));
+}
+
+/** What trains: see `trainOnCell`. */
+export const FINETUNE_MODES = ["finetune", "frozen", "scratch"] as const;
+export type FinetuneMode = (typeof FINETUNE_MODES)[number];
+
+export interface TrainOnCellOptions {
+  readonly epochs: number;
+  /** Adam's learning rate of the head (of every parameter for scratch). */
+  readonly lr: number;
+  /** finetune: the pre-trained backbone's learning rate. */
+  readonly backboneLr: number;
+  readonly batch: number;
+  readonly patience?: number;
+  /** Head init, noise and batch orders. */
+  readonly key: Rng;
+  /** Progress line label; none when quiet. */
+  readonly label: string;
+  readonly quiet?: boolean;
+}
+
+/**
+ * Train the cell's classifier on the fit part of `s.train`, select the epoch on its validation
+ * part, and predict `s.test`:
+ *   finetune  the reached backbone at `backboneLr` and the head at `lr`
+ *   frozen    the head alone (the linear probe)
+ *   scratch   every reached parameter at `lr` (`s` loaded with fresh weights: `random-weights`)
+ * The model's weights are trained in place and disposed with the head at the end.
+ */
+export async function trainOnCell(
+  s: ProbeSetup,
+  cell: Cell,
+  mode: FinetuneMode,
+  o: TrainOnCellOptions,
+): Promise<{ fit: FitResult; pred: Int32Array; trainedParams: number; paramCount: number }> {
+  const model = featureClassifier(
+    s.loaded.model,
+    cell,
+    s.classes,
+    foldName(o.key, "head"),
+    foldName(o.key, "noise"),
+  );
+  const trainable = mode === "frozen" ? model.head : model.trainable;
+  const head = new Set(model.head);
+  const bar = progress({ label: o.label, total: o.epochs, quiet: o.quiet });
+  const fit = await fitClassifier(model, take(s.train, s.fit), take(s.train, s.val), {
+    epochs: o.epochs,
+    lr: o.lr,
+    lrScale: mode === "finetune" ? (k) => (head.has(k) ? 1 : o.backboneLr / o.lr) : undefined,
+    trainable,
+    batch: o.batch,
+    patience: o.patience,
+    key: foldName(o.key, "order"),
+    onEpoch: (e) => bar.tick(e.epoch, { loss: e.train_loss, valid: e.valid_accuracy }),
+  });
+  bar.done();
+  const pred = await predictLabels(model, s.test, 128);
+  const trainedParams = trainable.reduce((n, k) => n + model.params[k].size, 0);
+  disposeParams(model.params);
+  return { fit, pred, trainedParams, paramCount: model.paramCount };
 }

@@ -29,9 +29,8 @@ import { inputShape } from "../lib/models/mod.ts";
 import { disposeParams } from "../lib/params.ts";
 import { progress } from "../lib/progress.ts";
 import { foldName, rng } from "../lib/random.ts";
-import { finishRun, startRun } from "../lib/results.ts";
+import { finishRun, runStem, startRun } from "../lib/results.ts";
 import type { TuneConfig } from "../lib/tune.ts";
-import { basename } from "node:path";
 
 // CPU-sized default: a 30-timestep grid (t = 16, 49, …, 982 of T = 1000), every class at 10 of
 // them, then the best 3 at the other 20: 10·10 + 3·20 = 160 network evaluations per 10-class
@@ -291,7 +290,7 @@ await runMain(async () => {
   const test = encode(testPx), valid = count(validPx) > 0 ? encode(validPx) : undefined;
   if (space) closeLatentSpace(space);
 
-  const stem = basename(weights).replace(/\.weights\.safetensors$|\.safetensors$/, "");
+  const stem = runStem(weights);
   const run = a.run ?? `${stem}-${method}-seed${a.seed}`;
   if (!FILE_SAFE.test(run)) {
     release();

@@ -6,19 +6,13 @@
 //   scratch   the same architecture from fresh weights, every parameter at --lr
 // The epoch with the best validation accuracy is kept; the test split is scored once.
 import { COMMON_FLAGS, parseCli, runMain, UsageError } from "../lib/cli.ts";
-import { count, take } from "../lib/data/dataset.ts";
-import { downstreamMetrics, fitClassifier, predictLabels } from "../lib/downstream.ts";
+import { downstreamMetrics } from "../lib/downstream.ts";
 import { initEngine } from "../lib/engine/mod.ts";
 import { cellName } from "../lib/features.ts";
-import { featureClassifier } from "../lib/finetune.ts";
-import { disposeParams } from "../lib/params.ts";
+import { FINETUNE_MODES, type FinetuneMode, trainOnCell } from "../lib/finetune.ts";
 import { defaultBlock, PROBE_FLAGS, probeConfig, setupProbe } from "../lib/probe_run.ts";
-import { progress } from "../lib/progress.ts";
 import { foldName, rng } from "../lib/random.ts";
 import { finishRun, startRun } from "../lib/results.ts";
-
-export const MODES = ["finetune", "frozen", "scratch"] as const;
-type Mode = (typeof MODES)[number];
 
 const FLAGS = {
   ...COMMON_FLAGS,
@@ -27,7 +21,12 @@ const FLAGS = {
   "train-percent": { ...PROBE_FLAGS["train-percent"], default: 10 },
   "test-percent": PROBE_FLAGS["test-percent"],
   "val-percent": PROBE_FLAGS["val-percent"],
-  mode: { kind: "string", default: "finetune", help: "what trains (see above)", choices: MODES },
+  mode: {
+    kind: "string",
+    default: "finetune",
+    help: "what trains (see above)",
+    choices: FINETUNE_MODES,
+  },
   t: { kind: "int", default: 10, help: "diffusion timestep of the features", min: 0 },
   block: {
     kind: "int",
@@ -66,7 +65,7 @@ await runMain(async () => {
       "alone (frozen), or the same network from scratch.",
     FLAGS,
   );
-  const mode = a.mode as Mode;
+  const mode = a.mode as FinetuneMode;
   const engine = await initEngine({ backend: a.backend });
   const s = await setupProbe({
     ...a,
@@ -76,24 +75,8 @@ await runMain(async () => {
   }, a.seed);
   const spec = s.loaded.model.spec;
   const cell = { t: a.t, block: a.block ?? defaultBlock(spec), pool: a.pool };
-  const key = foldName(rng(a.seed), "finetune");
-  const model = featureClassifier(
-    s.loaded.model,
-    cell,
-    s.classes,
-    foldName(key, "head"),
-    foldName(key, "noise"),
-  );
-  const trainable = mode === "frozen" ? model.head : model.trainable;
-  const head = new Set(model.head);
-  const lrScale = mode === "finetune"
-    ? (name: string) => (head.has(name) ? 1 : a["backbone-lr"] / a.lr)
-    : undefined;
-  const part = (rows: Int32Array) => take(s.train, rows);
-  const [train, valid] = [part(s.fit), part(s.val)];
-  if (count(valid) === 0) throw new UsageError("--val-percent leaves no validation images");
+  if (s.val.length === 0) throw new UsageError("--val-percent leaves no validation images");
   const run = a.run ?? `${s.dataset}-${mode}-${cellName(cell)}-seed${a.seed}`;
-  const trainedCount = trainable.reduce((n, k) => n + model.params[k].size, 0);
   const handle = await startRun(
     "finetune",
     run,
@@ -111,29 +94,24 @@ await runMain(async () => {
       epochs: a.epochs,
       patience: a.patience,
       batch: a.batch,
-      train_images: count(train),
-      val_images: count(valid),
+      train_images: s.fit.length,
+      val_images: s.val.length,
       trained:
         { frozen: "head", finetune: "backbone to block b + head", scratch: "all (fresh)" }[mode],
-      trained_params: trainedCount,
     },
     a.seed,
     { engine, task: "finetune" },
   );
-  const bar = progress({ label: `finetune ${mode}`, total: a.epochs, quiet: a.quiet });
-  const fit = await fitClassifier(model, train, valid, {
+  const { fit, pred, trainedParams, paramCount } = await trainOnCell(s, cell, mode, {
     epochs: a.epochs,
     lr: a.lr,
-    lrScale,
-    trainable,
+    backboneLr: a["backbone-lr"],
     batch: a.batch,
     patience: a.patience,
-    key: foldName(key, "order"),
-    onEpoch: (e) => bar.tick(e.epoch, { loss: e.train_loss, valid: e.valid_accuracy }),
+    key: foldName(rng(a.seed), "finetune"),
+    label: `finetune ${mode}`,
+    quiet: a.quiet,
   });
-  bar.done();
-  const pred = await predictLabels(model, s.test, 128);
-  disposeParams(model.params);
   const m = downstreamMetrics("10-class", pred, s.test.labels, s.classes);
   const path = await finishRun(handle, {
     metrics: {
@@ -143,7 +121,8 @@ await runMain(async () => {
       best_epoch: fit.bestEpoch,
       epochs_run: fit.curve.length,
       valid_curve: fit.curve,
-      param_count: model.paramCount,
+      param_count: paramCount,
+      trained_params: trainedParams,
       train_s: fit.seconds,
     },
     timings: { train_s: fit.seconds },

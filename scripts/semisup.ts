@@ -13,11 +13,10 @@
 // resume.
 import { basename } from "node:path";
 import { COMMON_FLAGS, parseCli, runMain, UsageError } from "../lib/cli.ts";
-import { count, take } from "../lib/data/dataset.ts";
-import { fitClassifier, predictLabels } from "../lib/downstream.ts";
+import { count } from "../lib/data/dataset.ts";
 import { initEngine } from "../lib/engine/mod.ts";
 import { type Cell, cellName } from "../lib/features.ts";
-import { featureClassifier } from "../lib/finetune.ts";
+import { trainOnCell } from "../lib/finetune.ts";
 import { loadFrozenModel } from "../lib/frozen_model.ts";
 import { writeFileAtomic } from "../lib/io/atomic.ts";
 import { describeHead, parseHeadSpec } from "../lib/models/heads.ts";
@@ -223,7 +222,6 @@ await runMain(async () => {
         const r = m === "frozen-attention"
           ? await frozenHead(s, { t: a.t, block, pool: a["head-pool"] }, seed, setupFlags)
           : await trained(s, { t: a.t, block, pool: a.pool }, seed, m);
-        disposeParams(s.loaded.model.params);
         done.results.push({
           percent: p,
           method: m,
@@ -244,33 +242,21 @@ await runMain(async () => {
     }
   }
 
-  async function trained(s: ProbeSetup, cell: Cell, seed: number, m: Method) {
-    const key = foldName(rng(seed), "semisup");
-    const model = featureClassifier(
-      s.loaded.model,
-      cell,
-      s.classes,
-      foldName(key, "head"),
-      foldName(key, "noise"),
-    );
-    const headNames = new Set(model.head);
-    const bar = progress({ label: `semisup ${m}`, total: a.epochs, quiet: a.quiet });
-    const fit = await fitClassifier(model, take(s.train, s.fit), take(s.train, s.val), {
+  async function trained(s: ProbeSetup, cell: Cell, seed: number, m: "finetune" | "scratch") {
+    const r = await trainOnCell(s, cell, m, {
       epochs: a.epochs,
       lr: a.lr,
-      lrScale: m === "finetune"
-        ? (k) => (headNames.has(k) ? 1 : a["backbone-lr"] / a.lr)
-        : undefined,
-      trainable: model.trainable,
+      backboneLr: a["backbone-lr"],
       batch: a.batch,
       patience: a.patience,
-      key: foldName(key, "order"),
-      onEpoch: (e) => bar.tick(e.epoch, { loss: e.train_loss, valid: e.valid_accuracy }),
+      key: foldName(rng(seed), "semisup"),
+      label: `semisup ${m}`,
+      quiet: a.quiet,
     });
-    bar.done();
-    const test = accuracy(await predictLabels(model, s.test, 128), s.test.labels);
-    for (const k of model.head) model.params[k].dispose();
-    return { test_accuracy: test, val_accuracy: fit.bestValidAccuracy };
+    return {
+      test_accuracy: accuracy(r.pred, s.test.labels),
+      val_accuracy: r.fit.bestValidAccuracy,
+    };
   }
 
   async function frozenHead(
@@ -301,6 +287,7 @@ await runMain(async () => {
     bar.done();
     const score = await scoreHead(h, s, train, test);
     disposeParams(h.params);
+    disposeParams(s.loaded.model.params);
     return { test_accuracy: score.test, val_accuracy: score.val };
   }
 

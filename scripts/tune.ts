@@ -29,11 +29,10 @@ import { countParams, disposeParams } from "../lib/params.ts";
 import { throughput } from "../lib/pretrain_resume.ts";
 import { runKeys } from "../lib/pretrain_data.ts";
 import { lineChart, renderFigure } from "../lib/report/figures.ts";
-import { finishRun, resultsDir, startRun } from "../lib/results.ts";
+import { finishRun, resultsDir, runStem, startRun } from "../lib/results.ts";
 import { checkpointPath, pretrainingOf, tune, type TuneConfig } from "../lib/tune.ts";
 import { disposeTensors } from "../lib/optim.ts";
 import { shortList } from "../lib/messages.ts";
-import { basename } from "node:path";
 
 const FLAGS = {
   ...COMMON_FLAGS,
@@ -238,7 +237,7 @@ await runMain(async () => {
     : carryParams(source.model.params, model, key);
   disposeParams(source.model.params);
 
-  const stem = basename(weights).replace(/\.weights\.safetensors$|\.safetensors$/, "");
+  const stem = runStem(weights);
   const run = a.run ?? `${stem}${a["from-scratch"] ? "-scratch" : ""}-${task}-seed${a.seed}`;
   if (!FILE_SAFE.test(run)) {
     throw new UsageError(`--run: the default name "${run}" is not file-safe; pass --run`);

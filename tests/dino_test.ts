@@ -160,16 +160,18 @@ Deno.test("drawCrops() and multiCrop(): boxes within the image, shapes, flips, k
   tf.dispose([x, v, big, ...views, ...again, ...other]);
 });
 
-Deno.test("pretrainDino(): steps on tiny data run without leaks, deterministic; a fine-tunable backbone", async () => {
-  const n = 12;
-  const images = Float32Array.from(uniformArray(rng(8), n * 64), (u) => 2 * u - 1);
-  const pool = makeDataset({
+/** n unlabeled 8×8 gray images uniform in [−1, 1], drawn from `seed`. */
+const toyPool = (n: number, seed: number) =>
+  makeDataset({
     name: "toy",
-    images,
+    images: Float32Array.from(uniformArray(rng(seed), n * 64), (u) => 2 * u - 1),
     labels: new Int32Array(n),
     shape: [8, 8, 1],
     classes: ["unused"],
   });
+
+Deno.test("pretrainDino(): steps on tiny data run without leaks, deterministic; a fine-tunable backbone", async () => {
+  const pool = toyPool(12, 8);
   const run = async () => {
     const r = await pretrainDino(tiny, pool, { steps: 4, batch: 4, lr: 1e-3, key: rng(9) });
     const clf = vitClassifier(tinyVit, r.student, 3, rng(10));
@@ -199,15 +201,7 @@ Deno.test("pretrainDino(): steps on tiny data run without leaks, deterministic; 
 });
 
 Deno.test("pretrainDinoCached(): the second call reads the backbones back; another identity or a corrupt file pre-trains again", async () => {
-  const n = 8;
-  const images = Float32Array.from(uniformArray(rng(3), n * 64), (u) => 2 * u - 1);
-  const pool = makeDataset({
-    name: "toy",
-    images,
-    labels: new Int32Array(n),
-    shape: [8, 8, 1],
-    classes: ["unused"],
-  });
+  const pool = toyPool(8, 3);
   const dir = await Deno.makeTempDir();
   const path = `${dir}/sub/dino.safetensors`;
   const misses: string[] = [];

@@ -268,7 +268,7 @@ Deno.test("deno task finetune and semisup: modes train what they say; mean ± st
   const ft = await Promise.all(
     ["finetune", "frozen", "scratch"].map((m) => result("finetune", `ft-${m}`)),
   );
-  const trained = ft.map((r) => (r.config as { trained_params: number }).trained_params);
+  const trained = ft.map((r) => (r.metrics as { trained_params: number }).trained_params);
   // The frozen probe trains the linear head alone; finetune and scratch the same backbone + head.
   assert(trained[1] < trained[0], `${trained}`);
   assertEquals(trained[0], trained[2]);

@@ -327,7 +327,7 @@ const p001: TableDef[] = [
       {
         key: "trained",
         header: "trained parameters",
-        path: "config.trained_params",
+        path: "metrics.trained_params",
         format: "int",
       },
       { key: "epoch", header: "best epoch", path: "metrics.best_epoch", format: "int" },
