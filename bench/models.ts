@@ -2,7 +2,8 @@
 //   unet_train     one pre-training step of the `small` ADM U-Net (hybrid loss, Adam, EMA),
 //   dit_train      the same step for the `small` DiT,
 //   unet_features  feature extraction: q_sample + the U-Net up to its middle block, no gradient,
-// on each engine available here (wasm+kernels, i.e. BLAS off, and wasm+kernels+blas), and on
+// on each engine available here (wasm+kernels+blas, wasm+kernels with BLAS off, and
+// wasm+threads+kernels, tfjs's threaded binary with a thread per core), and on
 // PyTorch through bench/peer_torch.py (same architectures, same step, 2 threads) when a python3
 // with torch is found. Ratios project / PyTorch go to `ratio_vs_torch` (best engine) and
 // `ratio_vs_torch_by_engine`.
@@ -19,6 +20,7 @@ import * as tf from "@tensorflow/tfjs";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import { initEngine } from "../lib/engine/mod.ts";
+import { stopWasmThreads } from "../lib/engine/wasm_threads.ts";
 import * as unet from "../lib/models/unet.ts";
 import * as dit from "../lib/models/dit.ts";
 import { namedSchedule } from "../lib/diffusion/schedule.ts";
@@ -65,6 +67,8 @@ const LR = 1e-4, EMA = 0.999, STEPS = 1000;
 interface WorkerSpec {
   readonly workload: Workload;
   readonly blas: boolean;
+  /** Threads of the threaded wasm binary (DP_WASM_THREADS); absent: the single-threaded one. */
+  readonly threads?: number;
   readonly batch: number;
   readonly repeats: number;
   readonly budgetS: number;
@@ -233,7 +237,7 @@ async function spawnWorker(
     args,
     stdout: "piped",
     stderr: "piped",
-    env: { NO_COLOR: "1" },
+    env: { NO_COLOR: "1", DP_WASM_THREADS: String(spec.threads ?? 0) },
   })
     .output();
   const text = new TextDecoder().decode(out.stdout).trim().split("\n").pop() ?? "";
@@ -252,6 +256,7 @@ async function spawnWorker(
 async function measure(
   workload: Workload,
   blas: boolean,
+  threads: number | undefined,
   batch: number,
   repeats: number,
   budgetS: number,
@@ -259,7 +264,7 @@ async function measure(
 ): Promise<Measurement | { error: string; failed_batches: number[] }> {
   const failed: number[] = [];
   for (let n = batch; n >= 4; n = Math.floor(n / 2)) {
-    const r = await spawnWorker({ workload, blas, batch: n, repeats, budgetS });
+    const r = await spawnWorker({ workload, blas, threads, batch: n, repeats, budgetS });
     if (r.ok) {
       const m = failed.length ? { ...r.m, failed_batches: failed } : r.m;
       log(
@@ -272,7 +277,8 @@ async function measure(
       );
       return m;
     }
-    log(`models: ${blas ? "blas" : "no-blas"} ${workload} batch ${n} failed (${r.why}); halving`);
+    const what = blas ? "blas" : threads ? `threads ${threads}` : "no-blas";
+    log(`models: ${what} ${workload} batch ${n} failed (${r.why}); halving`);
     failed.push(n);
   }
   return { error: "no batch ≥ 4 fits", failed_batches: failed };
@@ -370,23 +376,30 @@ export const suite = {
       dit_train: batch,
       unet_features: batch,
     };
-    for (const blas of [true, false]) {
+    // Without native libraries the engine is plain wasm: measured single-threaded and on tfjs's
+    // threaded binary with a thread per core (lib/engine/wasm_threads.ts).
+    const cores = navigator.hardwareConcurrency;
+    const variants: { blas: boolean; threads?: number }[] = [
+      { blas: true },
+      { blas: false },
+      ...(cores >= 2 ? [{ blas: false, threads: cores }] : []),
+    ];
+    for (const { blas, threads } of variants) {
+      if (!blas && !threads && "wasm+kernels" in engines) continue; // the BLAS run had no BLAS
       const rows: Record<string, unknown> = {};
-      let name = blas ? "wasm+kernels+blas" : "wasm+kernels";
+      let name = blas ? "wasm+kernels+blas" : threads ? "wasm+threads+kernels" : "wasm+kernels";
       for (const w of WORKLOADS) {
-        const m = await measure(w, blas, blas ? batch : used[w], repeats, budgetS, log);
+        const m = await measure(w, blas, threads, blas ? batch : used[w], repeats, budgetS, log);
         rows[w] = m;
         if ("engine" in m) {
           name = m.engine;
           if (blas) used[w] = m.batch;
         }
       }
-      if (blas && !name.includes("blas")) {
-        log("models: OpenBLAS is unavailable here (or DP_BLAS=0): measured wasm+kernels only");
-        engines[name] = rows;
-        break;
-      }
       engines[name] = rows;
+      if (blas && !name.includes("blas")) {
+        log("models: OpenBLAS is unavailable here (or DP_BLAS=0): wasm+kernels measured above");
+      }
     }
 
     const result: Record<string, unknown> = {
@@ -460,6 +473,8 @@ if (import.meta.main) {
   });
   if (values.worker) {
     console.log(JSON.stringify(await runWorker(JSON.parse(values.worker) as WorkerSpec)));
+    stopWasmThreads(); // pthread workers would keep the process alive
+    Deno.exit(0);
   } else {
     const num = (s?: string) => (s === undefined ? undefined : Number(s));
     const r = await suite.run({

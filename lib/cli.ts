@@ -307,6 +307,14 @@ export function parseCli<S extends FlagSpecs>(
 export async function runMain(main: () => Promise<void> | void): Promise<void> {
   try {
     await main();
+    // tfjs's threaded wasm (DP_WASM_THREADS) keeps workers that would hold the process open.
+    const stop = (globalThis as Record<symbol, unknown>)[
+      Symbol.for("diffusion-pretraining.stopWasmThreads")
+    ];
+    if (typeof stop === "function") {
+      stop();
+      Deno.exit(0);
+    }
   } catch (e) {
     const err = e as Error;
     if (Deno.env.get("DP_DEBUG")) console.error(err.stack ?? err);

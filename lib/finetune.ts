@@ -20,7 +20,7 @@ import type { ProbeSetup } from "./probe_run.ts";
 import { progress } from "./progress.ts";
 import { fold, foldName, normal, type Rng } from "./random.ts";
 import { take } from "./data/dataset.ts";
-import { type FitResult, fitClassifier, predictLabels } from "./downstream.ts";
+import { fitClassifier, type FitResult, predictLabels } from "./downstream.ts";
 
 /** A fine-tunable classifier, and which of its parameters train. */
 export interface FeatureClassifier extends Classifier {

@@ -1,16 +1,33 @@
 // Backend choice for TensorFlow.js: tensorflow (native, optional) > webgpu (real adapter) > wasm.
 // `cpu` is the pure-JS reference backend, used only when asked for (tests compare against it).
 import * as tf from "@tensorflow/tfjs";
-import { setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
+import { getThreadsCount, setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
 import { registerWasmKernels } from "./wasm_kernels/mod.ts";
 import { registerBlasKernels, unregisterBlasKernels } from "./blas/mod.ts";
 import { prepareNativeLibs } from "./native_libs.ts";
+import { prepareWasmThreads, WASM_PREFIX } from "./wasm_threads.ts";
 
 export const BACKENDS = ["tensorflow", "webgpu", "wasm", "cpu"] as const;
 export type BackendName = (typeof BACKENDS)[number];
 
 /** Environment variable that overrides the automatic choice (a `--backend` flag wins over it). */
 export const BACKEND_ENV = "DP_BACKEND";
+
+/** Threads of tfjs's threaded wasm binary (opt-in, >= 2; ./wasm_threads.ts). */
+export const WASM_THREADS_ENV = "DP_WASM_THREADS";
+
+function wasmThreadsAsked(): number | undefined {
+  const text = Deno.env.get(WASM_THREADS_ENV);
+  if (text === undefined || text === "" || text === "1" || text === "0") return undefined;
+  const n = Number(text);
+  if (!(Number.isInteger(n) && n >= 2)) {
+    throw new Error(`${WASM_THREADS_ENV}="${text}": expected a thread count >= 2 (or 0/1: off)`);
+  }
+  return n;
+}
+
+// The wasm module initialises once per process: threads are decided at the first wasm start.
+let wasmStarted = false;
 
 /** What `initEngine` settled on; recorded in every results JSON. */
 export interface EngineInfo {
@@ -149,8 +166,14 @@ export async function initEngine(opts: EngineOptions = {}): Promise<EngineInfo> 
   backend ??= "wasm";
 
   const layers: string[] = [backend];
+  let restore: (() => void) | undefined;
   if (backend === "wasm") {
-    setWasmPaths(wasmDistDir());
+    const threads = wasmStarted ? undefined : wasmThreadsAsked();
+    if (threads) {
+      restore = prepareWasmThreads(wasmDistDir(), threads);
+      setWasmPaths(WASM_PREFIX);
+      layers.push("threads");
+    } else if (!wasmStarted) setWasmPaths(wasmDistDir());
     registerWasmKernels();
     layers.push("kernels");
     const useBlas = opts.blas ?? true;
@@ -167,10 +190,14 @@ export async function initEngine(opts: EngineOptions = {}): Promise<EngineInfo> 
     }
   }
   if (tf.getBackend() !== backend) {
-    const ok = await tf.setBackend(backend);
+    const ok = await tf.setBackend(backend).finally(() => restore?.());
     if (!ok) throw new Error(`Backend ${backend} failed to initialise`);
   }
   await tf.ready();
+  if (backend === "wasm") {
+    wasmStarted = true;
+    if (layers.includes("threads")) details.wasmThreads = getThreadsCount();
+  }
   current = { backend, engine: layers.join("+"), tfjs: tf.version.tfjs, details };
   if (opts.announce ?? true) {
     const extra = Object.entries(details).map(([k, v]) => `${k}=${v}`).join(" ");
