@@ -968,7 +968,10 @@ const p000: TableDef[] = [
     scale: { paper: PAPER_CT + "; test split of facility 1", ours: OURS_DIT },
     note: "Binary is the paper's task (its positives: hematoma; ours: one class, 10 % of " +
       "images); F1, recall and precision are of the positive class there and macro-averaged " +
-      "for 10 classes. Every row uses the same downstream splits of Table 1's sizes.",
+      "for 10 classes. Every row uses the same downstream splits of Table 1's sizes. ECE " +
+      "(diffusion classifiers only) is of softmax(−error/τ), τ fitted on the valid split, which " +
+      "is scored without pruning; on the test split a pruned class has probability 0, so the " +
+      "probabilities there are over the classes that survive the adaptive stages.",
     experiments: ["downstream-baselines", "classify"],
     columns: [
       { key: "model", header: "model", path: "$label" },
