@@ -26,8 +26,10 @@ function wasmThreadsAsked(): number | undefined {
   return n;
 }
 
-// The wasm module initialises once per process: threads are decided at the first wasm start.
+// The wasm module initialises once per process: threads are decided at the first wasm start
+// and stay (the thread count, once the threaded binary runs).
 let wasmStarted = false;
+let wasmThreads: number | undefined;
 
 /** What `initEngine` settled on; recorded in every results JSON. */
 export interface EngineInfo {
@@ -172,8 +174,8 @@ export async function initEngine(opts: EngineOptions = {}): Promise<EngineInfo> 
     if (threads) {
       restore = prepareWasmThreads(wasmDistDir(), threads);
       setWasmPaths(WASM_PREFIX);
-      layers.push("threads");
-    } else if (!wasmStarted) setWasmPaths(wasmDistDir());
+    } else if (!wasmThreads) setWasmPaths(wasmDistDir());
+    if (threads || wasmThreads) layers.push("threads");
     registerWasmKernels();
     layers.push("kernels");
     const useBlas = opts.blas ?? true;
@@ -196,7 +198,7 @@ export async function initEngine(opts: EngineOptions = {}): Promise<EngineInfo> 
   await tf.ready();
   if (backend === "wasm") {
     wasmStarted = true;
-    if (layers.includes("threads")) details.wasmThreads = getThreadsCount();
+    if (layers.includes("threads")) details.wasmThreads = wasmThreads ??= getThreadsCount();
   }
   current = { backend, engine: layers.join("+"), tfjs: tf.version.tfjs, details };
   if (opts.announce ?? true) {
