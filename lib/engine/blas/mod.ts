@@ -87,9 +87,8 @@ export function registerBlasKernels(): Record<string, string | number> | undefin
     active = { blas, replaced };
   }
   const dnn = loadOneDnn(); // convolutions go to oneDNN when it loads (lib/engine/blas/conv.ts)
-  return dnn
-    ? { blas: blas.path, blasThreads: blas.threads, onednn: dnn.path }
-    : { blas: blas.path, blasThreads: blas.threads };
+  const base = { blas: blas.path, blasThreads: blas.threads, blasCore: blas.core };
+  return dnn ? { ...base, onednn: dnn.path } : base;
 }
 
 /**

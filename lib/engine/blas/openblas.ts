@@ -43,6 +43,9 @@ const SYMBOLS = {
   },
   openblas_set_num_threads: { parameters: ["i32"], result: "void" },
   openblas_get_num_threads: { parameters: [], result: "i32" },
+  // The kernel set OpenBLAS's dynamic dispatch chose from CPUID (e.g. "SkylakeX", "Cooperlake",
+  // "Zen"): which of the CPU's ISAs the matrix products use.
+  openblas_get_corename: { parameters: [], result: "pointer" },
 } as const;
 
 const ROW_MAJOR = 101;
@@ -55,6 +58,8 @@ export interface Blas {
   readonly path: string;
   /** Threads OpenBLAS runs with. */
   readonly threads: number;
+  /** The kernel set chosen for this CPU ("unknown" when the library does not say). */
+  readonly core: string;
   /** Change the thread count (process-wide: OpenBLAS keeps one pool). */
   setThreads(n: number): void;
   /**
@@ -121,8 +126,13 @@ export function openBlas(env: (name: string) => string | undefined = processEnv)
     }
     const s = lib.symbols;
     s.openblas_set_num_threads(threadCount(env));
+    const name = s.openblas_get_corename();
+    const core = name
+      ? new Deno.UnsafePointerView(name).getCString().trim() || "unknown"
+      : "unknown";
     return {
       path,
+      core,
       get threads() {
         return s.openblas_get_num_threads();
       },
