@@ -92,6 +92,11 @@ export interface TableDef {
   readonly rest?: boolean;
   /** Regular expression of run artifacts (images) to embed below the table. */
   readonly artifacts?: string;
+  /**
+   * Sentences computed from the table's runs (the comparisons an issue asks to state), shown
+   * under it; each names the numbers it compares, as read from the runs.
+   */
+  readonly findings?: (runs: readonly LoadedResult[]) => readonly string[];
 }
 
 /** A line chart of one series per run, drawn by the report from the runs' JSON. */
@@ -437,6 +442,12 @@ export function renderTable(
   for (const q of def.paper ?? []) bySeed.set(q.seed, [...bySeed.get(q.seed) ?? [], quoted(q)]);
   const quotes = [...bySeed].map(([seed, t]) => `\`../shared/seeds/${seed}\`, ${t.join(", ")}`);
   if (quotes.length > 0) out.push(`Paper rows quoted from ${quotes.join("; ")}.`);
+  const findings = def.findings?.(selected) ?? [];
+  if (findings.length > 0) {
+    out.push(
+      ["Findings (computed from the runs above):", ...findings.map((f) => `- ${f}`)].join("\n"),
+    );
+  }
   if (missing.length > 0) {
     out.push(
       [

@@ -8,7 +8,15 @@
 // `config.pool`, `config.head` and `metrics.test_accuracy` as a fraction. The semi-supervised,
 // generation and tuning experiments come later; their tables are declared with the names they
 // are planned to write, and the experiment that lands adjusts its paths and commands here.
-import type { Column, FigureDef, ReportItem, Section, TableDef } from "./table.ts";
+import {
+  type Column,
+  type FigureDef,
+  getPath,
+  type ReportItem,
+  type Section,
+  type TableDef,
+} from "./table.ts";
+import type { LoadedResult } from "../results.ts";
 
 // ---------------------------------------------------------------- sources
 
@@ -406,6 +414,7 @@ const p001: TableDef[] = [
       command: `deno task transfer --weights <${source} pretrain> --target ${target}`,
     })),
     command: "deno task transfer --target mnist|fashion-mnist|<image folder>",
+    findings: transferFindings,
     artifacts: "\\.png$",
   },
   {
@@ -722,6 +731,7 @@ const p002: TableDef[] = [
       }))
     ),
     command: "deno task semisup",
+    findings: semisupFindings,
   },
   {
     kind: "table",
@@ -1021,8 +1031,113 @@ const p000: TableDef[] = [
       ),
     ]),
     command: "deno task downstream-baselines; deno task tune; deno task classify",
+    findings: table4Findings,
   },
 ];
+
+const pct2 = (v: number) => `${(100 * v).toFixed(2)}%`;
+const num = (r: LoadedResult, path: string) => {
+  const v = getPath(r.result, path);
+  return typeof v === "number" ? v : undefined;
+};
+
+/**
+ * Seed 002's claim: pre-training helps most with the fewest labels. Per share of labels, the
+ * gain of each pre-trained method over supervised training from scratch (mean accuracies).
+ */
+function semisupFindings(runs: readonly LoadedResult[]): string[] {
+  const mean = (labels: number, method: string) => {
+    const r = runs.find((x) =>
+      getPath(x.result, "config.labels") === labels && getPath(x.result, "config.method") === method
+    );
+    return r ? num(r, "metrics.test_accuracy") : undefined;
+  };
+  const shares = [...new Set(runs.map((r) => getPath(r.result, "config.labels")))]
+    .filter((v): v is number => typeof v === "number").sort((a, b) => a - b);
+  const out: string[] = [];
+  for (const method of ["finetune", "frozen-attention"]) {
+    const gains = shares.flatMap((l) => {
+      const m = mean(l, method), s = mean(l, "scratch");
+      return m !== undefined && s !== undefined ? [{ l, gain: m - s }] : [];
+    });
+    for (const g of gains) {
+      out.push(
+        `${pct2(g.l)} labels: ${method} minus scratch = ${(100 * g.gain).toFixed(2)} points.`,
+      );
+    }
+    if (gains.length >= 2) {
+      const best = gains.reduce((a, b) => (b.gain > a.gain ? b : a));
+      out.push(
+        `${method}: the gain over scratch is largest at ${pct2(best.l)} labels` +
+          (best.l === gains[0].l
+            ? " (the fewest, as 002 claims)."
+            : " (not the fewest: 002's claim does not hold here)."),
+      );
+    }
+  }
+  return out;
+}
+
+/** 001 Figure 5's question: does the best (t, block) move from the source to the target? */
+function transferFindings(runs: readonly LoadedResult[]): string[] {
+  return runs.flatMap((r) => {
+    const [sb, tb] = [num(r, "metrics.source_best.block"), num(r, "metrics.target_best.block")];
+    const [st, tt] = [num(r, "metrics.source_best.t"), num(r, "metrics.target_best.t")];
+    const lost = num(r, "metrics.accuracy_lost");
+    if (sb === undefined || tb === undefined || lost === undefined) return [];
+    const names = `${getPath(r.result, "config.source.dataset")} → ${
+      getPath(r.result, "config.target.dataset")
+    }`;
+    return [
+      `${names}: the best block ${
+        sb === tb ? `stays at b = ${sb}` : `moves from b = ${sb} to b = ${tb}`
+      }` +
+      `, t ${st === tt ? `stays at ${st}` : `moves from ${st} to ${tt}`}; carrying the source's ` +
+      `choice over costs ${(100 * lost).toFixed(2)} points of target test accuracy.`,
+    ];
+  });
+}
+
+/**
+ * Seed 000's two questions, per task: does representation conditioning beat unconditional
+ * pre-training (each classifier), and does Diffusion Classifier Zero beat the ε-space one (each
+ * pre-training)? Read from the classify runs' accuracies.
+ */
+function table4Findings(runs: readonly LoadedResult[]): string[] {
+  const acc = (task: string, pretraining: string, method: string) => {
+    const r = runs.find((x) =>
+      x.result.experiment === "classify" && getPath(x.result, "config.task") === task &&
+      getPath(x.result, "config.pretraining") === pretraining &&
+      getPath(x.result, "config.method") === method
+    );
+    const v = r ? getPath(r.result, "metrics.accuracy") : undefined;
+    return typeof v === "number" ? v : undefined;
+  };
+  const pct = pct2;
+  const verdict = (a: number, b: number) => (a > b ? "beats" : a < b ? "loses to" : "ties");
+  const out: string[] = [];
+  for (const task of ["binary", "10-class"]) {
+    for (const method of ["dc", "dc-zero"]) {
+      const r = acc(task, "representation", method), u = acc(task, "unconditional", method);
+      if (r !== undefined && u !== undefined) {
+        out.push(
+          `${task}, ${method}: representation-conditioned pre-training ${verdict(r, u)} ` +
+            `unconditional (accuracy ${pct(r)} vs ${pct(u)}).`,
+        );
+      }
+    }
+    for (const pretraining of ["unconditional", "representation"]) {
+      const z = acc(task, pretraining, "dc-zero"), e = acc(task, pretraining, "dc");
+      if (z !== undefined && e !== undefined) {
+        out.push(
+          `${task}, ${pretraining} pre-training: Diffusion Classifier Zero ${verdict(z, e)} ` +
+            `the ε-space classifier (accuracy ${pct(z)} vs ${pct(e)}).`,
+        );
+      }
+    }
+  }
+  return out;
+}
 
 // ---------------------------------------------------------------- benchmarks
 

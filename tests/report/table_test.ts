@@ -242,3 +242,50 @@ Deno.test({
     }
   },
 });
+
+Deno.test("000 Table 4's findings compare the classify runs' accuracies, both questions per task", () => {
+  const def = ITEMS.find((i) => i.id === "000-table4") as TableDef;
+  const classify = (pretraining: string, method: string, accuracy: number) =>
+    run("classify", `${pretraining}-${method}`, {
+      config: { task: "10-class", pretraining, method },
+      metrics: { accuracy, f1: 0, recall: 0, precision: 0 },
+    });
+  const md = renderTable(def, [
+    classify("unconditional", "dc", 0.3),
+    classify("unconditional", "dc-zero", 0.2),
+    classify("representation", "dc", 0.45),
+    classify("representation", "dc-zero", 0.2),
+  ], ctx());
+  assert(md.includes("Findings (computed from the runs above):"), md);
+  for (
+    const line of [
+      "- 10-class, dc: representation-conditioned pre-training beats unconditional (accuracy 45.00% vs 30.00%).",
+      "- 10-class, dc-zero: representation-conditioned pre-training ties unconditional (accuracy 20.00% vs 20.00%).",
+      "- 10-class, unconditional pre-training: Diffusion Classifier Zero loses to the ε-space classifier (accuracy 20.00% vs 30.00%).",
+    ]
+  ) assert(md.includes(line), `${line}\n${md}`);
+  assert(!md.includes("- binary,"), "no binary runs, no binary findings");
+});
+
+Deno.test("002 Table 5's findings: the gain over scratch per share of labels, and where it is largest", () => {
+  const def = ITEMS.find((i) => i.id === "002-table5") as TableDef;
+  const row = (method: string, labels: number, acc: number) =>
+    run("semisup", `${method}-${labels}`, {
+      config: { method, labels },
+      metrics: { test_accuracy: acc, test_accuracy_std: 0.01, seeds: 3, labeled_images: 600 },
+    });
+  const md = renderTable(def, [
+    row("finetune", 0.01, 0.6),
+    row("scratch", 0.01, 0.5),
+    row("finetune", 0.1, 0.8),
+    row("scratch", 0.1, 0.75),
+  ], ctx());
+  assert(md.includes("- 1.00% labels: finetune minus scratch = 10.00 points."), md);
+  assert(md.includes("- 10.00% labels: finetune minus scratch = 5.00 points."), md);
+  assert(
+    md.includes(
+      "- finetune: the gain over scratch is largest at 1.00% labels (the fewest, as 002 claims).",
+    ),
+    md,
+  );
+});
