@@ -191,11 +191,17 @@ await runMain(async () => {
     }
   }
   const statePath = `${a["state-dir"] ?? `checkpoints/semisup/${prefix}`}/done.json`;
+  // A finished (share, method, seed) run stays valid when more shares, methods or seeds are
+  // asked for later: the resume compares everything else.
+  const settings = (c: Record<string, unknown>) => {
+    const { percents: _p, subset_seeds: _s, methods: _m, ...rest } = c;
+    return JSON.stringify(rest);
+  };
   let done: { config: unknown; results: SeedResult[] } = { config, results: [] };
   try {
     const saved = JSON.parse(await Deno.readTextFile(statePath));
-    if (JSON.stringify(saved.config) === JSON.stringify(config)) done = saved;
-    else console.error(`semisup: ${statePath} is from another config; starting over`);
+    if (settings(saved.config) === settings(config)) done = { config, results: saved.results };
+    else console.error(`semisup: ${statePath} is from other settings; starting over`);
   } catch { /* none yet */ }
   if (done.results.length) console.error(`semisup: resuming: ${done.results.length} runs done`);
 
@@ -293,7 +299,9 @@ await runMain(async () => {
 
   for (const p of percents) {
     for (const m of methods) {
-      const rows = done.results.filter((r) => r.percent === p && r.method === m);
+      const rows = done.results.filter((r) =>
+        r.percent === p && r.method === m && seeds.includes(r.seed)
+      );
       const acc = rows.map((r) => r.test_accuracy);
       const path = await finishRun(handles.get(rowName(p, m))!, {
         metrics: {

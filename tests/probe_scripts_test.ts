@@ -298,13 +298,27 @@ Deno.test("deno task finetune and semisup: modes train what they say; mean ± st
   }
   // 5 % of the embedded MNIST's train split, class-balanced: the same count for every method.
   assert(labeled.every((n) => n === labeled[0]) && labeled[0] > 0, `${labeled}`);
+  // Asking for another share later reuses the finished runs and adds only the new ones.
+  const before = (await result("semisup", "ss-scratch-5pct")).metrics;
   const again = await run("semisup", [
     ...base,
-    ...["--percents", "5", "--subset-seeds", "0,1", "--test-percent", "10", "--epochs", "1"],
-    ...["--head-epochs", "1", "--head", "attention:8:1:2:4", "--head-pool", "2"],
+    ...["--percents", "5,3", "--subset-seeds", "0,1", "--test-percent", "10", "--epochs", "1"],
+    ...[
+      "--methods",
+      "scratch",
+      "--head-epochs",
+      "1",
+      "--head",
+      "attention:8:1:2:4",
+      "--head-pool",
+      "2",
+    ],
     ...["--cache-dir", `${tmp}/cache`, "--state-dir", `${tmp}/semisup-state`, "--run", "ss"],
   ]);
   assert(/resuming: 6 runs done/.test(again.stderr), again.stderr);
+  assertEquals(again.stderr.match(/subset seed \d: test/g)?.length, 2, "only 3 % × 2 seeds ran");
+  assertEquals((await result("semisup", "ss-scratch-5pct")).metrics.per_seed, before.per_seed);
+  assertEquals((await result("semisup", "ss-scratch-3pct")).metrics.seeds, 2);
 });
 
 globalThis.addEventListener("unload", () => Deno.removeSync(tmp, { recursive: true }));
