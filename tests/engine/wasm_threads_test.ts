@@ -6,7 +6,7 @@ import { assert, assertEquals } from "../assert.ts";
 const root = new URL("../../", import.meta.url).pathname;
 const child = `
 import * as tf from "@tensorflow/tfjs";
-import { initEngine } from "./lib/engine/mod.ts";
+import { initEngine } from "../lib/engine/mod.ts";
 const info = await initEngine({ announce: false });
 const a = tf.randomNormal([64, 96], 0, 1, "float32", 1), b = tf.randomNormal([96, 48], 0, 1, "float32", 2);
 const x = tf.randomNormal([2, 12, 12, 8], 0, 1, "float32", 3) as tf.Tensor4D;
@@ -21,7 +21,9 @@ Deno.exit(0); // pthread workers keep a process alive (runMain does this for the
 `;
 
 async function runChild(env: Record<string, string>) {
-  const file = await Deno.makeTempFile({ dir: root, suffix: ".ts" });
+  // Under the repository's ignored tmp/, so that the child resolves the project's imports.
+  await Deno.mkdir(`${root}tmp`, { recursive: true });
+  const file = await Deno.makeTempFile({ dir: `${root}tmp`, suffix: ".ts" });
   try {
     await Deno.writeTextFile(file, child);
     const out = await new Deno.Command(Deno.execPath(), {
