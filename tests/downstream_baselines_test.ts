@@ -58,7 +58,8 @@ Deno.test("deno task downstream-baselines: resnet, vit and dino write their fiel
   await run(["--method", "vit", "--task", "binary", "--run", "vit"]);
   checkFields(await result("vit"), "vit", "binary", 2);
   const dino = ["--method", "dino", "--task", "binary", "--positives", "0,1"];
-  const log = await run([...dino, "--run", "dino-a"]);
+  const cacheA = ["--dino-cache", `${tmp}/dino-a`];
+  const log = await run([...dino, ...cacheA, "--run", "dino-a"]);
   assert(log.includes("downstream-baselines: dino binary: test accuracy"), log);
   const a = await result("dino-a");
   checkFields(a, "dino", "binary", 2);
@@ -66,13 +67,25 @@ Deno.test("deno task downstream-baselines: resnet, vit and dino write their fiel
   assertEquals(m.pretrain_loss.length, 3);
   assert(m.pretrain_s > 0);
   assertEquals((a.config.protocol as { positives: number[] }).positives, [0, 1]);
-  await run([...dino, "--run", "dino-b"]);
-  const b = await result("dino-b");
+  // A second pre-training from scratch (another cache) repeats the first; a third run reads
+  // the first one's cache instead of pre-training, with the same outcome.
+  await run([...dino, "--dino-cache", `${tmp}/dino-b`, "--run", "dino-b"]);
+  const again = await run([...dino, ...cacheA, "--run", "dino-c"]);
+  assert(again.includes("DINO backbones from"), again);
+  const [b, c] = [await result("dino-b"), await result("dino-c")];
   const strip = (r: RunResult) => {
-    const { train_s: _t, pretrain_s: _p, ...rest } = r.metrics as Record<string, unknown>;
+    const { train_s: _t, pretrain_s: _p, pretrain_cached: _c, ...rest } = r.metrics as Record<
+      string,
+      unknown
+    >;
     return rest;
   };
   assertEquals(strip(b), strip(a), "same seed, same metrics");
+  assertEquals(strip(c), strip(a), "the cached pre-training gives the same metrics");
+  assertEquals(
+    [a, b, c].map((r) => (r.metrics as { pretrain_cached: boolean }).pretrain_cached),
+    [false, false, true],
+  );
 });
 
 Deno.test("deno task downstream-baselines: bad flags are usage errors", async () => {
