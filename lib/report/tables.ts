@@ -727,7 +727,7 @@ const p002: TableDef[] = [
       [0.01, 0.1].map((labels) => ({
         label: `${name}, ${100 * labels}% labels`,
         where: { "config.method": method, "config.labels": labels },
-        command: `deno task semisup --methods ${method}`,
+        command: `deno task semisup --percents ${100 * labels} --methods ${method}`,
       }))
     ),
     command: "deno task semisup",
