@@ -6,17 +6,21 @@ import type { Cell } from "./features.ts";
 import { type SplitFeatures, splitFeatures } from "./feature_store.ts";
 import { type LoadedModel, loadFrozenModel } from "./frozen_model.ts";
 import { blockTable, inputShape, type ModelSpec } from "./models/mod.ts";
-import { fold, foldName, rng } from "./random.ts";
+import { fold, foldName, type Rng, rng } from "./random.ts";
 import {
   accuracy,
   concatRows,
+  type HeadJob,
   predict,
   type Recipe,
   RECIPES,
   type RowSource,
   type TrainedHead,
+  trainHeads,
   validationSplit,
 } from "./probe.ts";
+import { disposeParams } from "./params.ts";
+import { progress } from "./progress.ts";
 import { type FlagSpecs, UsageError, type Values } from "./cli.ts";
 
 /** The reference checkpoint: the committed Fashion-MNIST `small` U-Net. */
@@ -128,8 +132,13 @@ export interface ProbeSetup {
  * Load the frozen model and the splits (subsets keyed by the seed, fixed across runs).
  * @throws UsageError when the dataset does not fit the model
  */
-export async function setupProbe(a: SetupFlags, seed: number): Promise<ProbeSetup> {
-  const loaded = await loadFrozenModel(a.weights, "ema", {
+export async function setupProbe(
+  a: SetupFlags,
+  seed: number,
+  /** The model of `a.weights`, already loaded (e.g. for a second dataset); else it is loaded. */
+  model?: LoadedModel,
+): Promise<ProbeSetup> {
+  const loaded = model ?? await loadFrozenModel(a.weights, "ema", {
     randomKey: a["random-weights"] ? foldName(rng(seed), "random-weights") : undefined,
   });
   const dataset = a.dataset ?? loaded.dataset ?? "fashion-mnist";
@@ -315,3 +324,31 @@ export const headMetrics = (h: TrainedHead, score: { val: number; test: number }
   param_count: h.paramCount,
   loss_curve: h.curve.map((c) => [c.epoch, c.loss]),
 });
+
+/**
+ * Train one head on the `fit` rows of its job's source (labels per row) with `s.recipe` and a
+ * progress line, score it on validation and on `test`, and free it: the single-head runs' path.
+ */
+export async function trainScoredHead(
+  s: ProbeSetup,
+  job: HeadJob,
+  rows: { readonly labels: Int32Array; readonly fit: Int32Array },
+  test: RowSource,
+  key: Rng,
+  o: { readonly label: string; readonly quiet?: boolean },
+): Promise<
+  { metrics: ReturnType<typeof headMetrics>; score: { val: number; test: number }; trainS: number }
+> {
+  const bar = progress({ label: o.label, total: s.recipe.epochs, quiet: o.quiet });
+  const t0 = performance.now();
+  const [h] = await trainHeads([job], rows.labels, s.recipe, key, {
+    classes: s.classes,
+    indices: rows.fit,
+    onEpoch: (e, loss) => bar.tick(e, { loss }),
+  });
+  bar.done();
+  const trainS = (performance.now() - t0) / 1000;
+  const score = await scoreHead(h, s, job.train, test);
+  disposeParams(h.params);
+  return { metrics: headMetrics(h, score), score, trainS };
+}

@@ -9,10 +9,9 @@ import { initEngine } from "../lib/engine/mod.ts";
 import { describeHead, type HeadSpec, parseHeadSpec } from "../lib/models/heads.ts";
 import { blockTable, features, initParams, type ModelSpec } from "../lib/models/mod.ts";
 import { adaptiveAvgPool, initParam, linear, linearSpecs } from "../lib/models/nn.ts";
-import { countParams, disposeParams, type Params, toVariables } from "../lib/params.ts";
-import { type Classifier, type HeadJob, memoryRows, trainHeads } from "../lib/probe.ts";
-import { defaultBlock, headMetrics, PROBE_FLAGS, scoreHead, setupProbe } from "../lib/probe_run.ts";
-import { progress } from "../lib/progress.ts";
+import { countParams, type Params, toVariables } from "../lib/params.ts";
+import { type Classifier, type HeadJob, memoryRows } from "../lib/probe.ts";
+import { defaultBlock, PROBE_FLAGS, setupProbe, trainScoredHead } from "../lib/probe_run.ts";
 import { foldName, type Rng, rng } from "../lib/random.ts";
 import { finishRun, startRun } from "../lib/results.ts";
 
@@ -121,20 +120,18 @@ await runMain(async () => {
     a.seed,
     { engine, task: "baselines" },
   );
-  const bar = progress({ label: a.baseline, total: s.recipe.epochs, quiet: a.quiet });
-  const t0 = performance.now();
-  const [h] = await trainHeads([job], s.train.labels, s.recipe, key, {
-    classes: s.classes,
-    indices: s.fit,
-    onEpoch: (e, loss) => bar.tick(e, { loss }),
-  });
-  bar.done();
-  const score = await scoreHead(h, s, train, test);
-  disposeParams(h.params);
-  const path = await finishRun(handle, {
-    metrics: headMetrics(h, score),
-    timings: { train_s: (performance.now() - t0) / 1000 },
-  });
+  const { metrics, score, trainS } = await trainScoredHead(
+    s,
+    job,
+    { labels: s.train.labels, fit: s.fit },
+    test,
+    key,
+    {
+      label: a.baseline,
+      quiet: a.quiet,
+    },
+  );
+  const path = await finishRun(handle, { metrics, timings: { train_s: trainS } });
   console.error(
     `baselines: ${a.baseline}: val ${(100 * score.val).toFixed(2)} %, test ${
       (100 * score.test).toFixed(2)

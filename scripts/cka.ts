@@ -150,7 +150,7 @@ await runMain(async () => {
     if (head.kind !== "cnn") throw new UsageError(`--cnn "${a.cnn}" is not a CNN head or none`);
   }
   const engine = await initEngine({ backend: a.backend });
-  const s = await setupProbe({ ...a, "cache-dir": "", "no-cache": true, "memory-gb": 1 }, a.seed);
+  const s = await setupProbe(a, a.seed);
   const model = s.loaded.model, spec = model.spec;
   const table = blockTable(spec);
   const block = a.block ?? defaultBlock(spec);

@@ -5,26 +5,22 @@ import { initEngine } from "../lib/engine/mod.ts";
 import { type Cell, cellName, gridCells } from "../lib/features.ts";
 import { describeHead, parseHeadSpec } from "../lib/models/heads.ts";
 import { blockTable } from "../lib/models/mod.ts";
-import { disposeParams } from "../lib/params.ts";
-import { trainHeads } from "../lib/probe.ts";
 import {
   defaultBlock,
   GRID_EPOCHS,
   GRID_FLAGS,
   gridFromFlags,
-  headMetrics,
   noiseKeyOf,
   PROBE_FLAGS,
   probeConfig,
   probeFeatures,
-  scoreHead,
   setupProbe,
   trainingConfig,
+  trainScoredHead,
 } from "../lib/probe_run.ts";
 import { autoSelect } from "../lib/auto_select.ts";
 import { gridCost, type Selection } from "../lib/select.ts";
 import { parseResult } from "../lib/results.ts";
-import { progress } from "../lib/progress.ts";
 import { foldName, rng } from "../lib/random.ts";
 import { finishRun, startRun } from "../lib/results.ts";
 
@@ -120,26 +116,17 @@ await runMain(async () => {
   const f = await probeFeatures(s, a, a.seed, [cell], { flip: a.flip });
   const name = cellName(cell);
   const train = f.train.sources.get(name)!, test = f.test.sources.get(name)!;
-  const bar = progress({ label: "probe", total: s.recipe.epochs, quiet: a.quiet });
-  const t0 = performance.now();
-  const [h] = await trainHeads(
-    [{ name, head, train }],
-    f.labels,
-    s.recipe,
+  const { metrics, score, trainS } = await trainScoredHead(
+    s,
+    { name, head, train },
+    f,
+    test,
     foldName(rng(a.seed), "probe"),
-    {
-      classes: s.classes,
-      indices: f.fit,
-      onEpoch: (e, loss) => bar.tick(e, { loss }),
-    },
+    { label: "probe", quiet: a.quiet },
   );
-  bar.done();
-  const trainS = (performance.now() - t0) / 1000;
-  const score = await scoreHead(h, s, train, test);
-  disposeParams(h.params);
   const path = await finishRun(handle, {
     metrics: {
-      ...headMetrics(h, score),
+      ...metrics,
       feature_images_per_s: f.train.imagesPerS ?? null,
       features_cached: f.train.cached.length > 0 && f.test.cached.length > 0,
       ...(selection ? { selection } : {}),

@@ -21,17 +21,16 @@ import { loadFrozenModel } from "../lib/frozen_model.ts";
 import { writeFileAtomic } from "../lib/io/atomic.ts";
 import { describeHead, parseHeadSpec } from "../lib/models/heads.ts";
 import { disposeParams } from "../lib/params.ts";
-import { accuracy, trainHeads } from "../lib/probe.ts";
+import { accuracy } from "../lib/probe.ts";
 import {
   defaultBlock,
   intList,
   PROBE_FLAGS,
   probeFeatures,
   type ProbeSetup,
-  scoreHead,
   setupProbe,
+  trainScoredHead,
 } from "../lib/probe_run.ts";
-import { progress } from "../lib/progress.ts";
 import { foldName, rng } from "../lib/random.ts";
 import { finishRun, startRun } from "../lib/results.ts";
 
@@ -274,25 +273,14 @@ await runMain(async () => {
     const f = await probeFeatures(s, flags, seed, [cell]);
     const name = cellName(cell);
     const train = f.train.sources.get(name)!, test = f.test.sources.get(name)!;
-    const bar = progress({
-      label: "semisup frozen-attention",
-      total: s.recipe.epochs,
-      quiet: a.quiet,
-    });
-    const [h] = await trainHeads(
-      [{ name, head, train }],
-      f.labels,
-      s.recipe,
+    const { score } = await trainScoredHead(
+      s,
+      { name, head, train },
+      f,
+      test,
       foldName(rng(seed), "semisup-head"),
-      {
-        classes: s.classes,
-        indices: f.fit,
-        onEpoch: (e, loss) => bar.tick(e, { loss }),
-      },
+      { label: "semisup frozen-attention", quiet: a.quiet },
     );
-    bar.done();
-    const score = await scoreHead(h, s, train, test);
-    disposeParams(h.params);
     disposeParams(s.loaded.model.params);
     return { test_accuracy: score.test, val_accuracy: score.val };
   }

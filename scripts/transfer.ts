@@ -84,7 +84,7 @@ await runMain(async () => {
     "train-percent": a["target-train-percent"] ?? a["train-percent"],
     "test-percent": a["target-test-percent"] ?? a["test-percent"],
   };
-  const target = await setupProbe(targetFlags, a.seed);
+  const target = await setupProbe(targetFlags, a.seed, source.loaded);
   if (source.dataset === target.dataset) {
     throw new UsageError(`--target ${a.target} is the source dataset itself`);
   }
@@ -118,8 +118,7 @@ await runMain(async () => {
     });
   const src = await grid(source, sourceFlags, "source");
   const tgt = await grid(target, targetFlags, "target");
-  disposeParams(source.loaded.model.params);
-  disposeParams(target.loaded.model.params);
+  disposeParams(source.loaded.model.params); // the target's model is the same
 
   // Choices on validation; test accuracies reported for the cells those choices name.
   const sBest = bestCell(src.cells), tBest = bestCell(tgt.cells);

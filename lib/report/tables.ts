@@ -13,8 +13,10 @@ import {
   type FigureDef,
   getPath,
   type ReportItem,
+  satisfies,
   type Section,
   type TableDef,
+  type Where,
 } from "./table.ts";
 import type { LoadedResult } from "../results.ts";
 
@@ -1041,17 +1043,23 @@ const num = (r: LoadedResult, path: string) => {
   return typeof v === "number" ? v : undefined;
 };
 
+/** The number at `path` of the first run that matches `where` (the tables' own matching). */
+const numberWhere = (runs: readonly LoadedResult[], where: Where, path: string) => {
+  const r = runs.find((run) => satisfies(where, { run, label: run.result.run }));
+  return r ? num(r, path) : undefined;
+};
+
 /**
  * Seed 002's claim: pre-training helps most with the fewest labels. Per share of labels, the
  * gain of each pre-trained method over supervised training from scratch (mean accuracies).
  */
 function semisupFindings(runs: readonly LoadedResult[]): string[] {
-  const mean = (labels: number, method: string) => {
-    const r = runs.find((x) =>
-      getPath(x.result, "config.labels") === labels && getPath(x.result, "config.method") === method
+  const mean = (labels: number, method: string) =>
+    numberWhere(
+      runs,
+      { "config.labels": labels, "config.method": method },
+      "metrics.test_accuracy",
     );
-    return r ? num(r, "metrics.test_accuracy") : undefined;
-  };
   const shares = [...new Set(runs.map((r) => getPath(r.result, "config.labels")))]
     .filter((v): v is number => typeof v === "number").sort((a, b) => a - b);
   const out: string[] = [];
@@ -1104,16 +1112,13 @@ function transferFindings(runs: readonly LoadedResult[]): string[] {
  * pre-training)? Read from the classify runs' accuracies.
  */
 function table4Findings(runs: readonly LoadedResult[]): string[] {
-  const acc = (task: string, pretraining: string, method: string) => {
-    const r = runs.find((x) =>
-      x.result.experiment === "classify" && getPath(x.result, "config.task") === task &&
-      getPath(x.result, "config.pretraining") === pretraining &&
-      getPath(x.result, "config.method") === method
-    );
-    const v = r ? getPath(r.result, "metrics.accuracy") : undefined;
-    return typeof v === "number" ? v : undefined;
-  };
-  const pct = pct2;
+  const acc = (task: string, pretraining: string, method: string) =>
+    numberWhere(runs, {
+      experiment: "classify",
+      "config.task": task,
+      "config.pretraining": pretraining,
+      "config.method": method,
+    }, "metrics.accuracy");
   const verdict = (a: number, b: number) => (a > b ? "beats" : a < b ? "loses to" : "ties");
   const out: string[] = [];
   for (const task of ["binary", "10-class"]) {
@@ -1122,7 +1127,7 @@ function table4Findings(runs: readonly LoadedResult[]): string[] {
       if (r !== undefined && u !== undefined) {
         out.push(
           `${task}, ${method}: representation-conditioned pre-training ${verdict(r, u)} ` +
-            `unconditional (accuracy ${pct(r)} vs ${pct(u)}).`,
+            `unconditional (accuracy ${pct2(r)} vs ${pct2(u)}).`,
         );
       }
     }
@@ -1131,7 +1136,7 @@ function table4Findings(runs: readonly LoadedResult[]): string[] {
       if (z !== undefined && e !== undefined) {
         out.push(
           `${task}, ${pretraining} pre-training: Diffusion Classifier Zero ${verdict(z, e)} ` +
-            `the ε-space classifier (accuracy ${pct(z)} vs ${pct(e)}).`,
+            `the ε-space classifier (accuracy ${pct2(z)} vs ${pct2(e)}).`,
         );
       }
     }
