@@ -5,8 +5,11 @@
 // on each engine available here (wasm+kernels+blas, wasm+kernels with BLAS off, and
 // wasm+threads+kernels, tfjs's threaded binary with a thread per core), and on
 // PyTorch through bench/peer_torch.py (same architectures, same step, 2 threads) when a python3
-// with torch is found. Ratios project / PyTorch go to `ratio_vs_torch` (best engine) and
-// `ratio_vs_torch_by_engine`.
+// with torch is found. The peer runs `peerRuns` times and its median is the reference (its
+// spread is kept: it is the noisier of the two). Ratios project / PyTorch go to `ratio_vs_torch`
+// (best engine) and `ratio_vs_torch_by_engine`; achieved GFLOP/s use the FLOPs per image of each
+// workload's products and convolutions, counted once (lib/engine/flops.ts; the same on every
+// engine). All of it is fp32: there is no bf16 path yet. One table sums it up on stderr.
 //
 // Each (engine, workload) runs in its own Deno process: the wasm heap never shrinks and a batch
 // that does not fit aborts the wasm module, so a fresh process per measurement keeps one from
@@ -14,13 +17,15 @@
 // reported). Timing: one warm-up step, then up to `repeats` timed steps within `budgetS`; the
 // median is kept (a warm-up longer than the budget is kept instead: `repeats` 0). Standalone:
 //   deno run -R -E --allow-ffi --allow-sys --allow-run bench/models.ts [--quick] [--batch 64]
-//     [--repeats 3] [--budget 20] [--no-torch] [--python /usr/bin/python3]
+//     [--repeats 3] [--budget 20] [--peer-runs 3] [--no-torch] [--python /usr/bin/python3]
 import { denoise } from "../lib/models/mod.ts";
 import * as tf from "@tensorflow/tfjs";
 import { parseArgs } from "node:util";
+import os from "node:os";
 import { fileURLToPath } from "node:url";
 import { initEngine } from "../lib/engine/mod.ts";
 import { stopWasmThreads } from "../lib/engine/wasm_threads.ts";
+import { countFlops } from "../lib/engine/flops.ts";
 import * as unet from "../lib/models/unet.ts";
 import * as dit from "../lib/models/dit.ts";
 import { namedSchedule } from "../lib/diffusion/schedule.ts";
@@ -42,6 +47,8 @@ export interface ModelBenchOptions {
   readonly repeats?: number;
   /** Seconds of timed repetitions per measurement before stopping early (≥ 1 repetition). @default 20 */
   readonly budgetS?: number;
+  /** Runs of the PyTorch peer; its median per workload is the reference. @default 3 (1 when quick) */
+  readonly peerRuns?: number;
   /** Run the PyTorch peer when a python3 with torch is found. @default true */
   readonly torch?: boolean;
   /** Python interpreter for the peer. @default $DP_PYTHON, else the first of python3, /usr/bin/python3 with torch */
@@ -72,6 +79,8 @@ interface WorkerSpec {
   readonly batch: number;
   readonly repeats: number;
   readonly budgetS: number;
+  /** Also count the FLOPs of one step (one more step, under tf.profile). */
+  readonly flops?: boolean;
 }
 
 /** One measurement. */
@@ -87,6 +96,8 @@ interface Measurement {
   readonly leaked_tensors: number;
   /** Batches that failed first (out of wasm memory), if any. */
   readonly failed_batches?: number[];
+  /** FLOPs per image of the step's products and convolutions, where the spec asked. */
+  readonly flop_per_img?: number;
 }
 
 // ─── worker: one measurement in this process ─────────────────────────────────────────────────────
@@ -201,6 +212,7 @@ async function runWorker(spec: WorkerSpec): Promise<Measurement> {
   const before = tf.memory().numTensors;
   const { median: s, reps } = timed(job.step, spec.repeats, spec.budgetS);
   const leaked = tf.memory().numTensors - before;
+  const flops = spec.flops ? (await countFlops(job.step)).total : undefined;
   job.dispose();
   return {
     engine: info.engine,
@@ -210,6 +222,7 @@ async function runWorker(spec: WorkerSpec): Promise<Measurement> {
     repeats: reps,
     heap_mb: heapMb(),
     leaked_tensors: leaked,
+    ...(flops === undefined ? {} : { flop_per_img: flops / spec.batch }),
   };
 }
 
@@ -254,17 +267,14 @@ async function spawnWorker(
 
 /** Run one workload, halving the batch until it fits (down to 4). */
 async function measure(
-  workload: Workload,
-  blas: boolean,
-  threads: number | undefined,
+  spec: Omit<WorkerSpec, "batch">,
   batch: number,
-  repeats: number,
-  budgetS: number,
   log: (s: string) => void,
 ): Promise<Measurement | { error: string; failed_batches: number[] }> {
+  const { workload, blas, threads } = spec;
   const failed: number[] = [];
   for (let n = batch; n >= 4; n = Math.floor(n / 2)) {
-    const r = await spawnWorker({ workload, blas, threads, batch: n, repeats, budgetS });
+    const r = await spawnWorker({ ...spec, batch: n });
     if (r.ok) {
       const m = failed.length ? { ...r.m, failed_batches: failed } : r.m;
       log(
@@ -351,6 +361,73 @@ async function runPeer(
 
 const r3 = (x: number) => Math.round(x * 1000) / 1000;
 
+/** One workload of one peer run, as bench/peer_torch.py prints it. */
+interface PeerRow {
+  readonly batch: number;
+  readonly img_s: number;
+  readonly median_s: number;
+  readonly repeats: number;
+}
+
+/** The peer's runs summed up: per workload the median img/s and each run's. */
+type PeerSummary =
+  & { readonly torch: string; readonly threads: number; readonly runs: number }
+  & { readonly params: { readonly unet: number; readonly dit: number } }
+  & Record<Workload, PeerRow & { readonly img_s_runs: number[] }>;
+
+function summarisePeer(runs: readonly Record<string, unknown>[]): PeerSummary {
+  const first = runs[0];
+  const rows = Object.fromEntries(WORKLOADS.map((w) => {
+    const each = runs.map((r) => (r[w] as PeerRow).img_s);
+    return [w, { ...(first[w] as PeerRow), img_s: median(each), img_s_runs: each.map(r3) }];
+  }));
+  return { ...first, runs: runs.length, ...rows } as unknown as PeerSummary;
+}
+
+/** The summary table: workload × engine × precision, img/s, GFLOP/s, and × PyTorch's median. */
+function table(
+  engines: Record<string, Record<string, unknown>>,
+  peer: PeerSummary | undefined,
+  gflops: (w: Workload, imgS?: number) => number | undefined,
+): string {
+  const head = ["workload", "engine", "precision", "batch", "img/s", "GFLOP/s", "× PyTorch"];
+  const rows: string[][] = [];
+  const f1 = (x?: number) => (x === undefined ? "–" : x.toFixed(1));
+  for (const w of WORKLOADS) {
+    for (const [engine, byW] of Object.entries(engines)) {
+      const m = byW[w] as Partial<Measurement>;
+      if (!m.img_s) {
+        rows.push([w, engine, "fp32", "–", "failed", "–", "–"]);
+        continue;
+      }
+      const ratio = peer ? `${(m.img_s / peer[w].img_s).toFixed(2)}×` : "–";
+      rows.push([w, engine, "fp32", String(m.batch), f1(m.img_s), f1(gflops(w, m.img_s)), ratio]);
+    }
+    if (peer) {
+      const p = peer[w],
+        spread = `${f1(Math.min(...p.img_s_runs))}–${f1(Math.max(...p.img_s_runs))}`;
+      rows.push([
+        w,
+        `PyTorch ${peer.torch} (median of ${peer.runs}: ${spread})`,
+        "fp32",
+        String(p.batch),
+        f1(p.img_s),
+        f1(gflops(w, p.img_s)),
+        "1.00×",
+      ]);
+    }
+  }
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const fmt = (r: string[]) =>
+    r.map((c, i) => (i < 3 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join("  ");
+  let cpu = "unknown CPU";
+  try {
+    cpu = os.cpus()[0]?.model?.trim() || cpu;
+  } catch { /* no --allow-sys */ }
+  return [`models on ${cpu} (${navigator.hardwareConcurrency} cores)`, fmt(head), ...rows.map(fmt)]
+    .join("\n");
+}
+
 /** The models bench suite. */
 export const suite = {
   name: "models",
@@ -384,21 +461,34 @@ export const suite = {
       { blas: false },
       ...(cores >= 2 ? [{ blas: false, threads: cores }] : []),
     ];
+    // FLOPs per image do not depend on the engine (tests/engine/flops_test.ts): counted once,
+    // by the first engine to measure each workload.
+    const flopPerImg: Partial<Record<Workload, number>> = {};
     for (const { blas, threads } of variants) {
       if (!blas && !threads && "wasm+kernels" in engines) continue; // the BLAS run had no BLAS
       const rows: Record<string, unknown> = {};
       let name = blas ? "wasm+kernels+blas" : threads ? "wasm+threads+kernels" : "wasm+kernels";
-      for (const w of WORKLOADS) {
-        const m = await measure(w, blas, threads, blas ? batch : used[w], repeats, budgetS, log);
-        rows[w] = m;
+      for (const workload of WORKLOADS) {
+        const spec = { workload, blas, threads, repeats, budgetS, flops: !flopPerImg[workload] };
+        const m = await measure(spec, blas ? batch : used[workload], log);
+        rows[workload] = m;
         if ("engine" in m) {
           name = m.engine;
-          if (blas) used[w] = m.batch;
+          if (blas) used[workload] = m.batch;
+          if (m.flop_per_img) flopPerImg[workload] = m.flop_per_img;
         }
       }
       engines[name] = rows;
       if (blas && !name.includes("blas")) {
         log("models: OpenBLAS is unavailable here (or DP_BLAS=0): wasm+kernels measured above");
+      }
+    }
+    const gflops = (w: Workload, imgS?: number) =>
+      imgS && flopPerImg[w] ? r3((imgS * flopPerImg[w]!) / 1e9) : undefined;
+    for (const rows of Object.values(engines)) {
+      for (const w of WORKLOADS) {
+        const m = rows[w] as Partial<Measurement>;
+        if (m.img_s) rows[w] = { ...m, precision: "fp32", gflop_s: gflops(w, m.img_s) };
       }
     }
 
@@ -411,6 +501,9 @@ export const suite = {
       loss:
         "mse(eps) + L_vb (learnSigma hybrid, mean stop-gradient), linear T=1000, uniform t; Adam 1e-4, EMA 0.999",
       params,
+      gflop_per_img: Object.fromEntries(
+        Object.entries(flopPerImg).map(([w, f]) => [w, r3(f / 1e9)]),
+      ),
       engines,
     };
 
@@ -418,11 +511,24 @@ export const suite = {
     if (opts.torch !== false && !python) {
       log("models: no python3 with torch found: skipping the PyTorch peer");
     }
+    let peer: PeerSummary | undefined;
     if (python) {
       try {
-        const peer = await runPeer(python, used, repeats, budgetS);
-        result.torch = peer;
-        const tp = peer.params as { unet: number; dit: number };
+        const runs: Record<string, unknown>[] = [];
+        for (let i = 0; i < (opts.peerRuns ?? (quick ? 1 : 3)); i++) {
+          runs.push(await runPeer(python, used, repeats, budgetS));
+          log(
+            `models: PyTorch run ${i + 1}: ${
+              WORKLOADS.map((w) => `${w} ${(runs[i][w] as PeerRow).img_s.toFixed(1)}`).join(", ")
+            } img/s`,
+          );
+        }
+        peer = summarisePeer(runs);
+        result.torch = {
+          ...peer,
+          gflop_s: Object.fromEntries(WORKLOADS.map((w) => [w, gflops(w, peer![w].img_s)])),
+        };
+        const tp = peer.params;
         const agree = tp.unet === params.unet_small && tp.dit === params.dit_small;
         log(
           `models: params project / torch: U-Net ${params.unet_small} / ${tp.unet}, DiT ${params.dit_small} / ${tp.dit}` +
@@ -433,27 +539,20 @@ export const suite = {
         for (const [engine, rows] of Object.entries(engines)) {
           byEngine[engine] = {};
           for (const w of WORKLOADS) {
-            const ours = rows[w] as Partial<Measurement>,
-              theirs = peer[w] as { img_s?: number } | undefined;
-            if (ours?.img_s && theirs?.img_s) byEngine[engine][w] = r3(ours.img_s / theirs.img_s);
+            const ours = rows[w] as Partial<Measurement>;
+            if (ours?.img_s) byEngine[engine][w] = r3(ours.img_s / peer[w].img_s);
           }
         }
         result.ratio_vs_torch_by_engine = byEngine;
         const best = Object.keys(engines).find((e) => e.includes("blas")) ??
           Object.keys(engines)[0];
         result.ratio_vs_torch = { engine: best, ...byEngine[best] };
-        for (const [engine, ratios] of Object.entries(byEngine)) {
-          log(
-            `models: ${engine} / PyTorch: ${
-              Object.entries(ratios).map(([k, v]) => `${k} ${v}×`).join(", ")
-            }`,
-          );
-        }
       } catch (e) {
         result.torch = { error: String(e) };
         log(`models: PyTorch peer failed: ${e}`);
       }
     }
+    log(table(engines, peer, gflops));
     return result;
   },
 };
@@ -467,6 +566,7 @@ if (import.meta.main) {
       batch: { type: "string" },
       repeats: { type: "string" },
       budget: { type: "string" },
+      "peer-runs": { type: "string" },
       "no-torch": { type: "boolean" },
       python: { type: "string" },
     },
@@ -482,6 +582,7 @@ if (import.meta.main) {
       batch: num(values.batch),
       repeats: num(values.repeats),
       budgetS: num(values.budget),
+      peerRuns: num(values["peer-runs"]),
       torch: !values["no-torch"],
       python: values.python,
     });

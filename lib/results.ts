@@ -27,6 +27,8 @@ export interface RunEnv {
   readonly dirty?: boolean;
   /** CPU model, as the OS names it. */
   readonly cpu?: string;
+  /** The CPU's vector-ISA flags (avx2, avx512*, amx*, ...), where `lscpu` may be run. */
+  readonly cpu_flags?: readonly string[];
   readonly cpus: number;
   readonly os: string;
 }
@@ -151,6 +153,16 @@ function env(x: unknown): V<RunEnv> {
       (v) => check<boolean>(typeof v === "boolean", v, "env.dirty", "a boolean"),
     ),
     cpu: optional(x.cpu, (v) => str(v, "env.cpu")),
+    cpu_flags: optional(
+      x.cpu_flags,
+      (v) =>
+        check<string[]>(
+          Array.isArray(v) && v.every((f) => typeof f === "string"),
+          v,
+          "env.cpu_flags",
+          "an array of strings",
+        ),
+    ),
   }) as V<RunEnv>;
 }
 
@@ -221,6 +233,28 @@ function cpuModel(): string {
   }
 }
 
+/** Flags that decide which kernels the native libraries pick (x86 vector ISAs). */
+const ISA_FLAG = /^(sse4_2|avx|avx2|fma|f16c|avx512.*|avx_vnni|amx.*)$/;
+
+/**
+ * The CPU's vector-ISA flags from `lscpu` (Deno will not read /proc/cpuinfo short of
+ * --allow-all), or undefined where running it is not permitted (scripts allow git only) or fails.
+ */
+function cpuFlags(): string[] | undefined {
+  try {
+    if (Deno.permissions.querySync({ name: "run", command: "lscpu" }).state !== "granted") {
+      return undefined;
+    }
+    const out = new Deno.Command("lscpu", { stdout: "piped", stderr: "null" }).outputSync();
+    const line = new TextDecoder().decode(out.stdout).split("\n").find((l) =>
+      l.startsWith("Flags:")
+    );
+    return line?.slice("Flags:".length).trim().split(/\s+/).filter((f) => ISA_FLAG.test(f));
+  } catch { // no lscpu (not Linux), or it failed
+    return undefined;
+  }
+}
+
 /** The engine a run used, as `initEngine` reports it; a run without tensors passes none. */
 export interface EngineRecord {
   readonly backend: string;
@@ -236,6 +270,7 @@ export async function captureEnv(engine?: EngineRecord): Promise<RunEnv> {
     release = ` ${Deno.osRelease()}`;
   } catch { /* no --allow-sys */ }
   const git = await gitState();
+  const flags = cpuFlags();
   return {
     backend: engine?.backend ?? "none",
     engine: engine?.engine ?? "none",
@@ -245,6 +280,7 @@ export async function captureEnv(engine?: EngineRecord): Promise<RunEnv> {
     commit: git.commit,
     ...(git.dirty === null ? {} : { dirty: git.dirty }),
     cpu: cpuModel(),
+    ...(flags ? { cpu_flags: flags } : {}),
     cpus: navigator.hardwareConcurrency,
     os: `${Deno.build.os}-${Deno.build.arch}${release}`,
   };

@@ -18,6 +18,10 @@ Deno.test("startRun() and finishRun() write a valid results file that reads back
     const h = await startRun("probe", "probe-t90-seed0", config, 0);
     assert.match(h.env.commit, /^([0-9a-f]{40}(-dirty)?|unknown)$/);
     assert.equal(h.env.cpus, navigator.hardwareConcurrency);
+    if (Deno.build.os === "linux" && Deno.build.arch === "x86_64") { // tests may run lscpu
+      assert.ok(h.env.cpu_flags?.includes("sse4_2"), `cpu_flags ${h.env.cpu_flags}`);
+      assert.ok(h.env.cpu_flags!.every((f) => /^(sse|avx|fma|f16c|amx)/.test(f)));
+    }
     await Deno.writeTextFile(join(dir, "grid.png"), "not really a png");
     const path = await finishRun(
       h,
@@ -66,7 +70,15 @@ Deno.test("validateResult() reports every problem at once", () => {
     run: "ok",
     config: { x: 1 },
     seed: 0.5,
-    env: { backend: "wasm", engine: "wasm", deno: "2", tfjs: "4.22.0", commit: "abc", cpus: "2" },
+    env: {
+      backend: "wasm",
+      engine: "wasm",
+      deno: "2",
+      tfjs: "4.22.0",
+      commit: "abc",
+      cpus: "2",
+      cpu_flags: "avx2",
+    },
     started: "yesterday",
     finished: "2025-01-01T00:00:00Z",
     metrics: [],
@@ -80,6 +92,7 @@ Deno.test("validateResult() reports every problem at once", () => {
     /^seed should be an integer/,
     /^env\.cpus should be an integer/,
     /^env\.os should be a string/,
+    /^env\.cpu_flags should be an array of strings/,
     /^started should be an ISO time/,
     /^metrics should be an object/,
     /^timings\.total_s should be seconds, got -1/,
