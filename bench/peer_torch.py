@@ -430,7 +430,8 @@ def timed(fn, repeats, budget_s):
     return statistics.median(times), len(times)
 
 
-def train_bench(model, diff, shape, batch, learn_sigma, classes, repeats, budget, ema_rate, lr):
+def train_step(model, diff, shape, batch, learn_sigma, classes, ema_rate, lr):
+    """One pre-training step as a closure: loss, backward, Adam, EMA."""
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     ema = [p.detach().clone() for p in model.parameters()]
@@ -450,7 +451,19 @@ def train_bench(model, diff, shape, batch, learn_sigma, classes, repeats, budget
                 e.mul_(ema_rate).add_(p, alpha=1 - ema_rate)
         return loss.item()
 
-    return timed(step, repeats, budget)
+    return step
+
+
+def train_bench(model, diff, shape, batch, learn_sigma, classes, repeats, budget, ema_rate, lr):
+    return timed(train_step(model, diff, shape, batch, learn_sigma, classes, ema_rate, lr), repeats, budget)
+
+
+def profile_ms(step):
+    """Self CPU milliseconds per aten op of one step (after a warm-up), from torch.profiler."""
+    step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        step()
+    return {e.key: e.self_cpu_time_total / 1000 for e in prof.key_averages() if e.self_cpu_time_total > 0}
 
 
 def feature_bench(model, diff, shape, batch, block, repeats, budget):
@@ -485,6 +498,9 @@ def main():
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--params-only", action="store_true")
+    ap.add_argument("--only", default="", help="comma-separated workloads to time (default: all)")
+    ap.add_argument("--profile", action="store_true",
+                    help="instead of timing: self CPU ms per op of one U-Net train step")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -495,7 +511,14 @@ def main():
         "threads": torch.get_num_threads(),
         "params": {"unet": count(unet), "dit": count(dit)},
     }
-    if not a.params_only:
+    if a.profile:
+        diff = Diffusion(1000)
+        shape = (uc["inChannels"], uc["imageSize"], uc["imageSize"])
+        step = train_step(unet, diff, shape, a.unet_batch, uc["learnSigma"], uc.get("numClasses"), a.ema, a.lr)
+        t0 = time.perf_counter()
+        out["unet_train_profile_ms"] = profile_ms(step)
+        out["profiled_s"] = time.perf_counter() - t0
+    elif not a.params_only:
         diff = Diffusion(1000)
         ushape = (uc["inChannels"], uc["imageSize"], uc["imageSize"])
         dshape = (dc["inChannels"], dc["inputSize"], dc["inputSize"])
@@ -508,6 +531,8 @@ def main():
         if a.feature_block:
             runs["unet_features"] = (a.feature_batch, lambda: feature_bench(
                 unet, diff, ushape, a.feature_batch, a.feature_block, a.repeats, a.budget))
+        if a.only:
+            runs = {k: v for k, v in runs.items() if k in a.only.split(",")}
         for name, (batch, run) in runs.items():
             median, reps = run()
             out[name] = {"batch": batch, "median_s": median, "repeats": reps, "img_s": batch / median}

@@ -11,6 +11,15 @@ import type { Schedule } from "./diffusion/schedule.ts";
 import { adaptiveAvgPool } from "./models/nn.ts";
 import { blockTable, conditioning, features, type ModelSpec, represented } from "./models/mod.ts";
 import type { Params } from "./params.ts";
+import {
+  batchThatFits,
+  bytes,
+  heapLimit,
+  HeapLimitError,
+  isWasmAbort,
+  WASM_HEAP_BYTES,
+} from "./engine/heap_limit.ts";
+import { oneLine } from "./messages.ts";
 import { fold, normalArray, type Rng } from "./random.ts";
 
 /** A frozen denoiser: its spec, weights and noise schedule. */
@@ -162,6 +171,14 @@ export interface ExtractOptions {
   readonly ids?: ArrayLike<number>;
   /** Called after each batch with images done so far and the total. */
   readonly onBatch?: (done: number, total: number) => void;
+  /**
+   * Memory ceiling to size batches for: the first image runs alone, its peak is measured, and
+   * `batch` shrinks to what fits (one line through `onNote`). @default the backend's
+   * (4 GiB on wasm; none elsewhere)
+   */
+  readonly heapLimitBytes?: number;
+  /** Where the line about a shrunk batch goes. @default console.error */
+  readonly onNote?: (line: string) => void;
 }
 
 /** One batch of extracted features: rows [start, start + count) of the split. */
@@ -186,30 +203,81 @@ export async function* extractFeatures(
   const n = count(ds);
   const ids = opts.ids ?? Int32Array.from({ length: n }, (_, i) => i);
   if (ids.length !== n) throw new Error(`extractFeatures: ${ids.length} ids for ${n} images`);
-  const batch = opts.batch ?? 128;
+  let batch = opts.batch ?? 128;
+  const limit = opts.heapLimitBytes ?? heapLimit();
   const per = ds.shape[0] * ds.shape[1] * ds.shape[2];
-  for (let start = 0; start < n; start += batch) {
-    const end = Math.min(n, start + batch);
+  for (let start = 0; start < n;) {
+    // With a ceiling, the first image runs alone so that its peak sizes the rest.
+    const measure = limit !== undefined && start === 0 && batch > 1;
+    const end = Math.min(n, start + (measure ? 1 : batch));
     const x0 = tf.tidy(() => {
       const x = tf.tensor4d(ds.images.subarray(start * per, end * per), [end - start, ...ds.shape]);
       return opts.flip ? flipImages(x) : x;
     });
-    const maps = batchFeatures(
-      model,
-      x0,
-      Array.from({ length: end - start }, (_, i) => ids[start + i]),
-      cells,
-      opts.noiseKey,
-    );
-    x0.dispose();
+    const pass = () =>
+      batchFeatures(
+        model,
+        x0,
+        Array.from({ length: end - start }, (_, i) => ids[start + i]),
+        cells,
+        opts.noiseKey,
+      );
+    let maps: Map<string, tf.Tensor2D> | undefined;
+    try {
+      if (measure) {
+        const resident = tf.memory().numBytes;
+        const info = await tf.profile(() => (maps = pass(), []));
+        batch = fitBatch(batch, info.peakBytes - resident, resident, limit, model, opts.onNote);
+      } else maps = pass();
+    } catch (e) {
+      for (const m of maps?.values() ?? []) m.dispose();
+      throw isWasmAbort(e) ? heapError(e, end - start, model) : e;
+    } finally {
+      x0.dispose();
+    }
     const rows = new Map<string, Float32Array>();
-    for (const [name, m] of maps) {
+    for (const [name, m] of maps!) {
       rows.set(name, (await m.data()) as Float32Array);
       m.dispose();
     }
     opts.onBatch?.(end, n);
     yield { start, count: end - start, rows };
+    start = end;
   }
+}
+
+/**
+ * `batch`, or the largest that fits under `limit` with one line saying so; at least 1, which
+ * the measuring pass has just run.
+ */
+function fitBatch(
+  batch: number,
+  perImage: number,
+  resident: number,
+  limit: number,
+  model: FrozenModel,
+  onNote: (line: string) => void = console.error,
+): number {
+  const fits = Math.max(1, batchThatFits(perImage, resident, limit));
+  if (fits >= batch) return batch;
+  onNote(
+    `features: batch ${batch} of ${model.spec.name} would need about ${
+      bytes(resident + batch * perImage)
+    } of the ${bytes(limit)} heap (${bytes(resident)} held, ${
+      bytes(perImage)
+    } per image); extracting at batch ${fits}`,
+  );
+  return fits;
+}
+
+/** The wasm module ran out of memory anyway: one line with the limit and the batch. */
+function heapError(e: unknown, size: number, model: FrozenModel) {
+  return new HeapLimitError(
+    `features: ${model.spec.name} at batch ${size} ran out of the ${
+      bytes(WASM_HEAP_BYTES)
+    } wasm heap (${oneLine(String(e)).slice(0, 80)}); the module cannot continue: rerun with a ` +
+      `smaller --extract-batch (or --backend webgpu|tensorflow)`,
+  );
 }
 
 /** A split's features for each cell, gathered in memory: rows × dim floats per cell name. */

@@ -18,6 +18,7 @@ import { adaptiveAvgPool } from "../lib/models/nn.ts";
 import { qSample } from "../lib/diffusion/gaussian.ts";
 import { disposeParams } from "../lib/params.ts";
 import { rng } from "../lib/random.ts";
+import { batchThatFits, HEAP_SAFETY, isWasmAbort } from "../lib/engine/heap_limit.ts";
 
 await initEngine({ backend: "wasm", announce: false });
 const spec = presetSpec("unet", "tiny");
@@ -97,6 +98,67 @@ Deno.test("checkCells() lists every bad t, block and pool at once", () => {
   );
 });
 
+Deno.test("a heap ceiling shrinks the batch to what one image's peak says fits, with one line", async () => {
+  const whole = await extractTable(model, ds, cells, { noiseKey: key, batch: 12 });
+  // Measure one image's peak the way extractFeatures does, then set a ceiling that fits 3.
+  const resident = tf.memory().numBytes;
+  const peak = (await tf.profile(() => {
+    const x0 = tf.tensor4d(ds.images.subarray(0, size * size), [1, size, size, 1]);
+    const m = batchFeatures(model, x0, [0], cells, key);
+    tf.dispose([x0, ...m.values()]);
+    return [];
+  })).peakBytes - resident;
+  const limit = (resident + 3.5 * peak) / HEAP_SAFETY;
+  assertEquals(batchThatFits(peak, resident, limit), 3);
+  const notes: string[] = [], sizes: number[] = [];
+  let last = 0;
+  const small = await extractTable(model, ds, cells, {
+    noiseKey: key,
+    batch: 12,
+    heapLimitBytes: limit,
+    onNote: (l) => notes.push(l),
+    onBatch: (done) => (sizes.push(done - last), last = done),
+  });
+  assertEquals(notes.length, 1);
+  assert(/batch 12 .* extracting at batch 3/.test(notes[0]), notes[0]);
+  assertEquals(sizes, [1, 3, 3, 3, 2], "the first image alone, then batches of 3");
+  for (const c of cells) {
+    assertClose(
+      Array.from(small.data.get(cellName(c))!),
+      Array.from(whole.data.get(cellName(c))!),
+      {
+        atol: 1e-5,
+        message: cellName(c),
+      },
+    );
+  }
+});
+
+Deno.test("a batch beyond the wasm heap ends in one line naming the limit, not a bare abort", async () => {
+  // A real abort leaves the wasm module unusable: it happens in a process of its own.
+  const child = new URL("./engine/heap_abort_child.ts", import.meta.url).pathname;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", child, "30000"], // 30,000 tiny-U-Net passes at once: ~6 GiB of maps
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).output();
+  const err = new TextDecoder().decode(out.stderr);
+  assertEquals(out.code, 1, err);
+  const line = err.split("\n").find((l) => l.startsWith("error: "));
+  assert(
+    /tiny at batch 29999 ran out of the 4\.00 GiB wasm heap .*smaller --extract-batch/.test(
+      line ?? "",
+    ),
+    err,
+  );
+  assert(isWasmAbort(new Error("Aborted(). Build with -sASSERTIONS for more info.")));
+  assert(!isWasmAbort(new Error("features: 4 ids for 5 images")));
+  assertEquals(batchThatFits(0, 0, 100), Number.MAX_SAFE_INTEGER, "no growth: any batch");
+  assertEquals(batchThatFits(10, 60, 100, 0.75), 1); // (75 − 60) / 10
+  assertEquals(batchThatFits(10, 70, 100, 0.75), 0);
+});
+
 Deno.test("batchFeatures() leaves no tensors behind", () => {
   const x0 = tf.tensor4d(ds.images.subarray(0, 2 * size * size), [2, size, size, 1]);
   const before = tf.memory().numTensors;
@@ -105,5 +167,5 @@ Deno.test("batchFeatures() leaves no tensors behind", () => {
   for (const t of out.values()) t.dispose();
   assertEquals(tf.memory().numTensors, before);
   x0.dispose();
-  disposeParams(model.params);
+  disposeParams(model.params); // the last test: the model is done with
 });

@@ -19,7 +19,11 @@ const prod = (s: Shape) => s.reduce((a, b) => a * b, 1);
  * FLOPs of one kernel call from its input and output shapes (NHWC convolutions, filters
  * [kh, kw, in, out]), or 0 for a kernel this does not count.
  */
-export function kernelFlops(name: string, inputs: readonly (Shape | null)[], output: Shape): number {
+export function kernelFlops(
+  name: string,
+  inputs: readonly (Shape | null)[],
+  output: Shape,
+): number {
   switch (name) {
     case "Conv2D":
     case "FusedConv2D": { // x [N,H,W,Cin], filter [kh,kw,Cin,Cout] -> [N,Ho,Wo,Cout]

@@ -499,11 +499,29 @@ export function apply(
     const ctx: Ctx = { c, p, semb: silu(emb) as tf.Tensor2D, rng: opts.dropoutRng };
     const skips: tf.Tensor4D[] = [];
     const taps: tf.Tensor4D[] = [];
+    // Without a gradient tape nothing needs the intermediates: each layer runs in its own tidy
+    // and an activation is freed once consumed, so the peak is a few activations plus the skips
+    // (adm256 features: 1.32 GiB per image otherwise), not the whole pass.
+    const eager = !tf.engine().isTapeOn();
+    const release = (a: tf.Tensor4D) => {
+      if (eager && a !== x && !taps.includes(a) && !skips.includes(a)) a.dispose();
+    };
     let h = x;
     for (const blk of all.slice(0, last)) {
       const i = blk.b - 1;
-      if (i > nIn) h = tf.concat([h, skips[2 * nIn - i]], 3); // decoder b takes encoder 2·nIn+2−b
-      for (const l of blk.plan) h = layer(ctx, l, h);
+      if (i > nIn) { // decoder b takes encoder 2·nIn+2−b, its only reader
+        const skip = skips[2 * nIn - i];
+        const joined = tf.concat([h, skip], 3);
+        release(h);
+        skips[2 * nIn - i] = x; // a placeholder that release() keeps
+        release(skip);
+        h = joined;
+      }
+      for (const l of blk.plan) {
+        const next = eager ? tf.tidy(() => layer(ctx, l, h)) : layer(ctx, l, h);
+        release(h);
+        h = next;
+      }
       if (i < nIn) skips.push(h);
       if (tapSet.has(blk.b)) taps.push(h);
     }
