@@ -63,12 +63,12 @@ export type ModelBenchResult = Record<string, unknown>;
 const WORKLOADS = ["unet_train", "dit_train", "unet_features"] as const;
 type Workload = (typeof WORKLOADS)[number];
 
-const UNET = unet.UNET_CONFIGS.small as unet.UNetConfig;
-const DIT = dit.DIT_CONFIGS.small as dit.DiTConfig;
+export const UNET = unet.UNET_CONFIGS.small as unet.UNetConfig;
+export const DIT = dit.DIT_CONFIGS.small as dit.DiTConfig;
 /** Features are read at the U-Net's middle block (diffssl's b19 analogue). */
 const FEATURE_BLOCK = unet.blockTable(UNET).find((r) => r.module === "middle_block")!.b;
 // Pre-training defaults (scripts/pretrain.ts): Adam 1e-4, EMA 0.999, no clipping, linear T=1000.
-const LR = 1e-4, EMA = 0.999, STEPS = 1000;
+export const LR = 1e-4, EMA = 0.999, STEPS = 1000;
 
 /** What one worker process measures. */
 interface WorkerSpec {
@@ -132,7 +132,7 @@ function timed(f: () => void, repeats: number, budgetS: number): { median: numbe
 }
 
 /** A training-step closure for one model; `state` is updated in place across calls. */
-function trainer(model: "unet" | "dit", n: number) {
+export function trainer(model: "unet" | "dit", n: number) {
   const sched = namedSchedule("linear", STEPS);
   const opts: StepOptions = { optimizer: adam({ lr: LR }), emaRate: EMA };
   const key = rng(0);
@@ -294,7 +294,7 @@ async function measure(
   return { error: "no batch ≥ 4 fits", failed_batches: failed };
 }
 
-async function findPython(asked?: string): Promise<string | undefined> {
+export async function findPython(asked?: string): Promise<string | undefined> {
   const candidates = asked
     ? [asked]
     : [Deno.env.get("DP_PYTHON"), "python3", "/usr/bin/python3"].filter((x): x is string => !!x);
