@@ -1,6 +1,6 @@
 // Benchmarks: run the suites under bench/ and write one results JSON per suite to
 // <results>/bench/<suite>-<time>.json (metrics = the suite's named measurements).
-//   deno task bench [--suite kernels|blas|models|profile|all] [--repeats N] [--quick] [--out DIR]
+//   deno task bench [--suite kernels|blas|models|profile|adm256|all] [--repeats N] [--quick] [--out DIR]
 import { COMMON_FLAGS, parseCli, runMain, UsageError } from "../lib/cli.ts";
 import { initEngine } from "../lib/engine/mod.ts";
 import { finishRun, resultsDir, startRun } from "../lib/results.ts";
@@ -8,6 +8,7 @@ import { suite as blas } from "../bench/blas.ts";
 import { suite as kernels } from "../bench/kernels.ts";
 import { suite as models } from "../bench/models.ts";
 import { suite as profile } from "../bench/profile.ts";
+import { suite as adm256 } from "../bench/adm256.ts";
 
 /** Options the script passes to every suite; a suite may ignore some. */
 interface SuiteOptions {
@@ -28,7 +29,7 @@ interface BenchSuite {
 }
 
 // The registry: add a suite here once its module exists (e.g. bench/models.ts).
-const SUITES: readonly BenchSuite[] = [kernels, blas, models, profile];
+const SUITES: readonly BenchSuite[] = [kernels, blas, models, profile, adm256];
 
 const FLAGS = {
   ...COMMON_FLAGS,

@@ -1,0 +1,127 @@
+// Bench suite "adm256": the papers' U-Net (553 M parameters, 256×256) extracting features to
+// block 24 at a requested batch of 4, as the probing scripts do (lib/features.ts: the batch is
+// sized to the 4 GiB wasm heap, and the line saying so is kept), beside PyTorch's fp32 forward
+// of the same architecture to the same block at batch 4 (bench/peer_torch.py). Random weights
+// and images: only speed and memory are measured.
+//   deno run -R -E --allow-ffi --allow-sys --allow-run bench/adm256.ts [--images 8]
+import * as tf from "@tensorflow/tfjs";
+import { parseArgs } from "node:util";
+import { fileURLToPath } from "node:url";
+import { initEngine } from "../lib/engine/mod.ts";
+import { namedSchedule } from "../lib/diffusion/schedule.ts";
+import { extractTable, type FrozenModel } from "../lib/features.ts";
+import { initParams, presetSpec } from "../lib/models/mod.ts";
+import { disposeParams } from "../lib/params.ts";
+import { rng } from "../lib/random.ts";
+import { DIT, findPython } from "./models.ts";
+import * as unet from "../lib/models/unet.ts";
+
+const BLOCK = 24, BATCH = 4;
+
+async function ours(images: number, log: (s: string) => void) {
+  const info = await initEngine({ backend: "wasm", announce: false });
+  const spec = presetSpec("unet", "adm256");
+  const model: FrozenModel = {
+    spec,
+    params: initParams(spec, rng(0)),
+    schedule: namedSchedule("linear", 1000),
+  };
+  const resident = tf.memory().numBytes;
+  const [h, w, c] = [256, 256, 3];
+  const ds = {
+    name: "random",
+    images: Float32Array.from({ length: images * h * w * c }, (_, i) => Math.sin(i * 0.37)),
+    labels: new Int32Array(images),
+    shape: [h, w, c] as const,
+    classes: ["x"],
+  };
+  const notes: string[] = [];
+  let batch = 0, last = 0;
+  const table = await extractTable(model, ds, [{ t: 10, block: BLOCK, pool: 1 }], {
+    noiseKey: rng(1),
+    batch: BATCH,
+    onNote: (l) => (notes.push(l), log(`adm256: ${l}`)),
+    onBatch: (done) => (batch = Math.max(batch, done - last), last = done),
+  });
+  disposeParams(model.params);
+  return {
+    engine: info.engine,
+    images,
+    batch_requested: BATCH,
+    batch_used: batch,
+    img_s: table.imagesPerS, // the first image runs alone (it sizes the batch): included
+    weights_gib: resident / 2 ** 30,
+    notes,
+  };
+}
+
+async function peer(python: string): Promise<Record<string, unknown>> {
+  const out = await new Deno.Command(python, {
+    args: [
+      fileURLToPath(new URL("./peer_torch.py", import.meta.url)),
+      "--json",
+      "--only",
+      "unet_features",
+      "--unet",
+      JSON.stringify(unet.UNET_CONFIGS.adm256),
+      "--dit",
+      JSON.stringify(DIT),
+      "--feature-batch",
+      String(BATCH),
+      "--feature-block",
+      String(BLOCK),
+      "--repeats",
+      "2",
+      "--budget",
+      "30",
+      "--threads",
+      "2",
+    ],
+    stdout: "piped",
+    stderr: "inherit",
+    env: { OMP_WAIT_POLICY: Deno.env.get("OMP_WAIT_POLICY") ?? "PASSIVE" },
+  }).output();
+  if (!out.success) throw new Error(`bench/peer_torch.py exited with ${out.code}`);
+  return JSON.parse(new TextDecoder().decode(out.stdout).trim().split("\n").pop() ?? "{}");
+}
+
+/** The adm256 suite. */
+export const suite = {
+  name: "adm256",
+  description: "adm256 features to block 24 at batch 4 (sized to the wasm heap) vs PyTorch fp32",
+  async run(opts: { quick?: boolean; log?: boolean; images?: number } = {}) {
+    const log = (s: string) => (opts.log ?? true) && console.error(s);
+    const o = await ours(opts.images ?? (opts.quick ? 3 : 9), log);
+    log(
+      `adm256: ${o.engine}: ${o.images} images at batch ${o.batch_used} (asked ${BATCH}): ${
+        o.img_s.toFixed(3)
+      } img/s`,
+    );
+    const python = await findPython();
+    if (!python) {
+      log("adm256: no python3 with torch found: our side only");
+      return { block: BLOCK, ours: o };
+    }
+    const p = await peer(python);
+    const pf = p.unet_features as { img_s: number; batch: number };
+    const agree = (p.params as { unet: number }).unet === unet.numParams(unet.UNET_CONFIGS.adm256);
+    log(
+      `adm256: PyTorch ${p.torch} batch ${pf.batch}: ${pf.img_s.toFixed(3)} img/s; ours / PyTorch ${
+        (o.img_s / pf.img_s).toFixed(2)
+      }×${agree ? "" : " (PARAMETER COUNTS DISAGREE)"}`,
+    );
+    return {
+      block: BLOCK,
+      ours: o,
+      torch: p,
+      params_agree: agree,
+      ratio_vs_torch: Math.round((o.img_s / pf.img_s) * 1000) / 1000,
+    };
+  },
+};
+
+if (import.meta.main) {
+  const { values } = parseArgs({ args: Deno.args, options: { images: { type: "string" } } });
+  const r = await suite.run({ images: values.images ? Number(values.images) : undefined });
+  console.log(JSON.stringify(r, null, 2));
+}
