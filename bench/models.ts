@@ -242,6 +242,8 @@ async function spawnWorker(
     "-E",
     "--allow-ffi",
     "--allow-sys",
+    "-W", // the compiled kernels' cache (lib/engine/native_kernels.ts)
+    "--allow-run=cc",
     HERE,
     "--worker",
     JSON.stringify(spec),

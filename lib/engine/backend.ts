@@ -5,6 +5,8 @@ import { getThreadsCount, setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
 import { registerWasmKernels } from "./wasm_kernels/mod.ts";
 import { registerBlasKernels, unregisterBlasKernels } from "./blas/mod.ts";
 import { prepareNativeLibs } from "./native_libs.ts";
+import { prepareNativeKernels } from "./native_kernels.ts";
+import { setGroupNormNative } from "./fused/group_norm.ts";
 import { prepareWasmThreads, WASM_PREFIX } from "./wasm_threads.ts";
 
 export const BACKENDS = ["tensorflow", "webgpu", "wasm", "cpu"] as const;
@@ -135,6 +137,9 @@ export interface EngineOptions {
  * Choose and initialise the backend, register the project kernels, and announce the choice on
  * stderr in one line. Safe to call again: it re-initialises only when the answer changes.
  */
+// The compiled kernels, prepared once per process (null: tried, unavailable).
+let nativeKernels: Awaited<ReturnType<typeof prepareNativeKernels>> | null | undefined;
+
 export async function initEngine(opts: EngineOptions = {}): Promise<EngineInfo> {
   const envChoice = Deno.env.get(BACKEND_ENV);
   const asked = opts.backend
@@ -183,6 +188,11 @@ export async function initEngine(opts: EngineOptions = {}): Promise<EngineInfo> 
     // the system lacks them (fetched there the first time; ./native_libs.ts).
     if (useBlas) await prepareNativeLibs();
     const blas = useBlas ? registerBlasKernels() : undefined;
+    // GroupNorm's passes in C, compiled once into the same cache (./native_kernels.ts). Tied to
+    // the BLAS switch so that `blas: false` stays the plain wasm engine.
+    const gn = useBlas ? (nativeKernels ??= await prepareNativeKernels() ?? null) : null;
+    setGroupNormNative(gn ?? undefined);
+    if (gn) details.nativeKernels = gn.path;
     if (blas) {
       layers.push("blas");
       if (blas.onednn) layers.push("onednn"); // convolutions on oneDNN, the rest on OpenBLAS
@@ -190,6 +200,7 @@ export async function initEngine(opts: EngineOptions = {}): Promise<EngineInfo> 
     } else {
       unregisterBlasKernels(); // asked to run without BLAS after an earlier init with it
     }
+    if (gn) layers.push("native-gn");
   }
   if (tf.getBackend() !== backend) {
     const ok = await tf.setBackend(backend).finally(() => restore?.());

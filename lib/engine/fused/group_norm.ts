@@ -13,6 +13,18 @@
 import * as tf from "@tensorflow/tfjs";
 import { asWasmBackend, f32View, type WasmBackend } from "../blas/heap.ts";
 import { oneDnnSilu, wasmSigmoid, wasmSilu } from "./silu.ts";
+import type { GroupNormNative } from "../native_kernels.ts";
+
+// The memory-bound passes in C where lib/engine/native_kernels.ts could build them (set by
+// initEngine), else the JS loops below.
+let native: GroupNormNative | undefined;
+
+/** Run the passes on `k` (undefined: the JS loops); returns the previous one. */
+export function setGroupNormNative(k?: GroupNormNative): GroupNormNative | undefined {
+  const previous = native;
+  native = k;
+  return previous;
+}
 
 /** Kernel names (project-specific, registered for the wasm backend). */
 export const GROUP_NORM = "DpGroupNorm";
@@ -54,13 +66,18 @@ export function groupNormStats(x: Float32Array, d: GnDims, eps: number): GnStats
   const sum = new Float64Array(c), sq = new Float64Array(c);
   const mean = new Float64Array(nb * g), rstd = new Float64Array(nb * g);
   for (let n = 0; n < nb; n++) {
-    sum.fill(0);
-    sq.fill(0);
-    for (let p = 0, i = n * s * c; p < s; p++, i += c) {
-      for (let ch = 0; ch < c; ch++) {
-        const v = x[i + ch];
-        sum[ch] += v;
-        sq[ch] += v * v;
+    if (native) {
+      const xn = x.subarray(n * s * c, (n + 1) * s * c);
+      native.sums(xn, xn, sum, sq, c);
+    } else {
+      sum.fill(0);
+      sq.fill(0);
+      for (let p = 0, i = n * s * c; p < s; p++, i += c) {
+        for (let ch = 0; ch < c; ch++) {
+          const v = x[i + ch];
+          sum[ch] += v;
+          sq[ch] += v * v;
+        }
       }
     }
     for (let gi = 0; gi < g; gi++) {
@@ -178,8 +195,9 @@ export function groupNormAffine(
   const A = new Float32Array(c), B = new Float32Array(c);
   for (let n = 0; n < nb; n++) {
     coefficients(n, d, st, p, A, B);
-    const end = (n + 1) * s * c;
-    affineRows(x, A, B, y, n * s * c, end, c);
+    const start = n * s * c, end = (n + 1) * s * c;
+    if (native) native.affine(x.subarray(start, end), A, B, y.subarray(start, end), c);
+    else affineRows(x, A, B, y, start, end, c);
   }
 }
 
@@ -217,7 +235,11 @@ export function groupNormBackward(
     // Pass 1: ∂L/∂y1 (through SiLU if any), S1 = Σ_s d and S2 = Σ_s d·x per channel.
     S1.fill(0);
     S2.fill(0);
-    if (silu) {
+    const rows = <T extends Float32Array>(a: T) => a.subarray(start, end);
+    if (native) {
+      if (silu) native.siluSums(rows(dy), rows(silu.y1), rows(silu.s), rows(x), S1, S2, c);
+      else native.sums(rows(dy), rows(x), S1, S2, c);
+    } else if (silu) {
       const { y1, s: sg } = silu;
       for (let i = start; i < end; i += c) {
         for (let ch = 0; ch < c; ch++) {
@@ -265,7 +287,8 @@ export function groupNormBackward(
         R[ch] = r * r * bg * m - r * ag;
       }
     }
-    affine2Rows(dd, P, x, Q, R, dx, start, end, c);
+    if (native) native.affine2(rows(dd), P, rows(x), Q, R, rows(dx), c);
+    else affine2Rows(dd, P, x, Q, R, dx, start, end, c);
   }
   out.dgamma.set(dgamma);
   out.dbeta.set(dbeta);

@@ -1,0 +1,162 @@
+// Project kernels in C, compiled on first use: where wasm's JS loops lose most to PyTorch (the
+// GroupNorm passes: 40 % of a U-Net train step, 5× PyTorch's time; bench/profile.ts), a C
+// compiler is usually at hand. `prepareNativeKernels` compiles lib/engine/native/*.c with the
+// system's `cc` into the per-user cache (lib/engine/native_libs.ts's root), keyed by a hash of
+// the source, flags and compiler, and loads it through FFI; later runs load the cached library.
+// Nothing here throws or hangs: the compile has a time-out, the library is renamed into place
+// only once built, one that fails to load is rebuilt once, and any failure prints one line and
+// leaves the JS kernels in place. DP_NATIVE=off turns it off with the native libraries.
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { ffiGranted, processEnv } from "./blas/openblas.ts";
+import { NATIVE_ENV, nativeCacheRoot, runCommand, type Runner } from "./native_libs.ts";
+
+type Env = (name: string) => string | undefined;
+
+const SOURCE = fileURLToPath(new URL("./native/group_norm.c", import.meta.url));
+const FLAGS = ["-O3", "-shared", "-fPIC", "-fno-math-errno"];
+const ABI = 1;
+const COMPILE_MS = 60_000;
+
+const SYMBOLS = {
+  dp_gn_abi: { parameters: [], result: "i32" },
+  dp_gn_sums: {
+    parameters: ["buffer", "buffer", "buffer", "buffer", "i64", "i64"],
+    result: "void",
+  },
+  dp_gn_silu_sums: {
+    parameters: ["buffer", "buffer", "buffer", "buffer", "buffer", "buffer", "i64", "i64"],
+    result: "void",
+  },
+  dp_gn_affine: {
+    parameters: ["buffer", "buffer", "buffer", "buffer", "i64", "i64"],
+    result: "void",
+  },
+  dp_gn_affine2: {
+    parameters: ["buffer", "buffer", "buffer", "buffer", "buffer", "buffer", "i64", "i64"],
+    result: "void",
+  },
+} as const;
+
+/** The GroupNorm passes in C (see native/group_norm.c); rows of `c` channels. */
+export interface GroupNormNative {
+  /** The loaded library's path (for the engine line). */
+  readonly path: string;
+  sums(d: Float32Array, x: Float32Array, S1: Float64Array, S2: Float64Array, c: number): void;
+  siluSums(
+    dy: Float32Array,
+    y1: Float32Array,
+    s: Float32Array,
+    x: Float32Array,
+    S1: Float64Array,
+    S2: Float64Array,
+    c: number,
+  ): void;
+  affine(x: Float32Array, A: Float32Array, B: Float32Array, y: Float32Array, c: number): void;
+  affine2(
+    d: Float32Array,
+    P: Float32Array,
+    x: Float32Array,
+    Q: Float32Array,
+    R: Float32Array,
+    out: Float32Array,
+    c: number,
+  ): void;
+}
+
+/** Load a built library and check its ABI; undefined when it does not load. */
+export function loadGroupNormNative(path: string): GroupNormNative | undefined {
+  let lib: Deno.DynamicLibrary<typeof SYMBOLS>;
+  try {
+    lib = Deno.dlopen(path, SYMBOLS);
+  } catch {
+    return undefined;
+  }
+  if (lib.symbols.dp_gn_abi() !== ABI) {
+    lib.close();
+    return undefined;
+  }
+  const s = lib.symbols;
+  const rows = (a: Float32Array, c: number) => BigInt(a.length / c);
+  return {
+    path,
+    sums: (d, x, S1, S2, c) => s.dp_gn_sums(d, x, S1, S2, rows(d, c), BigInt(c)),
+    siluSums: (dy, y1, sg, x, S1, S2, c) =>
+      s.dp_gn_silu_sums(dy, y1, sg, x, S1, S2, rows(dy, c), BigInt(c)),
+    affine: (x, A, B, y, c) => s.dp_gn_affine(x, A, B, y, rows(x, c), BigInt(c)),
+    affine2: (d, P, x, Q, R, out, c) => s.dp_gn_affine2(d, P, x, Q, R, out, rows(d, c), BigInt(c)),
+  };
+}
+
+/** Options of `prepareNativeKernels` (tests inject the runner, cache and environment). */
+export interface NativeKernelsOptions {
+  readonly cacheDir?: string;
+  readonly env?: Env;
+  readonly run?: Runner;
+  /** Where the one line about a failure goes. @default console.error */
+  readonly log?: (line: string) => void;
+}
+
+async function sha256(text: string): Promise<string> {
+  const h = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
+  return [...new Uint8Array(h)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * The GroupNorm kernels in C: from the cache, else compiled into it now. Undefined (with one
+ * line, except when turned off) when off, without FFI or a cache, or when `cc` fails.
+ */
+export async function prepareNativeKernels(
+  opts: NativeKernelsOptions = {},
+): Promise<GroupNormNative | undefined> {
+  const env = opts.env ?? processEnv, run = opts.run ?? runCommand;
+  const log = opts.log ?? console.error;
+  const mode = (env(NATIVE_ENV) ?? "").toLowerCase();
+  if (mode === "off" || mode === "0") return undefined;
+  const skip = (why: string) => {
+    log(`native kernels: ${why}; GroupNorm stays in JS (about 3× slower; bench/profile.ts)`);
+    return undefined;
+  };
+  if (!ffiGranted("")) return undefined; // scripts without --allow-ffi: no native anything
+  const root = opts.cacheDir ?? nativeCacheRoot(env);
+  if (!root) return skip("no HOME for the cache");
+  let source: string;
+  try {
+    source = await Deno.readTextFile(SOURCE);
+  } catch (e) {
+    return skip(`cannot read ${SOURCE} (${e})`);
+  }
+  const version = await run("cc", ["--version"], { timeoutMs: 10_000 });
+  if (version.code !== 0) {
+    return skip(
+      version.code === 126
+        ? "no --allow-run permission for cc"
+        : "no C compiler (cc; Debian: apt-get install gcc)",
+    );
+  }
+  const key = (await sha256([source, FLAGS.join(" "), version.stdout].join("\n"))).slice(0, 16);
+  const dir = join(root, "kernels");
+  const path = join(dir, `group_norm-${key}.so`);
+  const cached = loadGroupNormNative(path);
+  if (cached) return cached;
+  // Absent, or present but unloadable (a truncated file): build it (again).
+  try {
+    await Deno.mkdir(dir, { recursive: true });
+  } catch (e) {
+    return skip(`cannot create ${dir} (${e})`);
+  }
+  const tmp = `${path}.tmp-${Deno.pid}`;
+  const built = await run("cc", [...FLAGS, "-o", tmp, SOURCE], { timeoutMs: COMPILE_MS });
+  if (built.code !== 0) {
+    await Deno.remove(tmp).catch(() => {});
+    const why = built.stderr.split("\n").find((l) => /error/i.test(l)) ?? `exit ${built.code}`;
+    return skip(`cc failed: ${why.trim().slice(0, 160)}`);
+  }
+  try {
+    await Deno.rename(tmp, path);
+  } catch (e) {
+    await Deno.remove(tmp).catch(() => {});
+    return skip(`cannot write ${path} (${e})`);
+  }
+  return loadGroupNormNative(path) ?? skip(`the built ${path} does not load`);
+}

@@ -1,0 +1,175 @@
+// lib/engine/native_kernels.ts: the C GroupNorm passes against the JS loops, and the compile
+// cache (built once, reused, a corrupt entry rebuilt, a failing or absent cc, the opt-out).
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import {
+  gnDims,
+  groupNormAffine,
+  groupNormBackward,
+  groupNormStats,
+  setGroupNormNative,
+} from "../../lib/engine/fused/group_norm.ts";
+import { type GroupNormNative, prepareNativeKernels } from "../../lib/engine/native_kernels.ts";
+import { runCommand, type Runner } from "../../lib/engine/native_libs.ts";
+import { assertClose } from "../assert.ts";
+
+const hasCc = (await runCommand("cc", ["--version"], { timeoutMs: 10_000 })).code === 0;
+
+/** A runner that counts compiles and can make them fail. */
+function countingRunner(fail?: { code: number; stderr: string }) {
+  const calls: string[][] = [];
+  const run: Runner = (cmd, args, o) => {
+    calls.push([cmd, ...args]);
+    if (fail && args[0] !== "--version") return Promise.resolve({ stdout: "", ...fail });
+    return runCommand(cmd, args, o);
+  };
+  return { run, compiles: () => calls.filter((c) => c[1] !== "--version").length };
+}
+
+async function withCache(f: (dir: string) => Promise<void>) {
+  const dir = await Deno.makeTempDir();
+  try {
+    await f(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+const env = (over: Record<string, string> = {}) => (k: string) => over[k] ?? Deno.env.get(k);
+
+Deno.test({
+  name: "native kernels: built once into the cache, reused, a corrupt entry rebuilt",
+  ignore: !hasCc,
+  fn: () =>
+    withCache(async (dir) => {
+      const lines: string[] = [];
+      const r = countingRunner();
+      const opts = { cacheDir: dir, env: env(), run: r.run, log: (l: string) => lines.push(l) };
+      const first = await prepareNativeKernels(opts);
+      assert.ok(first, lines.join("\n"));
+      assert.equal(r.compiles(), 1);
+      assert.ok(first.path.startsWith(join(dir, "kernels")));
+      const again = await prepareNativeKernels(opts);
+      assert.equal(again?.path, first.path);
+      assert.equal(r.compiles(), 1, "the second run loads the cached library");
+      // A corrupt entry (a truncated file) in another cache is rebuilt there. (Not this one: the
+      // loaded library is mapped, and glibc would hand back the loaded copy by name.)
+      await withCache(async (other) => {
+        const name = first.path.split("/").pop()!;
+        await Deno.mkdir(join(other, "kernels"));
+        await Deno.writeTextFile(join(other, "kernels", name), "not a shared object");
+        const rebuilt = await prepareNativeKernels({ ...opts, cacheDir: other });
+        assert.equal(rebuilt?.path, join(other, "kernels", name));
+        assert.equal(r.compiles(), 2, "an entry that does not load is built again");
+      });
+      assert.deepEqual(lines, []);
+      const left = [...Deno.readDirSync(join(dir, "kernels"))].map((e) => e.name);
+      assert.deepEqual(left, [first.path.split("/").pop()], "no temp files left");
+    }),
+});
+
+Deno.test("native kernels: a failing or absent cc, or DP_NATIVE=off, leave the JS kernels", () =>
+  withCache(async (dir) => {
+    const lines: string[] = [];
+    const log = (l: string) => lines.push(l);
+    const broken = countingRunner({ code: 1, stderr: "group_norm.c:1: error: boom\n" });
+    assert.equal(
+      await prepareNativeKernels({ cacheDir: dir, env: env(), run: broken.run, log }),
+      undefined,
+    );
+    if (hasCc) {
+      assert.match(
+        lines.at(-1)!,
+        /^native kernels: cc failed: .*error: boom; GroupNorm stays in JS/,
+      );
+    }
+    const absent: Runner = () => Promise.resolve({ code: 127, stdout: "", stderr: "cc not found" });
+    assert.equal(
+      await prepareNativeKernels({ cacheDir: dir, env: env(), run: absent, log }),
+      undefined,
+    );
+    assert.match(lines.at(-1)!, /no C compiler \(cc; Debian: apt-get install gcc\)/);
+    const n = lines.length;
+    const off = countingRunner();
+    const r = await prepareNativeKernels({
+      cacheDir: dir,
+      env: env({ DP_NATIVE: "off" }),
+      run: off.run,
+      log,
+    });
+    assert.equal(r, undefined);
+    assert.equal(off.compiles(), 0);
+    assert.equal(lines.length, n, "off is silent");
+    // kernels/ exists only once a compile started (not where cc is absent).
+    const entries = hasCc ? [...Deno.readDirSync(join(dir, "kernels"))] : [];
+    assert.deepEqual(entries, [], "a failed compile leaves nothing behind");
+  }));
+
+Deno.test({
+  name: "native kernels: GroupNorm stats, affine and gradients match the JS loops",
+  ignore: !hasCc,
+  fn: async () => {
+    const k = await prepareNativeKernels({ log: () => {} }) as GroupNormNative;
+    assert.ok(k);
+    for (
+      const [shape, g] of [[[3, 5, 7, 12], 4], [[2, 9, 9, 300], 30], [[2, 4, 4, 6], 3]] as const
+    ) {
+      const d = gnDims(shape, g);
+      const n = shape.reduce((a, b) => a * b, 1), c = shape[3];
+      const wave = (f: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * f) * 2);
+      const x = wave(0.37), dy = wave(0.11), y1 = wave(0.05);
+      const sig = Float32Array.from(y1, (v) => 1 / (1 + Math.exp(-v)));
+      const p = {
+        gamma: Float32Array.from({ length: c }, (_, i) => 1 + i / c),
+        beta: Float32Array.from({ length: c }, (_, i) => i / c - 0.5),
+        scale: Float32Array.from({ length: shape[0] * c }, (_, i) => Math.cos(i) / 3),
+        shift: Float32Array.from({ length: shape[0] * c }, (_, i) => Math.sin(i) / 3),
+      };
+      const run = () => {
+        const st = groupNormStats(x, d, 1e-5);
+        const y = new Float32Array(n);
+        groupNormAffine(x, d, st, p, y);
+        const grads = (silu: boolean) => {
+          const out = {
+            dx: new Float32Array(n),
+            dgamma: new Float32Array(c),
+            dbeta: new Float32Array(c),
+            dscale: new Float32Array(shape[0] * c),
+            dshift: new Float32Array(shape[0] * c),
+          };
+          groupNormBackward(dy, x, d, st, p, out, silu ? { y1, s: sig.slice() } : undefined);
+          return out;
+        };
+        return {
+          mean: [...st.mean],
+          rstd: [...st.rstd],
+          y,
+          plain: grads(false),
+          silu: grads(true),
+        };
+      };
+      const js = run();
+      setGroupNormNative(k);
+      let c2;
+      try {
+        c2 = run();
+      } finally {
+        setGroupNormNative(undefined);
+      }
+      const close = (a: ArrayLike<number>, b: ArrayLike<number>, what: string) =>
+        assertClose(Array.from(a), Array.from(b), {
+          atol: 2e-5,
+          rtol: 2e-5,
+          message: `${shape} ${what}`,
+        });
+      close(c2.mean, js.mean, "mean");
+      close(c2.rstd, js.rstd, "rstd");
+      close(c2.y, js.y, "y");
+      for (const kind of ["plain", "silu"] as const) {
+        for (const key of ["dx", "dgamma", "dbeta", "dscale", "dshift"] as const) {
+          close(c2[kind][key], js[kind][key], `${kind} ${key}`);
+        }
+      }
+    }
+  },
+});
