@@ -206,19 +206,17 @@ export async function* extractFeatures(
   let batch = opts.batch ?? 128;
   const limit = opts.heapLimitBytes ?? heapLimit();
   const per = ds.shape[0] * ds.shape[1] * ds.shape[2];
-  for (let start = 0; start < n;) {
-    // With a ceiling, the first image runs alone so that its peak sizes the rest.
-    const measure = limit !== undefined && start === 0 && batch > 1;
-    const end = Math.min(n, start + (measure ? 1 : batch));
+  /** Rows [from, to) in one network pass; `measure` sizes `batch` from its peak. */
+  const pass = async (from: number, to: number, measure: boolean) => {
     const x0 = tf.tidy(() => {
-      const x = tf.tensor4d(ds.images.subarray(start * per, end * per), [end - start, ...ds.shape]);
+      const x = tf.tensor4d(ds.images.subarray(from * per, to * per), [to - from, ...ds.shape]);
       return opts.flip ? flipImages(x) : x;
     });
-    const pass = () =>
+    const run = () =>
       batchFeatures(
         model,
         x0,
-        Array.from({ length: end - start }, (_, i) => ids[start + i]),
+        Array.from({ length: to - from }, (_, i) => ids[from + i]),
         cells,
         opts.noiseKey,
       );
@@ -226,12 +224,12 @@ export async function* extractFeatures(
     try {
       if (measure) {
         const resident = tf.memory().numBytes;
-        const info = await tf.profile(() => (maps = pass(), []));
-        batch = fitBatch(batch, info.peakBytes - resident, resident, limit, model, opts.onNote);
-      } else maps = pass();
+        const info = await tf.profile(() => (maps = run(), []));
+        batch = fitBatch(batch, info.peakBytes - resident, resident, limit!, model, opts.onNote);
+      } else maps = run();
     } catch (e) {
       for (const m of maps?.values() ?? []) m.dispose();
-      throw isWasmAbort(e) ? heapError(e, end - start, model) : e;
+      throw isWasmAbort(e) ? heapError(e, to - from, model) : e;
     } finally {
       x0.dispose();
     }
@@ -240,10 +238,36 @@ export async function* extractFeatures(
       rows.set(name, (await m.data()) as Float32Array);
       m.dispose();
     }
+    return rows;
+  };
+  // With a ceiling, the first image runs alone so that its peak sizes the batch; its rows join
+  // the first batch, so batches are as if the sized batch had been asked for.
+  const first = limit !== undefined && batch > 1 && n > 0 ? await pass(0, 1, true) : undefined;
+  for (let start = 0; start < n;) {
+    const end = Math.min(n, start + batch);
+    const from = first && start === 0 ? 1 : start; // the measured image is done
+    let rows = from < end ? await pass(from, end, false) : new Map<string, Float32Array>();
+    if (first && start === 0) rows = joinRows(first, rows);
     opts.onBatch?.(end, n);
     yield { start, count: end - start, rows };
     start = end;
   }
+}
+
+/** Per cell, the rows of `a` followed by those of `b`. */
+function joinRows(
+  a: ReadonlyMap<string, Float32Array>,
+  b: ReadonlyMap<string, Float32Array>,
+): Map<string, Float32Array> {
+  const out = new Map<string, Float32Array>();
+  for (const [k, ra] of a) {
+    const rb = b.get(k) ?? new Float32Array(0);
+    const joined = new Float32Array(ra.length + rb.length);
+    joined.set(ra);
+    joined.set(rb, ra.length);
+    out.set(k, joined);
+  }
+  return out;
 }
 
 /**

@@ -68,6 +68,7 @@ export const EXPERIMENTS: readonly ReproExperiment[] = [
     tolerances: {
       "metrics.first_loss": LOSS,
       "metrics.final_loss": LOSS,
+      "metrics.min_loss": LOSS,
       "metrics.loss_curve.points.*.1": LOSS,
     },
     ignore: ["metrics.images_per_s", "metrics.engine"],
@@ -135,12 +136,14 @@ export const EXPERIMENTS: readonly ReproExperiment[] = [
     tolerances: {
       "metrics.test_accuracy": {
         rel: 0,
-        abs: 0.01,
-        why: "a fraction of hits: near-tied similarities can swap neighbours across engines",
+        abs: 0.02,
+        why: "a fraction of hits: near-tied similarities of the 30-step model's features swap " +
+          "neighbours across CPUs (oneDNN and OpenBLAS pick kernels per ISA): 0.015 (6 of 401 " +
+          "images) between an AMD EPYC and an Intel Xeon with AMX; a broken kNN moves far more",
       },
       "metrics.cells.*.top*": {
         rel: 0,
-        abs: 0.01,
+        abs: 0.02,
         why: "fractions of hits, as test_accuracy",
       },
     },

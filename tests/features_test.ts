@@ -121,7 +121,16 @@ Deno.test("a heap ceiling shrinks the batch to what one image's peak says fits, 
   });
   assertEquals(notes.length, 1);
   assert(/batch 12 .* extracting at batch 3/.test(notes[0]), notes[0]);
-  assertEquals(sizes, [1, 3, 3, 3, 2], "the first image alone, then batches of 3");
+  assertEquals(sizes, [3, 3, 3, 3], "batches of 3 (the measured image joins the first)");
+  // A split of one image: the measured pass is all there is.
+  const one = await extractTable(model, take(ds, Int32Array.of(0)), cells, {
+    noiseKey: key,
+    batch: 4,
+  });
+  const n0 = cellName(cells[0]), d0 = cellDim(spec, cells[0]);
+  assertClose(Array.from(one.data.get(n0)!), Array.from(whole.data.get(n0)!.subarray(0, d0)), {
+    atol: 1e-6,
+  });
   for (const c of cells) {
     assertClose(
       Array.from(small.data.get(cellName(c))!),

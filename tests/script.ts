@@ -16,7 +16,7 @@ export function scriptCommand(
       "-E",
       "--allow-ffi",
       "--allow-sys",
-      "--allow-run=git",
+      "--allow-run=git,cc",
       `scripts/${script}.ts`,
       ...args,
     ],
