@@ -6,14 +6,13 @@
 //   deno run -R -E --allow-ffi --allow-sys --allow-run bench/adm256.ts [--images 8]
 import * as tf from "@tensorflow/tfjs";
 import { parseArgs } from "node:util";
-import { fileURLToPath } from "node:url";
 import { initEngine } from "../lib/engine/mod.ts";
 import { namedSchedule } from "../lib/diffusion/schedule.ts";
 import { extractTable, type FrozenModel } from "../lib/features.ts";
 import { initParams, presetSpec } from "../lib/models/mod.ts";
 import { disposeParams } from "../lib/params.ts";
 import { rng } from "../lib/random.ts";
-import { DIT, findPython } from "./models.ts";
+import { DIT, findPython, runPeerScript } from "./models.ts";
 import * as unet from "../lib/models/unet.ts";
 
 const BLOCK = 24, BATCH = 4;
@@ -55,34 +54,12 @@ async function ours(images: number, log: (s: string) => void) {
   };
 }
 
-async function peer(python: string): Promise<Record<string, unknown>> {
-  const out = await new Deno.Command(python, {
-    args: [
-      fileURLToPath(new URL("./peer_torch.py", import.meta.url)),
-      "--json",
-      "--only",
-      "unet_features",
-      "--unet",
-      JSON.stringify(unet.UNET_CONFIGS.adm256),
-      "--dit",
-      JSON.stringify(DIT),
-      "--feature-batch",
-      String(BATCH),
-      "--feature-block",
-      String(BLOCK),
-      "--repeats",
-      "2",
-      "--budget",
-      "30",
-      "--threads",
-      "2",
-    ],
-    stdout: "piped",
-    stderr: "inherit",
-    env: { OMP_WAIT_POLICY: Deno.env.get("OMP_WAIT_POLICY") ?? "PASSIVE" },
-  }).output();
-  if (!out.success) throw new Error(`bench/peer_torch.py exited with ${out.code}`);
-  return JSON.parse(new TextDecoder().decode(out.stdout).trim().split("\n").pop() ?? "{}");
+function peer(python: string): Promise<Record<string, unknown>> {
+  return runPeerScript(python, [
+    ...["--only", "unet_features", "--unet", JSON.stringify(unet.UNET_CONFIGS.adm256)],
+    ...["--dit", JSON.stringify(DIT), "--feature-batch", String(BATCH)],
+    ...["--feature-block", String(BLOCK), "--repeats", "2", "--budget", "30", "--threads", "2"],
+  ]);
 }
 
 /** The adm256 suite. */

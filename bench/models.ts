@@ -319,9 +319,7 @@ async function runPeer(
   repeats: number,
   budgetS: number,
 ): Promise<Record<string, unknown>> {
-  const args = [
-    fileURLToPath(new URL("./peer_torch.py", import.meta.url)),
-    "--json",
+  return await runPeerScript(python, [
     "--unet",
     JSON.stringify(UNET),
     "--dit",
@@ -344,13 +342,23 @@ async function runPeer(
     String(LR),
     "--ema",
     String(EMA),
-  ];
-  // libgomp's default spin-waiting collapses when other processes share the two cores (a DiT
-  // step measured 4-8x slower); passive waiting costs little on an idle machine. An explicit
-  // OMP_WAIT_POLICY in the environment wins.
+  ]);
+}
+
+/**
+ * Run bench/peer_torch.py with `args` (after --json) and parse its JSON line. libgomp's default
+ * spin-waiting collapses when other processes share the two cores (a DiT step measured 4-8x
+ * slower); passive waiting costs little on an idle machine. An explicit OMP_WAIT_POLICY in the
+ * environment wins.
+ */
+export async function runPeerScript(
+  python: string,
+  args: readonly string[],
+): Promise<Record<string, unknown>> {
   const omp = Deno.env.get("OMP_WAIT_POLICY") ?? "PASSIVE";
+  const script = fileURLToPath(new URL("./peer_torch.py", import.meta.url));
   const out = await new Deno.Command(python, {
-    args,
+    args: [script, "--json", ...args],
     stdout: "piped",
     stderr: "inherit",
     env: { OMP_WAIT_POLICY: omp },

@@ -6,10 +6,9 @@
 //   deno run -R -E --allow-ffi --allow-sys --allow-run bench/profile.ts [--batch 64]
 import * as tf from "@tensorflow/tfjs";
 import { parseArgs } from "node:util";
-import { fileURLToPath } from "node:url";
 import { initEngine } from "../lib/engine/mod.ts";
 import { kernelFlops } from "../lib/engine/flops.ts";
-import { DIT, EMA, findPython, LR, trainer, UNET } from "./models.ts";
+import { DIT, EMA, findPython, LR, runPeerScript, trainer, UNET } from "./models.ts";
 
 /** Categories, with the kernel names (ours) and aten op names (PyTorch) that fall in each. */
 const CATEGORIES: readonly { name: string; ours: RegExp; torch: RegExp }[] = [
@@ -69,32 +68,12 @@ async function profileOurs(batch: number) {
 }
 
 async function profileTorch(python: string, batch: number): Promise<Record<string, number>> {
-  const out = await new Deno.Command(python, {
-    args: [
-      fileURLToPath(new URL("./peer_torch.py", import.meta.url)),
-      "--json",
-      "--profile",
-      "--unet",
-      JSON.stringify(UNET),
-      "--dit",
-      JSON.stringify(DIT),
-      "--unet-batch",
-      String(batch),
-      "--threads",
-      "2",
-      "--lr",
-      String(LR),
-      "--ema",
-      String(EMA),
-    ],
-    stdout: "piped",
-    stderr: "inherit",
-    env: { OMP_WAIT_POLICY: Deno.env.get("OMP_WAIT_POLICY") ?? "PASSIVE" },
-  }).output();
-  if (!out.success) throw new Error(`bench/peer_torch.py --profile exited with ${out.code}`);
-  const line = new TextDecoder().decode(out.stdout).trim().split("\n").pop() ?? "{}";
-  return (JSON.parse(line) as { unet_train_profile_ms: Record<string, number> })
-    .unet_train_profile_ms;
+  const out = await runPeerScript(python, [
+    "--profile",
+    ...["--unet", JSON.stringify(UNET), "--dit", JSON.stringify(DIT)],
+    ...["--unet-batch", String(batch), "--threads", "2", "--lr", String(LR), "--ema", String(EMA)],
+  ]);
+  return out.unet_train_profile_ms as Record<string, number>;
 }
 
 const r1 = (x: number) => Math.round(x * 10) / 10;
