@@ -133,13 +133,13 @@ export interface EngineOptions {
   readonly announce?: boolean;
 }
 
+// The compiled kernels, prepared once per process (null: tried, unavailable).
+let nativeKernels: Awaited<ReturnType<typeof prepareNativeKernels>> | null | undefined;
+
 /**
  * Choose and initialise the backend, register the project kernels, and announce the choice on
  * stderr in one line. Safe to call again: it re-initialises only when the answer changes.
  */
-// The compiled kernels, prepared once per process (null: tried, unavailable).
-let nativeKernels: Awaited<ReturnType<typeof prepareNativeKernels>> | null | undefined;
-
 export async function initEngine(opts: EngineOptions = {}): Promise<EngineInfo> {
   const envChoice = Deno.env.get(BACKEND_ENV);
   const asked = opts.backend

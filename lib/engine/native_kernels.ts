@@ -1,14 +1,15 @@
 // Project kernels in C, compiled on first use: where wasm's JS loops lose most to PyTorch (the
 // GroupNorm passes: 40 % of a U-Net train step, 5× PyTorch's time; bench/profile.ts), a C
-// compiler is usually at hand. `prepareNativeKernels` compiles lib/engine/native/*.c with the
-// system's `cc` into the per-user cache (lib/engine/native_libs.ts's root), keyed by a hash of
+// compiler is usually at hand. `prepareNativeKernels` compiles lib/engine/native/group_norm.c with
+// the system's `cc` into the per-user cache (lib/engine/native_libs.ts's root), keyed by a hash of
 // the source, flags and compiler, and loads it through FFI; later runs load the cached library.
 // Nothing here throws or hangs: the compile has a time-out, the library is renamed into place
 // only once built, one that fails to load is rebuilt once, and any failure prints one line and
-// leaves the JS kernels in place. DP_NATIVE=off turns it off with the native libraries.
+// leaves the JS kernels in place. DP_NATIVE=off (as for the native libraries) or DP_BLAS=0 turn
+// it off.
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { ffiGranted, processEnv } from "./blas/openblas.ts";
+import { BLAS_ENV, ffiGranted, processEnv } from "./blas/openblas.ts";
 import { NATIVE_ENV, nativeCacheRoot, runCommand, type Runner } from "./native_libs.ts";
 
 type Env = (name: string) => string | undefined;
@@ -112,9 +113,12 @@ export async function prepareNativeKernels(
   const env = opts.env ?? processEnv, run = opts.run ?? runCommand;
   const log = opts.log ?? console.error;
   const mode = (env(NATIVE_ENV) ?? "").toLowerCase();
-  if (mode === "off" || mode === "0") return undefined;
+  // DP_BLAS=0 asks for the plain wasm kernels: these are native kernels too.
+  if (mode === "off" || mode === "0" || env(BLAS_ENV) === "0") return undefined;
   const skip = (why: string) => {
-    log(`native kernels: ${why}; GroupNorm stays in JS (about 3× slower; bench/profile.ts)`);
+    log(
+      `native kernels: ${why}; GroupNorm stays in JS (its passes about 4× slower; bench/profile.ts)`,
+    );
     return undefined;
   };
   if (!ffiGranted("")) return undefined; // scripts without --allow-ffi: no native anything

@@ -519,7 +519,7 @@ export function apply(
       }
       for (const l of blk.plan) {
         const next = eager ? tf.tidy(() => layer(ctx, l, h)) : layer(ctx, l, h);
-        release(h);
+        if (next !== h) release(h); // a layer may hand its input back
         h = next;
       }
       if (i < nIn) skips.push(h);

@@ -67,7 +67,7 @@ Deno.test({
     }),
 });
 
-Deno.test("native kernels: a failing or absent cc, or DP_NATIVE=off, leave the JS kernels", () =>
+Deno.test("native kernels: a failing or absent cc, DP_NATIVE=off or DP_BLAS=0 leave the JS kernels", () =>
   withCache(async (dir) => {
     const lines: string[] = [];
     const log = (l: string) => lines.push(l);
@@ -97,6 +97,13 @@ Deno.test("native kernels: a failing or absent cc, or DP_NATIVE=off, leave the J
       log,
     });
     assert.equal(r, undefined);
+    const noBlas = await prepareNativeKernels({
+      cacheDir: dir,
+      env: env({ DP_BLAS: "0" }),
+      run: off.run,
+      log,
+    });
+    assert.equal(noBlas, undefined);
     assert.equal(off.compiles(), 0);
     assert.equal(lines.length, n, "off is silent");
     // kernels/ exists only once a compile started (not where cc is absent).
