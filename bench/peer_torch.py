@@ -500,7 +500,7 @@ def main():
     ap.add_argument("--params-only", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated workloads to time (default: all)")
     ap.add_argument("--profile", action="store_true",
-                    help="instead of timing: self CPU ms per op of one U-Net train step")
+                    help="instead of timing: self CPU ms per op of one U-Net and one DiT train step")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -517,6 +517,9 @@ def main():
         step = train_step(unet, diff, shape, a.unet_batch, uc["learnSigma"], uc.get("numClasses"), a.ema, a.lr)
         t0 = time.perf_counter()
         out["unet_train_profile_ms"] = profile_ms(step)
+        dshape = (dc["inChannels"], dc["inputSize"], dc["inputSize"])
+        out["dit_train_profile_ms"] = profile_ms(train_step(
+            dit, diff, dshape, a.dit_batch, dc["learnSigma"], dc.get("numClasses"), a.ema, a.lr))
         out["profiled_s"] = time.perf_counter() - t0
     elif not a.params_only:
         diff = Diffusion(1000)

@@ -1,7 +1,7 @@
-// Bench suite "profile": where one pre-training step of the `small` U-Net spends its time, per
-// kernel on our engine (tf.profile's per-kernel wall times; every wasm kernel is synchronous)
-// and per aten op on PyTorch (torch.profiler self CPU time), grouped into the same categories so
-// that the kernels that lose show side by side (issue 13, item 3). Profiling adds overhead on
+// Bench suite "profile": where one pre-training step of the `small` U-Net and of the `small` DiT
+// spend their time, per kernel on our engine (tf.profile's per-kernel wall times; every wasm
+// kernel is synchronous) and per aten op on PyTorch (torch.profiler self CPU time), grouped into
+// the same categories so that the kernels that lose show side by side (issue 13, item 3). Profiling adds overhead on
 // both sides; compare shares and ratios, and take absolute speed from the models suite.
 //   deno run -R -E --allow-ffi --allow-sys --allow-run bench/profile.ts [--batch 64]
 import * as tf from "@tensorflow/tfjs";
@@ -20,6 +20,8 @@ const CATEGORIES: readonly { name: string; ours: RegExp; torch: RegExp }[] = [
   },
   { name: "matmul", ours: /MatMul$/, torch: /^aten::(mm|addmm|bmm|baddbmm|matmul|linear)$/ },
   { name: "group norm", ours: /GroupNorm/, torch: /group_norm/ },
+  { name: "layer norm", ours: /LayerNorm/, torch: /layer_norm/ },
+  { name: "gelu", ours: /Gelu/, torch: /gelu/ },
   { name: "adam + ema", ours: /^Dp(Adam|Ema)$/, torch: /^aten::_foreach_|^Optimizer/ },
   { name: "silu", ours: /^DpSilu/, torch: /silu/ },
   { name: "softmax", ours: /Softmax/, torch: /softmax/ },
@@ -44,10 +46,10 @@ function group(ms: Record<string, number>, side: "ours" | "torch"): Record<strin
   return out;
 }
 
-/** Per-kernel ms, calls and GFLOP/s of one profiled U-Net train step (after a warm-up). */
-async function profileOurs(batch: number) {
+/** Per-kernel ms, calls and GFLOP/s of one profiled train step (after a warm-up). */
+async function profileOurs(model: "unet" | "dit", batch: number) {
   const info = await initEngine({ backend: "wasm", announce: false });
-  const job = trainer("unet", batch);
+  const job = trainer(model, batch);
   job.step();
   const t0 = performance.now();
   const p = await tf.profile(() => (job.step(), []));
@@ -67,13 +69,18 @@ async function profileOurs(batch: number) {
   return { engine: info.engine, wall_ms: wall, ms, calls, flops };
 }
 
-async function profileTorch(python: string, batch: number): Promise<Record<string, number>> {
+/** Self CPU ms per aten op of one U-Net and one DiT train step. */
+async function profileTorch(python: string, batch: number) {
   const out = await runPeerScript(python, [
     "--profile",
     ...["--unet", JSON.stringify(UNET), "--dit", JSON.stringify(DIT)],
-    ...["--unet-batch", String(batch), "--threads", "2", "--lr", String(LR), "--ema", String(EMA)],
+    ...["--unet-batch", String(batch), "--dit-batch", String(batch)],
+    ...["--threads", "2", "--lr", String(LR), "--ema", String(EMA)],
   ]);
-  return out.unet_train_profile_ms as Record<string, number>;
+  return {
+    unet: out.unet_train_profile_ms as Record<string, number>,
+    dit: out.dit_train_profile_ms as Record<string, number>,
+  };
 }
 
 const r1 = (x: number) => Math.round(x * 10) / 10;
@@ -82,59 +89,57 @@ const sum = (o: Record<string, number>) => Object.values(o).reduce((a, b) => a +
 /** The profile suite. */
 export const suite = {
   name: "profile",
-  description: "one U-Net train step per kernel category, ours vs PyTorch (profiler times)",
+  description:
+    "one U-Net and one DiT train step per kernel category, ours vs PyTorch (profiler times)",
   async run(opts: { quick?: boolean; log?: boolean; batch?: number } = {}) {
     const log = (s: string) => (opts.log ?? true) && console.error(s);
     const batch = opts.batch ?? (opts.quick ? 8 : 64);
-    const ours = await profileOurs(batch);
+    const ours = { unet: await profileOurs("unet", batch), dit: await profileOurs("dit", batch) };
     const python = await findPython();
-    let torch: Record<string, number> | undefined;
-    if (python) torch = await profileTorch(python, batch);
-    else log("profile: no python3 with torch found: our side only");
-    const oc = group(ours.ms, "ours"), tc = torch ? group(torch, "torch") : undefined;
-    const names = [...CATEGORIES.map((c) => c.name), OTHER];
-    const rows = names.map((n) => {
-      const o = oc[n] ?? 0, t = tc?.[n];
-      return {
-        category: n,
-        ours_ms: r1(o),
-        torch_ms: t === undefined ? null : r1(t),
-        ratio_ours_over_torch: t ? Math.round((o / t) * 100) / 100 : null,
+    const torch = python ? await profileTorch(python, batch) : undefined;
+    if (!python) log("profile: no python3 with torch found: our side only");
+    const result: Record<string, unknown> = { batch, engine: ours.unet.engine };
+    for (const model of ["unet", "dit"] as const) {
+      const o = ours[model], t = torch?.[model];
+      const oc = group(o.ms, "ours"), tc = t ? group(t, "torch") : undefined;
+      const rows = [...CATEGORIES.map((c) => c.name), OTHER].map((n) => {
+        const a = oc[n] ?? 0, b = tc?.[n];
+        return {
+          category: n,
+          ours_ms: r1(a),
+          torch_ms: b === undefined ? null : r1(b),
+          ratio_ours_over_torch: b ? Math.round((a / b) * 100) / 100 : null,
+        };
+      });
+      const total = { ours_ms: r1(sum(oc)), torch_ms: tc ? r1(sum(tc)) : null };
+      const cell = (x: number | string | null, w: number) => String(x ?? "–").padStart(w);
+      log(`profile: ${model} train step, batch ${batch}, ${o.engine} vs PyTorch (profiler ms)`);
+      log(`${"category".padEnd(26)} ${"ours".padStart(8)} ${"torch".padStart(8)}  ours/torch`);
+      for (const r of rows) {
+        log(
+          `${r.category.padEnd(26)} ${cell(r.ours_ms, 8)} ${cell(r.torch_ms, 8)}  ${
+            cell(r.ratio_ours_over_torch, 0)
+          }`,
+        );
+      }
+      log(`${"total".padEnd(26)} ${cell(total.ours_ms, 8)} ${cell(total.torch_ms, 8)}`);
+      const top = (m: Record<string, number>) =>
+        Object.fromEntries(
+          Object.entries(m).sort((a, b) => b[1] - a[1]).slice(0, 15).map(([k, v]) => [k, r1(v)]),
+        );
+      result[model] = {
+        categories: rows,
+        total,
+        ours_wall_ms: r1(o.wall_ms),
+        ours_top_ms: top(o.ms),
+        ours_calls: o.calls,
+        ours_gflop_s: Object.fromEntries(
+          Object.entries(o.flops).map(([k, f]) => [k, r1(f / 1e6 / o.ms[k])]),
+        ),
+        ...(t ? { torch_top_ms: top(t) } : {}),
       };
-    });
-    const total = { ours_ms: r1(sum(oc)), torch_ms: tc ? r1(sum(tc)) : null };
-    log(`profile: U-Net train step, batch ${batch}, ${ours.engine} vs PyTorch (profiler ms)`);
-    log(`${"category".padEnd(26)} ${"ours".padStart(8)} ${"torch".padStart(8)}  ours/torch`);
-    for (const r of rows) {
-      log(
-        `${r.category.padEnd(26)} ${String(r.ours_ms).padStart(8)} ${
-          String(r.torch_ms ?? "–").padStart(8)
-        }  ${r.ratio_ours_over_torch ?? "–"}`,
-      );
     }
-    log(
-      `${"total".padEnd(26)} ${String(total.ours_ms).padStart(8)} ${
-        String(total.torch_ms ?? "–").padStart(8)
-      }`,
-    );
-    const top = (o: Record<string, number>) =>
-      Object.fromEntries(
-        Object.entries(o).sort((a, b) => b[1] - a[1]).slice(0, 15).map(([k, v]) => [k, r1(v)]),
-      );
-    const gflops = Object.fromEntries(
-      Object.entries(ours.flops).map(([k, f]) => [k, r1(f / 1e6 / ours.ms[k])]),
-    );
-    return {
-      batch,
-      engine: ours.engine,
-      categories: rows,
-      total,
-      ours_wall_ms: r1(ours.wall_ms),
-      ours_top_ms: top(ours.ms),
-      ours_calls: ours.calls,
-      ours_gflop_s: gflops,
-      ...(torch ? { torch_top_ms: top(torch) } : {}),
-    };
+    return result;
   },
 };
 
