@@ -6,7 +6,7 @@ import { registerWasmKernels } from "./wasm_kernels/mod.ts";
 import { registerBlasKernels, unregisterBlasKernels } from "./blas/mod.ts";
 import { prepareNativeLibs } from "./native_libs.ts";
 import { prepareNativeKernels } from "./native_kernels.ts";
-import { setGroupNormNative } from "./fused/group_norm.ts";
+import { setNativeKernels } from "./fused/group_norm.ts";
 import { prepareWasmThreads, WASM_PREFIX } from "./wasm_threads.ts";
 
 export const BACKENDS = ["tensorflow", "webgpu", "wasm", "cpu"] as const;
@@ -191,7 +191,7 @@ export async function initEngine(opts: EngineOptions = {}): Promise<EngineInfo> 
     // GroupNorm's passes in C, compiled once into the same cache (./native_kernels.ts). Tied to
     // the BLAS switch so that `blas: false` stays the plain wasm engine.
     const gn = useBlas ? (nativeKernels ??= await prepareNativeKernels() ?? null) : null;
-    setGroupNormNative(gn ?? undefined);
+    setNativeKernels(gn ?? undefined);
     if (gn) details.nativeKernels = gn.path;
     if (blas) {
       layers.push("blas");

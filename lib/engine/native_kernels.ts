@@ -1,7 +1,7 @@
-// Project kernels in C, compiled on first use: where wasm's JS loops lose most to PyTorch (the
-// GroupNorm passes: 40 % of a U-Net train step, 5× PyTorch's time; bench/profile.ts), a C
-// compiler is usually at hand. `prepareNativeKernels` compiles lib/engine/native/group_norm.c with
-// the system's `cc` into the per-user cache (lib/engine/native_libs.ts's root), keyed by a hash of
+// Project kernels in C, compiled on first use: where wasm's JS loops or composed tf ops lose most
+// to PyTorch (the GroupNorm passes: 40 % of a U-Net train step, 5× PyTorch's time; DiT's adaLN,
+// a dozen tf ops; bench/profile.ts), a C compiler is usually at hand. `prepareNativeKernels`
+// compiles lib/engine/native/*.c with the system's `cc` into the per-user cache (lib/engine/native_libs.ts's root), keyed by a hash of
 // the source, flags and compiler, and loads it through FFI; later runs load the cached library.
 // Nothing here throws or hangs: the compile has a time-out, the library is renamed into place
 // only once built, one that fails to load is rebuilt once, and any failure prints one line and
@@ -14,7 +14,9 @@ import { NATIVE_ENV, nativeCacheRoot, runCommand, type Runner } from "./native_l
 
 type Env = (name: string) => string | undefined;
 
-const SOURCE = fileURLToPath(new URL("./native/group_norm.c", import.meta.url));
+const SOURCES = ["group_norm.c", "layer_norm.c"].map((f) =>
+  fileURLToPath(new URL(`./native/${f}`, import.meta.url))
+);
 const FLAGS = ["-O3", "-shared", "-fPIC", "-ffp-contract=off"];
 const ABI = 2;
 const COMPILE_MS = 60_000;
@@ -37,10 +39,22 @@ const SYMBOLS = {
     parameters: ["buffer", "buffer", "buffer", "buffer", "buffer", "buffer", "i64", "i64"],
     result: "void",
   },
+  dp_ln_mod: {
+    parameters: ["buffer", "buffer", "buffer", "buffer", "i64", "i64", "i64", "f64"],
+    result: "void",
+  },
+  dp_ln_mod_grad: {
+    parameters: [
+      ...["buffer", "buffer", "buffer", "buffer", "buffer", "buffer"],
+      ...["i64", "i64", "i64", "f64"],
+    ],
+    result: "i32",
+  },
 } as const;
 
-/** The GroupNorm passes in C (see native/group_norm.c); rows of `c` channels. */
-export interface GroupNormNative {
+/** The kernels in C: GroupNorm's passes over rows of `c` channels (native/group_norm.c), and
+ * adaLN over x [n, t, d] with scale, shift [n, d] (native/layer_norm.c). */
+export interface NativeKernels {
   /** The loaded library's path (for the engine line). */
   readonly path: string;
   sums(d: Float32Array, x: Float32Array, S1: Float64Array, S2: Float64Array, c: number): void;
@@ -63,10 +77,27 @@ export interface GroupNormNative {
     out: Float32Array,
     c: number,
   ): void;
+  lnModulate(
+    x: Float32Array,
+    scale: Float32Array,
+    shift: Float32Array,
+    y: Float32Array,
+    dims: readonly [number, number, number],
+    eps: number,
+  ): void;
+  /** False when the kernel could not allocate its scratch (nothing written). */
+  lnModulateGrad(
+    dy: Float32Array,
+    x: Float32Array,
+    scale: Float32Array,
+    grads: { dx: Float32Array; dscale: Float32Array; dshift: Float32Array },
+    dims: readonly [number, number, number],
+    eps: number,
+  ): boolean;
 }
 
 /** Load a built library and check its ABI; undefined when it does not load. */
-export function loadGroupNormNative(path: string): GroupNormNative | undefined {
+export function loadNativeKernels(path: string): NativeKernels | undefined {
   let lib: Deno.DynamicLibrary<typeof SYMBOLS>;
   try {
     lib = Deno.dlopen(path, SYMBOLS);
@@ -86,6 +117,21 @@ export function loadGroupNormNative(path: string): GroupNormNative | undefined {
       s.dp_gn_silu_sums(dy, y1, sg, x, S1, S2, rows(dy, c), BigInt(c)),
     affine: (x, A, B, y, c) => s.dp_gn_affine(x, A, B, y, rows(x, c), BigInt(c)),
     affine2: (d, P, x, Q, R, out, c) => s.dp_gn_affine2(d, P, x, Q, R, out, rows(d, c), BigInt(c)),
+    lnModulate: (x, scale, shift, y, [n, t, d], eps) =>
+      s.dp_ln_mod(x, scale, shift, y, BigInt(n), BigInt(t), BigInt(d), eps),
+    lnModulateGrad: (dy, x, scale, g, [n, t, d], eps) =>
+      s.dp_ln_mod_grad(
+        dy,
+        x,
+        scale,
+        g.dx,
+        g.dscale,
+        g.dshift,
+        BigInt(n),
+        BigInt(t),
+        BigInt(d),
+        eps,
+      ) === 0,
   };
 }
 
@@ -109,7 +155,7 @@ async function sha256(text: string): Promise<string> {
  */
 export async function prepareNativeKernels(
   opts: NativeKernelsOptions = {},
-): Promise<GroupNormNative | undefined> {
+): Promise<NativeKernels | undefined> {
   const env = opts.env ?? processEnv, run = opts.run ?? runCommand;
   const log = opts.log ?? console.error;
   const mode = (env(NATIVE_ENV) ?? "").toLowerCase();
@@ -126,9 +172,9 @@ export async function prepareNativeKernels(
   if (!root) return skip("no HOME for the cache");
   let source: string;
   try {
-    source = await Deno.readTextFile(SOURCE);
+    source = (await Promise.all(SOURCES.map((f) => Deno.readTextFile(f)))).join("\n");
   } catch (e) {
-    return skip(`cannot read ${SOURCE} (${e})`);
+    return skip(`cannot read the C sources (${e})`);
   }
   const version = await run("cc", ["--version"], { timeoutMs: 10_000 });
   if (version.code !== 0) {
@@ -140,8 +186,8 @@ export async function prepareNativeKernels(
   }
   const key = (await sha256([source, FLAGS.join(" "), version.stdout].join("\n"))).slice(0, 16);
   const dir = join(root, "kernels");
-  const path = join(dir, `group_norm-${key}.so`);
-  const cached = loadGroupNormNative(path);
+  const path = join(dir, `kernels-${key}.so`);
+  const cached = loadNativeKernels(path);
   if (cached) return cached;
   // Absent, or present but unloadable (a truncated file): build it (again).
   try {
@@ -150,7 +196,9 @@ export async function prepareNativeKernels(
     return skip(`cannot create ${dir} (${e})`);
   }
   const tmp = `${path}.tmp-${Deno.pid}`;
-  const built = await run("cc", [...FLAGS, "-o", tmp, SOURCE], { timeoutMs: COMPILE_MS });
+  const built = await run("cc", [...FLAGS, "-o", tmp, ...SOURCES, "-lm"], {
+    timeoutMs: COMPILE_MS,
+  });
   if (built.code !== 0) {
     await Deno.remove(tmp).catch(() => {});
     const why = built.stderr.split("\n").find((l) => /error/i.test(l)) ?? `exit ${built.code}`;
@@ -162,5 +210,5 @@ export async function prepareNativeKernels(
     await Deno.remove(tmp).catch(() => {});
     return skip(`cannot write ${path} (${e})`);
   }
-  return loadGroupNormNative(path) ?? skip(`the built ${path} does not load`);
+  return loadNativeKernels(path) ?? skip(`the built ${path} does not load`);
 }

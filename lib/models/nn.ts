@@ -5,6 +5,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { foldName, normal, type Rng, uniform } from "../random.ts";
 import * as fused from "../engine/fused/mod.ts";
+import * as fusedLn from "../engine/fused/layer_norm.ts";
 import { type Params, type ParamShapes, toVariables } from "../params.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -164,6 +165,8 @@ export function layerNormModulate(
   scale: tf.Tensor,
   eps = 1e-6,
 ): tf.Tensor3D {
+  const one = fusedLn.layerNormModulateFused(x, shift, scale, eps); // wasm with compiled kernels
+  if (one) return one;
   let op = lnModulateCache.get(eps);
   if (!op) lnModulateCache.set(eps, op = lnModulateWith(eps));
   return op(x, shift, scale) as tf.Tensor3D;

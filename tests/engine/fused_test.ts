@@ -140,3 +140,34 @@ Deno.test("fused ops leak no tensors through forward and backward", () => {
   assert.deepEqual([tf.memory().numTensors, tf.engine().backend.numDataIds()], before);
   tf.dispose([x, g, b, s]);
 });
+
+Deno.test("adaLN fused in C on wasm matches the composed LayerNorm·(1 + scale) + shift on cpu", async () => {
+  const { nativeKernels } = await import("../../lib/engine/fused/group_norm.ts");
+  const { LN_MODULATE } = await import("../../lib/engine/fused/layer_norm.ts");
+  const { layerNormModulate } = await import("../../lib/models/nn.ts");
+  const composed = (x: tf.Tensor, sh: tf.Tensor, sc: tf.Tensor) => {
+    const { mean, variance } = tf.moments(x, -1, true);
+    const xhat = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, 1e-6)));
+    return tf.add(tf.mul(xhat, tf.add(tf.expandDims(sc, 1), 1)), tf.expandDims(sh, 1));
+  };
+  for (const [i, [n, t, d]] of [[2, 5, 8], [3, 16, 48], [1, 1, 7]].entries()) {
+    await compare(
+      `adaLN [${n}, ${t}, ${d}]`,
+      [input(30 + i, [n, t, d], -2, 3), input(40 + i, [n, d]), input(50 + i, [n, d])],
+      (x, sh, sc) => layerNormModulate(x as tf.Tensor3D, sh, sc, 1e-6),
+      composed,
+    );
+  }
+  if (nativeKernels()) { // the fused kernel ran, and leaves no tensors behind
+    const x = tf.ones([2, 3, 4]) as tf.Tensor3D, s = tf.zeros([2, 4]);
+    const before = tf.memory().numTensors;
+    const profile = await tf.profile(() => {
+      const g = tf.grads((a: tf.Tensor) => tf.sum(layerNormModulate(a as tf.Tensor3D, s, s)))([x]);
+      tf.dispose(g);
+      return [];
+    });
+    assert.ok(profile.kernels.some((k) => k.name === LN_MODULATE));
+    assert.equal(tf.memory().numTensors, before);
+    tf.dispose([x, s]);
+  }
+});

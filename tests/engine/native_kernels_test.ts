@@ -7,9 +7,9 @@ import {
   groupNormAffine,
   groupNormBackward,
   groupNormStats,
-  setGroupNormNative,
+  setNativeKernels,
 } from "../../lib/engine/fused/group_norm.ts";
-import { type GroupNormNative, prepareNativeKernels } from "../../lib/engine/native_kernels.ts";
+import { type NativeKernels, prepareNativeKernels } from "../../lib/engine/native_kernels.ts";
 import { runCommand, type Runner } from "../../lib/engine/native_libs.ts";
 
 const hasCc = (await runCommand("cc", ["--version"], { timeoutMs: 10_000 })).code === 0;
@@ -115,7 +115,7 @@ Deno.test({
   name: "native kernels: GroupNorm stats, affine and gradients equal the JS loops bit for bit",
   ignore: !hasCc,
   fn: async () => {
-    const k = await prepareNativeKernels({ log: () => {} }) as GroupNormNative;
+    const k = await prepareNativeKernels({ log: () => {} }) as NativeKernels;
     assert.ok(k);
     for (
       const [shape, g] of [[[3, 5, 7, 12], 4], [[2, 9, 9, 300], 30], [[2, 4, 4, 6], 3]] as const
@@ -155,12 +155,12 @@ Deno.test({
         };
       };
       const js = run();
-      setGroupNormNative(k);
+      setNativeKernels(k);
       let c2;
       try {
         c2 = run();
       } finally {
-        setGroupNormNative(undefined);
+        setNativeKernels(undefined);
       }
       // Same operations in the same order in double: equal, not merely close (the goldens of
       // `deno task repro` depend on it).

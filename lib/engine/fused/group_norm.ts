@@ -13,18 +13,22 @@
 import * as tf from "@tensorflow/tfjs";
 import { asWasmBackend, f32View, type WasmBackend } from "../blas/heap.ts";
 import { oneDnnSilu, wasmSigmoid, wasmSilu } from "./silu.ts";
-import type { GroupNormNative } from "../native_kernels.ts";
+import type { NativeKernels } from "../native_kernels.ts";
 
-// The memory-bound passes in C where lib/engine/native_kernels.ts could build them (set by
-// initEngine), else the JS loops below.
-let native: GroupNormNative | undefined;
+// The kernels in C where lib/engine/native_kernels.ts could build them (set by initEngine):
+// GroupNorm's memory-bound passes run there, else in the JS loops below; ./layer_norm.ts needs
+// them.
+let native: NativeKernels | undefined;
 
-/** Run the passes on `k` (undefined: the JS loops); returns the previous one. */
-export function setGroupNormNative(k?: GroupNormNative): GroupNormNative | undefined {
+/** Use the C kernels `k` (undefined: none); returns the previous ones. */
+export function setNativeKernels(k?: NativeKernels): NativeKernels | undefined {
   const previous = native;
   native = k;
   return previous;
 }
+
+/** The C kernels in use, if any. */
+export const nativeKernels = (): NativeKernels | undefined => native;
 
 /** Kernel names (project-specific, registered for the wasm backend). */
 export const GROUP_NORM = "DpGroupNorm";

@@ -1,0 +1,80 @@
+// DiT's adaLN, modulate(LayerNorm(x), shift, scale) = x̂·(1 + scale) + shift with x̂ the
+// LayerNorm of each token over its d channels (no affine terms), forward and backward in one
+// pass each (lib/engine/fused/layer_norm.ts); tf ops take a dozen kernels for it. x is
+// [n, t, d], scale and shift [n, d]. Statistics in double, two passes over the row.
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define CLONES
+#endif
+
+static inline void row_stats(const float* x, int64_t d, double eps, double* mean, double* rstd) {
+  double s = 0;
+  for (int64_t j = 0; j < d; j++) s += x[j];
+  const double m = s / d;
+  double v = 0;
+  for (int64_t j = 0; j < d; j++) v += (x[j] - m) * (x[j] - m);
+  *mean = m;
+  *rstd = 1.0 / sqrt(v / d + eps);
+}
+
+/** y = x̂·(1 + scale[example]) + shift[example]. */
+CLONES void dp_ln_mod(const float* x, const float* scale, const float* shift, float* y, int64_t n,
+                      int64_t t, int64_t d, double eps) {
+  for (int64_t e = 0; e < n; e++) {
+    const float* sc = scale + e * d;
+    const float* sh = shift + e * d;
+    for (int64_t r = e * t; r < (e + 1) * t; r++) {
+      const float* xr = x + r * d;
+      float* yr = y + r * d;
+      double m, rs;
+      row_stats(xr, d, eps, &m, &rs);
+      for (int64_t j = 0; j < d; j++) yr[j] = (float)((xr[j] - m) * rs * (1.0 + sc[j]) + sh[j]);
+    }
+  }
+}
+
+/** dx = r·(g − mean(g) − x̂·mean(g·x̂)) with g = dy·(1 + scale); dscale = Σ_t dy·x̂, dshift =
+ * Σ_t dy per example. Returns 0, or 1 when out of memory (nothing written then). */
+CLONES int32_t dp_ln_mod_grad(const float* dy, const float* x, const float* scale, float* dx,
+                              float* dscale, float* dshift, int64_t n, int64_t t, int64_t d,
+                              double eps) {
+  double* acc = malloc(sizeof(double) * 2 * d);
+  if (!acc) return 1;
+  double *ds = acc, *dh = acc + d;
+  for (int64_t e = 0; e < n; e++) {
+    const float* sc = scale + e * d;
+    for (int64_t j = 0; j < d; j++) ds[j] = dh[j] = 0;
+    for (int64_t r = e * t; r < (e + 1) * t; r++) {
+      const float* xr = x + r * d;
+      const float* gr = dy + r * d;
+      double m, rs;
+      row_stats(xr, d, eps, &m, &rs);
+      double sg = 0, sgx = 0;
+      for (int64_t j = 0; j < d; j++) {
+        const double xh = (xr[j] - m) * rs, g = gr[j] * (1.0 + sc[j]);
+        sg += g;
+        sgx += g * xh;
+        ds[j] += gr[j] * xh;
+        dh[j] += gr[j];
+      }
+      sg /= d;
+      sgx /= d;
+      float* o = dx + r * d;
+      for (int64_t j = 0; j < d; j++) {
+        const double xh = (xr[j] - m) * rs, g = gr[j] * (1.0 + sc[j]);
+        o[j] = (float)(rs * (g - sg - xh * sgx));
+      }
+    }
+    for (int64_t j = 0; j < d; j++) {
+      dscale[e * d + j] = (float)ds[j];
+      dshift[e * d + j] = (float)dh[j];
+    }
+  }
+  free(acc);
+  return 0;
+}
