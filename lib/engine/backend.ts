@@ -188,11 +188,11 @@ export async function initEngine(opts: EngineOptions = {}): Promise<EngineInfo> 
     // the system lacks them (fetched there the first time; ./native_libs.ts).
     if (useBlas) await prepareNativeLibs();
     const blas = useBlas ? registerBlasKernels() : undefined;
-    // GroupNorm's passes in C, compiled once into the same cache (./native_kernels.ts). Tied to
-    // the BLAS switch so that `blas: false` stays the plain wasm engine.
-    const gn = useBlas ? (nativeKernels ??= await prepareNativeKernels() ?? null) : null;
-    setNativeKernels(gn ?? undefined);
-    if (gn) details.nativeKernels = gn.path;
+    // GroupNorm's passes and DiT's adaLN in C, compiled once into the same cache
+    // (./native_kernels.ts). Tied to the BLAS switch so that `blas: false` stays plain wasm.
+    const ck = useBlas ? (nativeKernels ??= await prepareNativeKernels() ?? null) : null;
+    setNativeKernels(ck ?? undefined);
+    if (ck) details.nativeKernels = ck.path;
     if (blas) {
       layers.push("blas");
       if (blas.onednn) layers.push("onednn"); // convolutions on oneDNN, the rest on OpenBLAS
@@ -200,7 +200,7 @@ export async function initEngine(opts: EngineOptions = {}): Promise<EngineInfo> 
     } else {
       unregisterBlasKernels(); // asked to run without BLAS after an earlier init with it
     }
-    if (gn) layers.push("native-gn");
+    if (ck) layers.push("c-kernels");
   }
   if (tf.getBackend() !== backend) {
     const ok = await tf.setBackend(backend).finally(() => restore?.());
