@@ -12,14 +12,30 @@
 #define CLONES
 #endif
 
-static inline void row_stats(const float* x, int64_t d, double eps, double* mean, double* rstd) {
+// Row sums in LANES partial sums, combined at the end: a fixed order (deterministic) that the
+// compiler can vectorise, where one running sum is a dependency chain it may not reorder.
+enum { LANES = 8 };
+
+static inline double lane_total(const double* a) {
   double s = 0;
-  for (int64_t j = 0; j < d; j++) s += x[j];
-  const double m = s / d;
-  double v = 0;
-  for (int64_t j = 0; j < d; j++) v += (x[j] - m) * (x[j] - m);
+  for (int k = 0; k < LANES; k++) s += a[k];
+  return s;
+}
+
+static inline void row_stats(const float* x, int64_t d, double eps, double* mean, double* rstd) {
+  double s[LANES] = {0}, v[LANES] = {0};
+  int64_t j = 0;
+  for (; j + LANES <= d; j += LANES) {
+    for (int k = 0; k < LANES; k++) s[k] += x[j + k];
+  }
+  for (int k = 0; j < d; j++, k++) s[k] += x[j];
+  const double m = lane_total(s) / d;
+  for (j = 0; j + LANES <= d; j += LANES) {
+    for (int k = 0; k < LANES; k++) v[k] += (x[j + k] - m) * (x[j + k] - m);
+  }
+  for (int k = 0; j < d; j++, k++) v[k] += (x[j] - m) * (x[j] - m);
   *mean = m;
-  *rstd = 1.0 / sqrt(v / d + eps);
+  *rstd = 1.0 / sqrt(lane_total(v) / d + eps);
 }
 
 /** y = x̂·(1 + scale[example]) + shift[example]. */
@@ -54,16 +70,25 @@ CLONES int32_t dp_ln_mod_grad(const float* dy, const float* x, const float* scal
       const float* gr = dy + r * d;
       double m, rs;
       row_stats(xr, d, eps, &m, &rs);
-      double sg = 0, sgx = 0;
-      for (int64_t j = 0; j < d; j++) {
+      double a[LANES] = {0}, b[LANES] = {0};
+      int64_t j = 0;
+      for (; j + LANES <= d; j += LANES) {
+        for (int k = 0; k < LANES; k++) {
+          const double xh = (xr[j + k] - m) * rs, g = gr[j + k] * (1.0 + sc[j + k]);
+          a[k] += g;
+          b[k] += g * xh;
+          ds[j + k] += gr[j + k] * xh;
+          dh[j + k] += gr[j + k];
+        }
+      }
+      for (int k = 0; j < d; j++, k++) {
         const double xh = (xr[j] - m) * rs, g = gr[j] * (1.0 + sc[j]);
-        sg += g;
-        sgx += g * xh;
+        a[k] += g;
+        b[k] += g * xh;
         ds[j] += gr[j] * xh;
         dh[j] += gr[j];
       }
-      sg /= d;
-      sgx /= d;
+      const double sg = lane_total(a) / d, sgx = lane_total(b) / d;
       float* o = dx + r * d;
       for (int64_t j = 0; j < d; j++) {
         const double xh = (xr[j] - m) * rs, g = gr[j] * (1.0 + sc[j]);
