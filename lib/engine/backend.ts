@@ -5,8 +5,7 @@ import { getThreadsCount, setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
 import { registerWasmKernels } from "./wasm_kernels/mod.ts";
 import { registerBlasKernels, unregisterBlasKernels } from "./blas/mod.ts";
 import { prepareNativeLibs } from "./native_libs.ts";
-import { prepareNativeKernels } from "./native_kernels.ts";
-import { setNativeKernels } from "./fused/group_norm.ts";
+import { prepareNativeKernels, setNativeKernels } from "./native_kernels.ts";
 import { prepareWasmThreads, WASM_PREFIX } from "./wasm_threads.ts";
 
 export const BACKENDS = ["tensorflow", "webgpu", "wasm", "cpu"] as const;
@@ -134,7 +133,7 @@ export interface EngineOptions {
 }
 
 // The compiled kernels, prepared once per process (null: tried, unavailable).
-let nativeKernels: Awaited<ReturnType<typeof prepareNativeKernels>> | null | undefined;
+let compiled: Awaited<ReturnType<typeof prepareNativeKernels>> | null | undefined;
 
 /**
  * Choose and initialise the backend, register the project kernels, and announce the choice on
@@ -190,7 +189,7 @@ export async function initEngine(opts: EngineOptions = {}): Promise<EngineInfo> 
     const blas = useBlas ? registerBlasKernels() : undefined;
     // GroupNorm's passes and DiT's adaLN in C, compiled once into the same cache
     // (./native_kernels.ts). Tied to the BLAS switch so that `blas: false` stays plain wasm.
-    const ck = useBlas ? (nativeKernels ??= await prepareNativeKernels() ?? null) : null;
+    const ck = useBlas ? (compiled ??= await prepareNativeKernels() ?? null) : null;
     setNativeKernels(ck ?? undefined);
     if (ck) details.nativeKernels = ck.path;
     if (blas) {

@@ -1,16 +1,17 @@
 // Project kernels in C, compiled on first use: where wasm's JS loops or composed tf ops lose most
 // to PyTorch (the GroupNorm passes: 40 % of a U-Net train step, 5× PyTorch's time; DiT's adaLN,
 // a dozen tf ops; bench/profile.ts), a C compiler is usually at hand. `prepareNativeKernels`
-// compiles lib/engine/native/*.c with the system's `cc` into the per-user cache (lib/engine/native_libs.ts's root), keyed by a hash of
-// the source, flags and compiler, and loads it through FFI; later runs load the cached library.
-// Nothing here throws or hangs: the compile has a time-out, the library is renamed into place
-// only once built, one that fails to load is rebuilt once, and any failure prints one line and
-// leaves the JS kernels in place. DP_NATIVE=off (as for the native libraries) or DP_BLAS=0 turn
-// it off.
+// compiles lib/engine/native/*.c with the system's `cc` into the per-user cache (the root of
+// ./native_libs.ts), keyed by a hash of sources and flags, and loads it through FFI; later runs
+// load the cached library without running cc. Nothing here throws or hangs: the compile has a
+// time-out, the library is renamed into place only once built, one that fails to load is rebuilt,
+// and any failure prints one line and leaves the JS kernels in place. DP_NATIVE=off (as for the
+// native libraries) or DP_BLAS=0 turn it off. initEngine installs the result (`setNativeKernels`)
+// for the kernels in ./fused that use it.
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { BLAS_ENV, ffiGranted, processEnv } from "./blas/openblas.ts";
-import { NATIVE_ENV, nativeCacheRoot, runCommand, type Runner } from "./native_libs.ts";
+import { NATIVE_ENV, nativeCacheRoot, runCommand, type Runner, sha256Hex } from "./native_libs.ts";
 
 type Env = (name: string) => string | undefined;
 
@@ -144,14 +145,22 @@ export interface NativeKernelsOptions {
   readonly log?: (line: string) => void;
 }
 
-async function sha256(text: string): Promise<string> {
-  const h = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
-  return [...new Uint8Array(h)].map((b) => b.toString(16).padStart(2, "0")).join("");
+// The kernels in use, installed by initEngine (undefined: the JS loops and composed ops).
+let installed: NativeKernels | undefined;
+
+/** Use the C kernels `k` (undefined: none); returns the previous ones. */
+export function setNativeKernels(k?: NativeKernels): NativeKernels | undefined {
+  const previous = installed;
+  installed = k;
+  return previous;
 }
 
+/** The C kernels in use, if any. */
+export const nativeKernels = (): NativeKernels | undefined => installed;
+
 /**
- * The GroupNorm kernels in C: from the cache, else compiled into it now. Undefined (with one
- * line, except when turned off) when off, without FFI or a cache, or when `cc` fails.
+ * The kernels in C: from the cache, else compiled into it now. Undefined (with one line, except
+ * when turned off) when off, without FFI or a cache, or when `cc` is absent or fails.
  */
 export async function prepareNativeKernels(
   opts: NativeKernelsOptions = {},
@@ -176,15 +185,9 @@ export async function prepareNativeKernels(
   } catch (e) {
     return skip(`cannot read the C sources (${e})`);
   }
-  const version = await run("cc", ["--version"], { timeoutMs: 10_000 });
-  if (version.code !== 0) {
-    return skip(
-      version.code === 126
-        ? "no --allow-run permission for cc"
-        : "no C compiler (cc; Debian: apt-get install gcc)",
-    );
-  }
-  const key = (await sha256([source, FLAGS.join(" "), version.stdout].join("\n"))).slice(0, 16);
+  // The key needs no compiler version: any compiler's build of these sources behaves the same,
+  // and leaving cc out keeps a cached start to one dlopen.
+  const key = (await sha256Hex(new TextEncoder().encode(source + FLAGS.join(" ")))).slice(0, 16);
   const dir = join(root, "kernels");
   const path = join(dir, `kernels-${key}.so`);
   const cached = loadNativeKernels(path);
@@ -201,6 +204,8 @@ export async function prepareNativeKernels(
   });
   if (built.code !== 0) {
     await Deno.remove(tmp).catch(() => {});
+    if (built.code === 127) return skip("no C compiler (cc; Debian: apt-get install gcc)");
+    if (built.code === 126) return skip("no --allow-run permission for cc");
     const why = built.stderr.split("\n").find((l) => /error/i.test(l)) ?? `exit ${built.code}`;
     return skip(`cc failed: ${why.trim().slice(0, 160)}`);
   }

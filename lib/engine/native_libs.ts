@@ -232,10 +232,13 @@ export interface Manifest {
 const MANIFEST = "manifest.json";
 const SHARED_OBJECT = /\.so(\.\d+)*$/;
 
-async function sha256(path: string): Promise<string> {
-  const digest = await crypto.subtle.digest("SHA-256", await Deno.readFile(path));
+/** sha256 of `data`, as hex. */
+export async function sha256Hex(data: Uint8Array<ArrayBuffer>): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-256", data);
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 }
+
+const sha256 = async (path: string) => sha256Hex(await Deno.readFile(path));
 
 /** Relative paths of the shared objects under `dir`, files and symlinks, sorted. */
 async function sharedObjects(

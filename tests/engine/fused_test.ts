@@ -142,7 +142,7 @@ Deno.test("fused ops leak no tensors through forward and backward", () => {
 });
 
 Deno.test("adaLN fused in C on wasm matches the composed LayerNorm·(1 + scale) + shift on cpu", async () => {
-  const { nativeKernels } = await import("../../lib/engine/fused/group_norm.ts");
+  const { nativeKernels } = await import("../../lib/engine/native_kernels.ts");
   const { LN_MODULATE } = await import("../../lib/engine/fused/layer_norm.ts");
   const { layerNormModulate } = await import("../../lib/models/nn.ts");
   const composed = (x: tf.Tensor, sh: tf.Tensor, sc: tf.Tensor) => {

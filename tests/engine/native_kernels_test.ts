@@ -7,9 +7,12 @@ import {
   groupNormAffine,
   groupNormBackward,
   groupNormStats,
-  setNativeKernels,
 } from "../../lib/engine/fused/group_norm.ts";
-import { type NativeKernels, prepareNativeKernels } from "../../lib/engine/native_kernels.ts";
+import {
+  type NativeKernels,
+  prepareNativeKernels,
+  setNativeKernels,
+} from "../../lib/engine/native_kernels.ts";
 import { runCommand, type Runner } from "../../lib/engine/native_libs.ts";
 
 const hasCc = (await runCommand("cc", ["--version"], { timeoutMs: 10_000 })).code === 0;

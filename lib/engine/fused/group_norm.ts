@@ -13,22 +13,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { asWasmBackend, f32View, type WasmBackend } from "../blas/heap.ts";
 import { oneDnnSilu, wasmSigmoid, wasmSilu } from "./silu.ts";
-import type { NativeKernels } from "../native_kernels.ts";
-
-// The kernels in C where lib/engine/native_kernels.ts could build them (set by initEngine):
-// GroupNorm's memory-bound passes run there, else in the JS loops below; ./layer_norm.ts needs
-// them.
-let native: NativeKernels | undefined;
-
-/** Use the C kernels `k` (undefined: none); returns the previous ones. */
-export function setNativeKernels(k?: NativeKernels): NativeKernels | undefined {
-  const previous = native;
-  native = k;
-  return previous;
-}
-
-/** The C kernels in use, if any. */
-export const nativeKernels = (): NativeKernels | undefined => native;
+import { nativeKernels } from "../native_kernels.ts";
 
 /** Kernel names (project-specific, registered for the wasm backend). */
 export const GROUP_NORM = "DpGroupNorm";
@@ -69,6 +54,7 @@ export function groupNormStats(x: Float32Array, d: GnDims, eps: number): GnStats
   const cpg = c / g, count = s * cpg;
   const sum = new Float64Array(c), sq = new Float64Array(c);
   const mean = new Float64Array(nb * g), rstd = new Float64Array(nb * g);
+  const native = nativeKernels(); // GroupNorm's passes in C where they were built, else JS
   for (let n = 0; n < nb; n++) {
     if (native) {
       const xn = x.subarray(n * s * c, (n + 1) * s * c);
@@ -197,6 +183,7 @@ export function groupNormAffine(
 ): void {
   const { n: nb, s, c } = d;
   const A = new Float32Array(c), B = new Float32Array(c);
+  const native = nativeKernels();
   for (let n = 0; n < nb; n++) {
     coefficients(n, d, st, p, A, B);
     const start = n * s * c, end = (n + 1) * s * c;
@@ -234,6 +221,7 @@ export function groupNormBackward(
   const P = new Float32Array(c), Q = new Float32Array(c), R = new Float32Array(c);
   const dgamma = new Float64Array(c), dbeta = new Float64Array(c);
   const dd = silu ? silu.s : dy; // ∂L/∂y1 after pass 1
+  const native = nativeKernels();
   for (let n = 0; n < nb; n++) {
     const start = n * s * c, end = (n + 1) * s * c;
     // Pass 1: ∂L/∂y1 (through SiLU if any), S1 = Σ_s d and S2 = Σ_s d·x per channel.

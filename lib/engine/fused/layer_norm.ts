@@ -5,7 +5,7 @@
 // The gradient saves x and scale only and recomputes the statistics.
 import * as tf from "@tensorflow/tfjs";
 import { asWasmBackend, f32View } from "../blas/heap.ts";
-import { nativeKernels } from "./group_norm.ts";
+import { nativeKernels } from "../native_kernels.ts";
 
 /** Kernel names (project-specific, registered for the wasm backend). */
 export const LN_MODULATE = "DpLayerNormModulate";
