@@ -21,7 +21,7 @@
 import { denoise } from "../lib/models/mod.ts";
 import * as tf from "@tensorflow/tfjs";
 import { parseArgs } from "node:util";
-import os from "node:os";
+import { cpuModel } from "../lib/results.ts";
 import { fileURLToPath } from "node:url";
 import { initEngine } from "../lib/engine/mod.ts";
 import { stopWasmThreads } from "../lib/engine/wasm_threads.ts";
@@ -430,11 +430,11 @@ function table(
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
   const fmt = (r: string[]) =>
     r.map((c, i) => (i < 3 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join("  ");
-  let cpu = "unknown CPU";
-  try {
-    cpu = os.cpus()[0]?.model?.trim() || cpu;
-  } catch { /* no --allow-sys */ }
-  return [`models on ${cpu} (${navigator.hardwareConcurrency} cores)`, fmt(head), ...rows.map(fmt)]
+  return [
+    `models on ${cpuModel()} (${navigator.hardwareConcurrency} cores)`,
+    fmt(head),
+    ...rows.map(fmt),
+  ]
     .join("\n");
 }
 

@@ -224,7 +224,7 @@ async function gitState(): Promise<{ commit: string; dirty: boolean | null }> {
 }
 
 /** The CPU model (node:os, which tasks may read with --allow-sys), or "unknown". */
-function cpuModel(): string {
+export function cpuModel(): string {
   try {
     return os.cpus()[0]?.model?.trim() || "unknown";
   } catch {
