@@ -66,7 +66,7 @@ type Workload = (typeof WORKLOADS)[number];
 export const UNET = unet.UNET_CONFIGS.small as unet.UNetConfig;
 export const DIT = dit.DIT_CONFIGS.small as dit.DiTConfig;
 /** Features are read at the U-Net's middle block (diffssl's b19 analogue). */
-const FEATURE_BLOCK = unet.blockTable(UNET).find((r) => r.module === "middle_block")!.b;
+export const FEATURE_BLOCK = unet.blockTable(UNET).find((r) => r.module === "middle_block")!.b;
 // Pre-training defaults (scripts/pretrain.ts): Adam 1e-4, EMA 0.999, no clipping, linear T=1000.
 export const LR = 1e-4, EMA = 0.999, STEPS = 1000;
 
@@ -108,9 +108,15 @@ function median(xs: number[]): number {
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
+// Warm-up: runs until this many seconds are spent (at least one). Short steps keep speeding up
+// for their first few calls (JIT tiers, first-touch pages: a features step here went 356 → 180
+// ms over five calls), and feature extraction repeats thousands of them; peer_torch.py warms up
+// the same way.
+const WARMUP_S = 3;
+
 /**
- * Median seconds of `f` over up to `repeats` runs after one warm-up, stopping once `budgetS` is
- * spent. A warm-up that alone exceeds the budget is the measurement (reps 0): at a minute per
+ * Median seconds of `f` over up to `repeats` runs after the warm-up, stopping once `budgetS` is
+ * spent. A first call that alone exceeds the budget is the measurement (reps 0): at a minute per
  * step (DiT without BLAS) its one-off setup cost is noise.
  */
 function timed(f: () => void, repeats: number, budgetS: number): { median: number; reps: number } {
@@ -118,6 +124,7 @@ function timed(f: () => void, repeats: number, budgetS: number): { median: numbe
   f();
   const warm = (performance.now() - w0) / 1000;
   if (warm > budgetS && budgetS > 0) return { median: warm, reps: 0 };
+  while (performance.now() - w0 < WARMUP_S * 1000) f();
   const times: number[] = [];
   const start = performance.now();
   while (
@@ -173,7 +180,8 @@ export function trainer(model: "unet" | "dit", n: number) {
   };
 }
 
-function extractor(n: number) {
+/** A feature-extraction closure: noised images through the U-Net to FEATURE_BLOCK, no tape. */
+export function extractor(n: number) {
   const sched = namedSchedule("linear", STEPS);
   const key = rng(0);
   const params = unet.init(UNET, key);

@@ -414,14 +414,20 @@ def discretized_gaussian_log_likelihood(x, means, log_scales):
 # ─── timing ─────────────────────────────────────────────────────────────────────────────────────
 
 
+WARMUP_S = 3  # seconds of warm-up calls, as bench/models.ts
+
+
 def timed(fn, repeats, budget_s):
-    """Median seconds of fn over up to `repeats` runs after one warm-up; stops at the budget.
-    A warm-up longer than the budget is the measurement (0 repeats), as in bench/models.ts."""
+    """Median seconds of fn over up to `repeats` runs after a warm-up of WARMUP_S (at least one
+    call); stops at the budget. A first call longer than the budget is the measurement
+    (0 repeats), as in bench/models.ts."""
     t0 = time.perf_counter()
     fn()
     warm = time.perf_counter() - t0
     if budget_s > 0 and warm > budget_s:
         return warm, 0
+    while time.perf_counter() - t0 < WARMUP_S:
+        fn()
     times, start = [], time.perf_counter()
     while len(times) < repeats and (not times or time.perf_counter() - start < budget_s):
         t0 = time.perf_counter()
@@ -466,7 +472,8 @@ def profile_ms(step):
     return {e.key: e.self_cpu_time_total / 1000 for e in prof.key_averages() if e.self_cpu_time_total > 0}
 
 
-def feature_bench(model, diff, shape, batch, block, repeats, budget):
+def feature_step(model, diff, shape, batch, block):
+    """One no-grad extraction of noised images through the U-Net to block `block`."""
     model.eval()
     x0 = torch.randn(batch, *shape)
 
@@ -475,7 +482,11 @@ def feature_bench(model, diff, shape, batch, block, repeats, budget):
         t = torch.randint(0, diff.T, (batch,))
         return model(diff.q_sample(x0, t, torch.randn_like(x0)), t, stop_after=block).sum().item()
 
-    return timed(run, repeats, budget)
+    return run
+
+
+def feature_bench(model, diff, shape, batch, block, repeats, budget):
+    return timed(feature_step(model, diff, shape, batch, block), repeats, budget)
 
 
 def count(model):
@@ -500,7 +511,8 @@ def main():
     ap.add_argument("--params-only", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated workloads to time (default: all)")
     ap.add_argument("--profile", action="store_true",
-                    help="instead of timing: self CPU ms per op of one U-Net and one DiT train step")
+                    help="instead of timing: self CPU ms per op of one U-Net and one DiT train step"
+                         " (and one feature extraction with --feature-block)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -520,6 +532,9 @@ def main():
         dshape = (dc["inChannels"], dc["inputSize"], dc["inputSize"])
         out["dit_train_profile_ms"] = profile_ms(train_step(
             dit, diff, dshape, a.dit_batch, dc["learnSigma"], dc.get("numClasses"), a.ema, a.lr))
+        if a.feature_block:
+            out["unet_features_profile_ms"] = profile_ms(
+                feature_step(unet, diff, shape, a.feature_batch, a.feature_block))
         out["profiled_s"] = time.perf_counter() - t0
     elif not a.params_only:
         diff = Diffusion(1000)

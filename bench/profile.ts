@@ -1,14 +1,25 @@
-// Bench suite "profile": where one pre-training step of the `small` U-Net and of the `small` DiT
-// spend their time, per kernel on our engine (tf.profile's per-kernel wall times; every wasm
-// kernel is synchronous) and per aten op on PyTorch (torch.profiler self CPU time), grouped into
-// the same categories so that the kernels that lose show side by side (issue 13, item 3). Profiling adds overhead on
-// both sides; compare shares and ratios, and take absolute speed from the models suite.
+// Bench suite "profile": where one pre-training step of the `small` U-Net and of the `small` DiT,
+// and one feature extraction through the U-Net, spend their time, per kernel on our engine
+// (tf.profile's per-kernel wall times; every wasm kernel is synchronous) and per aten op on
+// PyTorch (torch.profiler self CPU time), grouped into the same categories so that the kernels
+// that lose show side by side (issue 13, item 3). Profiling adds overhead on both sides; compare
+// shares and ratios, and take absolute speed from the models suite.
 //   deno run -R -E --allow-ffi --allow-sys --allow-run bench/profile.ts [--batch 64]
 import * as tf from "@tensorflow/tfjs";
 import { parseArgs } from "node:util";
 import { initEngine } from "../lib/engine/mod.ts";
 import { kernelFlops } from "../lib/engine/flops.ts";
-import { DIT, EMA, findPython, LR, runPeerScript, trainer, UNET } from "./models.ts";
+import {
+  DIT,
+  EMA,
+  extractor,
+  FEATURE_BLOCK,
+  findPython,
+  LR,
+  runPeerScript,
+  trainer,
+  UNET,
+} from "./models.ts";
 
 /** Categories, with the kernel names (ours) and aten op names (PyTorch) that fall in each. */
 const CATEGORIES: readonly { name: string; ours: RegExp; torch: RegExp }[] = [
@@ -46,10 +57,12 @@ function group(ms: Record<string, number>, side: "ours" | "torch"): Record<strin
   return out;
 }
 
-/** Per-kernel ms, calls and GFLOP/s of one profiled train step (after a warm-up). */
-async function profileOurs(model: "unet" | "dit", batch: number) {
+type Workload = "unet" | "dit" | "unet_features";
+
+/** Per-kernel ms, calls and GFLOP/s of one profiled step (after a warm-up). */
+async function profileOurs(model: Workload, batch: number) {
   const info = await initEngine({ backend: "wasm", announce: false });
-  const job = trainer(model, batch);
+  const job = model === "unet_features" ? extractor(batch) : trainer(model, batch);
   job.step();
   const t0 = performance.now();
   const p = await tf.profile(() => (job.step(), []));
@@ -69,17 +82,19 @@ async function profileOurs(model: "unet" | "dit", batch: number) {
   return { engine: info.engine, wall_ms: wall, ms, calls, flops };
 }
 
-/** Self CPU ms per aten op of one U-Net and one DiT train step. */
+/** Self CPU ms per aten op of one U-Net and one DiT train step and one feature extraction. */
 async function profileTorch(python: string, batch: number) {
   const out = await runPeerScript(python, [
     "--profile",
     ...["--unet", JSON.stringify(UNET), "--dit", JSON.stringify(DIT)],
     ...["--unet-batch", String(batch), "--dit-batch", String(batch)],
+    ...["--feature-batch", String(batch), "--feature-block", String(FEATURE_BLOCK)],
     ...["--threads", "2", "--lr", String(LR), "--ema", String(EMA)],
   ]);
   return {
     unet: out.unet_train_profile_ms as Record<string, number>,
     dit: out.dit_train_profile_ms as Record<string, number>,
+    unet_features: out.unet_features_profile_ms as Record<string, number>,
   };
 }
 
@@ -90,16 +105,20 @@ const sum = (o: Record<string, number>) => Object.values(o).reduce((a, b) => a +
 export const suite = {
   name: "profile",
   description:
-    "one U-Net and one DiT train step per kernel category, ours vs PyTorch (profiler times)",
+    "one U-Net and one DiT train step and one U-Net feature extraction per kernel category, ours vs PyTorch (profiler times)",
   async run(opts: { quick?: boolean; log?: boolean; batch?: number } = {}) {
     const log = (s: string) => (opts.log ?? true) && console.error(s);
     const batch = opts.batch ?? (opts.quick ? 8 : 64);
-    const ours = { unet: await profileOurs("unet", batch), dit: await profileOurs("dit", batch) };
+    const ours = {
+      unet: await profileOurs("unet", batch),
+      dit: await profileOurs("dit", batch),
+      unet_features: await profileOurs("unet_features", batch),
+    };
     const python = await findPython();
     const torch = python ? await profileTorch(python, batch) : undefined;
     if (!python) log("profile: no python3 with torch found: our side only");
     const result: Record<string, unknown> = { batch, engine: ours.unet.engine };
-    for (const model of ["unet", "dit"] as const) {
+    for (const model of ["unet", "dit", "unet_features"] as const) {
       const o = ours[model], t = torch?.[model];
       const oc = group(o.ms, "ours"), tc = t ? group(t, "torch") : undefined;
       const rows = [...CATEGORIES.map((c) => c.name), OTHER].map((n) => {
@@ -113,7 +132,10 @@ export const suite = {
       });
       const total = { ours_ms: r1(sum(oc)), torch_ms: tc ? r1(sum(tc)) : null };
       const cell = (x: number | string | null, w: number) => String(x ?? "–").padStart(w);
-      log(`profile: ${model} train step, batch ${batch}, ${o.engine} vs PyTorch (profiler ms)`);
+      const what = model === "unet_features"
+        ? `U-Net features to b${FEATURE_BLOCK}`
+        : `${model} train step`;
+      log(`profile: ${what}, batch ${batch}, ${o.engine} vs PyTorch (profiler ms)`);
       log(`${"category".padEnd(26)} ${"ours".padStart(8)} ${"torch".padStart(8)}  ours/torch`);
       for (const r of rows) {
         log(

@@ -19,25 +19,28 @@ const SOURCES = ["group_norm.c", "layer_norm.c"].map((f) =>
   fileURLToPath(new URL(`./native/${f}`, import.meta.url))
 );
 const FLAGS = ["-O3", "-shared", "-fPIC", "-ffp-contract=off"];
-const ABI = 2;
+// GroupNorm's batched passes split the examples over threads; a cc without OpenMP builds them
+// single-threaded (same results).
+const OPENMP = "-fopenmp";
+const ABI = 3;
 const COMPILE_MS = 60_000;
 
 const SYMBOLS = {
   dp_gn_abi: { parameters: [], result: "i32" },
   dp_gn_sums: {
-    parameters: ["buffer", "buffer", "buffer", "buffer", "i64", "i64"],
+    parameters: ["buffer", "buffer", "buffer", "buffer", "i64", "i64", "i64"],
     result: "void",
   },
   dp_gn_silu_sums: {
-    parameters: ["buffer", "buffer", "buffer", "buffer", "buffer", "buffer", "i64", "i64"],
+    parameters: ["buffer", "buffer", "buffer", "buffer", "buffer", "buffer", "i64", "i64", "i64"],
     result: "void",
   },
   dp_gn_affine: {
-    parameters: ["buffer", "buffer", "buffer", "buffer", "i64", "i64"],
+    parameters: ["buffer", "buffer", "buffer", "buffer", "i64", "i64", "i64"],
     result: "void",
   },
   dp_gn_affine2: {
-    parameters: ["buffer", "buffer", "buffer", "buffer", "buffer", "buffer", "i64", "i64"],
+    parameters: ["buffer", "buffer", "buffer", "buffer", "buffer", "buffer", "i64", "i64", "i64"],
     result: "void",
   },
   dp_ln_mod: {
@@ -53,8 +56,9 @@ const SYMBOLS = {
   },
 } as const;
 
-/** The kernels in C: GroupNorm's passes over rows of `c` channels (native/group_norm.c), and
- * adaLN over x [n, t, d] with scale, shift [n, d] (native/layer_norm.c). */
+/** The kernels in C: GroupNorm's passes over `n` examples of rows of `c` channels, with
+ * per-example coefficients and sums [n, c] (native/group_norm.c), and adaLN over x [n, t, d]
+ * with scale, shift [n, d] (native/layer_norm.c). */
 export interface NativeKernels {
   /** The loaded library's path (for the engine line). */
   readonly path: string;
@@ -110,14 +114,18 @@ export function loadNativeKernels(path: string): NativeKernels | undefined {
     return undefined;
   }
   const s = lib.symbols;
-  const rows = (a: Float32Array, c: number) => BigInt(a.length / c);
+  // Examples n = (per-example array length) / c; rows per example = (data length) / (n·c).
+  const dims = (data: Float32Array, perExample: ArrayLike<number>, c: number) => {
+    const n = perExample.length / c;
+    return [BigInt(n), BigInt(data.length / (n * c)), BigInt(c)] as const;
+  };
   return {
     path,
-    sums: (d, x, S1, S2, c) => s.dp_gn_sums(d, x, S1, S2, rows(d, c), BigInt(c)),
+    sums: (d, x, S1, S2, c) => s.dp_gn_sums(d, x, S1, S2, ...dims(d, S1, c)),
     siluSums: (dy, y1, sg, x, S1, S2, c) =>
-      s.dp_gn_silu_sums(dy, y1, sg, x, S1, S2, rows(dy, c), BigInt(c)),
-    affine: (x, A, B, y, c) => s.dp_gn_affine(x, A, B, y, rows(x, c), BigInt(c)),
-    affine2: (d, P, x, Q, R, out, c) => s.dp_gn_affine2(d, P, x, Q, R, out, rows(d, c), BigInt(c)),
+      s.dp_gn_silu_sums(dy, y1, sg, x, S1, S2, ...dims(dy, S1, c)),
+    affine: (x, A, B, y, c) => s.dp_gn_affine(x, A, B, y, ...dims(x, A, c)),
+    affine2: (d, P, x, Q, R, out, c) => s.dp_gn_affine2(d, P, x, Q, R, out, ...dims(d, P, c)),
     lnModulate: (x, scale, shift, y, [n, t, d], eps) =>
       s.dp_ln_mod(x, scale, shift, y, BigInt(n), BigInt(t), BigInt(d), eps),
     lnModulateGrad: (dy, x, scale, g, [n, t, d], eps) =>
@@ -187,7 +195,8 @@ export async function prepareNativeKernels(
   }
   // The key needs no compiler version: any compiler's build of these sources behaves the same,
   // and leaving cc out keeps a cached start to one dlopen.
-  const key = (await sha256Hex(new TextEncoder().encode(source + FLAGS.join(" ")))).slice(0, 16);
+  const key = (await sha256Hex(new TextEncoder().encode(source + [...FLAGS, OPENMP].join(" "))))
+    .slice(0, 16);
   const dir = join(root, "kernels");
   const path = join(dir, `kernels-${key}.so`);
   const cached = loadNativeKernels(path);
@@ -199,9 +208,10 @@ export async function prepareNativeKernels(
     return skip(`cannot create ${dir} (${e})`);
   }
   const tmp = `${path}.tmp-${Deno.pid}`;
-  const built = await run("cc", [...FLAGS, "-o", tmp, ...SOURCES, "-lm"], {
-    timeoutMs: COMPILE_MS,
-  });
+  const cc = (flags: string[]) =>
+    run("cc", [...flags, "-o", tmp, ...SOURCES, "-lm"], { timeoutMs: COMPILE_MS });
+  let built = await cc([...FLAGS, OPENMP]);
+  if (built.code !== 0 && built.code !== 126 && built.code !== 127) built = await cc(FLAGS);
   if (built.code !== 0) {
     await Deno.remove(tmp).catch(() => {});
     if (built.code === 127) return skip("no C compiler (cc; Debian: apt-get install gcc)");

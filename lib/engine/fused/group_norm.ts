@@ -52,16 +52,13 @@ export interface GnStats {
 export function groupNormStats(x: Float32Array, d: GnDims, eps: number): GnStats {
   const { n: nb, s, c, g } = d;
   const cpg = c / g, count = s * cpg;
-  const sum = new Float64Array(c), sq = new Float64Array(c);
+  const sums = new Float64Array(nb * c), sqs = new Float64Array(nb * c);
   const mean = new Float64Array(nb * g), rstd = new Float64Array(nb * g);
   const native = nativeKernels(); // GroupNorm's passes in C where they were built, else JS
+  if (native) native.sums(x, x, sums, sqs, c); // every example in one call
   for (let n = 0; n < nb; n++) {
-    if (native) {
-      const xn = x.subarray(n * s * c, (n + 1) * s * c);
-      native.sums(xn, xn, sum, sq, c);
-    } else {
-      sum.fill(0);
-      sq.fill(0);
+    const sum = sums.subarray(n * c, (n + 1) * c), sq = sqs.subarray(n * c, (n + 1) * c);
+    if (!native) {
       for (let p = 0, i = n * s * c; p < s; p++, i += c) {
         for (let ch = 0; ch < c; ch++) {
           const v = x[i + ch];
@@ -182,13 +179,13 @@ export function groupNormAffine(
   y: Float32Array,
 ): void {
   const { n: nb, s, c } = d;
-  const A = new Float32Array(c), B = new Float32Array(c);
+  const A = new Float32Array(nb * c), B = new Float32Array(nb * c);
+  const per = (a: Float32Array, n: number) => a.subarray(n * c, (n + 1) * c);
+  for (let n = 0; n < nb; n++) coefficients(n, d, st, p, per(A, n), per(B, n));
   const native = nativeKernels();
+  if (native) return native.affine(x, A, B, y, c);
   for (let n = 0; n < nb; n++) {
-    coefficients(n, d, st, p, A, B);
-    const start = n * s * c, end = (n + 1) * s * c;
-    if (native) native.affine(x.subarray(start, end), A, B, y.subarray(start, end), c);
-    else affineRows(x, A, B, y, start, end, c);
+    affineRows(x, per(A, n), per(B, n), y, n * s * c, (n + 1) * s * c, c);
   }
 }
 
@@ -217,21 +214,22 @@ export function groupNormBackward(
   const { n: nb, s, c, g } = d;
   const cpg = c / g, count = s * cpg;
   const { dx } = out;
-  const S1 = new Float64Array(c), S2 = new Float64Array(c), T = new Float64Array(c);
-  const P = new Float32Array(c), Q = new Float32Array(c), R = new Float32Array(c);
+  // Per-example sums and coefficients [N, C], so that the C kernels take every example at once.
+  const S1all = new Float64Array(nb * c), S2all = new Float64Array(nb * c), T = new Float64Array(c);
+  const Pall = new Float32Array(nb * c), Qall = new Float32Array(nb * c);
+  const Rall = new Float32Array(nb * c);
   const dgamma = new Float64Array(c), dbeta = new Float64Array(c);
   const dd = silu ? silu.s : dy; // ∂L/∂y1 after pass 1
   const native = nativeKernels();
+  // Pass 1: ∂L/∂y1 (through SiLU if any), S1 = Σ_s d and S2 = Σ_s d·x per example and channel.
+  if (native) {
+    if (silu) native.siluSums(dy, silu.y1, silu.s, x, S1all, S2all, c);
+    else native.sums(dy, x, S1all, S2all, c);
+  }
   for (let n = 0; n < nb; n++) {
     const start = n * s * c, end = (n + 1) * s * c;
-    // Pass 1: ∂L/∂y1 (through SiLU if any), S1 = Σ_s d and S2 = Σ_s d·x per channel.
-    S1.fill(0);
-    S2.fill(0);
-    const rows = <T extends Float32Array>(a: T) => a.subarray(start, end);
-    if (native) {
-      if (silu) native.siluSums(rows(dy), rows(silu.y1), rows(silu.s), rows(x), S1, S2, c);
-      else native.sums(rows(dy), rows(x), S1, S2, c);
-    } else if (silu) {
+    const S1 = S1all.subarray(n * c, (n + 1) * c), S2 = S2all.subarray(n * c, (n + 1) * c);
+    if (!native && silu) {
       const { y1, s: sg } = silu;
       for (let i = start; i < end; i += c) {
         for (let ch = 0; ch < c; ch++) {
@@ -243,7 +241,7 @@ export function groupNormBackward(
           S2[ch] += dv * x[j];
         }
       }
-    } else {
+    } else if (!native) {
       for (let i = start; i < end; i += c) {
         for (let ch = 0; ch < c; ch++) {
           const dv = dy[i + ch];
@@ -262,6 +260,8 @@ export function groupNormBackward(
       if (out.dshift) out.dshift[n * c + ch] = S1[ch];
       if (out.dscale) out.dscale[n * c + ch] = p.gamma[ch] * T[ch] + p.beta[ch] * S1[ch];
     }
+    const P = Pall.subarray(n * c, (n + 1) * c), Q = Qall.subarray(n * c, (n + 1) * c);
+    const R = Rall.subarray(n * c, (n + 1) * c);
     for (let gi = 0; gi < g; gi++) {
       let ag = 0, bg = 0;
       for (let ch = gi * cpg; ch < (gi + 1) * cpg; ch++) {
@@ -279,9 +279,9 @@ export function groupNormBackward(
         R[ch] = r * r * bg * m - r * ag;
       }
     }
-    if (native) native.affine2(rows(dd), P, rows(x), Q, R, rows(dx), c);
-    else affine2Rows(dd, P, x, Q, R, dx, start, end, c);
+    if (!native) affine2Rows(dd, P, x, Q, R, dx, start, end, c);
   }
+  if (native) native.affine2(dd, Pall, x, Qall, Rall, dx, c);
   out.dgamma.set(dgamma);
   out.dbeta.set(dbeta);
 }

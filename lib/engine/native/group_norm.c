@@ -4,7 +4,10 @@
 // the cached library is right for whichever x86 CPU runs it. Every value is computed in double
 // in the JS loops' order (per channel, rows in sequence; no FMA contraction: compile with
 // -ffp-contract=off), so results are bit-for-bit those of the JS kernels, only vectorised
-// across channels.
+// across channels. Each entry takes a batch of `n` examples (x as [n, rows, c], per-example
+// coefficients and sums as [n, c]) and splits the examples over OpenMP's threads (the count
+// oneDNN set, when built with -fopenmp): each example is computed alone, so any thread count
+// gives the same bits.
 #include <stdint.h>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -16,10 +19,10 @@
 enum { CHUNK = 512 };
 
 /** The ABI this file implements; the loader checks it. */
-int32_t dp_gn_abi(void) { return 2; }
+int32_t dp_gn_abi(void) { return 3; }
 
 /** S1[ch] = Σ_rows d, S2[ch] = Σ_rows d·x. */
-CLONES void dp_gn_sums(const float* d, const float* x, double* S1, double* S2, int64_t rows,
+CLONES static void sums1(const float* d, const float* x, double* S1, double* S2, int64_t rows,
                        int64_t c) {
   for (int64_t c0 = 0; c0 < c; c0 += CHUNK) {
     const int64_t w = c - c0 < CHUNK ? c - c0 : CHUNK;
@@ -42,7 +45,7 @@ CLONES void dp_gn_sums(const float* d, const float* x, double* S1, double* S2, i
 
 /** Through SiLU: s holds σ(y1) on entry and ∂L/∂y1 = dy·σ·(1 + y1·(1 − σ)) on exit (as float);
  * S1, S2 are the sums of dp_gn_sums over the unrounded values and x. */
-CLONES void dp_gn_silu_sums(const float* dy, const float* y1, float* s, const float* x,
+CLONES static void silu_sums1(const float* dy, const float* y1, float* s, const float* x,
                             double* S1, double* S2, int64_t rows, int64_t c) {
   for (int64_t c0 = 0; c0 < c; c0 += CHUNK) {
     const int64_t w = c - c0 < CHUNK ? c - c0 : CHUNK;
@@ -65,7 +68,7 @@ CLONES void dp_gn_silu_sums(const float* dy, const float* y1, float* s, const fl
 }
 
 /** y = x·A[ch] + B[ch]. */
-CLONES void dp_gn_affine(const float* x, const float* A, const float* B, float* y, int64_t rows,
+CLONES static void affine1(const float* x, const float* A, const float* B, float* y, int64_t rows,
                          int64_t c) {
   for (int64_t r = 0; r < rows; r++) {
     const float* xr = x + r * c;
@@ -75,7 +78,7 @@ CLONES void dp_gn_affine(const float* x, const float* A, const float* B, float* 
 }
 
 /** out = P[ch]·d + Q[ch]·x + R[ch]. */
-CLONES void dp_gn_affine2(const float* d, const float* P, const float* x, const float* Q,
+CLONES static void affine2_1(const float* d, const float* P, const float* x, const float* Q,
                           const float* R, float* out, int64_t rows, int64_t c) {
   for (int64_t r = 0; r < rows; r++) {
     const float* dr = d + r * c;
@@ -84,5 +87,40 @@ CLONES void dp_gn_affine2(const float* d, const float* P, const float* x, const 
     for (int64_t j = 0; j < c; j++) {
       o[j] = (float)((double)P[j] * dr[j] + (double)Q[j] * xr[j] + R[j]);
     }
+  }
+}
+
+// Batched entries: example i reads and writes rows·c floats at i·rows·c and c coefficients or
+// sums at i·c.
+
+void dp_gn_sums(const float* d, const float* x, double* S1, double* S2, int64_t n, int64_t rows,
+                int64_t c) {
+  const int64_t e = rows * c;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; i++) sums1(d + i * e, x + i * e, S1 + i * c, S2 + i * c, rows, c);
+}
+
+void dp_gn_silu_sums(const float* dy, const float* y1, float* s, const float* x, double* S1,
+                     double* S2, int64_t n, int64_t rows, int64_t c) {
+  const int64_t e = rows * c;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; i++) {
+    silu_sums1(dy + i * e, y1 + i * e, s + i * e, x + i * e, S1 + i * c, S2 + i * c, rows, c);
+  }
+}
+
+void dp_gn_affine(const float* x, const float* A, const float* B, float* y, int64_t n,
+                  int64_t rows, int64_t c) {
+  const int64_t e = rows * c;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; i++) affine1(x + i * e, A + i * c, B + i * c, y + i * e, rows, c);
+}
+
+void dp_gn_affine2(const float* d, const float* P, const float* x, const float* Q, const float* R,
+                   float* out, int64_t n, int64_t rows, int64_t c) {
+  const int64_t e = rows * c;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; i++) {
+    affine2_1(d + i * e, P + i * c, x + i * e, Q + i * c, R + i * c, out + i * e, rows, c);
   }
 }
