@@ -9,7 +9,9 @@
 //
 // Noise (facts.md §6): the ε of image `id` at timestep t is imageNoise(noiseKey, [id], t) of
 // lib/features.ts, so every class of an image sees the same (t, ε), and a result depends neither
-// on the batch an image comes in nor on which classes are still in the running.
+// on the batch an image comes in nor on which classes are still in the running, up to float
+// rounding: oneDNN's kernel choice can follow the batch size (seen on an AVX2-only EPYC: nll
+// differed in the 5th digit between batches of 16 and 3), so the predictions match, not the bits.
 //
 // Timesteps and adaptive pruning (eval_prob_adaptive.py). A plan has a grid G of L timesteps,
 // either given or the reference's: with M samples of T steps, G = M', M' + d, …, (M entries),

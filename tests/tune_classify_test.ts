@@ -365,7 +365,20 @@ Deno.test("deno task classify: a run stopped after 4 images resumes to the unbro
     Object.fromEntries(Object.entries(m).filter(([k]) => !timing.has(k)));
   const whole = (await result("classify", "whole")).metrics;
   const part = (await result("classify", "part")).metrics;
-  assertEquals(scores(part), scores(whole));
+  // The batches differ (16 vs 3), and oneDNN's kernels can round differently per batch size on
+  // some CPUs (lib/diffusion_classifier.ts): counts and predictions equal, calibration scores to
+  // 5e-3 relative (the temperature fit on the validation split amplifies the rounding: 2e-3 seen).
+  const calibration = new Set(
+    ["ece", "ece_tau1", "nll", "nll_tau1", "temperature", "valid_nll", "valid_nll_tau1"],
+  );
+  const exact = (m: Record<string, unknown>) =>
+    Object.fromEntries(Object.entries(scores(m)).filter(([k]) => !calibration.has(k)));
+  assertEquals(exact(part), exact(whole));
+  for (const k of calibration) {
+    const a = part[k] as number, b = whole[k] as number;
+    if (b === undefined) continue;
+    assert(Math.abs(a - b) <= 5e-3 * Math.max(1, Math.abs(b)), `${k}: ${a} vs ${b}`);
+  }
   // A rerun of the finished run classifies nothing and gives the same metrics, timings included.
   const again = await run("classify", classifyArgs("part", bin, ...args, "--batch", "3"));
   assert(!again.stderr.includes("resuming"), again.stderr);
