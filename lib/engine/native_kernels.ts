@@ -20,8 +20,10 @@ const SOURCES = ["group_norm.c", "layer_norm.c"].map((f) =>
 );
 const FLAGS = ["-O3", "-shared", "-fPIC", "-ffp-contract=off"];
 // GroupNorm's batched passes split the examples over threads; a cc without OpenMP builds them
-// single-threaded (same results).
-const OPENMP = "-fopenmp";
+// single-threaded (same results). The library is never unloaded (-z nodelete): Deno closes a
+// collected DynamicLibrary, and when it is libgomp's only user that unloads libgomp under its
+// parked worker threads (a segfault seen in the tests, which load several builds).
+const OPENMP = ["-fopenmp", "-Wl,-z,nodelete"];
 const ABI = 3;
 const COMPILE_MS = 60_000;
 
@@ -195,7 +197,7 @@ export async function prepareNativeKernels(
   }
   // The key needs no compiler version: any compiler's build of these sources behaves the same,
   // and leaving cc out keeps a cached start to one dlopen.
-  const key = (await sha256Hex(new TextEncoder().encode(source + [...FLAGS, OPENMP].join(" "))))
+  const key = (await sha256Hex(new TextEncoder().encode(source + [...FLAGS, ...OPENMP].join(" "))))
     .slice(0, 16);
   const dir = join(root, "kernels");
   const path = join(dir, `kernels-${key}.so`);
@@ -210,7 +212,7 @@ export async function prepareNativeKernels(
   const tmp = `${path}.tmp-${Deno.pid}`;
   const cc = (flags: string[]) =>
     run("cc", [...flags, "-o", tmp, ...SOURCES, "-lm"], { timeoutMs: COMPILE_MS });
-  let built = await cc([...FLAGS, OPENMP]);
+  let built = await cc([...FLAGS, ...OPENMP]);
   if (built.code !== 0 && built.code !== 126 && built.code !== 127) built = await cc(FLAGS);
   if (built.code !== 0) {
     await Deno.remove(tmp).catch(() => {});
