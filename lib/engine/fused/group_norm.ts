@@ -48,6 +48,11 @@ export interface GnStats {
   readonly rstd: Float64Array;
 }
 
+/** Example n's c values of a per-example array [N, C]. */
+function ofExample<T extends Float32Array | Float64Array>(a: T, n: number, c: number): T {
+  return a.subarray(n * c, (n + 1) * c) as T;
+}
+
 /** Group statistics from per-channel sums in float64 (one pass over x). */
 export function groupNormStats(x: Float32Array, d: GnDims, eps: number): GnStats {
   const { n: nb, s, c, g } = d;
@@ -57,7 +62,7 @@ export function groupNormStats(x: Float32Array, d: GnDims, eps: number): GnStats
   const native = nativeKernels(); // GroupNorm's passes in C where they were built, else JS
   if (native) native.sums(x, x, sums, sqs, c); // every example in one call
   for (let n = 0; n < nb; n++) {
-    const sum = sums.subarray(n * c, (n + 1) * c), sq = sqs.subarray(n * c, (n + 1) * c);
+    const sum = ofExample(sums, n, c), sq = ofExample(sqs, n, c);
     if (!native) {
       for (let p = 0, i = n * s * c; p < s; p++, i += c) {
         for (let ch = 0; ch < c; ch++) {
@@ -180,12 +185,11 @@ export function groupNormAffine(
 ): void {
   const { n: nb, s, c } = d;
   const A = new Float32Array(nb * c), B = new Float32Array(nb * c);
-  const per = (a: Float32Array, n: number) => a.subarray(n * c, (n + 1) * c);
-  for (let n = 0; n < nb; n++) coefficients(n, d, st, p, per(A, n), per(B, n));
+  for (let n = 0; n < nb; n++) coefficients(n, d, st, p, ofExample(A, n, c), ofExample(B, n, c));
   const native = nativeKernels();
   if (native) return native.affine(x, A, B, y, c);
   for (let n = 0; n < nb; n++) {
-    affineRows(x, per(A, n), per(B, n), y, n * s * c, (n + 1) * s * c, c);
+    affineRows(x, ofExample(A, n, c), ofExample(B, n, c), y, n * s * c, (n + 1) * s * c, c);
   }
 }
 
@@ -222,34 +226,28 @@ export function groupNormBackward(
   const dd = silu ? silu.s : dy; // ∂L/∂y1 after pass 1
   const native = nativeKernels();
   // Pass 1: ∂L/∂y1 (through SiLU if any), S1 = Σ_s d and S2 = Σ_s d·x per example and channel.
-  if (native) {
-    if (silu) native.siluSums(dy, silu.y1, silu.s, x, S1all, S2all, c);
-    else native.sums(dy, x, S1all, S2all, c);
-  }
-  for (let n = 0; n < nb; n++) {
-    const start = n * s * c, end = (n + 1) * s * c;
-    const S1 = S1all.subarray(n * c, (n + 1) * c), S2 = S2all.subarray(n * c, (n + 1) * c);
-    if (!native && silu) {
-      const { y1, s: sg } = silu;
-      for (let i = start; i < end; i += c) {
+  if (native && silu) native.siluSums(dy, silu.y1, silu.s, x, S1all, S2all, c);
+  else if (native) native.sums(dy, x, S1all, S2all, c);
+  else {
+    for (let n = 0; n < nb; n++) {
+      const S1 = ofExample(S1all, n, c), S2 = ofExample(S2all, n, c);
+      for (let i = n * s * c; i < (n + 1) * s * c; i += c) {
         for (let ch = 0; ch < c; ch++) {
           const j = i + ch;
-          const v = sg[j];
-          const dv = dy[j] * v * (1 + y1[j] * (1 - v));
-          sg[j] = dv;
+          let dv = dy[j];
+          if (silu) {
+            const v = silu.s[j];
+            dv = dv * v * (1 + silu.y1[j] * (1 - v));
+            silu.s[j] = dv;
+          }
           S1[ch] += dv;
           S2[ch] += dv * x[j];
         }
       }
-    } else if (!native) {
-      for (let i = start; i < end; i += c) {
-        for (let ch = 0; ch < c; ch++) {
-          const dv = dy[i + ch];
-          S1[ch] += dv;
-          S2[ch] += dv * x[i + ch];
-        }
-      }
     }
+  }
+  for (let n = 0; n < nb; n++) {
+    const S1 = ofExample(S1all, n, c), S2 = ofExample(S2all, n, c);
     // Per-channel parameter gradients, then dx = P·d + Q·x + R per channel.
     for (let ch = 0; ch < c; ch++) {
       const k = n * g + Math.floor(ch / cpg);
@@ -260,8 +258,7 @@ export function groupNormBackward(
       if (out.dshift) out.dshift[n * c + ch] = S1[ch];
       if (out.dscale) out.dscale[n * c + ch] = p.gamma[ch] * T[ch] + p.beta[ch] * S1[ch];
     }
-    const P = Pall.subarray(n * c, (n + 1) * c), Q = Qall.subarray(n * c, (n + 1) * c);
-    const R = Rall.subarray(n * c, (n + 1) * c);
+    const P = ofExample(Pall, n, c), Q = ofExample(Qall, n, c), R = ofExample(Rall, n, c);
     for (let gi = 0; gi < g; gi++) {
       let ag = 0, bg = 0;
       for (let ch = gi * cpg; ch < (gi + 1) * cpg; ch++) {
@@ -279,7 +276,7 @@ export function groupNormBackward(
         R[ch] = r * r * bg * m - r * ag;
       }
     }
-    if (!native) affine2Rows(dd, P, x, Q, R, dx, start, end, c);
+    if (!native) affine2Rows(dd, P, x, Q, R, dx, n * s * c, (n + 1) * s * c, c);
   }
   if (native) native.affine2(dd, Pall, x, Qall, Rall, dx, c);
   out.dgamma.set(dgamma);
