@@ -9,7 +9,9 @@
 // spread is kept: it is the noisier of the two). Ratios project / PyTorch go to `ratio_vs_torch`
 // (best engine) and `ratio_vs_torch_by_engine`; achieved GFLOP/s use the FLOPs per image of each
 // workload's products and convolutions, counted once (lib/engine/flops.ts; the same on every
-// engine). All of it is fp32: there is no bf16 path yet. One table sums it up on stderr.
+// engine). The BLAS engine runs in fp32 and, where the CPU has bf16 instructions, in bf16
+// (products in bf16 with f32 accumulation, lib/engine/blas/precision.ts); PyTorch runs fp32, the
+// reference of every ratio. One table sums it up on stderr.
 //
 // Each (engine, workload) runs in its own Deno process: the wasm heap never shrinks and a batch
 // that does not fit aborts the wasm module, so a fresh process per measurement keeps one from
@@ -24,6 +26,8 @@ import { parseArgs } from "node:util";
 import { cpuModel } from "../lib/results.ts";
 import { fileURLToPath } from "node:url";
 import { initEngine } from "../lib/engine/mod.ts";
+import { activeBlas } from "../lib/engine/blas/mod.ts";
+import type { Precision } from "../lib/engine/blas/precision.ts";
 import { stopWasmThreads } from "../lib/engine/wasm_threads.ts";
 import { countFlops } from "../lib/engine/flops.ts";
 import * as unet from "../lib/models/unet.ts";
@@ -55,6 +59,8 @@ export interface ModelBenchOptions {
   readonly python?: string;
   /** Print progress lines on stderr. @default true */
   readonly log?: boolean;
+  /** Precisions to measure on the BLAS engine (bf16 where the CPU runs it). @default both */
+  readonly precisions?: readonly Precision[];
 }
 
 /** Plain-JSON results: `engines`, `torch`, `params`, `ratio_vs_torch`, ... (see the header). */
@@ -74,6 +80,8 @@ export const LR = 1e-4, EMA = 0.999, STEPS = 1000;
 interface WorkerSpec {
   readonly workload: Workload;
   readonly blas: boolean;
+  /** Products in bf16 (lib/engine/blas/precision.ts); absent: fp32. */
+  readonly precision?: Precision;
   /** Threads of the threaded wasm binary (DP_WASM_THREADS); absent: the single-threaded one. */
   readonly threads?: number;
   readonly batch: number;
@@ -213,7 +221,12 @@ function heapMb(): number | undefined {
 }
 
 async function runWorker(spec: WorkerSpec): Promise<Measurement> {
-  const info = await initEngine({ backend: "wasm", blas: spec.blas, announce: false });
+  const info = await initEngine({
+    backend: "wasm",
+    blas: spec.blas,
+    precision: spec.precision,
+    announce: false,
+  });
   const job = spec.workload === "unet_features"
     ? extractor(spec.batch)
     : trainer(spec.workload === "unet_train" ? "unet" : "dit", spec.batch);
@@ -357,27 +370,33 @@ async function runPeer(
  * Run bench/peer_torch.py with `args` (after --json) and parse its JSON line. libgomp's default
  * spin-waiting collapses when other processes share the two cores (a DiT step measured 4-8x
  * slower); passive waiting costs little on an idle machine. An explicit OMP_WAIT_POLICY in the
- * environment wins.
+ * environment wins. Where the engine named OpenBLAS's kernel set (a CPU OpenBLAS does not know),
+ * the peer's OpenBLAS (torch's matmul) gets the same set: both sides at their best.
  */
 export async function runPeerScript(
   python: string,
   args: readonly string[],
 ): Promise<Record<string, unknown>> {
   const omp = Deno.env.get("OMP_WAIT_POLICY") ?? "PASSIVE";
+  const blas = activeBlas();
+  const core: Record<string, string> = blas?.coreForced ? { OPENBLAS_CORETYPE: blas.core } : {};
   const script = fileURLToPath(new URL("./peer_torch.py", import.meta.url));
   const out = await new Deno.Command(python, {
     args: [script, "--json", ...args],
     stdout: "piped",
     stderr: "inherit",
-    env: { OMP_WAIT_POLICY: omp },
+    env: { OMP_WAIT_POLICY: omp, ...core },
   })
     .output();
   const line = new TextDecoder().decode(out.stdout).trim().split("\n").pop() ?? "";
   if (!out.success) throw new Error(`bench/peer_torch.py exited with ${out.code}`);
-  return { ...JSON.parse(line) as Record<string, unknown>, omp_wait_policy: omp };
+  return { ...JSON.parse(line) as Record<string, unknown>, omp_wait_policy: omp, ...core };
 }
 
 const r3 = (x: number) => Math.round(x * 1000) / 1000;
+
+/** The precision of an engine's products, from its name (`initEngine` adds "+bf16"). */
+const precisionOf = (engine: string): Precision => engine.endsWith("+bf16") ? "bf16" : "fp32";
 
 /** One workload of one peer run, as bench/peer_torch.py prints it. */
 interface PeerRow {
@@ -414,12 +433,13 @@ function table(
   for (const w of WORKLOADS) {
     for (const [engine, byW] of Object.entries(engines)) {
       const m = byW[w] as Partial<Measurement>;
+      const p = precisionOf(engine);
       if (!m.img_s) {
-        rows.push([w, engine, "fp32", "–", "failed", "–", "–"]);
+        rows.push([w, engine, p, "–", "failed", "–", "–"]);
         continue;
       }
       const ratio = peer ? `${(m.img_s / peer[w].img_s).toFixed(2)}×` : "–";
-      rows.push([w, engine, "fp32", String(m.batch), f1(m.img_s), f1(gflops(w, m.img_s)), ratio]);
+      rows.push([w, engine, p, String(m.batch), f1(m.img_s), f1(gflops(w, m.img_s)), ratio]);
     }
     if (peer) {
       const p = peer[w],
@@ -474,27 +494,42 @@ export const suite = {
     // Without native libraries the engine is plain wasm: measured single-threaded and on tfjs's
     // threaded binary with a thread per core (lib/engine/wasm_threads.ts).
     const cores = navigator.hardwareConcurrency;
-    const variants: { blas: boolean; threads?: number }[] = [
-      { blas: true },
+    const precisions = opts.precisions ?? ["fp32", "bf16"];
+    const variants: { blas: boolean; threads?: number; precision?: Precision }[] = [
+      ...precisions.map((precision) => ({ blas: true, precision })),
       { blas: false },
       ...(cores >= 2 ? [{ blas: false, threads: cores }] : []),
     ];
     // FLOPs per image do not depend on the engine (tests/engine/flops_test.ts): counted once,
     // by the first engine to measure each workload.
     const flopPerImg: Partial<Record<Workload, number>> = {};
-    for (const { blas, threads } of variants) {
+    for (const { blas, threads, precision } of variants) {
       if (!blas && !threads && "wasm+kernels" in engines) continue; // the BLAS run had no BLAS
       const rows: Record<string, unknown> = {};
       let name = blas ? "wasm+kernels+blas" : threads ? "wasm+threads+kernels" : "wasm+kernels";
       for (const workload of WORKLOADS) {
-        const spec = { workload, blas, threads, repeats, budgetS, flops: !flopPerImg[workload] };
-        const m = await measure(spec, blas ? batch : used[workload], log);
+        const spec = {
+          workload,
+          blas,
+          threads,
+          precision,
+          repeats,
+          budgetS,
+          flops: !flopPerImg[workload],
+        };
+        // bf16 runs at the batch fp32 found (it needs no more memory).
+        const m = await measure(spec, blas && precision !== "bf16" ? batch : used[workload], log);
         rows[workload] = m;
         if ("engine" in m) {
           name = m.engine;
-          if (blas) used[workload] = m.batch;
+          if (blas && precision !== "bf16") used[workload] = m.batch;
           if (m.flop_per_img) flopPerImg[workload] = m.flop_per_img;
         }
+        if (precision === "bf16" && !name.endsWith("+bf16")) break; // said why, ran fp32
+      }
+      if (precision === "bf16" && !name.endsWith("+bf16")) {
+        log("models: bf16 does not run on this engine or CPU (the line above says why): skipped");
+        continue;
       }
       engines[name] = rows;
       if (blas && !name.includes("blas")) {
@@ -503,10 +538,12 @@ export const suite = {
     }
     const gflops = (w: Workload, imgS?: number) =>
       imgS && flopPerImg[w] ? r3((imgS * flopPerImg[w]!) / 1e9) : undefined;
-    for (const rows of Object.values(engines)) {
+    for (const [engine, rows] of Object.entries(engines)) {
       for (const w of WORKLOADS) {
         const m = rows[w] as Partial<Measurement>;
-        if (m.img_s) rows[w] = { ...m, precision: "fp32", gflop_s: gflops(w, m.img_s) };
+        if (m.img_s) {
+          rows[w] = { ...m, precision: precisionOf(engine), gflop_s: gflops(w, m.img_s) };
+        }
       }
     }
 

@@ -50,6 +50,11 @@ export interface PretrainConfig {
    * encoded once (posterior means × scale) before the first step. Absent: pixels.
    */
   readonly latent?: LatentSpec;
+  /**
+   * Products and convolutions in bf16 (lib/engine/blas/precision.ts); absent: fp32. Part of the
+   * run's identity: a checkpoint resumes only at the precision it was trained in.
+   */
+  readonly precision?: "bf16";
 }
 
 /** An autoencoder's latent space, as a run records it. */

@@ -3,6 +3,7 @@
 //   deno task bench [--suite kernels|blas|models|profile|adm256|all] [--repeats N] [--quick] [--out DIR]
 import { COMMON_FLAGS, parseCli, runMain, UsageError } from "../lib/cli.ts";
 import { initEngine } from "../lib/engine/mod.ts";
+import { type Precision, PRECISIONS } from "../lib/engine/blas/precision.ts";
 import { finishRun, resultsDir, startRun } from "../lib/results.ts";
 import { suite as blas } from "../bench/blas.ts";
 import { suite as kernels } from "../bench/kernels.ts";
@@ -15,6 +16,8 @@ interface SuiteOptions {
   readonly quick?: boolean;
   readonly repeats?: number;
   readonly log?: boolean;
+  /** Precisions of the products to measure (the models suite; the others run fp32). */
+  readonly precisions?: readonly Precision[];
 }
 
 /**
@@ -45,6 +48,12 @@ const FLAGS = {
     help: "timed repetitions after the warm-up, median kept (default: per suite)",
   },
   quick: { kind: "boolean", help: "small shapes and few repetitions (a smoke run)" },
+  precision: {
+    kind: "string",
+    default: "all",
+    help: "models suite: products in fp32, bf16 (where the CPU has bf16 instructions) or all",
+    choices: [...PRECISIONS, "all"],
+  },
   out: {
     kind: "string",
     help: "results directory (default: $DP_RESULTS_DIR or results); writes <out>/bench/*.json",
@@ -62,11 +71,12 @@ async function main(): Promise<void> {
   await initEngine({ backend: "wasm", announce: false }); // the suites announce it
   const chosen = a.suite === "all" ? SUITES : SUITES.filter((s) => s.name === a.suite);
   for (const s of chosen) {
-    const config = { suite: s.name, quick: a.quick, repeats: a.repeats ?? null };
+    const precisions = a.precision === "all" ? PRECISIONS : [a.precision as Precision];
+    const config = { suite: s.name, quick: a.quick, repeats: a.repeats ?? null, precisions };
     const handle = await startRun("bench", `${s.name}-${stamp()}`, config, a.seed);
     console.error(`bench ${s.name}: ${s.description}`);
     const t0 = performance.now();
-    const metrics = await s.run({ quick: a.quick, repeats: a.repeats, log: true });
+    const metrics = await s.run({ quick: a.quick, repeats: a.repeats, log: true, precisions });
     const path = await finishRun(
       handle,
       { metrics, timings: { run_s: (performance.now() - t0) / 1000 } },

@@ -3,6 +3,7 @@
 import { COMMON_FLAGS, parseCli, runMain, UsageError, type Values } from "../lib/cli.ts";
 import { fileExists } from "../lib/io/atomic.ts";
 import { initEngine } from "../lib/engine/mod.ts";
+import { type Precision, PRECISIONS } from "../lib/engine/blas/precision.ts";
 import { count, loadDataset } from "../lib/data/dataset.ts";
 import {
   type Condition,
@@ -96,6 +97,13 @@ const FLAGS = {
     default: 1,
     help: "clip gradients to this global norm; 0 turns it off",
     min: 0,
+  },
+  precision: {
+    kind: "string",
+    default: "fp32",
+    help: "matrix products and convolutions: fp32, or bf16 (oneDNN, f32 accumulation; weights, " +
+      "optimizer state, loss and norms stay fp32); a CPU without bf16 runs fp32 and says so",
+    choices: PRECISIONS,
   },
   schedule: {
     kind: "string",
@@ -195,7 +203,8 @@ await runMain(async () => {
   // autoencoder's, whose weights need the engine first.
   const [side, , channels] = inputShape(base);
   const early = latent ? undefined : await loadPixels(side, channels);
-  const engine = await initEngine({ backend: a.backend });
+  const engine = await initEngine({ backend: a.backend, precision: a.precision as Precision });
+  const bf16 = engine.precision === "bf16";
   const space: LatentSpace | undefined = latent ? await openLatentSpace(a.vae) : undefined;
   const pixels = early ??
     await loadPixels(space!.config.resolution, space!.config.inChannels);
@@ -210,7 +219,7 @@ await runMain(async () => {
   const dataName = a.dataset.includes("/") ? basename(a.dataset.replace(/\/+$/, "")) : a.dataset;
   const tag = kind === "unet" ? preset : `dit-${preset.replace(/\//g, "")}`;
   const suffix = { none: "", class: "-cond", repr: "-repr" }[condition];
-  const run = a.run ?? `${dataName}-${tag}${suffix}-seed${a.seed}`;
+  const run = a.run ?? `${dataName}-${tag}${suffix}${bf16 ? "-bf16" : ""}-seed${a.seed}`;
   if (!/^[A-Za-z0-9._-]+$/.test(run)) {
     throw new UsageError(`--run: the default name "${run}" is not file-safe; pass --run`);
   }
@@ -227,6 +236,7 @@ await runMain(async () => {
     ...(a["clip-norm"] > 0 ? { clipNorm: a["clip-norm"] } : {}),
     seed: a.seed,
     ...(space ? { latent: space.latent } : {}),
+    ...(bf16 ? { precision: "bf16" as const } : {}),
   };
   const out = `${resultsDir()}/pretrain`;
   const resultsPath = `${out}/${run}.json`;

@@ -3,7 +3,8 @@
 import * as tf from "@tensorflow/tfjs";
 import { getThreadsCount, setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
 import { registerWasmKernels } from "./wasm_kernels/mod.ts";
-import { registerBlasKernels, unregisterBlasKernels } from "./blas/mod.ts";
+import { loadOneDnn, registerBlasKernels, unregisterBlasKernels } from "./blas/mod.ts";
+import { type Precision, setPrecision } from "./blas/precision.ts";
 import { prepareNativeLibs } from "./native_libs.ts";
 import { prepareNativeKernels, setNativeKernels } from "./native_kernels.ts";
 import { prepareWasmThreads, WASM_PREFIX } from "./wasm_threads.ts";
@@ -38,6 +39,8 @@ export interface EngineInfo {
   /** Backend plus the kernel sets layered on it, e.g. `wasm+kernels+blas+onednn`. */
   readonly engine: string;
   readonly tfjs: string;
+  /** Precision of the matrix products and convolutions (./blas/precision.ts). */
+  readonly precision: Precision;
   readonly details: Readonly<Record<string, string | number | boolean>>;
 }
 
@@ -130,6 +133,28 @@ export interface EngineOptions {
   readonly blas?: boolean;
   /** Print the one-line engine summary on stderr. @default true */
   readonly announce?: boolean;
+  /**
+   * Products and convolutions in bf16 (oneDNN, f32 accumulation) or fp32. Where bf16 cannot run
+   * natively (no oneDNN, or a CPU without avx512_bf16 / AMX) one line says so and fp32 runs.
+   * @default "fp32"
+   */
+  readonly precision?: Precision;
+}
+
+/** Why bf16 cannot run on this engine, or undefined when it can. */
+function bf16Unavailable(layers: readonly string[]): string | undefined {
+  if (!layers.includes("onednn")) {
+    return layers[0] === "wasm"
+      ? "oneDNN is not loaded (DP_ONEDNN=0, DP_BLAS=0, or no libdnnl2)"
+      : `the ${layers[0]} backend has no bf16 kernels here`;
+  }
+  const isa = loadOneDnn()?.isa;
+  if (!isa?.bf16) {
+    return `this CPU has no bf16 instructions (avx512_bf16 or AMX) as oneDNN detects it (isa 0x${
+      (isa?.code ?? 0).toString(16)
+    })`;
+  }
+  return undefined;
 }
 
 // The compiled kernels, prepared once per process (null: tried, unavailable).
@@ -201,6 +226,14 @@ export async function initEngine(opts: EngineOptions = {}): Promise<EngineInfo> 
     }
     if (ck) layers.push("c-kernels");
   }
+  let precision: Precision = "fp32";
+  if (opts.precision === "bf16") {
+    const why = bf16Unavailable(layers);
+    if (why) console.error(`engine: --precision bf16: ${why}; running fp32`);
+    else precision = "bf16";
+  }
+  setPrecision(precision);
+  if (precision === "bf16") layers.push("bf16");
   if (tf.getBackend() !== backend) {
     const ok = await tf.setBackend(backend).finally(() => restore?.());
     if (!ok) throw new Error(`Backend ${backend} failed to initialise`);
@@ -210,7 +243,7 @@ export async function initEngine(opts: EngineOptions = {}): Promise<EngineInfo> 
     wasmStarted = true;
     if (layers.includes("threads")) details.wasmThreads = wasmThreads ??= getThreadsCount();
   }
-  current = { backend, engine: layers.join("+"), tfjs: tf.version.tfjs, details };
+  current = { backend, engine: layers.join("+"), tfjs: tf.version.tfjs, precision, details };
   if (opts.announce ?? true) {
     const extra = Object.entries(details).map(([k, v]) => `${k}=${v}`).join(" ");
     console.error(`engine: ${current.engine} (tfjs ${current.tfjs})${extra ? " " + extra : ""}`);

@@ -14,6 +14,8 @@ import {
   useOneDnn,
 } from "../../lib/engine/blas/mod.ts";
 import { planMatMul } from "../../lib/engine/blas/matmul.ts";
+import { openBlasCoreFor } from "../../lib/engine/blas/openblas.ts";
+import { decodeIsa } from "../../lib/engine/blas/onednn_core.ts";
 
 await initEngine({ backend: "wasm", announce: false });
 const ignore = loadOpenBlas() === undefined; // no library or no FFI: nothing to test
@@ -61,6 +63,45 @@ Deno.test({
     assert.notEqual(blas.path, "/nonexistent/libopenblas.so");
     assert.ok(blas.threads >= 1);
   },
+});
+
+// OpenBLAS reads OPENBLAS_CORETYPE once per process, at its first load: ask a fresh process.
+async function coreInChild(coreType: string, env: Record<string, string> = {}) {
+  const lib = new URL("../../lib/engine/blas/openblas.ts", import.meta.url).href;
+  const code = `const { openBlas } = await import(${JSON.stringify(lib)});
+const b = openBlas(undefined, ${JSON.stringify(coreType)});
+console.log(JSON.stringify({ core: b?.core, forced: b?.coreForced, env: Deno.env.get("OPENBLAS_CORETYPE") ?? null }));`;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", code],
+    env: { NO_COLOR: "1", ...env },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  return JSON.parse(new TextDecoder().decode(out.stdout).trim().split("\n").pop()!);
+}
+
+Deno.test({
+  name: "openBlas(env, coreType) loads that kernel set, unless OPENBLAS_CORETYPE names one",
+  ignore,
+  async fn() {
+    // Haswell runs on any x86 CPU with AVX2, which every machine of this project's kind has.
+    assert.deepEqual(await coreInChild("Haswell"), { core: "Haswell", forced: true, env: null });
+    assert.deepEqual(await coreInChild("Haswell", { OPENBLAS_CORETYPE: "Prescott" }), {
+      core: "Prescott",
+      forced: false,
+      env: "Prescott",
+    });
+  },
+});
+
+Deno.test("openBlasCoreFor: SkylakeX with AVX-512 as oneDNN decodes it, else OpenBLAS decides", () => {
+  assert.equal(openBlasCoreFor(decodeIsa(0xe7)), "SkylakeX"); // avx512_core_bf16
+  assert.equal(openBlasCoreFor(decodeIsa(0x27)), "SkylakeX"); // avx512_core
+  assert.equal(openBlasCoreFor(decodeIsa(0x7)), undefined); // avx2
+  assert.equal(openBlasCoreFor(undefined), undefined); // no oneDNN
+  assert.deepEqual(decodeIsa(0x3e7), { code: 0x3e7, avx512: true, bf16: true, amx: true });
+  assert.deepEqual(decodeIsa(0x67), { code: 0x67, avx512: true, bf16: false, amx: false });
 });
 
 Deno.test({

@@ -3,6 +3,7 @@ import type * as tf from "@tensorflow/tfjs";
 import type { Blas } from "./openblas.ts";
 import { asWasmBackend, f32View, sizeOf } from "./heap.ts";
 import { activeOneDnnMatMul } from "./onednn_matmul.ts";
+import { precision } from "./precision.ts";
 import {
   applyEpilogue,
   broadcastOperand,
@@ -77,6 +78,20 @@ export function planMatMul(
 }
 
 /**
+ * cblas_sgemm at the engine's precision: in bf16 through oneDNN's bf16 gemm (f32 accumulation),
+ * falling back to OpenBLAS where that fails; in fp32 OpenBLAS itself.
+ */
+function gemmAtPrecision(blas: Blas): Blas["sgemm"] {
+  const dnn = precision() === "bf16" ? activeOneDnnMatMul() : undefined;
+  if (!dnn) return blas.sgemm;
+  return (ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) => {
+    if (!dnn.gemmBf16(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)) {
+      blas.sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    }
+  };
+}
+
+/**
  * out ← op(A)·op(B) + beta·out per batch; every view on the heap, taken after the output
  * exists.
  */
@@ -91,6 +106,7 @@ function runPlan(
   beta = 0,
 ): void {
   const { m, n, k, aIndex, bIndex } = p;
+  const sgemm = gemmAtPrecision(blas);
   const batches = aIndex.length;
   if (m === 0 || n === 0 || batches === 0) return;
   if (k === 0) {
@@ -105,7 +121,7 @@ function runPlan(
   const aInOrder = aIndex.every((v, i) => v === i);
   if (!transposeA && sharedB && aInOrder && batches > 1) {
     const bv = b.subarray(bIndex[0] * bSize);
-    blas.sgemm(false, transposeB, batches * m, n, k, 1, a, lda, bv, ldb, beta, out, n);
+    sgemm(false, transposeB, batches * m, n, k, 1, a, lda, bv, ldb, beta, out, n);
     return;
   }
   // Many small products (attention: one per image and head) go to oneDNN's batched matmul in
@@ -121,7 +137,7 @@ function runPlan(
     ) return;
   }
   for (let o = 0; o < batches; o++) {
-    blas.sgemm(
+    sgemm(
       transposeA,
       transposeB,
       m,

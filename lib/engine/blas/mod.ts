@@ -5,7 +5,7 @@
 import * as tf from "@tensorflow/tfjs";
 // The wasm backend's own kernels must be registered before they are looked up and replaced.
 import "@tensorflow/tfjs-backend-wasm";
-import { loadOpenBlas } from "./openblas.ts";
+import { loadOpenBlas, openBlasCoreFor } from "./openblas.ts";
 import { loadOneDnn } from "./onednn.ts";
 import { type ColumnSummer, setColumnSummer } from "../wasm_kernels/reduce.ts";
 import type { Blas } from "./openblas.ts";
@@ -67,7 +67,9 @@ function gemmColumnSums(blas: Blas): ColumnSummer {
  * (`DP_BLAS=0`, no FFI permission, or no library).
  */
 export function registerBlasKernels(): Record<string, string | number> | undefined {
-  const blas = active?.blas ?? loadOpenBlas();
+  // oneDNN first: the ISA it detects names OpenBLAS's kernel set before OpenBLAS loads.
+  const dnn = loadOneDnn();
+  const blas = active?.blas ?? loadOpenBlas(openBlasCoreFor(dnn?.isa));
   if (!blas) return undefined;
   if (!active) {
     const replaced = new Map<string, tf.KernelConfig | undefined>();
@@ -86,8 +88,9 @@ export function registerBlasKernels(): Record<string, string | number> | undefin
     setColumnSummer(gemmColumnSums(blas));
     active = { blas, replaced };
   }
-  const dnn = loadOneDnn(); // convolutions go to oneDNN when it loads (lib/engine/blas/conv.ts)
-  const base = { blas: blas.path, blasThreads: blas.threads, blasCore: blas.core };
+  // Convolutions go to oneDNN when it loads (lib/engine/blas/conv.ts).
+  const core = blas.coreForced ? `${blas.core}(named)` : blas.core;
+  const base = { blas: blas.path, blasThreads: blas.threads, blasCore: core };
   return dnn ? { ...base, onednn: dnn.path } : base;
 }
 

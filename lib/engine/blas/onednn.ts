@@ -6,6 +6,7 @@
 // Loading (./onednn_core.ts) never throws: no library, no FFI permission or DP_ONEDNN=0 yields
 // undefined, and any geometry oneDNN refuses returns false so the caller takes the sgemm route.
 import type { ConvGeometry } from "./conv.ts";
+import { precision } from "./precision.ts";
 import {
   ARG_BIAS,
   ARG_DIFF_DST,
@@ -14,9 +15,12 @@ import {
   ARG_DST,
   ARG_SRC,
   ARG_WEIGHTS,
+  BF16,
   CONV_DIRECT,
   type Core,
+  type CpuIsa,
   ELTWISE_SWISH,
+  F32,
   FORWARD_TRAINING,
   i64,
   loadOneDnnCore,
@@ -34,6 +38,8 @@ export { ONEDNN_ENV, ONEDNN_LIB_ENV, ONEDNN_THREADS_ENV } from "./onednn_core.ts
 /** oneDNN convolutions on NHWC float32 views; each returns false where oneDNN declines. */
 export interface OneDnn {
   readonly path: string;
+  /** The CPU's vector ISA as oneDNN detected it. */
+  readonly isa: CpuIsa;
   /** y ← conv(x, w) (+ bias when given). */
   convForward(
     g: ConvGeometry,
@@ -62,11 +68,18 @@ interface Conv {
 }
 
 function bind(core: Core): OneDnn {
-  const { lib, md, anyMd, primitive, reorder, run } = core;
+  const { lib, md, anyMd, primitive, reorder, run, toBf16 } = core;
 
+  // One plan per geometry and precision. In bf16 the products read bf16 (src, weights, diff_dst)
+  // and write f32 (dst, diff_src, diff_weights): `src` / `diffDst` are then bf16 descriptors of
+  // the activations, which each call rounds into scratch (core.toBf16), and `wType` is bf16.
   interface Plan {
-    readonly x: Uint8Array;
-    readonly y: Uint8Array;
+    readonly bf16: boolean;
+    readonly src: Uint8Array;
+    readonly diffSrc: Uint8Array;
+    readonly dst: Uint8Array;
+    readonly diffDst: Uint8Array;
+    readonly wType: number;
     readonly wUser: Uint8Array;
     readonly bias: Uint8Array;
     readonly desc: Uint8Array;
@@ -89,17 +102,18 @@ function bind(core: Core): OneDnn {
     ] as const;
     return { geo, ok: pb >= 0 && pr >= 0 };
   };
-  const forwardDesc = (p: Plan, g: ConvGeometry, w: Uint8Array, bias: boolean) => {
+  const forwardDesc = (p: Omit<Plan, "desc" | "fwdHint">, g: ConvGeometry, bias: boolean) => {
     const d = new Uint8Array(OP_BYTES);
     const b = bias ? p.bias : null as never;
+    const w = anyMd([g.o, g.c, g.kh, g.kw], p.wType);
     const r = lib.dnnl_dilated_convolution_forward_desc_init(
       d,
       FORWARD_TRAINING,
       CONV_DIRECT,
-      p.x,
+      p.src,
       w,
       b,
-      p.y,
+      p.dst,
       ...params(g).geo,
     );
     return r === 0 ? d : undefined;
@@ -107,44 +121,56 @@ function bind(core: Core): OneDnn {
   /** The backward-data (or backward-weights) primitive of `g`, hinted by the forward one. */
   const backward = (g: ConvGeometry, p: Plan, weights: boolean): Made | undefined => {
     const d = new Uint8Array(OP_BYTES);
-    const w = anyMd([g.o, g.c, g.kh, g.kw]), geo = params(g).geo;
+    const dims = [g.o, g.c, g.kh, g.kw], geo = params(g).geo;
+    // Weight gradients accumulate into f32 in either precision.
     const r = weights
       ? lib.dnnl_dilated_convolution_backward_weights_desc_init(
         d,
         CONV_DIRECT,
-        p.x,
-        w,
+        p.src,
+        anyMd(dims, F32),
         null as never,
-        p.y,
+        p.diffDst,
         ...geo,
       )
-      : lib.dnnl_dilated_convolution_backward_data_desc_init(d, CONV_DIRECT, p.x, w, p.y, ...geo);
+      : lib.dnnl_dilated_convolution_backward_data_desc_init(
+        d,
+        CONV_DIRECT,
+        p.diffSrc,
+        anyMd(dims, p.wType),
+        p.diffDst,
+        ...geo,
+      );
     return r === 0 ? primitive(d, p.fwdHint.pd) : undefined;
   };
-  const planOf = (g: ConvGeometry): Plan | undefined => {
-    const key = JSON.stringify(g);
+  const planOf = (g: ConvGeometry, bf16: boolean): Plan | undefined => {
+    const key = `${JSON.stringify(g)}${bf16 ? "bf16" : ""}`;
     const cached = plans.get(key);
     if (cached !== undefined) return cached ?? undefined;
     const build = (): Plan | undefined => {
       if (!params(g).ok) return undefined;
       const { n, h, w, c, oh, ow, o, kh, kw } = g;
-      const x = md([n, c, h, w], [h * w * c, 1, w * c, c]);
-      const y = md([n, o, oh, ow], [oh * ow * o, 1, ow * o, o]);
+      const act = bf16 ? BF16 : F32;
+      const xStrides = [h * w * c, 1, w * c, c], yStrides = [oh * ow * o, 1, ow * o, o];
+      const src = md([n, c, h, w], xStrides, act), diffSrc = md([n, c, h, w], xStrides);
+      const dst = md([n, o, oh, ow], yStrides), diffDst = md([n, o, oh, ow], yStrides, act);
       // HWIO [kh, kw, c, o] as oneDNN's logical (o, i, kh, kw).
       const wUser = md([o, c, kh, kw], [1, o, kw * c * o, c * o]);
       const bias = md([o], [1]);
-      if (!x || !y || !wUser || !bias) return undefined;
-      const partial = { x, y, wUser, bias } as Plan;
-      const desc = forwardDesc(partial, g, anyMd([o, c, kh, kw]), true);
-      if (!desc) return undefined;
-      const fwdHint = primitive(desc, null);
-      if (!fwdHint) return undefined;
-      return { x, y, wUser, bias, desc, fwdHint };
+      if (!src || !diffSrc || !dst || !diffDst || !wUser || !bias) return undefined;
+      const partial = { bf16, src, diffSrc, dst, diffDst, wType: act, wUser, bias };
+      const desc = forwardDesc(partial, g, true);
+      const fwdHint = desc && primitive(desc, null);
+      return fwdHint ? { ...partial, desc, fwdHint } : undefined;
     };
     const plan = build();
     plans.set(key, plan ?? null);
     return plan;
   };
+  /** The plan for `g` at the engine's precision; undefined where oneDNN declines. */
+  const planNow = (g: ConvGeometry) => planOf(g, precision() === "bf16");
+  /** An activation as the plan's products read it: itself, or rounded to bf16 in `slot`. */
+  const read = (p: Plan, x: Float32Array, slot: 0 | 1) => p.bf16 ? toBf16(x, slot) : x;
   /** The blocked weights of `pd` (query `q`) and the reorder from (or to) the user layout. */
   const withWeights = (made: Made, q: number, user: Uint8Array, toUser: boolean): Conv | null => {
     const wMd = lib.dnnl_primitive_desc_query_md(made.pd, q, 0);
@@ -160,59 +186,63 @@ function bind(core: Core): OneDnn {
 
   return {
     path: core.path,
+    isa: core.isa,
     swish: (x, y) => silu.forward(x, y),
     swishBackward: (x, dy, dx) => silu.backward(x, dy, dx),
     convForward(g, x, w, bias, y) {
-      const p = planOf(g);
+      const p = planNow(g);
       if (!p) return false;
       const slot = bias ? "fwdBias" : "fwd";
       if (p[slot] === undefined) {
-        const desc = bias ? p.desc : forwardDesc(p, g, anyMd([g.o, g.c, g.kh, g.kw]), false);
+        const desc = bias ? p.desc : forwardDesc(p, g, false);
         const made = bias ? p.fwdHint : desc && primitive(desc, null);
         p[slot] = made ? withWeights(made, QUERY_WEIGHTS_MD, p.wUser, false) : null;
       }
       const conv = p[slot];
-      if (!conv) return false;
+      const src = read(p, x, 0);
+      if (!conv || !src) return false;
       run(conv.reorder, [[ARG_SRC, p.wUser, w], [ARG_DST, conv.wMd, conv.wBuf]]);
       const args: View[] = [
-        [ARG_SRC, p.x, x],
+        [ARG_SRC, p.src, src],
         [ARG_WEIGHTS, conv.wMd, conv.wBuf],
-        [ARG_DST, p.y, y],
+        [ARG_DST, p.dst, y],
       ];
       if (bias) args.push([ARG_BIAS, p.bias, bias]);
       run(conv.prim, args);
       return true;
     },
     convBackpropInput(g, dy, w, dx) {
-      const p = planOf(g);
+      const p = planNow(g);
       if (!p) return false;
       if (p.bwdData === undefined) {
         const made = backward(g, p, false);
         p.bwdData = made ? withWeights(made, QUERY_WEIGHTS_MD, p.wUser, false) : null;
       }
       const conv = p.bwdData;
-      if (!conv) return false;
+      const diffDst = read(p, dy, 0);
+      if (!conv || !diffDst) return false;
       run(conv.reorder, [[ARG_SRC, p.wUser, w], [ARG_DST, conv.wMd, conv.wBuf]]);
       run(conv.prim, [
-        [ARG_DIFF_SRC, p.x, dx],
+        [ARG_DIFF_SRC, p.diffSrc, dx],
         [ARG_WEIGHTS, conv.wMd, conv.wBuf],
-        [ARG_DIFF_DST, p.y, dy],
+        [ARG_DIFF_DST, p.diffDst, diffDst],
       ]);
       return true;
     },
     convBackpropFilter(g, x, dy, dw) {
-      const p = planOf(g);
+      const p = planNow(g);
       if (!p) return false;
       if (p.bwdWeights === undefined) {
         const made = backward(g, p, true);
         p.bwdWeights = made ? withWeights(made, QUERY_DIFF_WEIGHTS_MD, p.wUser, true) : null;
       }
       const conv = p.bwdWeights;
-      if (!conv) return false;
+      const src = read(p, x, 0), diffDst = read(p, dy, 1);
+      if (!conv || !src || !diffDst) return false;
       run(conv.prim, [
-        [ARG_SRC, p.x, x],
+        [ARG_SRC, p.src, src],
         [ARG_DIFF_WEIGHTS, conv.wMd, conv.wBuf],
-        [ARG_DIFF_DST, p.y, dy],
+        [ARG_DIFF_DST, p.diffDst, diffDst],
       ]);
       run(conv.reorder, [[ARG_SRC, conv.wMd, conv.wBuf], [ARG_DST, p.wUser, dw]]);
       return true;

@@ -21,6 +21,7 @@ export const ONEDNN_CANDIDATES: readonly string[] = [
 const B = "buffer";
 
 const SYMBOLS = {
+  dnnl_get_effective_cpu_isa: { parameters: [], result: "i32" },
   dnnl_engine_create: { parameters: [B, "i32", "usize"], result: "i32" },
   dnnl_stream_create: { parameters: [B, "pointer", "u32"], result: "i32" },
   dnnl_stream_wait: { parameters: ["pointer"], result: "i32" },
@@ -55,12 +56,19 @@ const SYMBOLS = {
   dnnl_primitive_execute: { parameters: ["pointer", "pointer", "i32", B], result: "i32" },
   dnnl_memory_create: { parameters: [B, "pointer", "pointer", "pointer"], result: "i32" },
   dnnl_memory_destroy: { parameters: ["pointer"], result: "i32" },
+  // transa, transb ('N' / 'T'), M, N, K, alpha, A (bf16), lda, B (bf16), ldb, beta, C (f32), ldc
+  dnnl_gemm_bf16bf16f32: {
+    parameters: ["u8", "u8", "i64", "i64", "i64", "f32", B, "i64", B, "i64", "f32", B, "i64"],
+    result: "i32",
+  },
 } as const;
 
 // dnnl_types.h (v2.x) constants.
 const CPU = 1;
 const STREAM_IN_ORDER = 1;
-const F32 = 3;
+/** dnnl_data_type_t: the element types the engine hands oneDNN. */
+export const BF16 = 2;
+export const F32 = 3;
 const TAG_ANY = 1;
 /** dnnl_forward_training. */
 export const FORWARD_TRAINING = 64;
@@ -75,6 +83,9 @@ export const QUERY_DIFF_WEIGHTS_MD = 132;
 /** Execution argument ids (DNNL_ARG_*). */
 export const ARG_SRC = 1;
 export const ARG_DST = 17;
+// A reorder's source and destination (DNNL_ARG_FROM / DNNL_ARG_TO alias SRC / DST).
+const ARG_FROM = 1;
+const ARG_TO = 17;
 export const ARG_WEIGHTS = 33;
 export const ARG_BIAS = 41;
 export const ARG_DIFF_SRC = 129;
@@ -95,8 +106,8 @@ export interface Made {
   readonly pd: Ptr;
   readonly prim: Ptr;
 }
-/** One execution argument: its id, memory descriptor and data. */
-export type View = [number, Ptr | Uint8Array, Float32Array];
+/** One execution argument: its id, memory descriptor and data (f32, or bf16 as raw 16 bits). */
+export type View = [number, Ptr | Uint8Array, Float32Array | Uint16Array];
 
 /** An elementwise op over 1-D float32 views; each returns false where oneDNN declines. */
 export interface Eltwise {
@@ -104,14 +115,48 @@ export interface Eltwise {
   backward(x: Float32Array, dy: Float32Array, dx: Float32Array): boolean;
 }
 
+// dnnl_cpu_isa_t (v2.x) is a bit set: each ISA adds bits to the one below it.
+const ISA_AVX512_CORE = 0x27;
+const ISA_AVX512_CORE_BF16 = 0xe7;
+const ISA_AMX_BF16 = 0x3e7;
+
+/** What oneDNN detected on this CPU (its dnnl_cpu_isa_t), decoded. */
+export interface CpuIsa {
+  /** dnnl_get_effective_cpu_isa(): the detected set, capped by ONEDNN_MAX_CPU_ISA when set. */
+  readonly code: number;
+  /** avx512_core (F, CD, BW, DQ, VL): OpenBLAS's SkylakeX kernels run here. */
+  readonly avx512: boolean;
+  /** bf16 dot products in hardware (avx512_bf16 or AMX): oneDNN's bf16 kernels are native. */
+  readonly bf16: boolean;
+  readonly amx: boolean;
+}
+
+/** Decode a dnnl_cpu_isa_t. */
+export function decodeIsa(code: number): CpuIsa {
+  const has = (bits: number) => (code & bits) === bits;
+  return {
+    code,
+    avx512: has(ISA_AVX512_CORE),
+    bf16: has(ISA_AVX512_CORE_BF16),
+    amx: has(ISA_AMX_BF16),
+  };
+}
+
 /** libdnnl with one engine and stream, and the helpers both oneDNN modules build on. */
 export interface Core {
   readonly path: string;
   readonly lib: Lib;
-  /** A float32 memory descriptor by strides (undefined where oneDNN refuses it). */
-  md(dims: readonly number[], strides: readonly number[]): Uint8Array | undefined;
-  /** A float32 memory descriptor with layout "any" (oneDNN picks). */
-  anyMd(dims: readonly number[]): Uint8Array;
+  /** The CPU's vector ISA as oneDNN sees it. */
+  readonly isa: CpuIsa;
+  /** A memory descriptor by strides, float32 unless `type` says (undefined where refused). */
+  md(dims: readonly number[], strides: readonly number[], type?: number): Uint8Array | undefined;
+  /** A memory descriptor with layout "any" (oneDNN picks), float32 unless `type` says. */
+  anyMd(dims: readonly number[], type?: number): Uint8Array;
+  /**
+   * `x` rounded to bf16 (to nearest even, by a oneDNN reorder) in scratch buffer `slot` (0 or
+   * 1: two operands of one call), valid until the next call with that slot.
+   */
+  toBf16(x: Float32Array, slot: 0 | 1): Uint16Array | undefined;
   /** The primitive descriptor of op descriptor `desc` (forward `hint` for backward) and its primitive. */
   primitive(desc: Uint8Array, hint: Ptr): Made | undefined;
   /** A reorder primitive between two memory descriptors. */
@@ -143,14 +188,14 @@ function bind(
   if (lib.dnnl_stream_create(st, engine, STREAM_IN_ORDER) !== 0) return undefined;
   const stream = ptrOf(st);
 
-  const md = (dims: readonly number[], strides: readonly number[]): Uint8Array | undefined => {
+  const md = (dims: readonly number[], strides: readonly number[], type = F32) => {
     const b = new Uint8Array(MD_BYTES);
-    const r = lib.dnnl_memory_desc_init_by_strides(b, dims.length, i64(dims), F32, i64(strides));
+    const r = lib.dnnl_memory_desc_init_by_strides(b, dims.length, i64(dims), type, i64(strides));
     return r === 0 ? b : undefined;
   };
-  const anyMd = (dims: readonly number[]): Uint8Array => {
+  const anyMd = (dims: readonly number[], type = F32): Uint8Array => {
     const b = new Uint8Array(MD_BYTES);
-    lib.dnnl_memory_desc_init_by_tag(b, dims.length, i64(dims), F32, TAG_ANY);
+    lib.dnnl_memory_desc_init_by_tag(b, dims.length, i64(dims), type, TAG_ANY);
     return b;
   };
   const primitive = (desc: Uint8Array, hint: Ptr): Made | undefined => {
@@ -249,7 +294,32 @@ function bind(
       },
     };
   };
-  return { path, lib, md, anyMd, primitive, reorder, run, single, eltwise };
+  // f32 → bf16 of n elements: one 1-D reorder per length (a run has a few dozen lengths), on
+  // oneDNN's threads, into scratch outside the wasm heap.
+  const casts = new Map<number, { from: Uint8Array; to: Uint8Array; prim: Ptr } | null>();
+  const scratch: Uint16Array[] = [new Uint16Array(0), new Uint16Array(0)];
+  const toBf16 = (x: Float32Array, slot: 0 | 1): Uint16Array | undefined => {
+    const n = x.length;
+    if (n === 0) return new Uint16Array(0);
+    let cast = casts.get(n);
+    if (cast === undefined) {
+      const from = md([n], [1]), to = md([n], [1], BF16);
+      const prim = from && to
+        ? reorder(Deno.UnsafePointer.of(from), Deno.UnsafePointer.of(to))
+        : undefined;
+      cast = from && to && prim ? { from, to, prim } : null;
+      casts.set(n, cast);
+    }
+    if (!cast) return undefined;
+    if (scratch[slot].length < n) {
+      scratch[slot] = new Uint16Array(Math.max(n, scratch[slot].length * 2));
+    }
+    const y = scratch[slot].subarray(0, n);
+    run(cast.prim, [[ARG_FROM, cast.from, x], [ARG_TO, cast.to, y]]);
+    return y;
+  };
+  const isa = decodeIsa(lib.dnnl_get_effective_cpu_isa());
+  return { path, lib, isa, md, anyMd, toBf16, primitive, reorder, run, single, eltwise };
 }
 
 function threadCount(env: (name: string) => string | undefined): number {

@@ -5,12 +5,15 @@
 // Loading goes through ./onednn_core.ts (one libdnnl, OpenMP wait policy, thread count,
 // DP_ONEDNN=0); any geometry oneDNN refuses returns false so the caller keeps its own route.
 import { activeOneDnn } from "./onednn.ts";
+import { precision } from "./precision.ts";
 import {
   ARG_DST,
   ARG_SRC,
   ARG_WEIGHTS,
+  BF16,
   type Core,
   ELTWISE_GELU_TANH,
+  F32,
   loadOneDnnCore,
   OP_BYTES,
   type Ptr,
@@ -35,6 +38,25 @@ export interface OneDnnMatMul {
     b: Float32Array,
     out: Float32Array,
   ): boolean;
+  /**
+   * Row-major C ← alpha·op(A)·op(B) + beta·C as cblas_sgemm takes it, with A and B rounded to
+   * bf16 and the products accumulated in f32 (dnnl_gemm_bf16bf16f32); false where it fails.
+   */
+  gemmBf16(
+    transA: boolean,
+    transB: boolean,
+    m: number,
+    n: number,
+    k: number,
+    alpha: number,
+    a: Float32Array,
+    lda: number,
+    b: Float32Array,
+    ldb: number,
+    beta: number,
+    c: Float32Array,
+    ldc: number,
+  ): boolean;
   /** y ← x·½(1 + tanh(√(2/π)(x + 0.044715x³))). */
   gelu(x: Float32Array, y: Float32Array): boolean;
   /** dx ← dy·GELU′(x), the same tanh form. */
@@ -42,7 +64,7 @@ export interface OneDnnMatMul {
 }
 
 function bind(core: Core): OneDnnMatMul {
-  const { lib, md, primitive, run } = core;
+  const { lib, md, primitive, run, toBf16 } = core;
   interface Mm {
     readonly a: Uint8Array;
     readonly b: Uint8Array;
@@ -50,6 +72,7 @@ function bind(core: Core): OneDnnMatMul {
     readonly prim: Ptr;
   }
   const mms = new Map<string, Mm | null>();
+  // In bf16, A and B are read as bf16 (rounded into scratch per call); C is f32 either way.
   const mmOf = (
     batch: number,
     ab: boolean,
@@ -59,13 +82,15 @@ function bind(core: Core): OneDnnMatMul {
     k: number,
     ta: boolean,
     tb: boolean,
+    bf16: boolean,
   ): Mm | undefined => {
-    const key = `${batch},${ab},${bb},${m},${n},${k},${ta},${tb}`;
+    const key = `${batch},${ab},${bb},${m},${n},${k},${ta},${tb},${bf16}`;
     const known = mms.get(key);
     if (known !== undefined) return known ?? undefined;
     const build = (): Mm | undefined => {
-      const a = md([ab ? batch : 1, m, k], ta ? [m * k, 1, m] : [m * k, k, 1]);
-      const b = md([bb ? batch : 1, k, n], tb ? [k * n, 1, k] : [k * n, n, 1]);
+      const t = bf16 ? BF16 : F32;
+      const a = md([ab ? batch : 1, m, k], ta ? [m * k, 1, m] : [m * k, k, 1], t);
+      const b = md([bb ? batch : 1, k, n], tb ? [k * n, 1, k] : [k * n, n, 1], t);
       const c = md([batch, m, n], [m * n, n, 1]);
       if (!a || !b || !c) return undefined;
       const d = new Uint8Array(OP_BYTES);
@@ -83,10 +108,36 @@ function bind(core: Core): OneDnnMatMul {
   return {
     matmul(batch, ab, bb, m, n, k, ta, tb, a, b, c) {
       if (batch < 1 || m < 1 || n < 1 || k < 1) return false;
-      const mm = mmOf(batch, ab, bb, m, n, k, ta, tb);
-      if (!mm) return false;
-      run(mm.prim, [[ARG_SRC, mm.a, a], [ARG_WEIGHTS, mm.b, b], [ARG_DST, mm.c, c]]);
+      const bf16 = precision() === "bf16";
+      const mm = mmOf(batch, ab, bb, m, n, k, ta, tb, bf16);
+      const aIn = bf16 ? toBf16(a, 0) : a, bIn = bf16 ? toBf16(b, 1) : b;
+      if (!mm || !aIn || !bIn) return false;
+      run(mm.prim, [[ARG_SRC, mm.a, aIn], [ARG_WEIGHTS, mm.b, bIn], [ARG_DST, mm.c, c]]);
       return true;
+    },
+    gemmBf16(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) {
+      // Only the elements op(A) and op(B) span: (rows - 1)·ld + cols of each.
+      const span = (rows: number, cols: number, ld: number) =>
+        rows === 0 ? 0 : (rows - 1) * ld + cols;
+      const aIn = toBf16(a.subarray(0, ta ? span(k, m, lda) : span(m, k, lda)), 0);
+      const bIn = toBf16(b.subarray(0, tb ? span(n, k, ldb) : span(k, n, ldb)), 1);
+      if (!aIn || !bIn) return false;
+      const T = 84, N = 78; // 'T', 'N'
+      return lib.dnnl_gemm_bf16bf16f32(
+        ta ? T : N,
+        tb ? T : N,
+        BigInt(m),
+        BigInt(n),
+        BigInt(k),
+        alpha,
+        aIn,
+        BigInt(lda),
+        bIn,
+        BigInt(ldb),
+        beta,
+        c,
+        BigInt(ldc),
+      ) === 0;
     },
     gelu: (x, y) => gelu.forward(x, y),
     geluBackward: (x, dy, dx) => gelu.backward(x, dy, dx),

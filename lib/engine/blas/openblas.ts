@@ -7,6 +7,8 @@ export const OPENBLAS_ENV = "DP_OPENBLAS";
 export const BLAS_THREADS_ENV = "DP_BLAS_THREADS";
 /** Environment variable that turns the BLAS kernels off when set to `0`. */
 export const BLAS_ENV = "DP_BLAS";
+/** OpenBLAS's own override of its kernel set, read once when the library loads. */
+export const CORETYPE_ENV = "OPENBLAS_CORETYPE";
 
 // Debian's pthread build first (the one measured in engine-facts.md), then sonames for the
 // dynamic loader to resolve through its own search path (the ldconfig cache). ../native_libs.ts
@@ -60,6 +62,8 @@ export interface Blas {
   readonly threads: number;
   /** The kernel set chosen for this CPU ("unknown" when the library does not say). */
   readonly core: string;
+  /** The kernel set was named through OPENBLAS_CORETYPE by the engine (`coreType`), not detected. */
+  readonly coreForced: boolean;
   /** Change the thread count (process-wide: OpenBLAS keeps one pool). */
   setThreads(n: number): void;
   /**
@@ -108,21 +112,43 @@ function threadCount(env: (name: string) => string | undefined): number {
   return Math.max(1, navigator.hardwareConcurrency || 1);
 }
 
+// OpenBLAS reads OPENBLAS_CORETYPE once, as it loads: set it around the dlopen only (as
+// ./onednn_core.ts does for libgomp's wait policy). Returns the undo; a no-op without env
+// permission or where the user set the variable.
+function withCoreType(env: (name: string) => string | undefined, core?: string): () => void {
+  if (!core || env(CORETYPE_ENV) !== undefined) return () => {};
+  try {
+    Deno.env.set(CORETYPE_ENV, core);
+    return () => Deno.env.delete(CORETYPE_ENV);
+  } catch {
+    return () => {};
+  }
+}
+
 /**
  * Open OpenBLAS (uncached): the `DP_OPENBLAS` path first, then the usual Debian paths and
  * sonames. Undefined when `DP_BLAS=0`, when FFI is not permitted, or when nothing opens.
- * `env` reads configuration (tests pass their own).
+ * `env` reads configuration (tests pass their own). `coreType` names the kernel set to use
+ * (unless OPENBLAS_CORETYPE is set): OpenBLAS 0.3.21 detects CPUs newer than itself as its
+ * generic "Prescott" (an Intel Xeon of family 6, model 207 here: sgemm 51 GFLOP/s instead of
+ * SkylakeX's 275), so the engine names the set from the ISA oneDNN detects (`openBlasCoreFor`).
  */
-export function openBlas(env: (name: string) => string | undefined = processEnv): Blas | undefined {
+export function openBlas(
+  env: (name: string) => string | undefined = processEnv,
+  coreType?: string,
+): Blas | undefined {
   if (env(BLAS_ENV) === "0") return undefined;
   const override = env(OPENBLAS_ENV);
   for (const path of override ? [override, ...OPENBLAS_CANDIDATES] : OPENBLAS_CANDIDATES) {
     if (!ffiGranted(path)) continue;
     let lib: Deno.DynamicLibrary<typeof SYMBOLS>;
+    const undo = withCoreType(env, coreType);
     try {
       lib = Deno.dlopen(path, SYMBOLS);
     } catch {
       continue;
+    } finally {
+      undo();
     }
     const s = lib.symbols;
     s.openblas_set_num_threads(threadCount(env));
@@ -133,6 +159,8 @@ export function openBlas(env: (name: string) => string | undefined = processEnv)
     return {
       path,
       core,
+      coreForced: coreType !== undefined && env(CORETYPE_ENV) === undefined &&
+        core.toLowerCase() === coreType.toLowerCase(),
       get threads() {
         return s.openblas_get_num_threads();
       },
@@ -162,10 +190,22 @@ export function openBlas(env: (name: string) => string | undefined = processEnv)
   return undefined;
 }
 
+/**
+ * The OpenBLAS kernel set for a CPU with AVX-512 (as oneDNN reports it), else undefined (leave
+ * the choice to OpenBLAS). SkylakeX even where bf16 exists: its sgemm measured 1.3–1.6× the
+ * Cooperlake set's on an Intel Xeon (family 6, model 207), and sgemm is all the engine calls.
+ */
+export function openBlasCoreFor(isa?: { readonly avx512: boolean }): string | undefined {
+  return isa?.avx512 ? "SkylakeX" : undefined;
+}
+
 let cached: Blas | null | undefined;
 
-/** `openBlas()` once per process (the library and its thread pool are process-wide). */
-export function loadOpenBlas(): Blas | undefined {
-  if (cached === undefined) cached = openBlas() ?? null;
+/**
+ * `openBlas()` once per process (the library and its thread pool are process-wide); the first
+ * call's `coreType` decides the kernel set.
+ */
+export function loadOpenBlas(coreType?: string): Blas | undefined {
+  if (cached === undefined) cached = openBlas(processEnv, coreType) ?? null;
   return cached ?? undefined;
 }
