@@ -2,6 +2,7 @@
 // state_dict names (e.g. `input_blocks.1.0.in_layers.2.weight`). Layout is tfjs-native:
 // conv kernels [kh, kw, in, out], linear weights [in, out]; io/ converts from PyTorch.
 import * as tf from "@tensorflow/tfjs";
+import { releaseOffHeap } from "./offheap_params.ts";
 
 /** Trainable parameters keyed by state_dict name. */
 export type Params = Readonly<Record<string, tf.Variable>>;
@@ -26,7 +27,8 @@ export function toVariables(values: Readonly<Record<string, tf.Tensor>>, trainab
   return out;
 }
 
-/** Dispose every variable of a record. */
+/** Dispose every variable of a record (an off-heap record drops its arrays instead). */
 export function disposeParams(p: Params): void {
+  if (releaseOffHeap(p)) return;
   for (const v of Object.values(p)) v.dispose();
 }

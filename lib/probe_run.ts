@@ -2,7 +2,7 @@
 // frozen model and the train/test splits, the validation part carved from train, and the
 // features of a set of cells for both splits through the cache.
 import { balancedSubset, count, type Dataset, loadDataset } from "./data/dataset.ts";
-import type { Cell } from "./features.ts";
+import type { Cell, FrozenModel } from "./features.ts";
 import { type SplitFeatures, splitFeatures } from "./feature_store.ts";
 import { type LoadedModel, loadFrozenModel } from "./frozen_model.ts";
 import { blockTable, inputShape, type ModelSpec } from "./models/mod.ts";
@@ -20,6 +20,9 @@ import {
   validationSplit,
 } from "./probe.ts";
 import { disposeParams } from "./params.ts";
+import { offHeapParams } from "./offheap_params.ts";
+import { heapLimit } from "./engine/heap_limit.ts";
+import { precision } from "./engine/blas/precision.ts";
 import { progress } from "./progress.ts";
 import { type FlagSpecs, UsageError, type Values } from "./cli.ts";
 
@@ -137,10 +140,15 @@ export async function setupProbe(
   seed: number,
   /** The model of `a.weights`, already loaded (e.g. for a second dataset); else it is loaded. */
   model?: LoadedModel,
+  /** The caller trains the encoder's weights (fine-tuning): keep them as variables. */
+  opts: { readonly trainsEncoder?: boolean } = {},
 ): Promise<ProbeSetup> {
-  const loaded = model ?? await loadFrozenModel(a.weights, "ema", {
+  const fresh = model ?? await loadFrozenModel(a.weights, "ema", {
     randomKey: a["random-weights"] ? foldName(rng(seed), "random-weights") : undefined,
   });
+  const loaded = model || opts.trainsEncoder
+    ? fresh
+    : { ...fresh, model: forInference(fresh.model) };
   const dataset = a.dataset ?? loaded.dataset ?? "fashion-mnist";
   const [size, , channels] = inputShape(loaded.model.spec);
   const load = (split: "train" | "test") =>
@@ -168,6 +176,29 @@ export async function setupProbe(
   };
   const valLabels = Int32Array.from(val, (i) => train.labels[i]);
   return { loaded, dataset, train, test, fit, val, valLabels, recipe, classes, weightsEpochs };
+}
+
+/**
+ * A frozen model whose weights take over a quarter of the wasm heap (adm256: 2.06 of 4 GiB)
+ * moves them off the heap (lib/offheap_params.ts), stored at the engine's precision, with one
+ * line: feature extraction then sizes its batch to a heap that holds activations only.
+ */
+export function forInference(
+  model: FrozenModel,
+  note: (line: string) => void = console.error,
+  limit: number | undefined = heapLimit(),
+): FrozenModel {
+  const params = model.params;
+  let bytes = 0;
+  for (const v of Object.values(params)) bytes += v.size * 4;
+  if (limit === undefined || bytes <= limit / 4) return model;
+  const storage = precision();
+  const moved = offHeapParams(params, storage);
+  note(
+    `features: ${model.spec.name}'s ${(bytes / 2 ** 30).toFixed(2)} GiB of weights ` +
+      `kept off the wasm heap (${storage}), each layer's read in as it runs`,
+  );
+  return { ...model, params: moved };
 }
 
 /** The noise key of feature extraction (one per seed, shared by train and test). */

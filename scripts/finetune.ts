@@ -67,12 +67,17 @@ await runMain(async () => {
   );
   const mode = a.mode as FinetuneMode;
   const engine = await initEngine({ backend: a.backend });
-  const s = await setupProbe({
-    ...a,
-    "random-weights": mode === "scratch",
-    recipe: "paper",
-    epochs: a.epochs,
-  }, a.seed);
+  const s = await setupProbe(
+    {
+      ...a,
+      "random-weights": mode === "scratch",
+      recipe: "paper",
+      epochs: a.epochs,
+    },
+    a.seed,
+    undefined,
+    { trainsEncoder: true }, // every mode runs the encoder inside its train step
+  );
   const spec = s.loaded.model.spec;
   const cell = { t: a.t, block: a.block ?? defaultBlock(spec), pool: a.pool };
   if (s.val.length === 0) throw new UsageError("--val-percent leaves no validation images");

@@ -120,7 +120,7 @@ const FLAGS = {
     maxExclusive: 1,
   },
   out: { kind: "string", help: "checkpoint directory (default: checkpoints/pretrain/<run>)" },
-  run: { kind: "string", help: "run name (default: <dataset>-<config>-seed<seed>)" },
+  run: { kind: "string", help: "run name (default: <dataset>-<config>[-bf16]-seed<seed>)" },
   "checkpoint-every": { kind: "int", default: 250, help: "steps between checkpoints", min: 1 },
   "log-every": { kind: "int", default: 10, help: "steps per point of the loss curve", min: 1 },
   samples: { kind: "int", default: 64, help: "images in the sample grid (0: none)", min: 0 },

@@ -218,7 +218,9 @@ await runMain(async () => {
           recipe: "paper",
           epochs: a["head-epochs"],
         };
-        const s = await setupProbe(setupFlags, seed);
+        const s = await setupProbe(setupFlags, seed, undefined, {
+          trainsEncoder: m !== "frozen-attention",
+        });
         if (s.val.length === 0 || s.fit.length === 0) {
           throw new UsageError(`--percents ${p}: too few labeled images for a validation part`);
         }

@@ -180,6 +180,37 @@ const pretrain: ReportItem[] = [
   },
   {
     kind: "table",
+    id: "pretrain-bf16",
+    section: "pretrain",
+    title: "bf16 mixed precision against fp32: final loss of 1,000-step runs (issue 13)",
+    note: "The `small` U-Net on Fashion-MNIST, batch 32, two seeds per precision. In bf16 the " +
+      "convolutions and matrix products round their inputs to bf16 and accumulate in f32; " +
+      "weights, Adam's moments, the loss and the norms stay fp32. Final loss: the mean of the " +
+      "last 100 steps' losses (`--log-every 1`).",
+    experiments: ["pretrain"],
+    where: { "config.dataset": "fashion-mnist", "config.preset": "small", "config.steps": 1000 },
+    columns: [
+      { key: "run", header: "run", path: "$label" },
+      { key: "seed", header: "seed", path: "config.seed", format: "int" },
+      { key: "engine", header: "engine", path: "env.engine" },
+      { key: "final", header: "final loss (last 100 steps)", path: "metrics.final_loss" },
+      { key: "ips", header: "images/s", path: "metrics.images_per_s" },
+      { key: "cpu", header: "CPU", path: "env.cpu" },
+    ],
+    expected: (["fp32", "bf16"] as const).flatMap((p) =>
+      [0, 1].map((seed) => ({
+        label: `fashion-mnist-small-${p}-1k-seed${seed}`,
+        where: { run: `fashion-mnist-small-${p}-1k-seed${seed}` },
+        command: `deno task pretrain --dataset fashion-mnist --config small --steps 1000 ` +
+          `--log-every 1 --samples 16 --precision ${p} --seed ${seed} ` +
+          `--run fashion-mnist-small-${p}-1k-seed${seed}`,
+      }))
+    ),
+    command: "deno task pretrain --precision bf16",
+    findings: bf16Findings,
+  },
+  {
+    kind: "table",
     id: "sample-runs",
     section: "pretrain",
     title: "Samples",
@@ -1048,6 +1079,42 @@ const numberWhere = (runs: readonly LoadedResult[], where: Where, path: string) 
   const r = runs.find((run) => satisfies(where, { run, label: run.result.run }));
   return r ? num(r, path) : undefined;
 };
+
+/**
+ * Issue 13's fidelity check: each bf16 run's final loss against the fp32 seed-to-seed spread
+ * (the interval between the fp32 seeds' final losses).
+ */
+function bf16Findings(runs: readonly LoadedResult[]): string[] {
+  const final = (p: string) =>
+    runs.filter((r) =>
+      getPath(r.result, "env.engine")?.toString().endsWith("+bf16") === (p === "bf16")
+    )
+      .flatMap((r) => {
+        const v = num(r, "metrics.final_loss"), seed = num(r, "config.seed");
+        return v === undefined ? [] : [{ v, seed }];
+      });
+  const fp32 = final("fp32"), bf16 = final("bf16");
+  if (fp32.length < 2 || bf16.length === 0) return [];
+  const lo = Math.min(...fp32.map((f) => f.v)), hi = Math.max(...fp32.map((f) => f.v));
+  const f4 = (v: number) => v.toFixed(4);
+  const out = [
+    `fp32 seeds ${fp32.map((f) => f.seed).join(", ")}: final loss ${
+      fp32.map((f) => f4(f.v)).join(", ")
+    } (spread ${f4(hi - lo)}).`,
+  ];
+  for (const b of bf16) {
+    const miss = b.v < lo ? lo - b.v : b.v > hi ? b.v - hi : 0;
+    out.push(
+      `bf16 seed ${b.seed}: ${f4(b.v)}, ` +
+        (miss === 0
+          ? "within the fp32 seed-to-seed spread."
+          : `outside the fp32 spread by ${f4(miss)} (${
+            (miss / (hi - lo)).toFixed(2)
+          }× the spread).`),
+    );
+  }
+  return out;
+}
 
 /**
  * Seed 002's claim: pre-training helps most with the fewest labels. Per share of labels, the

@@ -3,6 +3,8 @@
 // through a reorder into the blocked layout oneDNN picks ("any"), which lets it use its direct
 // AVX-512 kernels (brgconv / jit:avx512_core): 1.3–2.7× faster than im2col + sgemm per pass on
 // the U-Net's 3×3 convs here, single-threaded. Weights are small, so the reorders are cheap.
+// In bf16 (./precision.ts) the same primitives read bf16 activations, weights and incoming
+// gradients (rounded into scratch per call) and write f32 outputs and weight gradients.
 // Loading (./onednn_core.ts) never throws: no library, no FFI permission or DP_ONEDNN=0 yields
 // undefined, and any geometry oneDNN refuses returns false so the caller takes the sgemm route.
 import type { ConvGeometry } from "./conv.ts";
