@@ -15,7 +15,7 @@ import { NATIVE_ENV, nativeCacheRoot, runCommand, type Runner, sha256Hex } from 
 
 type Env = (name: string) => string | undefined;
 
-const SOURCES = ["group_norm.c", "layer_norm.c"].map((f) =>
+const SOURCES = ["group_norm.c", "layer_norm.c", "copy.c"].map((f) =>
   fileURLToPath(new URL(`./native/${f}`, import.meta.url))
 );
 const FLAGS = ["-O3", "-shared", "-fPIC", "-ffp-contract=off"];
@@ -24,7 +24,7 @@ const FLAGS = ["-O3", "-shared", "-fPIC", "-ffp-contract=off"];
 // collected DynamicLibrary, and when it is libgomp's only user that unloads libgomp under its
 // parked worker threads (a segfault seen in the tests, which load several builds).
 const OPENMP = ["-fopenmp", "-Wl,-z,nodelete"];
-const ABI = 3;
+const ABI = 4;
 const COMPILE_MS = 60_000;
 
 const SYMBOLS = {
@@ -45,6 +45,10 @@ const SYMBOLS = {
     parameters: ["buffer", "buffer", "buffer", "buffer", "buffer", "buffer", "i64", "i64", "i64"],
     result: "void",
   },
+  dp_copy_blocks: {
+    parameters: ["buffer", "i64", "i64", "i64", "i64", "i64", "i64"],
+    result: "void",
+  },
   dp_ln_mod: {
     parameters: ["buffer", "buffer", "buffer", "buffer", "i64", "i64", "i64", "f64"],
     result: "void",
@@ -59,8 +63,8 @@ const SYMBOLS = {
 } as const;
 
 /** The kernels in C: GroupNorm's passes over `n` examples of rows of `c` channels, with
- * per-example coefficients and sums [n, c] (native/group_norm.c), and adaLN over x [n, t, d]
- * with scale, shift [n, d] (native/layer_norm.c). */
+ * per-example coefficients and sums [n, c] (native/group_norm.c), adaLN over x [n, t, d]
+ * with scale, shift [n, d] (native/layer_norm.c), and strided block copies (native/copy.c). */
 export interface NativeKernels {
   /** The loaded library's path (for the engine line). */
   readonly path: string;
@@ -83,6 +87,19 @@ export interface NativeKernels {
     R: Float32Array,
     out: Float32Array,
     c: number,
+  ): void;
+  /**
+   * `blocks` runs of `len` words from word offset src (stride srcStride) to dst (stride
+   * dstStride) of `heap`, the runs not overlapping.
+   */
+  copyBlocks(
+    heap: Int32Array,
+    src: number,
+    srcStride: number,
+    dst: number,
+    dstStride: number,
+    len: number,
+    blocks: number,
   ): void;
   lnModulate(
     x: Float32Array,
@@ -128,6 +145,16 @@ export function loadNativeKernels(path: string): NativeKernels | undefined {
       s.dp_gn_silu_sums(dy, y1, sg, x, S1, S2, ...dims(dy, S1, c)),
     affine: (x, A, B, y, c) => s.dp_gn_affine(x, A, B, y, ...dims(x, A, c)),
     affine2: (d, P, x, Q, R, out, c) => s.dp_gn_affine2(d, P, x, Q, R, out, ...dims(d, P, c)),
+    copyBlocks: (heap, src, srcStride, dst, dstStride, len, blocks) =>
+      s.dp_copy_blocks(
+        heap,
+        BigInt(src),
+        BigInt(srcStride),
+        BigInt(dst),
+        BigInt(dstStride),
+        BigInt(len),
+        BigInt(blocks),
+      ),
     lnModulate: (x, scale, shift, y, [n, t, d], eps) =>
       s.dp_ln_mod(x, scale, shift, y, BigInt(n), BigInt(t), BigInt(d), eps),
     lnModulateGrad: (dy, x, scale, g, [n, t, d], eps) =>

@@ -14,6 +14,7 @@ import {
   setNativeKernels,
 } from "../../lib/engine/native_kernels.ts";
 import { runCommand, type Runner } from "../../lib/engine/native_libs.ts";
+import { copyBlocks } from "../../lib/engine/wasm_kernels/copy.ts";
 
 const hasCc = (await runCommand("cc", ["--version"], { timeoutMs: 10_000 })).code === 0;
 
@@ -177,6 +178,35 @@ Deno.test({
           close(c2[kind][key], js[kind][key], `${kind} ${key}`);
         }
       }
+    }
+  },
+});
+
+Deno.test({
+  name: "native kernels: block copies (Concat, SplitV) equal the JS copies, threaded or not",
+  ignore: !hasCc,
+  fn: async () => {
+    const k = await prepareNativeKernels({ log: () => {} }) as NativeKernels;
+    assert.ok(k);
+    // A U-Net skip join (rows of 32 and 64 words into rows of 96, past the threading threshold),
+    // short rows, and one row.
+    for (
+      const [len, blocks, dstStride] of [[32, 3136, 96], [64, 3136, 96], [3, 50, 7], [40, 1, 40]]
+    ) {
+      const words = 2 * (len * blocks + dstStride * blocks);
+      const heap = Int32Array.from({ length: words }, (_, i) => (i * 2654435761) | 0);
+      const src = 5, dst = len * blocks + 11;
+      const js = heap.slice();
+      copyBlocks(js, src, len, dst, dstStride, len, blocks); // no kernels installed: JS
+      const c = heap.slice();
+      setNativeKernels(k);
+      try {
+        copyBlocks(c, src, len, dst, dstStride, len, blocks);
+      } finally {
+        setNativeKernels(undefined);
+      }
+      assert.deepEqual(c, js, `len ${len} × ${blocks}`);
+      assert.notDeepEqual(js, heap, "the copy wrote");
     }
   },
 });

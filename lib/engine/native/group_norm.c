@@ -18,8 +18,8 @@
 
 enum { CHUNK = 512 };
 
-/** The ABI this file implements; the loader checks it. */
-int32_t dp_gn_abi(void) { return 3; }
+/** The ABI of the whole library (every lib/engine/native/*.c); the loader checks it. */
+int32_t dp_gn_abi(void) { return 4; }
 
 /** S1[ch] = Σ_rows d, S2[ch] = Σ_rows d·x. */
 CLONES static void sums1(const float* d, const float* x, double* S1, double* S2, int64_t rows,

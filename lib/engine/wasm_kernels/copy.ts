@@ -5,6 +5,7 @@
 import * as tf from "@tensorflow/tfjs";
 import type { WasmBackendLike } from "./delegate.ts";
 import { runBuiltin } from "./builtins.ts";
+import { nativeKernels } from "../native_kernels.ts";
 
 /** The heap-level parts of the wasm backend these kernels use. */
 export interface WasmHeapBackend extends WasmBackendLike {
@@ -29,7 +30,9 @@ const sizeOf = (shape: readonly number[]) => shape.reduce((a, d) => a * d, 1);
 
 /**
  * Copy `blocks` runs of `len` words from src (stride `srcStride`) to dst (stride `dstStride`),
- * all inside `heap`. Short runs go word by word: a copyWithin call costs more than ~16 words.
+ * all inside `heap`, the runs not overlapping: in one C call where the compiled kernels loaded
+ * (../native/copy.c), else in JS, where short runs go word by word (a copyWithin call costs
+ * more than ~16 words).
  */
 export function copyBlocks(
   heap: Int32Array,
@@ -40,6 +43,10 @@ export function copyBlocks(
   len: number,
   blocks: number,
 ): void {
+  const native = nativeKernels();
+  if (native && blocks > 1) {
+    return native.copyBlocks(heap, src, srcStride, dst, dstStride, len, blocks);
+  }
   if (len >= 16) {
     for (let i = 0; i < blocks; i++, src += srcStride, dst += dstStride) {
       heap.copyWithin(dst, src, src + len);
