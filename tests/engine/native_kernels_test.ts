@@ -1,5 +1,6 @@
 // lib/engine/native_kernels.ts: the C GroupNorm passes against the JS loops, and the compile
 // cache (built once, reused, a corrupt entry rebuilt, a failing or absent cc, the opt-out).
+import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import {
@@ -207,6 +208,51 @@ Deno.test({
       }
       assert.deepEqual(c, js, `len ${len} × ${blocks}`);
       assert.notDeepEqual(js, heap, "the copy wrote");
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "native kernels: GroupNorm + SiLU fused in C agrees with the JS route to 1e-6, gradients too",
+  ignore: !hasCc,
+  fn: async () => {
+    const { initEngine } = await import("../../lib/engine/mod.ts");
+    const { groupNormScaleShift } = await import("../../lib/engine/fused/group_norm.ts");
+    await initEngine({ backend: "wasm", announce: false });
+    const k = await prepareNativeKernels({ log: () => {} }) as NativeKernels;
+    const before = setNativeKernels(undefined);
+    const [n, s, c, g] = [3, 6, 64, 8];
+    const wave = (len: number, f: number, a: number) =>
+      tf.tensor(Float32Array.from({ length: len }, (_, i) => a * Math.sin(i * f)));
+    const x = tf.reshape(wave(n * s * s * c, 0.37, 3), [n, s, s, c]);
+    const gamma = tf.add(wave(c, 0.7, 0.5), 1), beta = wave(c, 0.3, 1);
+    const scale = tf.reshape(wave(n * c, 0.9, 0.4), [n, 1, 1, c]);
+    const shift = tf.reshape(wave(n * c, 1.1, 0.4), [n, 1, 1, c]);
+    const dy = tf.reshape(wave(n * s * s * c, 0.13, 1), [n, s, s, c]);
+    const run = () =>
+      tf.tidy(() => {
+        const f = (a: tf.Tensor, b: tf.Tensor, bb: tf.Tensor, sc: tf.Tensor, sh: tf.Tensor) =>
+          groupNormScaleShift(a, b, bb, sc, sh, g, 1e-5, true);
+        const y = f(x, gamma, beta, scale, shift);
+        const grads = tf.grads(f)([x, gamma, beta, scale, shift], dy);
+        return [y, ...grads].map((t) => t.dataSync() as Float32Array);
+      });
+    try {
+      const js = run();
+      setNativeKernels(k);
+      const fused = run();
+      fused.forEach((a, i) => {
+        let err = 0, scaleMax = 0;
+        for (let j = 0; j < a.length; j++) {
+          err = Math.max(err, Math.abs(a[j] - js[i][j]));
+          scaleMax = Math.max(scaleMax, Math.abs(js[i][j]));
+        }
+        assert.ok(err <= 1e-6 * scaleMax, `output ${i}: ${err} of ${scaleMax}`);
+      });
+    } finally {
+      setNativeKernels(before);
+      tf.dispose([x, gamma, beta, scale, shift, dy]);
     }
   },
 });

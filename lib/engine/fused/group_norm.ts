@@ -6,7 +6,9 @@
 //   y0 = x̂·γ[c] + β[c]                                  plain GroupNorm
 //   y1 = y0·(1 + scale[n, c]) + shift[n, c]             ADM use_scale_shift_norm (unet.py)
 //   y  = silu(y1) = y1·σ(y1)                            when `silu`
-// Forward folds everything into y1 = x·A[n, c] + B[n, c]. Backward, with d = ∂L/∂y1 and
+// Forward folds everything into y1 = x·A[n, c] + B[n, c]; where the C kernels are built, the
+// SiLU runs in the same pass forward, and backward its derivative joins the first gradient pass
+// (y1 recomputed from x: 3 passes over the activation instead of 5). Backward, with d = ∂L/∂y1 and
 // k = (1 + scale)·γ:  S1 = Σ_s d, S2 = Σ_s d·x, T = Σ_s d·x̂ = r·(S2 − m·S1) per (n, c);
 //   ∂shift = S1, ∂scale = γ·T + β·S1, ∂β = Σ_n (1+scale)·S1, ∂γ = Σ_n (1+scale)·T,
 //   ∂x = r·(k·d − mean_g(k·d) − x̂·mean_g(k·d·x̂)), an affine map of (d, x) per channel.
@@ -175,6 +177,14 @@ function affine2Rows(
   }
 }
 
+/** Every example's A, B [N, C] (`coefficients`), as the C kernels take them. */
+function allCoefficients(d: GnDims, st: GnStats, p: GnParams) {
+  const { n: nb, c } = d;
+  const A = new Float32Array(nb * c), B = new Float32Array(nb * c);
+  for (let n = 0; n < nb; n++) coefficients(n, d, st, p, ofExample(A, n, c), ofExample(B, n, c));
+  return { A, B };
+}
+
 /** y1 ← GN(x)·(1 + scale) + shift, one pass over x. */
 export function groupNormAffine(
   x: Float32Array,
@@ -184,8 +194,7 @@ export function groupNormAffine(
   y: Float32Array,
 ): void {
   const { n: nb, s, c } = d;
-  const A = new Float32Array(nb * c), B = new Float32Array(nb * c);
-  for (let n = 0; n < nb; n++) coefficients(n, d, st, p, ofExample(A, n, c), ofExample(B, n, c));
+  const { A, B } = allCoefficients(d, st, p);
   const native = nativeKernels();
   if (native) return native.affine(x, A, B, y, c);
   for (let n = 0; n < nb; n++) {
@@ -215,14 +224,9 @@ export function groupNormBackward(
   out: GnGrads,
   silu?: { readonly y1: Float32Array; readonly s: Float32Array },
 ): void {
-  const { n: nb, s, c, g } = d;
-  const cpg = c / g, count = s * cpg;
-  const { dx } = out;
-  // Per-example sums and coefficients [N, C], so that the C kernels take every example at once.
-  const S1all = new Float64Array(nb * c), S2all = new Float64Array(nb * c), T = new Float64Array(c);
-  const Pall = new Float32Array(nb * c), Qall = new Float32Array(nb * c);
-  const Rall = new Float32Array(nb * c);
-  const dgamma = new Float64Array(c), dbeta = new Float64Array(c);
+  const { n: nb, s, c } = d;
+  // Per-example sums [N, C], so that the C kernels take every example at once.
+  const S1all = new Float64Array(nb * c), S2all = new Float64Array(nb * c);
   const dd = silu ? silu.s : dy; // ∂L/∂y1 after pass 1
   const native = nativeKernels();
   // Pass 1: ∂L/∂y1 (through SiLU if any), S1 = Σ_s d and S2 = Σ_s d·x per example and channel.
@@ -246,6 +250,31 @@ export function groupNormBackward(
       }
     }
   }
+  finishBackward(dd, x, d, st, p, out, S1all, S2all);
+}
+
+/**
+ * GroupNorm's gradients from dd = ∂L/∂y1 and its sums S1 = Σ_s dd, S2 = Σ_s dd·x [N, C]: the
+ * parameter gradients, then dx = P·dd + Q·x + R per channel (dx may be dd's own buffer).
+ */
+function finishBackward(
+  dd: Float32Array,
+  x: Float32Array,
+  d: GnDims,
+  st: GnStats,
+  p: GnParams,
+  out: GnGrads,
+  S1all: Float64Array,
+  S2all: Float64Array,
+): void {
+  const { n: nb, s, c, g } = d;
+  const cpg = c / g, count = s * cpg;
+  const { dx } = out;
+  const T = new Float64Array(c);
+  const Pall = new Float32Array(nb * c), Qall = new Float32Array(nb * c);
+  const Rall = new Float32Array(nb * c);
+  const dgamma = new Float64Array(c), dbeta = new Float64Array(c);
+  const native = nativeKernels();
   for (let n = 0; n < nb; n++) {
     const S1 = ofExample(S1all, n, c), S2 = ofExample(S2all, n, c);
     // Per-channel parameter gradients, then dx = P·d + Q·x + R per channel.
@@ -311,13 +340,15 @@ function forwardKernel(args: KernelArgs): tf.TensorInfo {
   const d = gnDims(x.shape, attrs.groups);
   const y1 = backend.makeOutput([...x.shape], "float32");
   const xv = f32View(backend, x);
-  groupNormAffine(
-    xv,
-    d,
-    groupNormStats(xv, d, attrs.eps),
-    params(backend, inputs),
-    f32View(backend, y1),
-  );
+  const st = groupNormStats(xv, d, attrs.eps);
+  const native = nativeKernels();
+  if (attrs.silu && native) {
+    // The affine map and SiLU in one C pass.
+    const { A, B } = allCoefficients(d, st, params(backend, inputs));
+    native.affineSilu(xv, A, B, f32View(backend, y1), d.c);
+    return y1;
+  }
+  groupNormAffine(xv, d, st, params(backend, inputs), f32View(backend, y1));
   if (!attrs.silu) return y1;
   const y = wasmSilu(backend, y1);
   backend.disposeData(y1.dataId);
@@ -341,6 +372,20 @@ function gradKernel(args: KernelArgs): tf.TensorInfo[] {
     outs.push(backend.makeOutput([...shift.shape], "float32"));
   }
   const st = groupNormStats(f32View(backend, x), d, attrs.eps);
+  const native = nativeKernels();
+  if (attrs.silu && native) {
+    // y1 recomputed, SiLU's backward and the gradient sums in one C pass writing ∂L/∂y1 into
+    // dx's buffer, which the last pass then overwrites with dx in place.
+    const p = params(backend, inputs);
+    const { A, B } = allCoefficients(d, st, p);
+    const S1 = new Float64Array(d.n * d.c), S2 = new Float64Array(d.n * d.c);
+    const v = outs.map((o) => f32View(backend, o));
+    const xv = f32View(backend, x);
+    native.siluGradSums(f32View(backend, dy), xv, A, B, v[0], S1, S2, d.c);
+    const grads = { dx: v[0], dgamma: v[1], dbeta: v[2], dscale: v[3], dshift: v[4] };
+    finishBackward(v[0], xv, d, st, p, grads, S1, S2);
+    return outs;
+  }
   const dnn = attrs.silu ? oneDnnSilu() : undefined;
   if (dnn) {
     // y1 into dx's buffer, ∂L/∂y1 = SiLU'(y1)·dy by oneDNN into a temporary, then plain GN grads.
