@@ -15,9 +15,10 @@ import { NATIVE_ENV, nativeCacheRoot, runCommand, type Runner, sha256Hex } from 
 
 type Env = (name: string) => string | undefined;
 
-const SOURCES = ["group_norm.c", "layer_norm.c", "copy.c"].map((f) =>
-  fileURLToPath(new URL(`./native/${f}`, import.meta.url))
-);
+const native = (f: string) => fileURLToPath(new URL(`./native/${f}`, import.meta.url));
+const SOURCES = ["group_norm.c", "layer_norm.c", "copy.c", "softmax.c"].map(native);
+// Included by the sources: part of the cache key, not of the compile command.
+const HEADERS = ["exp.h"].map(native);
 // -fno-trapping-math lets gcc vectorise the clamps of group_norm.c's exp (no FP traps are
 // enabled; values are unchanged).
 const FLAGS = ["-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-trapping-math"];
@@ -26,7 +27,7 @@ const FLAGS = ["-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-trapping-ma
 // collected DynamicLibrary, and when it is libgomp's only user that unloads libgomp under its
 // parked worker threads (a segfault seen in the tests, which load several builds).
 const OPENMP = ["-fopenmp", "-Wl,-z,nodelete"];
-const ABI = 5;
+const ABI = 6;
 const COMPILE_MS = 60_000;
 
 const SYMBOLS = {
@@ -62,6 +63,11 @@ const SYMBOLS = {
     parameters: ["buffer", "i64", "i64", "i64", "i64", "i64", "i64"],
     result: "void",
   },
+  dp_softmax: { parameters: ["buffer", "buffer", "i64", "i64", "f32"], result: "void" },
+  dp_softmax_grad: {
+    parameters: ["buffer", "buffer", "buffer", "i64", "i64", "f32"],
+    result: "void",
+  },
   dp_ln_mod: {
     parameters: ["buffer", "buffer", "buffer", "buffer", "i64", "i64", "i64", "f64"],
     result: "void",
@@ -77,7 +83,8 @@ const SYMBOLS = {
 
 /** The kernels in C: GroupNorm's passes over `n` examples of rows of `c` channels, with
  * per-example coefficients and sums [n, c] (native/group_norm.c), adaLN over x [n, t, d]
- * with scale, shift [n, d] (native/layer_norm.c), and strided block copies (native/copy.c). */
+ * with scale, shift [n, d] (native/layer_norm.c), strided block copies (native/copy.c), and
+ * attention's softmax along rows of n (native/softmax.c). */
 export interface NativeKernels {
   /** The loaded library's path (for the engine line). */
   readonly path: string;
@@ -130,6 +137,10 @@ export interface NativeKernels {
     len: number,
     blocks: number,
   ): void;
+  /** p = softmax(scale·s) along each row of n (exp relative error ~1e-7). */
+  softmax(s: Float32Array, p: Float32Array, n: number, scale: number): void;
+  /** ds = scale·p⊙(dp − Σ_row dp⊙p) along each row of n: softmax(scale·s)'s backward. */
+  softmaxGrad(p: Float32Array, dp: Float32Array, ds: Float32Array, n: number, scale: number): void;
   lnModulate(
     x: Float32Array,
     scale: Float32Array,
@@ -187,6 +198,9 @@ export function loadNativeKernels(path: string): NativeKernels | undefined {
         BigInt(len),
         BigInt(blocks),
       ),
+    softmax: (sc, p, n, scale) => s.dp_softmax(sc, p, BigInt(sc.length / n), BigInt(n), scale),
+    softmaxGrad: (p, dp, ds, n, scale) =>
+      s.dp_softmax_grad(p, dp, ds, BigInt(p.length / n), BigInt(n), scale),
     lnModulate: (x, scale, shift, y, [n, t, d], eps) =>
       s.dp_ln_mod(x, scale, shift, y, BigInt(n), BigInt(t), BigInt(d), eps),
     lnModulateGrad: (dy, x, scale, g, [n, t, d], eps) =>
@@ -250,7 +264,8 @@ export async function prepareNativeKernels(
   if (!root) return skip("no HOME for the cache");
   let source: string;
   try {
-    source = (await Promise.all(SOURCES.map((f) => Deno.readTextFile(f)))).join("\n");
+    source = (await Promise.all([...SOURCES, ...HEADERS].map((f) => Deno.readTextFile(f))))
+      .join("\n");
   } catch (e) {
     return skip(`cannot read the C sources (${e})`);
   }

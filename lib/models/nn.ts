@@ -6,6 +6,7 @@ import * as tf from "@tensorflow/tfjs";
 import { foldName, normal, type Rng, uniform } from "../random.ts";
 import * as fused from "../engine/fused/mod.ts";
 import * as fusedLn from "../engine/fused/layer_norm.ts";
+import { scaledSoftmax, scaledSoftmaxGrad } from "../engine/fused/softmax.ts";
 import { type Params, type ParamShapes, toVariables } from "../params.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -253,10 +254,10 @@ export type QkvOrder = "legacy" | "new";
 
 // softmax(q·kᵀ·s)·v over [B, T, ch] with a hand-written gradient that keeps only q, k, v for the
 // backward pass and recomputes the probabilities there: they are the largest activation (B·T²
-// per block), and the wasm backend copies every tensor the tape keeps.
+// per block), and the wasm backend copies every tensor the tape keeps. The softmax and its
+// backward are one fused kernel each on wasm (engine/fused/softmax.ts).
 function attendWith(scale: number) {
-  const probs = (q: tf.Tensor, k: tf.Tensor) =>
-    tf.softmax(tf.mul(tf.matMul(q, k, false, true), scale));
+  const probs = (q: tf.Tensor, k: tf.Tensor) => scaledSoftmax(tf.matMul(q, k, false, true), scale);
   return tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
     const [q, k, v] = args as tf.Tensor[];
     (args[3] as tf.GradSaveFunc)([q, k, v]);
@@ -267,7 +268,7 @@ function attendWith(scale: number) {
           const [qs, ks, vs] = saved;
           const pr = probs(qs, ks); // [B, T, T]
           const dp = tf.matMul(dy, vs, false, true);
-          const ds = tf.mul(tf.mul(pr, tf.sub(dp, tf.sum(tf.mul(dp, pr), -1, true))), scale); // softmax backward
+          const ds = scaledSoftmaxGrad(pr, dp, scale);
           return [
             tf.matMul(ds, ks),
             tf.matMul(ds, qs, true, false),

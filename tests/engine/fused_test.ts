@@ -171,3 +171,34 @@ Deno.test("adaLN fused in C on wasm matches the composed LayerNorm·(1 + scale) 
     tf.dispose([x, s]);
   }
 });
+
+Deno.test("scaledSoftmax and its gradient, fused on wasm, match composed ops on cpu", async () => {
+  const { scaledSoftmax, scaledSoftmaxGrad } = await import("../../lib/engine/fused/softmax.ts");
+  // Rows shorter and longer than the kernel's 16 lanes, and one large spread of scores (exp's
+  // clamp: e^(s − max) underflows to 0 far below the maximum).
+  for (
+    const [i, [shape, scale, lo, hi]] of ([
+      [[4, 7, 7], 0.5, -3, 3],
+      [[2, 5, 49], 0.176, -4, 4],
+      [[3, 2, 196], 1, -60, 60],
+    ] as const).entries()
+  ) {
+    const inputs = [input(200 + i, [...shape], lo, hi), input(210 + i, [...shape])];
+    const f =
+      (softmax: (s: tf.Tensor, c: number) => tf.Tensor, grad: typeof scaledSoftmaxGrad) =>
+      (s: tf.Tensor, dp: tf.Tensor) => {
+        const p = softmax(s, scale);
+        return [p, grad(p, dp, scale)];
+      };
+    const got = await on("wasm", inputs, f(scaledSoftmax, scaledSoftmaxGrad));
+    const want = await on(
+      "cpu",
+      inputs,
+      f(
+        (s, c) => tf.softmax(tf.mul(s, c)),
+        (p, dp, c) => tf.mul(tf.mul(p, tf.sub(dp, tf.sum(tf.mul(dp, p), -1, true))), c),
+      ),
+    );
+    assertOutputsClose(got, want, 1e-6, `scaledSoftmax ${shape}`);
+  }
+});

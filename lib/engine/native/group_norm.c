@@ -9,7 +9,8 @@
 // oneDNN set, when built with -fopenmp): each example is computed alone, so any thread count
 // gives the same bits.
 #include <stdint.h>
-#include <string.h>
+
+#include "exp.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -20,39 +21,10 @@
 enum { CHUNK = 512 };
 
 /** The ABI of the whole library (every lib/engine/native/*.c); the loader checks it. */
-int32_t dp_gn_abi(void) { return 5; }
+int32_t dp_gn_abi(void) { return 6; }
 
-// e^x in float, relative error about 1e-7 on [lo, hi] = [-87, 88] (x clamped there): x = k·ln2
-// + r with |r| <= ln2/2 (Cody–Waite, ln2 in two parts), Cephes' degree-5 polynomial for e^r, and
-// 2^k put into the exponent bits. Branch-free (k rounded by adding and subtracting 1.5·2^23), so
-// the loops that call it vectorise (libm's expf is a scalar call per element). The bounds come
-// in at run time from `dp_exp_bounds`: with literal bounds gcc folds the clamped cases into
-// constants and multiplies every lane by σ(−88) ≈ 6e-39, a subnormal, which costs a microcode
-// assist per element (10 ns instead of 1 here).
+// The clamp bounds of exp_f (./exp.h), read at run time.
 float dp_exp_bounds[2] = {-87.0f, 88.0f};
-
-static inline float exp_f(float x, float lo, float hi) {
-  x = x < lo ? lo : (x > hi ? hi : x);
-  const float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = x - k * 0.693359375f;
-  r = r - k * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = ((int32_t)k + 127) << 23;
-  float scale;
-  memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
-
-/** σ(v) = 1/(1 + e^−v). */
-static inline float sigmoid_f(float v, float lo, float hi) {
-  return 1.0f / (1.0f + exp_f(-v, lo, hi));
-}
 
 /** S1[ch] = Σ_rows d, S2[ch] = Σ_rows d·x. */
 CLONES static void sums1(const float* d, const float* x, double* S1, double* S2, int64_t rows,
@@ -194,9 +166,14 @@ void dp_gn_affine_silu(const float* x, const float* A, const float* B, float* y,
                        int64_t rows, int64_t c) {
   const int64_t e = rows * c;
   const float lo = dp_exp_bounds[0], hi = dp_exp_bounds[1];
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; i++) {
-    affine_silu1(x + i * e, A + i * c, B + i * c, y + i * e, rows, c, lo, hi);
+#pragma omp parallel
+  {
+    const unsigned csr = ftz_begin(); // not bit-matched to the JS route: subnormals flushed
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+      affine_silu1(x + i * e, A + i * c, B + i * c, y + i * e, rows, c, lo, hi);
+    }
+    ftz_end(csr);
   }
 }
 
@@ -204,10 +181,15 @@ void dp_gn_silu_grad_sums(const float* dy, const float* x, const float* A, const
                           float* dd, double* S1, double* S2, int64_t n, int64_t rows, int64_t c) {
   const int64_t e = rows * c;
   const float lo = dp_exp_bounds[0], hi = dp_exp_bounds[1];
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; i++) {
-    silu_grad_sums1(dy + i * e, x + i * e, A + i * c, B + i * c, dd + i * e, S1 + i * c,
-                    S2 + i * c, rows, c, lo, hi);
+#pragma omp parallel
+  {
+    const unsigned csr = ftz_begin(); // not bit-matched to the JS route: subnormals flushed
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+      silu_grad_sums1(dy + i * e, x + i * e, A + i * c, B + i * c, dd + i * e, S1 + i * c,
+                      S2 + i * c, rows, c, lo, hi);
+    }
+    ftz_end(csr);
   }
 }
 

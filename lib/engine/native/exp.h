@@ -1,0 +1,66 @@
+// exp and the logistic function in float for the C kernels (group_norm.c, softmax.c), inlined
+// into their loops so those vectorise (libm's expf is a scalar call per element).
+//
+// e^x, relative error about 1e-7 on [lo, hi] = [-87, 88] (x clamped there): x = k·ln2 + r with
+// |r| <= ln2/2 (Cody–Waite, ln2 in two parts), Cephes' degree-5 polynomial for e^r, and 2^k put
+// into the exponent bits. Branch-free (k rounded by adding and subtracting 1.5·2^23). The bounds
+// come in at run time from `dp_exp_bounds` (defined in group_norm.c): with literal bounds gcc
+// folds the clamped cases into constants and multiplies every lane by σ(−88) ≈ 6e-39, a
+// subnormal, which costs a microcode assist per element (10 ns instead of 1 here).
+#ifndef DP_EXP_H
+#define DP_EXP_H
+
+#include <stdint.h>
+#include <string.h>
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
+
+extern float dp_exp_bounds[2];
+
+// Subnormal floats cost a microcode assist per operation on x86 (~100 cycles): a DiT's attention
+// gradient, scaled by adaLN gates that start at zero, is full of them (its softmax backward ran
+// 7× slower). Kernels whose results need not match another route bit for bit flush them to zero
+// (FTZ and DAZ in MXCSR) for their own duration on each thread, restoring the caller's mode after.
+static inline unsigned ftz_begin(void) {
+#if defined(__SSE__)
+  const unsigned old = _mm_getcsr();
+  _mm_setcsr(old | 0x8040u);
+  return old;
+#else
+  return 0;
+#endif
+}
+
+static inline void ftz_end(unsigned old) {
+#if defined(__SSE__)
+  _mm_setcsr(old);
+#else
+  (void)old;
+#endif
+}
+
+static inline float exp_f(float x, float lo, float hi) {
+  x = x < lo ? lo : (x > hi ? hi : x);
+  const float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = x - k * 0.693359375f;
+  r = r - k * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = ((int32_t)k + 127) << 23;
+  float scale;
+  memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+/** σ(v) = 1/(1 + e^−v). */
+static inline float sigmoid_f(float v, float lo, float hi) {
+  return 1.0f / (1.0f + exp_f(-v, lo, hi));
+}
+
+#endif
