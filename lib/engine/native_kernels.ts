@@ -16,7 +16,7 @@ import { NATIVE_ENV, nativeCacheRoot, runCommand, type Runner, sha256Hex } from 
 type Env = (name: string) => string | undefined;
 
 const native = (f: string) => fileURLToPath(new URL(`./native/${f}`, import.meta.url));
-const SOURCES = ["group_norm.c", "layer_norm.c", "copy.c", "softmax.c"].map(native);
+const SOURCES = ["group_norm.c", "layer_norm.c", "copy.c", "softmax.c", "reduce.c"].map(native);
 // Included by the sources: part of the cache key, not of the compile command.
 const HEADERS = ["exp.h"].map(native);
 // -fno-trapping-math lets gcc vectorise the clamps of group_norm.c's exp (no FP traps are
@@ -27,7 +27,7 @@ const FLAGS = ["-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-trapping-ma
 // collected DynamicLibrary, and when it is libgomp's only user that unloads libgomp under its
 // parked worker threads (a segfault seen in the tests, which load several builds).
 const OPENMP = ["-fopenmp", "-Wl,-z,nodelete"];
-const ABI = 6;
+const ABI = 7;
 const COMPILE_MS = 60_000;
 
 const SYMBOLS = {
@@ -63,6 +63,7 @@ const SYMBOLS = {
     parameters: ["buffer", "i64", "i64", "i64", "i64", "i64", "i64"],
     result: "void",
   },
+  dp_column_sums: { parameters: ["buffer", "i64", "i64", "buffer"], result: "i32" },
   dp_softmax: { parameters: ["buffer", "buffer", "i64", "i64", "f32"], result: "void" },
   dp_softmax_grad: {
     parameters: ["buffer", "buffer", "buffer", "i64", "i64", "f32"],
@@ -84,7 +85,7 @@ const SYMBOLS = {
 /** The kernels in C: GroupNorm's passes over `n` examples of rows of `c` channels, with
  * per-example coefficients and sums [n, c] (native/group_norm.c), adaLN over x [n, t, d]
  * with scale, shift [n, d] (native/layer_norm.c), strided block copies (native/copy.c), and
- * attention's softmax along rows of n (native/softmax.c). */
+ * attention's softmax along rows of n (native/softmax.c), and column sums (native/reduce.c). */
 export interface NativeKernels {
   /** The loaded library's path (for the engine line). */
   readonly path: string;
@@ -137,6 +138,8 @@ export interface NativeKernels {
     len: number,
     blocks: number,
   ): void;
+  /** out[j] = Σ_i x[i·inner + j], in double as reduce.ts's JS loop; false when out of memory. */
+  columnSums(x: Float32Array, rows: number, inner: number, out: Float32Array): boolean;
   /** p = softmax(scale·s) along each row of n (exp relative error ~1e-7). */
   softmax(s: Float32Array, p: Float32Array, n: number, scale: number): void;
   /** ds = scale·p⊙(dp − Σ_row dp⊙p) along each row of n: softmax(scale·s)'s backward. */
@@ -198,6 +201,8 @@ export function loadNativeKernels(path: string): NativeKernels | undefined {
         BigInt(len),
         BigInt(blocks),
       ),
+    columnSums: (x, rows, inner, out) =>
+      s.dp_column_sums(x, BigInt(rows), BigInt(inner), out) === 0,
     softmax: (sc, p, n, scale) => s.dp_softmax(sc, p, BigInt(sc.length / n), BigInt(n), scale),
     softmaxGrad: (p, dp, ds, n, scale) =>
       s.dp_softmax_grad(p, dp, ds, BigInt(p.length / n), BigInt(n), scale),

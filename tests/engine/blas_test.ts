@@ -15,6 +15,7 @@ import {
 } from "../../lib/engine/blas/mod.ts";
 import { planMatMul } from "../../lib/engine/blas/matmul.ts";
 import { openBlasCoreFor } from "../../lib/engine/blas/openblas.ts";
+import { nativeKernels, setNativeKernels } from "../../lib/engine/native_kernels.ts";
 import { decodeIsa } from "../../lib/engine/blas/onednn_core.ts";
 
 await initEngine({ backend: "wasm", announce: false });
@@ -135,14 +136,22 @@ Deno.test({
 });
 
 Deno.test({
-  name: "Sum over leading and middle axes (column sums on sgemm) matches cpu",
+  name: "Sum over leading and middle axes (column sums on sgemm, and in C) matches cpu",
   ignore,
   async fn() {
     const x = input(90, [3, 5, 7, 4]);
-    await vsCpu("sum [0, 1, 2]", [x], (t) => tf.sum(t, [0, 1, 2]));
-    await vsCpu("sum [1] keepDims", [x], (t) => tf.sum(t, 1, true));
-    await vsCpu("sum [1, 2]", [x], (t) => tf.sum(t, [1, 2]));
-    await vsCpu("sum of an empty block", [input(91, [0, 3])], (t) => tf.sum(t, 0));
+    const compiled = nativeKernels();
+    try {
+      for (const k of new Set([undefined, compiled])) { // sgemm against ones, then C if built
+        setNativeKernels(k);
+        await vsCpu("sum [0, 1, 2]", [x], (t) => tf.sum(t, [0, 1, 2]));
+        await vsCpu("sum [1] keepDims", [x], (t) => tf.sum(t, 1, true));
+        await vsCpu("sum [1, 2]", [x], (t) => tf.sum(t, [1, 2]));
+        await vsCpu("sum of an empty block", [input(91, [0, 3])], (t) => tf.sum(t, 0));
+      }
+    } finally {
+      setNativeKernels(compiled);
+    }
   },
 });
 

@@ -16,6 +16,7 @@ import {
 } from "../../lib/engine/native_kernels.ts";
 import { runCommand, type Runner } from "../../lib/engine/native_libs.ts";
 import { copyBlocks } from "../../lib/engine/wasm_kernels/copy.ts";
+import { columnSums } from "../../lib/engine/wasm_kernels/reduce.ts";
 
 const hasCc = (await runCommand("cc", ["--version"], { timeoutMs: 10_000 })).code === 0;
 
@@ -253,6 +254,21 @@ Deno.test({
     } finally {
       setNativeKernels(before);
       tf.dispose([x, gamma, beta, scale, shift, dy]);
+    }
+  },
+});
+
+Deno.test({
+  name: "native kernels: column sums equal the JS loop bit for bit",
+  ignore: !hasCc,
+  fn: async () => {
+    const k = await prepareNativeKernels({ log: () => {} }) as NativeKernels;
+    for (const [rows, inner] of [[3136, 32], [49, 128], [7, 3], [1, 5]]) {
+      const x = Float32Array.from({ length: rows * inner }, (_, i) => Math.sin(i * 0.77) * 100);
+      const js = new Float32Array(inner), c = new Float32Array(inner);
+      columnSums(x, rows, inner, js);
+      assert.ok(k.columnSums(x, rows, inner, c));
+      assert.deepEqual(c, js, `${rows}×${inner}`);
     }
   },
 });

@@ -1,11 +1,13 @@
 // Sum over a block of consecutive axes that is not innermost, for wasm: bias gradients (dy
 // [N, H, W, C] summed to [C]) and per-example sums over tokens ([N, T, D] over T). The built-in
 // kernel reduces innermost axes only, so it transposes the whole tensor first; column sums over
-// the heap skip that. A faster column summer (sgemm against ones) can be plugged in by the BLAS
-// layer. Other reductions go to the built-in kernel.
+// the heap skip that: in C where the compiled kernels loaded (the same bits as the JS loop), else
+// by a column summer the BLAS layer plugs in (sgemm against ones), else the JS loop. Other
+// reductions go to the built-in kernel.
 import * as tf from "@tensorflow/tfjs";
 import { runBuiltin } from "./builtins.ts";
 import type { WasmHeapBackend } from "./copy.ts";
+import { nativeKernels } from "../native_kernels.ts";
 
 type KernelArgs = Parameters<tf.KernelFunc>[0];
 
@@ -60,9 +62,11 @@ function sumKernel(args: KernelArgs): tf.TensorInfo {
   const view = (t: tf.TensorInfo, n: number) =>
     new Float32Array(b.wasm.HEAPU8.buffer, b.dataIdMap.get(t.dataId)!.memoryOffset, n);
   const xv = view(x, outer * rows * inner), ov = view(out, outer * inner);
+  const native = nativeKernels();
   for (let o = 0; o < outer; o++) {
     const src = xv.subarray(o * rows * inner, (o + 1) * rows * inner);
-    summer(src, rows, inner, ov.subarray(o * inner, (o + 1) * inner));
+    const dst = ov.subarray(o * inner, (o + 1) * inner);
+    if (!native?.columnSums(src, rows, inner, dst)) summer(src, rows, inner, dst);
   }
   return out;
 }
