@@ -6,6 +6,7 @@
 // DP_ONEDNN=0); any geometry oneDNN refuses returns false so the caller keeps its own route.
 import { activeOneDnn } from "./onednn.ts";
 import { precision } from "./precision.ts";
+import type { Blas } from "./openblas.ts";
 import {
   ARG_DST,
   ARG_SRC,
@@ -42,21 +43,7 @@ export interface OneDnnMatMul {
    * Row-major C ← alpha·op(A)·op(B) + beta·C as cblas_sgemm takes it, with A and B rounded to
    * bf16 and the products accumulated in f32 (dnnl_gemm_bf16bf16f32); false where it fails.
    */
-  gemmBf16(
-    transA: boolean,
-    transB: boolean,
-    m: number,
-    n: number,
-    k: number,
-    alpha: number,
-    a: Float32Array,
-    lda: number,
-    b: Float32Array,
-    ldb: number,
-    beta: number,
-    c: Float32Array,
-    ldc: number,
-  ): boolean;
+  gemmBf16(...args: Parameters<Blas["sgemm"]>): boolean;
   /** y ← x·½(1 + tanh(√(2/π)(x + 0.044715x³))). */
   gelu(x: Float32Array, y: Float32Array): boolean;
   /** dx ← dy·GELU′(x), the same tanh form. */
