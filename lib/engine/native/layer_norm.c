@@ -38,9 +38,10 @@ static inline void row_stats(const float* x, int64_t d, double eps, double* mean
   *rstd = 1.0 / sqrt(lane_total(v) / d + eps);
 }
 
-/** y = x̂·(1 + scale[example]) + shift[example]. */
+/** y = x̂·(1 + scale[example]) + shift[example]. Examples split over OpenMP's threads. */
 CLONES void dp_ln_mod(const float* x, const float* scale, const float* shift, float* y, int64_t n,
                       int64_t t, int64_t d, double eps) {
+#pragma omp parallel for schedule(static)
   for (int64_t e = 0; e < n; e++) {
     const float* sc = scale + e * d;
     const float* sh = shift + e * d;
@@ -55,14 +56,16 @@ CLONES void dp_ln_mod(const float* x, const float* scale, const float* shift, fl
 }
 
 /** dx = r·(g − mean(g) − x̂·mean(g·x̂)) with g = dy·(1 + scale); dscale = Σ_t dy·x̂, dshift =
- * Σ_t dy per example. Returns 0, or 1 when out of memory (nothing written then). */
+ * Σ_t dy per example. Examples split over OpenMP's threads, each computed alone (the same bits
+ * for any thread count). Returns 0, or 1 when out of memory (nothing written then). */
 CLONES int32_t dp_ln_mod_grad(const float* dy, const float* x, const float* scale, float* dx,
                               float* dscale, float* dshift, int64_t n, int64_t t, int64_t d,
                               double eps) {
-  double* acc = malloc(sizeof(double) * 2 * d);
+  double* acc = malloc(sizeof(double) * 2 * d * (size_t)n);
   if (!acc) return 1;
-  double *ds = acc, *dh = acc + d;
+#pragma omp parallel for schedule(static)
   for (int64_t e = 0; e < n; e++) {
+    double *ds = acc + 2 * d * e, *dh = ds + d;
     const float* sc = scale + e * d;
     for (int64_t j = 0; j < d; j++) ds[j] = dh[j] = 0;
     for (int64_t r = e * t; r < (e + 1) * t; r++) {
