@@ -110,7 +110,13 @@ export async function openRunCheckpoint<C extends { readonly steps: number }>(
   };
   const saved = ck.meta.config as C | undefined;
   if (saved === undefined || identity(saved) !== identity(cfg)) {
-    throw fail("belongs to a different run (config differs): use another --out or delete it");
+    const keys = [...new Set([...Object.keys(saved ?? {}), ...Object.keys(cfg)])].filter((k) =>
+      k !== "steps" &&
+      JSON.stringify((saved as Record<string, unknown> | undefined)?.[k]) !==
+        JSON.stringify((cfg as Record<string, unknown>)[k])
+    );
+    const what = keys.length ? `config differs in ${keys.join(", ")}` : "config differs";
+    throw fail(`belongs to a different run (${what}): use another --out or delete it`);
   }
   const step = ck.step ?? -1;
   if (!(Number.isSafeInteger(step) && step >= 0)) throw fail(`has a bad step ${ck.step}`);

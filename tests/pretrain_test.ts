@@ -105,7 +105,11 @@ Deno.test("pretrain() refuses a checkpoint of another config, a past --steps and
     disposeState(r.state);
     await assertRejects(
       () => pretrain({ ...cfg, lr: 0.5 }, ds, { dir, ...quiet }),
-      /belongs to a different run/,
+      /belongs to a different run \(config differs in lr\)/,
+    );
+    await assertRejects( // a bf16 run resumes only in bf16, and the other way round
+      () => pretrain({ ...cfg, precision: "bf16" }, ds, { dir, ...quiet }),
+      /config differs in precision/,
     );
     await assertRejects(
       () => pretrain({ ...cfg, steps: 1 }, ds, { dir, ...quiet }),
