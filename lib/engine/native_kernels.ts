@@ -12,11 +12,14 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { BLAS_ENV, ffiGranted, processEnv } from "./blas/openblas.ts";
 import { NATIVE_ENV, nativeCacheRoot, runCommand, type Runner, sha256Hex } from "./native_libs.ts";
+import type { AdamStep } from "./fused/optim.ts";
 
 type Env = (name: string) => string | undefined;
 
 const native = (f: string) => fileURLToPath(new URL(`./native/${f}`, import.meta.url));
-const SOURCES = ["group_norm.c", "layer_norm.c", "copy.c", "softmax.c", "reduce.c"].map(native);
+const SOURCES = [
+  ...["group_norm.c", "layer_norm.c", "copy.c", "softmax.c", "reduce.c", "pool.c", "optim.c"],
+].map(native);
 // Included by the sources: part of the cache key, not of the compile command.
 const HEADERS = ["exp.h"].map(native);
 // -fno-trapping-math lets gcc vectorise the clamps of group_norm.c's exp (no FP traps are
@@ -27,7 +30,7 @@ const FLAGS = ["-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-trapping-ma
 // collected DynamicLibrary, and when it is libgomp's only user that unloads libgomp under its
 // parked worker threads (a segfault seen in the tests, which load several builds).
 const OPENMP = ["-fopenmp", "-Wl,-z,nodelete"];
-const ABI = 8;
+const ABI = 10;
 const COMPILE_MS = 60_000;
 
 const SYMBOLS = {
@@ -63,6 +66,18 @@ const SYMBOLS = {
     parameters: ["buffer", "i64", "i64", "i64", "i64", "i64", "i64"],
     result: "void",
   },
+  dp_adam: {
+    parameters: [
+      ...["buffer", "buffer", "buffer", "buffer", "buffer", "buffer", "buffer", "i64"],
+      ...["f64", "f64", "f64", "f64", "f64"],
+    ],
+    result: "void",
+  },
+  dp_ema: { parameters: ["buffer", "buffer", "buffer", "i64", "f64"], result: "void" },
+  dp_avg_pool_grad: {
+    parameters: ["buffer", "buffer", "i64", "i64", "i64", "i64", "i64", "i64", "i64"],
+    result: "void",
+  },
   dp_column_sums: { parameters: ["buffer", "i64", "i64", "buffer"], result: "i32" },
   dp_softmax: { parameters: ["buffer", "buffer", "i64", "i64", "f32"], result: "void" },
   dp_softmax_grad: {
@@ -85,7 +100,9 @@ const SYMBOLS = {
 /** The kernels in C: GroupNorm's passes over `n` examples of rows of `c` channels, with
  * per-example coefficients and sums [n, c] (native/group_norm.c), adaLN over x [n, t, d]
  * with scale, shift [n, d] (native/layer_norm.c), strided block copies (native/copy.c), and
- * attention's softmax along rows of n (native/softmax.c), and column sums (native/reduce.c). */
+ * attention's softmax along rows of n (native/softmax.c), column sums (native/reduce.c) and
+ * the gradient of k×k stride-k average pooling (native/pool.c), and Adam and the EMA
+ * (native/optim.c). */
 export interface NativeKernels {
   /** The loaded library's path (for the engine line). */
   readonly path: string;
@@ -138,6 +155,25 @@ export interface NativeKernels {
     len: number,
     blocks: number,
   ): void;
+  /** Adam's pass (../fused/optim.ts's adamArrays, the same bits); p only with decay. */
+  adam(
+    g: Float32Array,
+    m: Float32Array,
+    v: Float32Array,
+    p: Float32Array | undefined,
+    s: AdamStep,
+    mOut: Float32Array,
+    vOut: Float32Array,
+    u: Float32Array,
+  ): void;
+  /** out = rate·e + (1 − rate)·p (the same bits as the JS loop). */
+  ema(e: Float32Array, p: Float32Array, out: Float32Array, rate: number): void;
+  /** dx [n, h, w, c] from dy [n, oh, ow, c] of a k×k stride-k valid average pool. */
+  avgPoolGrad(
+    dy: Float32Array,
+    dx: Float32Array,
+    dims: readonly [number, number, number, number, number, number, number],
+  ): void;
   /** out[j] = Σ_i x[i·inner + j], in double as reduce.ts's JS loop; false when out of memory. */
   columnSums(x: Float32Array, rows: number, inner: number, out: Float32Array): boolean;
   /** p = softmax(scale·s) along each row of n (exp relative error ~1e-7). */
@@ -162,6 +198,8 @@ export interface NativeKernels {
     eps: number,
   ): boolean;
 }
+
+type Dims7 = [bigint, bigint, bigint, bigint, bigint, bigint, bigint];
 
 /** Load a built library and check its ABI; undefined when it does not load. */
 export function loadNativeKernels(path: string): NativeKernels | undefined {
@@ -201,6 +239,24 @@ export function loadNativeKernels(path: string): NativeKernels | undefined {
         BigInt(len),
         BigInt(blocks),
       ),
+    adam: (g, m, v, p, st, mOut, vOut, u) =>
+      s.dp_adam(
+        g,
+        m,
+        v,
+        p ?? null,
+        mOut,
+        vOut,
+        u,
+        BigInt(g.length),
+        st.beta1,
+        st.beta2,
+        st.epsHat,
+        st.stepSize,
+        st.decay,
+      ),
+    ema: (e, p, out, rate) => s.dp_ema(e, p, out, BigInt(out.length), rate),
+    avgPoolGrad: (dy, dx, dims) => s.dp_avg_pool_grad(dy, dx, ...dims.map(BigInt) as Dims7),
     columnSums: (x, rows, inner, out) =>
       s.dp_column_sums(x, BigInt(rows), BigInt(inner), out) === 0,
     softmax: (sc, p, n, scale) => s.dp_softmax(sc, p, BigInt(sc.length / n), BigInt(n), scale),

@@ -17,6 +17,8 @@ import {
 import { runCommand, type Runner } from "../../lib/engine/native_libs.ts";
 import { copyBlocks } from "../../lib/engine/wasm_kernels/copy.ts";
 import { columnSums } from "../../lib/engine/wasm_kernels/reduce.ts";
+import { avgPoolGradTiled } from "../../lib/engine/wasm_kernels/pool.ts";
+import { adamArrays, emaArrays } from "../../lib/engine/fused/optim.ts";
 
 const hasCc = (await runCommand("cc", ["--version"], { timeoutMs: 10_000 })).code === 0;
 
@@ -269,6 +271,50 @@ Deno.test({
       columnSums(x, rows, inner, js);
       assert.ok(k.columnSums(x, rows, inner, c));
       assert.deepEqual(c, js, `${rows}×${inner}`);
+    }
+  },
+});
+
+Deno.test({
+  name: "native kernels: AvgPoolGrad of k×k stride-k pools equals the JS loop bit for bit",
+  ignore: !hasCc,
+  fn: async () => {
+    const k = await prepareNativeKernels({ log: () => {} }) as NativeKernels;
+    // 2×2 on an even map, 3×3 (1/9 rounds) on a map with a leftover row and column.
+    for (const [n, h, w, c, p] of [[3, 8, 6, 5, 2], [2, 7, 10, 4, 3]]) {
+      const [oh, ow] = [Math.floor(h / p), Math.floor(w / p)];
+      const dy = Float32Array.from({ length: n * oh * ow * c }, (_, i) => Math.sin(i * 0.61) * 7);
+      const js = new Float32Array(n * h * w * c).fill(NaN), cc = js.slice();
+      avgPoolGradTiled(dy, js, n, h, w, c, oh, ow, p);
+      k.avgPoolGrad(dy, cc, [n, h, w, c, oh, ow, p]);
+      assert.deepEqual(cc, js, `${p}×${p} on ${h}×${w}`);
+    }
+  },
+});
+
+Deno.test({
+  name: "native kernels: Adam and the EMA equal the JS loops bit for bit, with and without decay",
+  ignore: !hasCc,
+  fn: async () => {
+    const k = await prepareNativeKernels({ log: () => {} }) as NativeKernels;
+    // Past the threading threshold, and a bias-sized parameter.
+    for (const n of [40_000, 32]) {
+      const wave = (f: number, a = 1) =>
+        Float32Array.from({ length: n }, (_, i) => a * Math.sin(i * f));
+      const g = wave(0.3), m = wave(0.7, 0.1), p = wave(0.2);
+      const v = Float32Array.from(wave(0.9, 0.01), Math.abs);
+      for (const decay of [0, 3e-6]) {
+        const st = { beta1: 0.9, beta2: 0.999, epsHat: 1e-8 * 0.3, stepSize: 1e-4 * 0.7, decay };
+        const outs = () => [0, 1, 2].map(() => new Float32Array(n));
+        const [mj, vj, uj] = outs(), [mc, vc, uc] = outs();
+        adamArrays(g, m, v, p, st, mj, vj, uj);
+        k.adam(g, m, v, decay ? p : undefined, st, mc, vc, uc);
+        assert.deepEqual([mc, vc, uc], [mj, vj, uj], `adam n ${n} decay ${decay}`);
+      }
+      const ej = new Float32Array(n), ec = new Float32Array(n);
+      emaArrays(m, p, ej, 0.9993);
+      k.ema(m, p, ec, 0.9993);
+      assert.deepEqual(ec, ej, `ema n ${n}`);
     }
   },
 });

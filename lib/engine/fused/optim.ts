@@ -1,8 +1,11 @@
 // Optimiser arithmetic fused into one pass per parameter on the wasm heap: the Adam moments and
-// update, and the EMA blend of weights. Composed tfjs ops run the same maths on other backends.
+// update, and the EMA blend of weights; in C on OpenMP's threads where the compiled kernels
+// loaded (../native/optim.c, the same bits). Composed tfjs ops run the same maths on other
+// backends.
 // Per parameter, composed Adam is ~10 kernels and EMA 3; a U-Net step has ~200 parameters.
 import * as tf from "@tensorflow/tfjs";
 import { asWasmBackend, f32View } from "../blas/heap.ts";
+import { nativeKernels } from "../native_kernels.ts";
 
 /** Kernel names (project-specific, registered for the wasm backend). */
 export const ADAM = "DpAdam";
@@ -47,6 +50,12 @@ export function adamArrays(
   if (decay !== 0 && p) { for (let i = 0; i < g.length; i++) u[i] -= p[i] * decay; }
 }
 
+/** out ← rate·e + (1 − rate)·p. */
+export function emaArrays(e: Float32Array, p: Float32Array, out: Float32Array, rate: number) {
+  const c = 1 - rate;
+  for (let i = 0; i < e.length; i++) out[i] = e[i] * rate + p[i] * c;
+}
+
 type KernelArgs = Parameters<tf.KernelFunc>[0];
 
 function adamKernel(args: KernelArgs): tf.TensorInfo[] {
@@ -58,7 +67,8 @@ function adamKernel(args: KernelArgs): tf.TensorInfo[] {
   const b = asWasmBackend(args.backend);
   const outs = [0, 1, 2].map(() => b.makeOutput(g.shape.slice(), "float32"));
   const [mo, vo, u] = outs.map((o) => f32View(b, o));
-  adamArrays(
+  const pass = nativeKernels()?.adam ?? adamArrays;
+  pass(
     f32View(b, g),
     f32View(b, m),
     f32View(b, v),
@@ -77,8 +87,9 @@ function emaKernel(args: KernelArgs): tf.TensorInfo {
   const b = asWasmBackend(args.backend);
   const out = b.makeOutput(e.shape.slice(), "float32");
   const ev = f32View(b, e), pv = f32View(b, p), ov = f32View(b, out);
-  const c = 1 - rate;
-  for (let i = 0; i < ev.length; i++) ov[i] = ev[i] * rate + pv[i] * c;
+  const native = nativeKernels();
+  if (native) native.ema(ev, pv, ov, rate);
+  else emaArrays(ev, pv, ov, rate);
   return out;
 }
 

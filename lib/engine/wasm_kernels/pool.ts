@@ -1,9 +1,11 @@
 // AvgPoolGrad for the 2×2 stride-2 unpadded pooling of U-Net downsampling: each dy value spread
-// over its window, row by row on the heap (the built-in kernel loops per window and per channel).
-// Other pool geometries go to the built-in kernel.
+// over its window, row by row on the heap (the built-in kernel loops per window and per channel);
+// in C on OpenMP's threads where the compiled kernels loaded (the same bits). Other pool
+// geometries go to the built-in kernel.
 import * as tf from "@tensorflow/tfjs";
 import { runBuiltin } from "./builtins.ts";
 import type { WasmHeapBackend } from "./copy.ts";
+import { nativeKernels } from "../native_kernels.ts";
 
 type KernelArgs = Parameters<tf.KernelFunc>[0];
 
@@ -65,9 +67,7 @@ function avgPoolGradKernel(args: KernelArgs): tf.TensorInfo {
       b.dataIdMap.get(t.dataId)!.memoryOffset,
       t.shape.reduce((p, d) => p * d, 1),
     );
-  avgPoolGradTiled(
-    view(dy),
-    view(dx),
+  const dims = [
     info.batchSize,
     info.inHeight,
     info.inWidth,
@@ -75,7 +75,10 @@ function avgPoolGradKernel(args: KernelArgs): tf.TensorInfo {
     info.outHeight,
     info.outWidth,
     k,
-  );
+  ] as const;
+  const native = nativeKernels();
+  if (native) native.avgPoolGrad(view(dy), view(dx), dims);
+  else avgPoolGradTiled(view(dy), view(dx), ...dims);
   return dx;
 }
 
