@@ -1096,19 +1096,19 @@ function bf16Findings(runs: readonly LoadedResult[]): string[] {
   const fp32 = final("fp32"), bf16 = final("bf16");
   if (fp32.length < 2 || bf16.length === 0) return [];
   const lo = Math.min(...fp32.map((f) => f.v)), hi = Math.max(...fp32.map((f) => f.v));
-  const f4 = (v: number) => v.toFixed(4);
+  const f5 = (v: number) => v.toFixed(5);
   const out = [
     `fp32 seeds ${fp32.map((f) => f.seed).join(", ")}: final loss ${
-      fp32.map((f) => f4(f.v)).join(", ")
-    } (spread ${f4(hi - lo)}).`,
+      fp32.map((f) => f5(f.v)).join(", ")
+    } (spread ${f5(hi - lo)}).`,
   ];
   for (const b of bf16) {
     const miss = b.v < lo ? lo - b.v : b.v > hi ? b.v - hi : 0;
     out.push(
-      `bf16 seed ${b.seed}: ${f4(b.v)}, ` +
+      `bf16 seed ${b.seed}: ${f5(b.v)}, ` +
         (miss === 0
           ? "within the fp32 seed-to-seed spread."
-          : `outside the fp32 spread by ${f4(miss)} (${
+          : `outside the fp32 spread by ${f5(miss)} (${
             (miss / (hi - lo)).toFixed(2)
           }× the spread).`),
     );
@@ -1356,6 +1356,23 @@ const bench: TableDef[] = [
     columns: [
       { key: "kernel", header: "kernel", path: "{1}" },
       { key: "ms", header: "ms", path: "@" },
+    ],
+  }),
+  benchTable({
+    id: "bench-adm256",
+    title: "adm256: the papers' U-Net (553 M parameters) extracting features to block 24",
+    note: "Random weights and 256×256 images; ours sizes its batch to the 4 GiB wasm heap (the " +
+      "batch used is shown), PyTorch runs fp32 at batch 4 on the same machine.",
+    where: suite("adm256"),
+    columns: [
+      { key: "engine", header: "engine", path: "metrics.ours.engine" },
+      { key: "asked", header: "batch asked", path: "metrics.ours.batch_requested", format: "int" },
+      { key: "used", header: "batch used", path: "metrics.ours.batch_used", format: "int" },
+      { key: "offheap", header: "weights off the heap", path: "metrics.ours.weights_off_heap" },
+      { key: "ips", header: "img/s", path: "metrics.ours.img_s" },
+      { key: "torch", header: "PyTorch img/s", path: "metrics.torch.unet_features.img_s" },
+      { key: "ratio", header: "vs PyTorch", path: "metrics.ratio_vs_torch" },
+      { key: "cpu", header: "CPU", path: "env.cpu" },
     ],
   }),
   benchTable({
