@@ -1,13 +1,15 @@
 // GroupNorm's memory-bound passes (lib/engine/fused/group_norm.ts), compiled on first use by
 // lib/engine/native_kernels.ts. x is viewed as `rows` rows of `c` channels (one example).
 // target_clones builds an AVX-512, an AVX2 and a plain version and picks one at load time, so
-// the cached library is right for whichever x86 CPU runs it. Every value is computed in double
-// in the JS loops' order (per channel, rows in sequence; no FMA contraction: compile with
-// -ffp-contract=off), so results are bit-for-bit those of the JS kernels, only vectorised
-// across channels. Each entry takes a batch of `n` examples (x as [n, rows, c], per-example
-// coefficients and sums as [n, c]) and splits the examples over OpenMP's threads (the count
-// oneDNN set, when built with -fopenmp): each example is computed alone, so any thread count
-// gives the same bits.
+// the cached library is right for whichever x86 CPU runs it. The plain passes compute every
+// value in double in the JS loops' order (per channel, rows in sequence; no FMA contraction:
+// compile with -ffp-contract=off), so results are bit-for-bit those of the JS kernels, only
+// vectorised across channels. The two SiLU passes (affine + SiLU, SiLU's backward + sums) have
+// no JS twin to match: they compute in float with exp.h's exp and flush subnormals, and agree
+// with the JS route (wasm / oneDNN SiLU) to about 1e-6. Each entry takes a batch of `n`
+// examples (x as [n, rows, c], per-example coefficients and sums as [n, c]) and splits the
+// examples over OpenMP's threads (the count oneDNN set, when built with -fopenmp): each example
+// is computed alone, so any thread count gives the same bits.
 #include <stdint.h>
 
 #include "exp.h"
