@@ -12,7 +12,8 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { BLAS_ENV, ffiGranted, processEnv } from "./blas/openblas.ts";
 import { NATIVE_ENV, nativeCacheRoot, runCommand, type Runner, sha256Hex } from "./native_libs.ts";
-import type { AdamStep } from "./fused/optim.ts";
+import type { adamArrays } from "./fused/optim.ts";
+import type { copyBlocks } from "./wasm_kernels/copy.ts";
 
 type Env = (name: string) => string | undefined;
 
@@ -146,26 +147,9 @@ export interface NativeKernels {
    * `blocks` runs of `len` words from word offset src (stride srcStride) to dst (stride
    * dstStride) of `heap`, the runs not overlapping.
    */
-  copyBlocks(
-    heap: Int32Array,
-    src: number,
-    srcStride: number,
-    dst: number,
-    dstStride: number,
-    len: number,
-    blocks: number,
-  ): void;
+  copyBlocks(...args: Parameters<typeof copyBlocks>): void;
   /** Adam's pass (../fused/optim.ts's adamArrays, the same bits); p only with decay. */
-  adam(
-    g: Float32Array,
-    m: Float32Array,
-    v: Float32Array,
-    p: Float32Array | undefined,
-    s: AdamStep,
-    mOut: Float32Array,
-    vOut: Float32Array,
-    u: Float32Array,
-  ): void;
+  adam(...args: Parameters<typeof adamArrays>): void;
   /** out = rate·e + (1 − rate)·p (the same bits as the JS loop). */
   ema(e: Float32Array, p: Float32Array, out: Float32Array, rate: number): void;
   /** dx [n, h, w, c] from dy [n, oh, ow, c] of a k×k stride-k valid average pool. */
