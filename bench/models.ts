@@ -494,6 +494,32 @@ export const suite = {
     // Without native libraries the engine is plain wasm: measured single-threaded and on tfjs's
     // threaded binary with a thread per core (lib/engine/wasm_threads.ts).
     const cores = navigator.hardwareConcurrency;
+    // The PyTorch peer runs between our measurements, not after all of them: the host's speed
+    // drifts over minutes (PyTorch's own median moved 471 → 681 img/s between two runs 15
+    // minutes apart here), and interleaving keeps that drift out of the ratios. Its first run
+    // follows our first engine, whose batches it uses.
+    const python = opts.torch === false ? undefined : await findPython(opts.python);
+    if (opts.torch !== false && !python) {
+      log("models: no python3 with torch found: skipping the PyTorch peer");
+    }
+    const peerCount = python ? opts.peerRuns ?? (quick ? 1 : 3) : 0;
+    const peerRuns: Record<string, unknown>[] = [];
+    let peerError: unknown;
+    const peerOnce = async () => {
+      if (!python || peerError !== undefined || peerRuns.length >= peerCount) return;
+      try {
+        const r = await runPeer(python, used, repeats, budgetS);
+        peerRuns.push(r);
+        log(
+          `models: PyTorch run ${peerRuns.length}: ${
+            WORKLOADS.map((w) => `${w} ${(r[w] as PeerRow).img_s.toFixed(1)}`).join(", ")
+          } img/s`,
+        );
+      } catch (e) {
+        peerError = e;
+        log(`models: PyTorch peer failed: ${e}`);
+      }
+    };
     const precisions = opts.precisions ?? ["fp32", "bf16"];
     const variants: { blas: boolean; threads?: number; precision?: Precision }[] = [
       ...precisions.map((precision) => ({ blas: true, precision })),
@@ -535,7 +561,9 @@ export const suite = {
       if (blas && !name.includes("blas")) {
         log("models: OpenBLAS is unavailable here (or DP_BLAS=0): wasm+kernels measured above");
       }
+      if (blas) await peerOnce(); // after each native-library engine
     }
+    while (python && peerError === undefined && peerRuns.length < peerCount) await peerOnce();
     const gflops = (w: Workload, imgS?: number) =>
       imgS && flopPerImg[w] ? r3((imgS * flopPerImg[w]!) / 1e9) : undefined;
     for (const [engine, rows] of Object.entries(engines)) {
@@ -562,23 +590,11 @@ export const suite = {
       engines,
     };
 
-    const python = opts.torch === false ? undefined : await findPython(opts.python);
-    if (opts.torch !== false && !python) {
-      log("models: no python3 with torch found: skipping the PyTorch peer");
-    }
     let peer: PeerSummary | undefined;
-    if (python) {
+    if (python && peerError !== undefined) result.torch = { error: String(peerError) };
+    if (python && peerRuns.length > 0) {
       try {
-        const runs: Record<string, unknown>[] = [];
-        for (let i = 0; i < (opts.peerRuns ?? (quick ? 1 : 3)); i++) {
-          runs.push(await runPeer(python, used, repeats, budgetS));
-          log(
-            `models: PyTorch run ${i + 1}: ${
-              WORKLOADS.map((w) => `${w} ${(runs[i][w] as PeerRow).img_s.toFixed(1)}`).join(", ")
-            } img/s`,
-          );
-        }
-        peer = summarisePeer(runs);
+        peer = summarisePeer(peerRuns);
         result.torch = {
           ...peer,
           gflop_s: Object.fromEntries(WORKLOADS.map((w) => [w, gflops(w, peer![w].img_s)])),
