@@ -2,7 +2,7 @@
 // SiLU) and ./onednn_matmul.ts (batched matmul, tanh-GELU): one dlopen, one engine and stream,
 // libgomp's wait policy and thread count, and the descriptor / primitive / execute helpers.
 // Loading never throws: no library, no FFI permission or DP_ONEDNN=0 yields undefined.
-import { ffiGranted, processEnv } from "./openblas.ts";
+import { envWhileLoading, ffiGranted, processEnv } from "./openblas.ts";
 
 /** Environment variable that turns the oneDNN routes off when set to `0`. */
 export const ONEDNN_ENV = "DP_ONEDNN";
@@ -335,15 +335,8 @@ function threadCount(env: (name: string) => string | undefined): number {
 // slower). libgomp reads the policy once, when it loads: set it around the dlopen only, so
 // child processes (the PyTorch peer of the benches) do not inherit it. Returns the undo.
 // ../native_libs.ts uses it too: a libgomp it loads from the cache must read the same policy.
-export function passiveOpenMp(env: (name: string) => string | undefined): () => void {
-  if (env("OMP_WAIT_POLICY") !== undefined) return () => {};
-  try {
-    Deno.env.set("OMP_WAIT_POLICY", "passive");
-    return () => Deno.env.delete("OMP_WAIT_POLICY");
-  } catch {
-    return () => {}; // no env permission: keep libgomp's default
-  }
-}
+export const passiveOpenMp = (env: (name: string) => string | undefined): () => void =>
+  envWhileLoading(env, "OMP_WAIT_POLICY", "passive");
 
 // omp_set_num_threads on the libgomp oneDNN links (the loader shares one instance per process);
 // a no-op where libgomp cannot be opened.

@@ -112,14 +112,21 @@ function threadCount(env: (name: string) => string | undefined): number {
   return Math.max(1, navigator.hardwareConcurrency || 1);
 }
 
-// OpenBLAS reads OPENBLAS_CORETYPE once, as it loads: set it around the dlopen only (as
-// ./onednn_core.ts does for libgomp's wait policy). Returns the undo; a no-op without env
-// permission or where the user set the variable.
-function withCoreType(env: (name: string) => string | undefined, core?: string): () => void {
-  if (!core || env(CORETYPE_ENV) !== undefined) return () => {};
+/**
+ * Set environment variable `name` to `value` while a library loads (OpenBLAS reads
+ * OPENBLAS_CORETYPE, libgomp OMP_WAIT_POLICY, once as they load), so that child processes do not
+ * inherit it. Returns the undo; a no-op where the user set the variable or without env
+ * permission.
+ */
+export function envWhileLoading(
+  env: (name: string) => string | undefined,
+  name: string,
+  value: string,
+): () => void {
+  if (env(name) !== undefined) return () => {};
   try {
-    Deno.env.set(CORETYPE_ENV, core);
-    return () => Deno.env.delete(CORETYPE_ENV);
+    Deno.env.set(name, value);
+    return () => Deno.env.delete(name);
   } catch {
     return () => {};
   }
@@ -142,7 +149,7 @@ export function openBlas(
   for (const path of override ? [override, ...OPENBLAS_CANDIDATES] : OPENBLAS_CANDIDATES) {
     if (!ffiGranted(path)) continue;
     let lib: Deno.DynamicLibrary<typeof SYMBOLS>;
-    const undo = withCoreType(env, coreType);
+    const undo = coreType ? envWhileLoading(env, CORETYPE_ENV, coreType) : () => {};
     try {
       lib = Deno.dlopen(path, SYMBOLS);
     } catch {
