@@ -5,7 +5,7 @@ import { balancedSubset, count, type Dataset, loadDataset } from "./data/dataset
 import type { Cell, FrozenModel } from "./features.ts";
 import { type SplitFeatures, splitFeatures } from "./feature_store.ts";
 import { type LoadedModel, loadFrozenModel } from "./frozen_model.ts";
-import { blockTable, inputShape, type ModelSpec } from "./models/mod.ts";
+import { blockTable, inputShape, type ModelSpec, paramShapes } from "./models/mod.ts";
 import { fold, foldName, type Rng, rng } from "./random.ts";
 import {
   accuracy,
@@ -19,8 +19,8 @@ import {
   trainHeads,
   validationSplit,
 } from "./probe.ts";
-import { disposeParams } from "./params.ts";
-import { offHeapParams } from "./offheap_params.ts";
+import { countParams, disposeParams } from "./params.ts";
+import { isOffHeap, offHeapParams } from "./offheap_params.ts";
 import { heapLimit } from "./engine/heap_limit.ts";
 import { precision } from "./engine/blas/precision.ts";
 import { progress } from "./progress.ts";
@@ -188,12 +188,11 @@ export function forInference(
   note: (line: string) => void = console.error,
   limit: number | undefined = heapLimit(),
 ): FrozenModel {
-  const params = model.params;
-  let bytes = 0;
-  for (const v of Object.values(params)) bytes += v.size * 4;
-  if (limit === undefined || bytes <= limit / 4) return model;
+  // From the shapes: reading an off-heap record's values would bring every weight back.
+  const bytes = countParams(paramShapes(model.spec)) * 4;
+  if (limit === undefined || bytes <= limit / 4 || isOffHeap(model.params)) return model;
   const storage = precision();
-  const moved = offHeapParams(params, storage);
+  const moved = offHeapParams(model.params, storage);
   note(
     `features: ${model.spec.name}'s ${(bytes / 2 ** 30).toFixed(2)} GiB of weights ` +
       `kept off the wasm heap (${storage}), each layer's read in as it runs`,

@@ -97,8 +97,9 @@ function bind(core: Core): OneDnnMatMul {
       if (batch < 1 || m < 1 || n < 1 || k < 1) return false;
       const bf16 = precision() === "bf16";
       const mm = mmOf(batch, ab, bb, m, n, k, ta, tb, bf16);
+      if (!mm) return false;
       const aIn = bf16 ? toBf16(a, 0) : a, bIn = bf16 ? toBf16(b, 1) : b;
-      if (!mm || !aIn || !bIn) return false;
+      if (!aIn || !bIn) return false;
       run(mm.prim, [[ARG_SRC, mm.a, aIn], [ARG_WEIGHTS, mm.b, bIn], [ARG_DST, mm.c, c]]);
       return true;
     },
