@@ -21,7 +21,8 @@ extern float dp_exp_bounds[2];
 // Subnormal floats cost a microcode assist per operation on x86 (~100 cycles): a DiT's attention
 // gradient, scaled by adaLN gates that start at zero, is full of them (its softmax backward ran
 // 7× slower). Kernels whose results need not match another route bit for bit flush them to zero
-// (FTZ and DAZ in MXCSR) for their own duration on each thread, restoring the caller's mode after.
+// (FTZ and DAZ in MXCSR) for the duration of each call on the thread that runs it, restoring the
+// thread's mode after.
 static inline unsigned ftz_begin(void) {
 #if defined(__SSE__)
   const unsigned old = _mm_getcsr();

@@ -22,7 +22,7 @@
 
 enum { CHUNK = 512 };
 
-/** The ABI of the whole library (every lib/engine/native/*.c); the loader checks it. */
+/** The ABI of the whole library (every C file of lib/engine/native); the loader checks it. */
 int32_t dp_gn_abi(void) { return 10; }
 
 // The clamp bounds of exp_f (./exp.h), read at run time.
@@ -87,6 +87,7 @@ CLONES static void affine1(const float* x, const float* A, const float* B, float
 /** y = silu(y1) with y1 = x·A[ch] + B[ch], in float. */
 CLONES static void affine_silu1(const float* x, const float* A, const float* B, float* y,
                               int64_t rows, int64_t c, float lo, float hi) {
+  const unsigned csr = ftz_begin(); // not bit-matched to the JS route: subnormals flushed
   for (int64_t r = 0; r < rows; r++) {
     const float* xr = x + r * c;
     float* yr = y + r * c;
@@ -95,6 +96,7 @@ CLONES static void affine_silu1(const float* x, const float* A, const float* B, 
       yr[j] = v * sigmoid_f(v, lo, hi);
     }
   }
+  ftz_end(csr);
 }
 
 /** The SiLU backward and GroupNorm's gradient sums in one pass: with y1 = x·A + B recomputed
@@ -104,6 +106,7 @@ CLONES static void affine_silu1(const float* x, const float* A, const float* B, 
 CLONES static void silu_grad_sums1(const float* dy, const float* x, const float* A, const float* B,
                                  float* dd, double* S1, double* S2, int64_t rows, int64_t c,
                                  float lo, float hi) {
+  const unsigned csr = ftz_begin(); // not bit-matched to the JS route: subnormals flushed
   for (int64_t c0 = 0; c0 < c; c0 += CHUNK) {
     const int64_t w = c - c0 < CHUNK ? c - c0 : CHUNK;
     double a[CHUNK] = {0}, b[CHUNK] = {0};
@@ -123,6 +126,7 @@ CLONES static void silu_grad_sums1(const float* dy, const float* x, const float*
       S2[c0 + j] = b[j];
     }
   }
+  ftz_end(csr);
 }
 
 /** out = P[ch]·d + Q[ch]·x + R[ch]. */
@@ -168,14 +172,9 @@ void dp_gn_affine_silu(const float* x, const float* A, const float* B, float* y,
                        int64_t rows, int64_t c) {
   const int64_t e = rows * c;
   const float lo = dp_exp_bounds[0], hi = dp_exp_bounds[1];
-#pragma omp parallel
-  {
-    const unsigned csr = ftz_begin(); // not bit-matched to the JS route: subnormals flushed
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < n; i++) {
-      affine_silu1(x + i * e, A + i * c, B + i * c, y + i * e, rows, c, lo, hi);
-    }
-    ftz_end(csr);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; i++) {
+    affine_silu1(x + i * e, A + i * c, B + i * c, y + i * e, rows, c, lo, hi);
   }
 }
 
@@ -183,15 +182,10 @@ void dp_gn_silu_grad_sums(const float* dy, const float* x, const float* A, const
                           float* dd, double* S1, double* S2, int64_t n, int64_t rows, int64_t c) {
   const int64_t e = rows * c;
   const float lo = dp_exp_bounds[0], hi = dp_exp_bounds[1];
-#pragma omp parallel
-  {
-    const unsigned csr = ftz_begin(); // not bit-matched to the JS route: subnormals flushed
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < n; i++) {
-      silu_grad_sums1(dy + i * e, x + i * e, A + i * c, B + i * c, dd + i * e, S1 + i * c,
-                      S2 + i * c, rows, c, lo, hi);
-    }
-    ftz_end(csr);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; i++) {
+    silu_grad_sums1(dy + i * e, x + i * e, A + i * c, B + i * c, dd + i * e, S1 + i * c,
+                    S2 + i * c, rows, c, lo, hi);
   }
 }
 

@@ -46,6 +46,7 @@ static inline float row_sum(const float* restrict x, int64_t n) {
 // Each row in passes over p itself, which stays in L1 (a row is a few hundred floats).
 CLONES static void softmax_rows(const float* restrict s, float* restrict p, int64_t rows,
                                 int64_t n, float scale, float lo, float hi) {
+  const unsigned csr = ftz_begin();
   for (int64_t r = 0; r < rows; r++) {
     const float* restrict sr = s + r * n;
     float* restrict pr = p + r * n;
@@ -55,10 +56,12 @@ CLONES static void softmax_rows(const float* restrict s, float* restrict p, int6
     const float inv = 1.0f / row_sum(pr, n);
     for (int64_t j = 0; j < n; j++) pr[j] *= inv;
   }
+  ftz_end(csr);
 }
 
 CLONES static void softmax_grad_rows(const float* restrict p, const float* restrict dp,
                                      float* restrict ds, int64_t rows, int64_t n, float scale) {
+  const unsigned csr = ftz_begin();
   for (int64_t r = 0; r < rows; r++) {
     const float* restrict pr = p + r * n;
     const float* restrict gr = dp + r * n;
@@ -67,6 +70,7 @@ CLONES static void softmax_grad_rows(const float* restrict p, const float* restr
     const float dot = row_sum(o, n);
     for (int64_t j = 0; j < n; j++) o[j] = scale * pr[j] * (gr[j] - dot);
   }
+  ftz_end(csr);
 }
 
 // Blocks of rows per thread task: big enough that a thread streams through memory.
@@ -74,28 +78,18 @@ enum { BLOCK = 64 };
 
 void dp_softmax(const float* s, float* p, int64_t rows, int64_t n, float scale) {
   const float lo = dp_exp_bounds[0], hi = dp_exp_bounds[1];
-#pragma omp parallel
-  {
-    const unsigned csr = ftz_begin();
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows; r += BLOCK) {
-      const int64_t m = rows - r < BLOCK ? rows - r : BLOCK;
-      softmax_rows(s + r * n, p + r * n, m, n, scale, lo, hi);
-    }
-    ftz_end(csr);
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; r += BLOCK) {
+    const int64_t m = rows - r < BLOCK ? rows - r : BLOCK;
+    softmax_rows(s + r * n, p + r * n, m, n, scale, lo, hi);
   }
 }
 
 void dp_softmax_grad(const float* p, const float* dp, float* ds, int64_t rows, int64_t n,
                      float scale) {
-#pragma omp parallel
-  {
-    const unsigned csr = ftz_begin();
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows; r += BLOCK) {
-      const int64_t m = rows - r < BLOCK ? rows - r : BLOCK;
-      softmax_grad_rows(p + r * n, dp + r * n, ds + r * n, m, n, scale);
-    }
-    ftz_end(csr);
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; r += BLOCK) {
+    const int64_t m = rows - r < BLOCK ? rows - r : BLOCK;
+    softmax_grad_rows(p + r * n, dp + r * n, ds + r * n, m, n, scale);
   }
 }
