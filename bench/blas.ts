@@ -6,10 +6,12 @@ import * as tf from "@tensorflow/tfjs";
 import { initEngine } from "../lib/engine/mod.ts";
 import {
   activeBlas,
+  loadOneDnn,
   loadOpenBlas,
   registerBlasKernels,
   unregisterBlasKernels,
 } from "../lib/engine/blas/mod.ts";
+import { winogradWorth } from "../lib/engine/blas/onednn.ts";
 import {
   groupNorm,
   groupNormComposed,
@@ -114,14 +116,27 @@ function benchConv(r: BenchResult, n: number, reps: number, log: (s: string) => 
     ["train", () => tf.dispose(grads([x, w]))],
   ];
   // Routes: wasm (+ the project's wasm kernels), BLAS with its default threads, BLAS on one
-  // thread (better when other processes keep the cores busy).
+  // thread (better when other processes keep the cores busy), and where oneDNN's Winograd
+  // kernels take this shape, oneDNN's direct kernels beside them.
   const blas = activeBlas() ?? loadOpenBlas();
   const threads = blas?.threads ?? 1;
+  const dnn = loadOneDnn();
   const routes: [string, () => void][] = [];
   for (const [op, f] of ops) {
     routes.push([`${op}_wasm`, () => withBlas(false, f)]);
     if (!blas) continue;
     routes.push([`${op}_blas`, () => withBlas(true, f)]);
+    if (dnn && dnn.winograd !== "off") {
+      const mode = dnn.winograd;
+      routes.push([`${op}_direct`, () => {
+        dnn.winograd = "off";
+        try {
+          withBlas(true, f);
+        } finally {
+          dnn.winograd = mode;
+        }
+      }]);
+    }
     if (threads > 1) {
       routes.push([`${op}_blas1`, () => {
         blas.setThreads(1);
@@ -135,15 +150,94 @@ function benchConv(r: BenchResult, n: number, reps: number, log: (s: string) => 
   }
   const best = interleaved(routes, reps);
   for (const [name, ms] of best) r[`conv3x3_${n}_${name}_ms`] = ms;
-  for (const route of ["wasm", "blas", "blas1"]) {
+  const label: Record<string, string> = {
+    blas: dnn && dnn.winograd !== "off" ? "blas (oneDNN, Winograd where worth it)" : "blas",
+    blas1: "blas, 1 thread",
+    direct: "oneDNN direct only",
+  };
+  for (const route of ["wasm", "blas", "blas1", "direct"]) {
     if (!best.has(`fwd_${route}`)) continue;
     const [f, d, t] = ["fwd", "dx", "train"].map((op) => best.get(`${op}_${route}`)!);
     log(
-      `conv 3×3 ${n}×32×32×32→64 ${route === "blas1" ? "blas, 1 thread" : route}: forward ` +
+      `conv 3×3 ${n}×32×32×32→64 ${label[route] ?? route}: forward ` +
         `${f.toFixed(1)} ms, grad input ${d.toFixed(1)} ms, train step ${t.toFixed(1)} ms`,
     );
   }
   tf.dispose([x, w, dy]);
+}
+
+/**
+ * oneDNN's Winograd kernels against its direct ones on the small U-Net's 3×3 convs (batch `n`)
+ * and one `adm256`-width conv: forward (with bias) and input gradient, reorders included. The
+ * basis of `winogradWorth`'s rule, which the log line shows beside each ratio.
+ */
+function benchWinograd(r: BenchResult, n: number, reps: number, log: (s: string) => void) {
+  const dnn = loadOneDnn();
+  if (!dnn || dnn.winograd === "off") return;
+  const shapes: [number, number, number, number][] = [
+    [n, 28, 32, 32],
+    [n, 28, 64, 32],
+    [n, 14, 64, 64],
+    [n, 14, 128, 64],
+    [n, 7, 128, 128],
+    [n, 7, 256, 128],
+    [Math.max(1, n / 16), 32, 256, 256],
+  ];
+  const was = dnn.winograd;
+  try {
+    for (const [b, hw, c, o] of shapes) {
+      const x = tf.randomNormal([b, hw, hw, c]) as tf.Tensor4D;
+      const w = tf.randomNormal([3, 3, c, o], 0, 0.1) as tf.Tensor4D;
+      const bias = tf.randomNormal([o]);
+      const dy = tf.randomNormal([b, hw, hw, o]) as tf.Tensor4D;
+      const ops: [string, () => void][] = [
+        ["fwd", () => tf.dispose(tf.fused.conv2d({ x, filter: w, strides: 1, pad: "same", bias }))],
+        ["dx", () => tf.dispose(tf.conv2dTranspose(dy, w, x.shape, 1, "same"))],
+      ];
+      const routes: [string, () => void][] = [];
+      for (const [op, f] of ops) {
+        for (const mode of ["always", "off"] as const) {
+          routes.push([`${op}_${mode === "off" ? "direct" : "winograd"}`, () => {
+            dnn.winograd = mode;
+            f();
+          }]);
+        }
+      }
+      const best = withBlas(true, () => interleaved(routes, reps));
+      const key = `conv3x3_${b}x${hw}x${hw}x${c}to${o}`;
+      const g = {
+        n: b,
+        h: hw,
+        w: hw,
+        c,
+        oh: hw,
+        ow: hw,
+        o,
+        kh: 3,
+        kw: 3,
+        sh: 1,
+        sw: 1,
+        dh: 1,
+        dw: 1,
+      };
+      const parts = ops.map(([op]) => {
+        const wino = best.get(`${op}_winograd`)!, direct = best.get(`${op}_direct`)!;
+        r[`${key}_${op}_winograd_ms`] = wino;
+        r[`${key}_${op}_direct_ms`] = direct;
+        return `${op} ${direct.toFixed(2)} → ${wino.toFixed(2)} ms (${
+          (direct / wino).toFixed(2)
+        }×)`;
+      });
+      log(
+        `Winograd vs direct, ${key}: ${parts.join(", ")}; rule: ${
+          winogradWorth({ ...g, pt: 1, pl: 1 }) ? "Winograd" : "direct"
+        }`,
+      );
+      tf.dispose([x, w, bias, dy]);
+    }
+  } finally {
+    dnn.winograd = was;
+  }
 }
 
 function benchElementwise(r: BenchResult, n: number, reps: number, log: (s: string) => void) {
@@ -239,6 +333,7 @@ export const suite = {
     const r: BenchResult = { repeats: reps };
     benchMatMul(r, quick ? 256 : 1024, 2 * reps, log);
     benchConv(r, quick ? 8 : 64, reps, log);
+    benchWinograd(r, quick ? 16 : 64, reps, log);
     benchElementwise(r, quick ? 4 : 64, reps, log);
     const n = quick ? 8 : 64;
     log(`train step of conv3×3 → GN+SiLU → conv3×3/2, x ${n}×32×32×32, best per kernel:`);

@@ -17,6 +17,7 @@ import { planMatMul } from "../../lib/engine/blas/matmul.ts";
 import { openBlasCoreFor } from "../../lib/engine/blas/openblas.ts";
 import { nativeKernels, setNativeKernels } from "../../lib/engine/native_kernels.ts";
 import { decodeIsa } from "../../lib/engine/blas/onednn_core.ts";
+import { winogradFits, winogradWorth } from "../../lib/engine/blas/onednn.ts";
 
 await initEngine({ backend: "wasm", announce: false });
 const ignore = loadOpenBlas() === undefined; // no library or no FFI: nothing to test
@@ -132,6 +133,81 @@ Deno.test({
         useOneDnn(true);
       }
     }
+  },
+});
+
+Deno.test("winogradFits / winogradWorth: 3×3 stride 1, channels in 16s; worth it from 64 channels in, 256 tiles", () => {
+  const g = {
+    n: 16,
+    h: 16,
+    w: 16,
+    c: 64,
+    oh: 16,
+    ow: 16,
+    o: 96,
+    kh: 3,
+    kw: 3,
+    sh: 1,
+    sw: 1,
+    dh: 1,
+    dw: 1,
+    pt: 1,
+    pl: 1,
+  };
+  assert.ok(winogradWorth(g)); // 16 · 4 · 4 = 256 tiles of 4×4
+  assert.ok(!winogradWorth({ ...g, n: 15 }) && winogradFits({ ...g, n: 15 }));
+  assert.ok(!winogradWorth({ ...g, c: 32 }) && winogradFits({ ...g, c: 32 }));
+  assert.ok(winogradWorth({ ...g, o: 16 }));
+  assert.ok(!winogradFits({ ...g, c: 72 }));
+  assert.ok(!winogradFits({ ...g, o: 8 }));
+  assert.ok(!winogradFits({ ...g, kh: 1, kw: 1 }));
+  assert.ok(!winogradFits({ ...g, sh: 2, sw: 2, oh: 8, ow: 8 }));
+  assert.ok(!winogradFits({ ...g, dh: 2, dw: 2 }));
+  assert.ok(winogradWorth({ ...g, n: 64, h: 7, w: 7, oh: 7, ow: 7 })); // 64 · 2 · 2
+});
+
+Deno.test({
+  name: "Winograd convs (forward with bias, input gradient) match cpu and direct; the modes",
+  ignore: ignore || CONV_ROUTES.length === 1,
+  async fn() {
+    const dnn = loadOneDnn()!;
+    const off = openOneDnn((k) => (k === "DP_ONEDNN_WINOGRAD" ? "0" : undefined));
+    assert.equal(off?.winograd, "off");
+    assert.equal(dnn.winograd, "auto", "the default");
+    const [n, hw, c, o] = [2, 8, 32, 48];
+    const f = (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor) =>
+      tf.fused.conv2d({
+        x: x as tf.Tensor4D,
+        filter: w as tf.Tensor4D,
+        strides: 1,
+        pad: "same",
+        bias: b,
+      });
+    const step = (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => {
+      const r = tf.randomUniform([n, hw, hw, o], -1, 1, "float32", 5);
+      const g = tf.grads((a: tf.Tensor, k: tf.Tensor) => tf.sum(tf.mul(f(a, k, b), r)))([x, w]);
+      return [f(x, w, b), ...g];
+    };
+    const inputs = [input(91, [n, hw, hw, c]), input(92, [3, 3, c, o], -0.2, 0.2), input(93, [o])];
+    const at = async (mode: "auto" | "always" | "off") => {
+      dnn.winograd = mode;
+      try {
+        const before = dnn.winogradCalls;
+        const out = await on("wasm", inputs, step);
+        return { out, calls: dnn.winogradCalls - before };
+      } finally {
+        dnn.winograd = "auto";
+      }
+    };
+    const wino = await at("always"), direct = await at("off"), auto = await at("auto");
+    // Two forward passes (the output and the tape's) and one input gradient.
+    assert.equal(wino.calls, 3, "the Winograd route ran");
+    assert.equal(direct.calls, 0, "off means off");
+    assert.equal(auto.calls, 0, "too few tiles and channels for auto");
+    assertOutputsClose(wino.out, await on("cpu", inputs, step), 1e-5, "winograd vs cpu");
+    assertOutputsClose(wino.out, direct.out, 1e-5, "winograd vs direct");
+    // A different algorithm, not the direct kernels again: the outputs differ in their last bits.
+    assert.ok(wino.out[0].some((v, i) => v !== direct.out[0][i]), "bit-identical to direct");
   },
 });
 

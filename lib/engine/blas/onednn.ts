@@ -5,9 +5,12 @@
 // the U-Net's 3×3 convs here, single-threaded. Weights are small, so the reorders are cheap.
 // In bf16 (./precision.ts) the same primitives read bf16 activations, weights and incoming
 // gradients (rounded into scratch per call) and write f32 outputs and weight gradients.
+// In fp32, wide 3×3 stride-1 convolutions run forward and backward-data on oneDNN's Winograd
+// F(4×4, 3×3) kernels instead (see `winogradWorth`); DP_ONEDNN_WINOGRAD=0 keeps them direct.
 // Loading (./onednn_core.ts) never throws: no library, no FFI permission or DP_ONEDNN=0 yields
 // undefined, and any geometry oneDNN refuses returns false so the caller takes the sgemm route.
 import type { ConvGeometry } from "./conv.ts";
+import { processEnv } from "./openblas.ts";
 import { precision } from "./precision.ts";
 import {
   ARG_BIAS,
@@ -19,6 +22,7 @@ import {
   ARG_WEIGHTS,
   BF16,
   CONV_DIRECT,
+  CONV_WINOGRAD,
   type Core,
   type CpuIsa,
   ELTWISE_SWISH,
@@ -30,12 +34,50 @@ import {
   OP_BYTES,
   openOneDnnCore,
   type Ptr,
+  QUERY_DIFF_DST_MD,
+  QUERY_DIFF_SRC_MD,
   QUERY_DIFF_WEIGHTS_MD,
+  QUERY_DST_MD,
+  QUERY_SRC_MD,
   QUERY_WEIGHTS_MD,
   type View,
 } from "./onednn_core.ts";
 
 export { ONEDNN_ENV, ONEDNN_LIB_ENV, ONEDNN_THREADS_ENV } from "./onednn_core.ts";
+
+/** Environment variable: `0` keeps every convolution direct, `1` (the default) is "auto". */
+export const WINOGRAD_ENV = "DP_ONEDNN_WINOGRAD";
+
+const winogradModeOf = (env: (name: string) => string | undefined): WinogradMode =>
+  env(WINOGRAD_ENV) === "0" ? "off" : "auto";
+
+/**
+ * When fp32 convolutions take oneDNN's Winograd F(4×4, 3×3) kernels (jit_wino_4x3, AVX-512
+ * only; elsewhere oneDNN declines and the direct kernels run): "auto" where `winogradWorth`,
+ * "always" wherever they fit (`winogradFits`; for benches and tests), "off" never.
+ */
+export type WinogradMode = "auto" | "always" | "off";
+
+/** The Winograd kernels' shape rule: 3×3, stride 1, no dilation, channels in and out in 16s. */
+export function winogradFits(g: ConvGeometry): boolean {
+  return g.kh === 3 && g.kw === 3 && g.sh === 1 && g.sw === 1 && g.dh === 1 && g.dw === 1 &&
+    g.c % 16 === 0 && g.o % 16 === 0;
+}
+
+/**
+ * Whether Winograd pays for `g`, reorders of the activations to and from its blocked layout
+ * included (`deno task bench --suite blas` times each small-U-Net shape both ways). From 64
+ * input channels it ran 1.1× faster forward and 1.2–1.6× backward-data at the small U-Net's
+ * batch-64 shapes, and 2–2.4× at adm256's width; from 32 channels it gained nothing (or lost:
+ * the transforms cost what the products save). Below about 256 output tiles of 4×4 per call the
+ * per-call weight transform costs more than it saves.
+ * Backward-weights always stays direct: oneDNN 2.6's Winograd weight gradient crashed the
+ * process on several U-Net shapes at batch 1–32 (a segmentation fault, nothing to catch).
+ */
+export function winogradWorth(g: ConvGeometry): boolean {
+  const tiles = g.n * Math.ceil(g.oh / 4) * Math.ceil(g.ow / 4);
+  return winogradFits(g) && g.c >= 64 && tiles >= 256;
+}
 
 /** oneDNN convolutions on NHWC float32 views; each returns false where oneDNN declines. */
 export interface OneDnn {
@@ -58,6 +100,10 @@ export interface OneDnn {
   swish(x: Float32Array, y: Float32Array): boolean;
   /** dx ← dy·d(x·σ(x))/dx, single-threaded. */
   swishBackward(x: Float32Array, dy: Float32Array, dx: Float32Array): boolean;
+  /** When fp32 convolutions take the Winograd kernels. */
+  winograd: WinogradMode;
+  /** Convolution passes that ran on the Winograd kernels so far (forward and backward-data). */
+  readonly winogradCalls: number;
 }
 
 /** A primitive with the weights layout it wants and the reorders to and from the user's HWIO. */
@@ -69,7 +115,19 @@ interface Conv {
   readonly reorder: Ptr;
 }
 
-function bind(core: Core): OneDnn {
+/** A Winograd pass: its blocked activation layouts and the reorders from and to NHWC. */
+interface Wino extends Conv {
+  /** The layout it reads (src or diff_dst) and the reorder into it from NHWC. */
+  readonly inMd: Ptr;
+  readonly toIn: Ptr;
+  readonly inLength: number;
+  /** The layout it writes (dst or diff_src) and the reorder from it to NHWC. */
+  readonly outMd: Ptr;
+  readonly fromOut: Ptr;
+  readonly outLength: number;
+}
+
+function bind(core: Core, winogradMode: WinogradMode): OneDnn {
   const { lib, md, anyMd, primitive, reorder, run, toBf16 } = core;
 
   // One plan per geometry and precision. In bf16 the products read bf16 (src, weights, diff_dst)
@@ -90,6 +148,9 @@ function bind(core: Core): OneDnn {
     fwdBias?: Conv | null;
     bwdData?: Conv | null;
     bwdWeights?: Conv | null;
+    winoFwd?: Wino | null;
+    winoFwdBias?: Wino | null;
+    winoBwdData?: Wino | null;
   }
   const plans = new Map<string, Plan | null>();
   const params = (g: ConvGeometry) => {
@@ -186,14 +247,122 @@ function bind(core: Core): OneDnn {
   // SiLU is swish with β = 1.
   const silu = core.eltwise(ELTWISE_SWISH, 1, true);
 
+  // Winograd: activations go through blocked scratch outside the wasm heap (two slots: the
+  // reordered input and the blocked output), grown as needed.
+  const scratch = [new Float32Array(0), new Float32Array(0)];
+  const scratchOf = (slot: 0 | 1, length: number) => {
+    if (scratch[slot].length < length) scratch[slot] = new Float32Array(length);
+    return scratch[slot].subarray(0, length);
+  };
+  /** The Winograd pass of `made`, reading `qIn` from NHWC `userIn` and writing `qOut` to `userOut`. */
+  const wino = (
+    made: Made | undefined,
+    p: Plan,
+    [qIn, userIn]: [number, Uint8Array],
+    [qOut, userOut]: [number, Uint8Array],
+  ): Wino | null => {
+    const conv = made && withWeights(made, QUERY_WEIGHTS_MD, p.wUser, false);
+    const inMd = made && lib.dnnl_primitive_desc_query_md(made.pd, qIn, 0);
+    const outMd = made && lib.dnnl_primitive_desc_query_md(made.pd, qOut, 0);
+    if (!conv || !inMd || !outMd) return null;
+    const toIn = reorder(Deno.UnsafePointer.of(userIn), inMd);
+    const fromOut = reorder(outMd, Deno.UnsafePointer.of(userOut));
+    if (!toIn || !fromOut) return null;
+    const length = (m: Ptr) => Math.ceil(Number(lib.dnnl_memory_desc_get_size(m)) / 4);
+    return {
+      ...conv,
+      inMd,
+      toIn,
+      inLength: length(inMd),
+      outMd,
+      fromOut,
+      outLength: length(outMd),
+    };
+  };
+  const winoForward = (g: ConvGeometry, p: Plan, bias: boolean): Wino | null => {
+    const { n, c, h, w, o, oh, ow, kh, kw } = g;
+    const d = new Uint8Array(OP_BYTES);
+    const r = lib.dnnl_dilated_convolution_forward_desc_init(
+      d,
+      FORWARD_TRAINING,
+      CONV_WINOGRAD,
+      anyMd([n, c, h, w]),
+      anyMd([o, c, kh, kw]),
+      bias ? p.bias : null as never,
+      anyMd([n, o, oh, ow]),
+      ...params(g).geo,
+    );
+    const made = r === 0 ? primitive(d, null) : undefined;
+    return wino(made, p, [QUERY_SRC_MD, p.src], [QUERY_DST_MD, p.dst]);
+  };
+  const winoBackwardData = (g: ConvGeometry, p: Plan): Wino | null => {
+    const { n, c, h, w, o, oh, ow, kh, kw } = g;
+    const d = new Uint8Array(OP_BYTES);
+    const r = lib.dnnl_dilated_convolution_backward_data_desc_init(
+      d,
+      CONV_WINOGRAD,
+      anyMd([n, c, h, w]),
+      anyMd([o, c, kh, kw]),
+      anyMd([n, o, oh, ow]),
+      ...params(g).geo,
+    );
+    const made = r === 0 ? primitive(d, null) : undefined;
+    return wino(made, p, [QUERY_DIFF_DST_MD, p.diffDst], [QUERY_DIFF_SRC_MD, p.diffSrc]);
+  };
+  let winogradCalls = 0;
+  /** Run Winograd pass `k`: NHWC `input` in, weights `w` (HWIO), NHWC `output` out. */
+  const runWino = (
+    k: Wino,
+    p: Plan,
+    w: Float32Array,
+    [inArg, input]: [number, Float32Array],
+    [outArg, output]: [number, Float32Array],
+    bias?: Float32Array,
+  ) => {
+    const a = scratchOf(0, k.inLength), b = scratchOf(1, k.outLength);
+    run(k.toIn, [[ARG_SRC, inArg === ARG_SRC ? p.src : p.diffDst, input], [ARG_DST, k.inMd, a]]);
+    run(k.reorder, [[ARG_SRC, p.wUser, w], [ARG_DST, k.wMd, k.wBuf]]);
+    const args: View[] = [[inArg, k.inMd, a], [ARG_WEIGHTS, k.wMd, k.wBuf], [outArg, k.outMd, b]];
+    if (bias) args.push([ARG_BIAS, p.bias, bias]);
+    run(k.prim, args);
+    run(k.fromOut, [[ARG_SRC, k.outMd, b], [
+      ARG_DST,
+      outArg === ARG_DST ? p.dst : p.diffSrc,
+      output,
+    ]]);
+    winogradCalls++;
+  };
+  let winograd = winogradMode;
+  /** Whether `g` takes the Winograd kernels under plan `p`. */
+  const winoFor = (g: ConvGeometry, p: Plan) =>
+    !p.bf16 && (winograd === "always" ? winogradFits(g) : winograd === "auto" && winogradWorth(g));
+
   return {
     path: core.path,
     isa: core.isa,
     swish: (x, y) => silu.forward(x, y),
     swishBackward: (x, dy, dx) => silu.backward(x, dy, dx),
+    get winograd() {
+      return winograd;
+    },
+    set winograd(mode: WinogradMode) {
+      winograd = mode;
+    },
+    get winogradCalls() {
+      return winogradCalls;
+    },
     convForward(g, x, w, bias, y) {
       const p = planNow(g);
       if (!p) return false;
+      if (winoFor(g, p)) {
+        const slot = bias ? "winoFwdBias" : "winoFwd";
+        if (p[slot] === undefined) p[slot] = winoForward(g, p, bias !== undefined);
+        const k = p[slot];
+        if (k) {
+          runWino(k, p, w, [ARG_SRC, x], [ARG_DST, y], bias);
+          return true;
+        }
+      }
       const slot = bias ? "fwdBias" : "fwd";
       if (p[slot] === undefined) {
         const desc = bias ? p.desc : forwardDesc(p, g, false);
@@ -216,6 +385,14 @@ function bind(core: Core): OneDnn {
     convBackpropInput(g, dy, w, dx) {
       const p = planNow(g);
       if (!p) return false;
+      if (winoFor(g, p)) {
+        if (p.winoBwdData === undefined) p.winoBwdData = winoBackwardData(g, p);
+        const k = p.winoBwdData;
+        if (k) {
+          runWino(k, p, w, [ARG_DIFF_DST, dy], [ARG_DIFF_SRC, dx]);
+          return true;
+        }
+      }
       if (p.bwdData === undefined) {
         const made = backward(g, p, false);
         p.bwdData = made ? withWeights(made, QUERY_WEIGHTS_MD, p.wUser, false) : null;
@@ -258,16 +435,18 @@ let cached: OneDnn | null | undefined;
  * Open oneDNN (uncached: a new engine and stream per call); undefined when DP_ONEDNN=0, without
  * FFI permission for it, or when the library does not load. `env` reads configuration.
  */
-export function openOneDnn(env?: (name: string) => string | undefined): OneDnn | undefined {
+export function openOneDnn(
+  env: (name: string) => string | undefined = processEnv,
+): OneDnn | undefined {
   const core = openOneDnnCore(env);
-  return core && bind(core);
+  return core && bind(core, winogradModeOf(env));
 }
 
 /** oneDNN's convolutions once per process, on the shared core (./onednn_core.ts). */
 export function loadOneDnn(): OneDnn | undefined {
   if (cached === undefined) {
     const core = loadOneDnnCore();
-    cached = core ? bind(core) : null;
+    cached = core ? bind(core, winogradModeOf(processEnv)) : null;
   }
   return cached ?? undefined;
 }

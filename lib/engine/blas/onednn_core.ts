@@ -72,14 +72,19 @@ export const F32 = 3;
 const TAG_ANY = 1;
 /** dnnl_forward_training. */
 export const FORWARD_TRAINING = 64;
-/** dnnl_convolution_direct. */
+/** dnnl_convolution_direct / dnnl_convolution_winograd. */
 export const CONV_DIRECT = 1;
+export const CONV_WINOGRAD = 2;
 /** Eltwise kinds, v2.x numbering (v3 renumbered them). */
 export const ELTWISE_SWISH = 0xdf;
 export const ELTWISE_GELU_TANH = 0xcf;
-/** dnnl_query_weights_md / dnnl_query_diff_weights_md. */
+/** dnnl_query_{src,diff_src,weights,diff_weights,dst,diff_dst}_md. */
+export const QUERY_SRC_MD = 129;
+export const QUERY_DIFF_SRC_MD = 130;
 export const QUERY_WEIGHTS_MD = 131;
 export const QUERY_DIFF_WEIGHTS_MD = 132;
+export const QUERY_DST_MD = 133;
+export const QUERY_DIFF_DST_MD = 134;
 /** Execution argument ids (DNNL_ARG_*). */
 export const ARG_SRC = 1;
 export const ARG_DST = 17;
