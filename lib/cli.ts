@@ -305,9 +305,12 @@ export function parseCli<S extends FlagSpecs>(
  * stderr (no stack trace unless DP_DEBUG is set) and set a non-zero exit code.
  */
 export async function runMain(main: () => Promise<void> | void): Promise<void> {
+  // Tells the engine that the threaded wasm's workers will be stopped below, so it may use them
+  // (lib/engine/wasm_threads.ts; a symbol keeps this module free of tfjs).
+  (globalThis as Record<symbol, unknown>)[Symbol.for("diffusion-pretraining.runMain")] = true;
   try {
     await main();
-    // tfjs's threaded wasm (DP_WASM_THREADS) keeps workers that would hold the process open.
+    // tfjs's threaded wasm keeps workers that would hold the process open.
     const stop = (globalThis as Record<symbol, unknown>)[
       Symbol.for("diffusion-pretraining.stopWasmThreads")
     ];

@@ -7,7 +7,7 @@ import { loadOneDnn, registerBlasKernels, unregisterBlasKernels } from "./blas/m
 import { type Precision, setPrecision } from "./blas/precision.ts";
 import { prepareNativeLibs } from "./native_libs.ts";
 import { prepareNativeKernels, setNativeKernels } from "./native_kernels.ts";
-import { prepareWasmThreads, WASM_PREFIX } from "./wasm_threads.ts";
+import { prepareWasmThreads, underRunMain, WASM_PREFIX } from "./wasm_threads.ts";
 
 export const BACKENDS = ["tensorflow", "webgpu", "wasm", "cpu"] as const;
 export type BackendName = (typeof BACKENDS)[number];
@@ -15,12 +15,16 @@ export type BackendName = (typeof BACKENDS)[number];
 /** Environment variable that overrides the automatic choice (a `--backend` flag wins over it). */
 export const BACKEND_ENV = "DP_BACKEND";
 
-/** Threads of tfjs's threaded wasm binary (opt-in, >= 2; ./wasm_threads.ts). */
+/**
+ * Threads of tfjs's threaded wasm binary (>= 2; ./wasm_threads.ts); 0 or 1: the single-threaded
+ * binary. Unset: every core where the native kernels do not load, in a script run by `runMain`.
+ */
 export const WASM_THREADS_ENV = "DP_WASM_THREADS";
 
-function wasmThreadsAsked(): number | undefined {
+function wasmThreadsAsked(): number | "auto" | undefined {
   const text = Deno.env.get(WASM_THREADS_ENV);
-  if (text === undefined || text === "" || text === "1" || text === "0") return undefined;
+  if (text === undefined || text === "") return "auto";
+  if (text === "1" || text === "0") return undefined;
   const n = Number(text);
   if (!(Number.isInteger(n) && n >= 2)) {
     throw new Error(`${WASM_THREADS_ENV}="${text}": expected a thread count >= 2 (or 0/1: off)`);
@@ -199,12 +203,7 @@ export async function initEngine(opts: EngineOptions = {}): Promise<EngineInfo> 
   const layers: string[] = [backend];
   let restore: (() => void) | undefined;
   if (backend === "wasm") {
-    const threads = wasmStarted ? undefined : wasmThreadsAsked();
-    if (threads) {
-      restore = prepareWasmThreads(wasmDistDir(), threads);
-      setWasmPaths(WASM_PREFIX);
-    } else if (!wasmThreads) setWasmPaths(wasmDistDir());
-    if (threads || wasmThreads) layers.push("threads");
+    const asked = wasmStarted ? undefined : wasmThreadsAsked();
     registerWasmKernels();
     layers.push("kernels");
     const useBlas = opts.blas ?? true;
@@ -212,6 +211,19 @@ export async function initEngine(opts: EngineOptions = {}): Promise<EngineInfo> 
     // the system lacks them (fetched there the first time; ./native_libs.ts).
     if (useBlas) await prepareNativeLibs();
     const blas = useBlas ? registerBlasKernels() : undefined;
+    // Without the native kernels, the wasm fallback takes every core: 1.1–1.8× the
+    // single-threaded binary on the U-Net here. Only under `runMain`, which ends the pthread
+    // workers that would otherwise keep the process alive; `blas: false` (comparisons) and
+    // library callers keep the single-threaded binary unless DP_WASM_THREADS asks.
+    const cores = navigator.hardwareConcurrency || 1;
+    const threads = asked === "auto"
+      ? (useBlas && !blas && cores >= 2 && underRunMain() ? cores : undefined)
+      : asked;
+    if (threads) {
+      restore = prepareWasmThreads(wasmDistDir(), threads);
+      setWasmPaths(WASM_PREFIX);
+    } else if (!wasmThreads) setWasmPaths(wasmDistDir());
+    if (threads || wasmThreads) layers.splice(1, 0, "threads");
     // GroupNorm's passes and DiT's adaLN in C, compiled once into the same cache
     // (./native_kernels.ts). Tied to the BLAS switch so that `blas: false` stays plain wasm.
     const ck = useBlas ? (compiled ??= await prepareNativeKernels() ?? null) : null;

@@ -10,7 +10,8 @@
 // - navigator.hardwareConcurrency reads 2 × threads while initialising, since tfjs sizes the
 //   pthread pool as half of it.
 // WebAssembly.Module and shared memory cross postMessage to Deno workers as they must.
-// Opt-in (`DP_WASM_THREADS=<n>`) for the engine without native libraries; see bench/wasm_threads.ts.
+// The engine takes it where the native kernels do not load, in scripts (`runMain`), or where
+// `DP_WASM_THREADS=<n>` asks (./backend.ts).
 import * as tf from "@tensorflow/tfjs";
 import { setThreadsCount } from "@tensorflow/tfjs-backend-wasm";
 
@@ -20,6 +21,14 @@ import { setThreadsCount } from "@tensorflow/tfjs-backend-wasm";
  * symbol once the script is done. A symbol rather than an import keeps cli.ts free of tfjs.
  */
 export const STOP_WASM_THREADS = Symbol.for("diffusion-pretraining.stopWasmThreads");
+
+/** Set by `runMain` (lib/cli.ts) while a script runs: someone will stop the workers at the end. */
+export const RUN_MAIN = Symbol.for("diffusion-pretraining.runMain");
+
+/** Whether a script's `runMain` is running (and so will end the pthread workers). */
+export function underRunMain(): boolean {
+  return (globalThis as Record<symbol, unknown>)[RUN_MAIN] === true;
+}
 
 const workers = new Set<Worker>();
 
