@@ -5,9 +5,12 @@
 // on each engine available here (wasm+kernels+blas, wasm+kernels with BLAS off, and
 // wasm+threads+kernels, tfjs's threaded binary with a thread per core), and on
 // PyTorch through bench/peer_torch.py (same architectures, same step, 2 threads) when a python3
-// with torch is found. The peer runs `peerRuns` times and its median is the reference (its
-// spread is kept: it is the noisier of the two). Ratios project / PyTorch go to `ratio_vs_torch`
-// (best engine) and `ratio_vs_torch_by_engine`; achieved GFLOP/s use the FLOPs per image of each
+// with torch is found. The peer runs `peerRuns` times and its median is the reference; the first
+// engine (native libraries) runs as often, each of its runs followed by one of the peer's, and
+// its median is its figure (both spreads are kept: this host's speed drifts by tens of percent
+// over minutes). Ratios project / PyTorch go to `ratio_vs_torch` (best engine) and
+// `ratio_vs_torch_by_engine`, and the round-by-round ratios of the first engine to the peer run
+// after it to `ratio_paired_rounds`; achieved GFLOP/s use the FLOPs per image of each
 // workload's products and convolutions, counted once (lib/engine/flops.ts; the same on every
 // engine). The BLAS engine runs in fp32 and, where the CPU has bf16 instructions, in bf16
 // (products in bf16 with f32 accumulation, lib/engine/blas/precision.ts); PyTorch runs fp32, the
@@ -288,12 +291,15 @@ async function spawnWorker(
   return { ok: false, why: `exit ${out.code}: ${(err ?? "no output").trim().slice(0, 160)}` };
 }
 
+/** A measurement, or why none could be made. */
+type Measured = Measurement | { error: string; failed_batches: number[] };
+
 /** Run one workload, halving the batch until it fits (down to 4). */
 async function measure(
   spec: Omit<WorkerSpec, "batch">,
   batch: number,
   log: (s: string) => void,
-): Promise<Measurement | { error: string; failed_batches: number[] }> {
+): Promise<Measured> {
   const { workload, blas, threads } = spec;
   const failed: number[] = [];
   for (let n = batch; n >= 4; n = Math.floor(n / 2)) {
@@ -439,7 +445,11 @@ function table(
         continue;
       }
       const ratio = peer ? `${(m.img_s / peer[w].img_s).toFixed(2)}×` : "–";
-      rows.push([w, engine, p, String(m.batch), f1(m.img_s), f1(gflops(w, m.img_s)), ratio]);
+      const each = (byW[w] as { img_s_runs?: number[] }).img_s_runs;
+      const label = each
+        ? `${engine} (median of ${each.length}: ${f1(Math.min(...each))}–${f1(Math.max(...each))})`
+        : engine;
+      rows.push([w, label, p, String(m.batch), f1(m.img_s), f1(gflops(w, m.img_s)), ratio]);
     }
     if (peer) {
       const p = peer[w],
@@ -485,7 +495,6 @@ export const suite = {
     );
 
     // BLAS first: it is fast and finds the batch that fits; the BLAS-off run starts from there.
-    const engines: Record<string, Record<string, unknown>> = {};
     const used: Record<Workload, number> = {
       unet_train: batch,
       dit_train: batch,
@@ -529,9 +538,14 @@ export const suite = {
     // FLOPs per image do not depend on the engine (tests/engine/flops_test.ts): counted once,
     // by the first engine to measure each workload.
     const flopPerImg: Partial<Record<Workload, number>> = {};
-    for (const { blas, threads, precision } of variants) {
-      if (!blas && !threads && "wasm+kernels" in engines) continue; // the BLAS run had no BLAS
-      const rows: Record<string, unknown> = {};
+    // Every measurement of an engine, per workload (the first engine is measured once per peer run).
+    const runs: Record<string, Partial<Record<Workload, Measured[]>>> = {};
+    const batchFound = new Set<Workload>();
+    const measureVariant = async (
+      { blas, threads, precision }: (typeof variants)[number],
+    ): Promise<void> => {
+      if (!blas && !threads && "wasm+kernels" in runs) return; // the BLAS run had no BLAS
+      const rows: Partial<Record<Workload, Measured>> = {};
       let name = blas ? "wasm+kernels+blas" : threads ? "wasm+threads+kernels" : "wasm+kernels";
       for (const workload of WORKLOADS) {
         const spec = {
@@ -543,35 +557,66 @@ export const suite = {
           budgetS,
           flops: !flopPerImg[workload],
         };
-        // bf16 runs at the batch fp32 found (it needs no more memory).
-        const m = await measure(spec, blas && precision !== "bf16" ? batch : used[workload], log);
+        // bf16, and the fp32 engine's later rounds, run at the batch its first run found.
+        const first = blas && precision !== "bf16" && !batchFound.has(workload);
+        const m = await measure(spec, first ? batch : used[workload], log);
         rows[workload] = m;
         if ("engine" in m) {
           name = m.engine;
-          if (blas && precision !== "bf16") used[workload] = m.batch;
+          if (first) {
+            used[workload] = m.batch;
+            batchFound.add(workload);
+          }
           if (m.flop_per_img) flopPerImg[workload] = m.flop_per_img;
         }
         if (precision === "bf16" && !name.endsWith("+bf16")) break; // said why, ran fp32
       }
       if (precision === "bf16" && !name.endsWith("+bf16")) {
         log("models: bf16 does not run on this engine or CPU (the line above says why): skipped");
-        continue;
+        return;
       }
-      engines[name] = rows;
+      runs[name] ??= {};
+      for (const w of WORKLOADS) if (rows[w]) (runs[name][w] ??= []).push(rows[w]!);
       if (blas && !name.includes("blas")) {
         log("models: OpenBLAS is unavailable here (or DP_BLAS=0): wasm+kernels measured above");
       }
-      if (blas) await peerOnce(); // after each native-library engine
+    };
+    // The first engine (native libraries, first precision) and the peer take turns, one run
+    // each per round, so that both medians span the same minutes; the other engines are spread
+    // over the rounds.
+    const [reference, ...others] = variants;
+    const rounds = Math.max(1, peerCount);
+    for (let r = 0; r < rounds; r++) {
+      await measureVariant(reference);
+      await peerOnce();
+      for (const v of others.splice(0, Math.ceil(others.length / (rounds - r)))) {
+        await measureVariant(v);
+      }
     }
     while (python && peerError === undefined && peerRuns.length < peerCount) await peerOnce();
     const gflops = (w: Workload, imgS?: number) =>
       imgS && flopPerImg[w] ? r3((imgS * flopPerImg[w]!) / 1e9) : undefined;
-    for (const [engine, rows] of Object.entries(engines)) {
+    // One row per engine and workload: a single run as measured, several as their median.
+    const engines: Record<string, Record<string, unknown>> = {};
+    for (const [engine, byW] of Object.entries(runs)) {
+      engines[engine] = {};
       for (const w of WORKLOADS) {
-        const m = rows[w] as Partial<Measurement>;
-        if (m.img_s) {
-          rows[w] = { ...m, precision: precisionOf(engine), gflop_s: gflops(w, m.img_s) };
+        const ms = byW[w] ?? [];
+        const ok = ms.filter((m): m is Measurement => "img_s" in m);
+        if (ok.length === 0) {
+          if (ms[0]) engines[engine][w] = ms[0];
+          continue;
         }
+        const imgS = median(ok.map((m) => m.img_s));
+        const each = ok.length > 1 ? { img_s_runs: ok.map((m) => r3(m.img_s)) } : {};
+        engines[engine][w] = {
+          ...ok[0],
+          img_s: imgS,
+          median_s: ok[0].batch / imgS,
+          ...each,
+          precision: precisionOf(engine),
+          gflop_s: gflops(w, imgS),
+        };
       }
     }
 
@@ -618,6 +663,17 @@ export const suite = {
         const best = Object.keys(engines).find((e) => e.includes("blas")) ??
           Object.keys(engines)[0];
         result.ratio_vs_torch = { engine: best, ...byEngine[best] };
+        // Round by round, the first engine's run over the peer run that followed it: drift
+        // between rounds cancels out of each pair.
+        const first = Object.keys(runs)[0];
+        const paired: Record<string, unknown> = { engine: first };
+        for (const w of WORKLOADS) {
+          const ratios = (runs[first][w] ?? []).flatMap((m, r) =>
+            "img_s" in m && peerRuns[r] ? [m.img_s / (peerRuns[r][w] as PeerRow).img_s] : []
+          );
+          if (ratios.length > 1) paired[w] = { median: r3(median(ratios)), each: ratios.map(r3) };
+        }
+        if (Object.keys(paired).length > 1) result.ratio_paired_rounds = paired;
       } catch (e) {
         result.torch = { error: String(e) };
         log(`models: PyTorch peer failed: ${e}`);

@@ -115,16 +115,20 @@ interface Conv {
   readonly reorder: Ptr;
 }
 
-/** A Winograd pass: its blocked activation layouts and the reorders from and to NHWC. */
+/** One side of a Winograd pass: its argument, blocked layout, NHWC layout and the reorder. */
+interface Side {
+  readonly arg: number;
+  readonly md: Ptr;
+  readonly user: Uint8Array;
+  /** NHWC → blocked for the input side, blocked → NHWC for the output side. */
+  readonly reorder: Ptr;
+  readonly length: number;
+}
+
+/** A Winograd pass: what it reads (src or diff_dst) and writes (dst or diff_src). */
 interface Wino extends Conv {
-  /** The layout it reads (src or diff_dst) and the reorder into it from NHWC. */
-  readonly inMd: Ptr;
-  readonly toIn: Ptr;
-  readonly inLength: number;
-  /** The layout it writes (dst or diff_src) and the reorder from it to NHWC. */
-  readonly outMd: Ptr;
-  readonly fromOut: Ptr;
-  readonly outLength: number;
+  readonly input: Side;
+  readonly output: Side;
 }
 
 function bind(core: Core, winogradMode: WinogradMode): OneDnn {
@@ -254,30 +258,24 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
     if (scratch[slot].length < length) scratch[slot] = new Float32Array(length);
     return scratch[slot].subarray(0, length);
   };
-  /** The Winograd pass of `made`, reading `qIn` from NHWC `userIn` and writing `qOut` to `userOut`. */
+  /** The Winograd pass of `made`, reading `input` from NHWC and writing `output` to NHWC. */
   const wino = (
     made: Made | undefined,
     p: Plan,
-    [qIn, userIn]: [number, Uint8Array],
-    [qOut, userOut]: [number, Uint8Array],
+    input: [arg: number, query: number, user: Uint8Array],
+    output: [arg: number, query: number, user: Uint8Array],
   ): Wino | null => {
-    const conv = made && withWeights(made, QUERY_WEIGHTS_MD, p.wUser, false);
-    const inMd = made && lib.dnnl_primitive_desc_query_md(made.pd, qIn, 0);
-    const outMd = made && lib.dnnl_primitive_desc_query_md(made.pd, qOut, 0);
-    if (!conv || !inMd || !outMd) return null;
-    const toIn = reorder(Deno.UnsafePointer.of(userIn), inMd);
-    const fromOut = reorder(outMd, Deno.UnsafePointer.of(userOut));
-    if (!toIn || !fromOut) return null;
-    const length = (m: Ptr) => Math.ceil(Number(lib.dnnl_memory_desc_get_size(m)) / 4);
-    return {
-      ...conv,
-      inMd,
-      toIn,
-      inLength: length(inMd),
-      outMd,
-      fromOut,
-      outLength: length(outMd),
+    const side = ([arg, query, user]: typeof input, toUser: boolean): Side | undefined => {
+      const md = made && lib.dnnl_primitive_desc_query_md(made.pd, query, 0);
+      if (!md) return undefined;
+      const userMd = Deno.UnsafePointer.of(user);
+      const r = toUser ? reorder(md, userMd) : reorder(userMd, md);
+      const length = Math.ceil(Number(lib.dnnl_memory_desc_get_size(md)) / 4);
+      return r ? { arg, md, user, reorder: r, length } : undefined;
     };
+    const conv = made && withWeights(made, QUERY_WEIGHTS_MD, p.wUser, false);
+    const i = side(input, false), o = side(output, true);
+    return conv && i && o ? { ...conv, input: i, output: o } : null;
   };
   const winoForward = (g: ConvGeometry, p: Plan, bias: boolean): Wino | null => {
     const { n, c, h, w, o, oh, ow, kh, kw } = g;
@@ -293,7 +291,7 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
       ...params(g).geo,
     );
     const made = r === 0 ? primitive(d, null) : undefined;
-    return wino(made, p, [QUERY_SRC_MD, p.src], [QUERY_DST_MD, p.dst]);
+    return wino(made, p, [ARG_SRC, QUERY_SRC_MD, p.src], [ARG_DST, QUERY_DST_MD, p.dst]);
   };
   const winoBackwardData = (g: ConvGeometry, p: Plan): Wino | null => {
     const { n, c, h, w, o, oh, ow, kh, kw } = g;
@@ -307,29 +305,35 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
       ...params(g).geo,
     );
     const made = r === 0 ? primitive(d, null) : undefined;
-    return wino(made, p, [QUERY_DIFF_DST_MD, p.diffDst], [QUERY_DIFF_SRC_MD, p.diffSrc]);
+    return wino(
+      made,
+      p,
+      [ARG_DIFF_DST, QUERY_DIFF_DST_MD, p.diffDst],
+      [ARG_DIFF_SRC, QUERY_DIFF_SRC_MD, p.diffSrc],
+    );
   };
   let winogradCalls = 0;
-  /** Run Winograd pass `k`: NHWC `input` in, weights `w` (HWIO), NHWC `output` out. */
+  /** Run Winograd pass `k` on NHWC `x` with weights `w` (HWIO) into NHWC `y`. */
   const runWino = (
     k: Wino,
     p: Plan,
+    x: Float32Array,
     w: Float32Array,
-    [inArg, input]: [number, Float32Array],
-    [outArg, output]: [number, Float32Array],
+    y: Float32Array,
     bias?: Float32Array,
   ) => {
-    const a = scratchOf(0, k.inLength), b = scratchOf(1, k.outLength);
-    run(k.toIn, [[ARG_SRC, inArg === ARG_SRC ? p.src : p.diffDst, input], [ARG_DST, k.inMd, a]]);
+    const { input, output } = k;
+    const a = scratchOf(0, input.length), b = scratchOf(1, output.length);
+    run(input.reorder, [[ARG_SRC, input.user, x], [ARG_DST, input.md, a]]);
     run(k.reorder, [[ARG_SRC, p.wUser, w], [ARG_DST, k.wMd, k.wBuf]]);
-    const args: View[] = [[inArg, k.inMd, a], [ARG_WEIGHTS, k.wMd, k.wBuf], [outArg, k.outMd, b]];
+    const args: View[] = [
+      [input.arg, input.md, a],
+      [ARG_WEIGHTS, k.wMd, k.wBuf],
+      [output.arg, output.md, b],
+    ];
     if (bias) args.push([ARG_BIAS, p.bias, bias]);
     run(k.prim, args);
-    run(k.fromOut, [[ARG_SRC, k.outMd, b], [
-      ARG_DST,
-      outArg === ARG_DST ? p.dst : p.diffSrc,
-      output,
-    ]]);
+    run(output.reorder, [[ARG_SRC, output.md, b], [ARG_DST, output.user, y]]);
     winogradCalls++;
   };
   let winograd = winogradMode;
@@ -359,7 +363,7 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
         if (p[slot] === undefined) p[slot] = winoForward(g, p, bias !== undefined);
         const k = p[slot];
         if (k) {
-          runWino(k, p, w, [ARG_SRC, x], [ARG_DST, y], bias);
+          runWino(k, p, x, w, y, bias);
           return true;
         }
       }
@@ -389,7 +393,7 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
         if (p.winoBwdData === undefined) p.winoBwdData = winoBackwardData(g, p);
         const k = p.winoBwdData;
         if (k) {
-          runWino(k, p, w, [ARG_DIFF_DST, dy], [ARG_DIFF_SRC, dx]);
+          runWino(k, p, dy, w, dx);
           return true;
         }
       }
