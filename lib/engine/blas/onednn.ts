@@ -67,7 +67,7 @@ export function winogradFits(g: ConvGeometry): boolean {
 /**
  * Whether Winograd pays for `g`, reorders of the activations to and from its blocked layout
  * included (`deno task bench --suite blas` times each small-U-Net shape both ways). From 64
- * input channels it ran 1.1× faster forward and 1.2–1.6× backward-data at the small U-Net's
+ * input channels it ran 1.05–1.2× faster forward and 1.2–1.6× backward-data at the small U-Net's
  * batch-64 shapes, and 2–2.4× at adm256's width; from 32 channels it gained nothing (or lost:
  * the transforms cost what the products save). Below about 256 output tiles of 4×4 per call the
  * per-call weight transform costs more than it saves.
