@@ -91,7 +91,8 @@ export function registerBlasKernels(): Record<string, string | number> | undefin
   // Convolutions go to oneDNN when it loads (lib/engine/blas/conv.ts).
   const core = blas.coreForced ? `${blas.core}(named)` : blas.core;
   const base = { blas: blas.path, blasThreads: blas.threads, blasCore: core };
-  return dnn ? { ...base, onednn: dnn.path } : base;
+  // Recorded with every result: Winograd convolutions change the last bits of the numbers.
+  return dnn ? { ...base, onednn: dnn.path, winograd: dnn.winograd } : base;
 }
 
 /**
