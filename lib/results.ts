@@ -9,6 +9,7 @@ import { sequenceS } from "fp-ts/lib/Apply.js";
 import { basename, dirname, join, relative, resolve } from "node:path";
 import * as os from "node:os";
 import { writeFileAtomic } from "./io/atomic.ts";
+import { processEnv } from "./engine/blas/openblas.ts";
 
 export const SCHEMA_VERSION = 1;
 /** Environment variable overriding the results directory (tests point it at a temp dir). */
@@ -286,12 +287,29 @@ export async function captureEnv(engine?: EngineRecord): Promise<RunEnv> {
   };
 }
 
-/** The command line that reruns this process's task: `deno task <task> <its flags>`. */
-export function commandLine(task: string, args: readonly string[] = Deno.args): string {
+/**
+ * Environment variables that choose the engine's kernels, and so a run's last bits: a run made
+ * under one of them is only reproduced under it too.
+ */
+export const ENGINE_ENV = ["DP_BACKEND", "DP_BLAS", "DP_ONEDNN", "DP_ONEDNN_WINOGRAD"] as const;
+
+/**
+ * The command line that reruns this process's task: `deno task <task> <its flags>`, after the
+ * `ENGINE_ENV` variables that are set (e.g. `DP_ONEDNN_WINOGRAD=0 deno task pretrain ...`).
+ */
+export function commandLine(
+  task: string,
+  args: readonly string[] = Deno.args,
+  env: (name: string) => string | undefined = processEnv,
+): string {
   const quote = (
     a: string,
   ) => (/^[A-Za-z0-9_./:=+,@%-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`);
-  return ["deno", "task", task, ...args.map(quote)].join(" ");
+  const set = ENGINE_ENV.flatMap((k) => {
+    const v = env(k);
+    return v ? [`${k}=${quote(v)}`] : [];
+  });
+  return [...set, "deno", "task", task, ...args.map(quote)].join(" ");
 }
 
 /** A run in progress, from `startRun`: the leading fields of its results, and a clock. */

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import * as E from "fp-ts/lib/Either.js";
 import { join } from "node:path";
 import {
+  commandLine,
   finishRun,
   parseResult,
   readAllResults,
@@ -143,4 +144,17 @@ Deno.test("readAllResults() skips invalid files with one line each, and accepts 
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("commandLine() quotes flags and leads with the engine variables that are set", () => {
+  const none = () => undefined;
+  assert.equal(
+    commandLine("pretrain", ["--run", "a b", "--steps", "3"], none),
+    "deno task pretrain --run 'a b' --steps 3",
+  );
+  const env = (k: string) => ({ DP_ONEDNN_WINOGRAD: "0", DP_BLAS: "", HOME: "/root" })[k];
+  assert.equal(
+    commandLine("pretrain", ["--seed", "0"], env),
+    "DP_ONEDNN_WINOGRAD=0 deno task pretrain --seed 0",
+  );
 });

@@ -54,7 +54,13 @@ export interface Column {
 }
 
 /** A condition on one path: the value itself, or whether the path is present. */
-export type Condition = string | number | boolean | null | { readonly present: boolean };
+export type Condition =
+  | string
+  | number
+  | boolean
+  | null
+  | { readonly present: boolean }
+  | { readonly oneOf: readonly (string | number)[] };
 /** Every condition must hold. */
 export type Where = Readonly<Record<string, Condition>>;
 
@@ -198,7 +204,11 @@ export function resolve(path: string, row: RowContext): Resolved {
 export function satisfies(where: Where | undefined, row: RowContext): boolean {
   return Object.entries(where ?? {}).every(([path, cond]) => {
     const { value } = resolve(path, row);
-    if (cond !== null && typeof cond === "object") return (value !== undefined) === cond.present;
+    if (cond !== null && typeof cond === "object") {
+      return "oneOf" in cond
+        ? cond.oneOf.includes(value as string | number)
+        : (value !== undefined) === cond.present;
+    }
     return value === cond;
   });
 }

@@ -99,6 +99,40 @@ const fixedProbe = {
 
 // ---------------------------------------------------------------- pre-training
 
+// The 1,000-step `small` Fashion-MNIST runs of issue 13's fidelity checks.
+const FIDELITY_WHERE = {
+  "config.dataset": "fashion-mnist",
+  "config.preset": "small",
+  "config.steps": 1000,
+} as const;
+const FIDELITY_COLUMNS: Column[] = [
+  { key: "run", header: "run", path: "$label" },
+  { key: "seed", header: "seed", path: "config.seed", format: "int" },
+  { key: "engine", header: "engine", path: "env.engine" },
+  { key: "final", header: "final loss (last 100 steps)", path: "metrics.final_loss" },
+  { key: "ips", header: "images/s", path: "metrics.images_per_s" },
+  { key: "cpu", header: "CPU", path: "env.cpu" },
+];
+const fidelityRun = (name: string, flags: string, env = "") => ({
+  label: name,
+  where: { run: name },
+  command: `${env}deno task pretrain --dataset fashion-mnist --config small --steps 1000 ` +
+    `--log-every 1 --samples 16 ${flags} --run ${name}`,
+});
+const BF16_RUNS = (["fp32", "bf16"] as const).flatMap((p) =>
+  [0, 1].map((seed) =>
+    fidelityRun(`fashion-mnist-small-${p}-1k-seed${seed}`, `--precision ${p} --seed ${seed}`)
+  )
+);
+const WINOGRAD_RUNS = [
+  fidelityRun("fashion-mnist-small-fp32-winograd-1k-seed0", "--precision fp32 --seed 0"),
+  fidelityRun(
+    "fashion-mnist-small-fp32-direct-1k-seed0",
+    "--precision fp32 --seed 0",
+    "DP_ONEDNN_WINOGRAD=0 ",
+  ),
+];
+
 const pretrain: ReportItem[] = [
   {
     kind: "table",
@@ -188,26 +222,30 @@ const pretrain: ReportItem[] = [
       "weights, Adam's moments, the loss and the norms stay fp32. Final loss: the mean of the " +
       "last 100 steps' losses (`--log-every 1`).",
     experiments: ["pretrain"],
-    where: { "config.dataset": "fashion-mnist", "config.preset": "small", "config.steps": 1000 },
-    columns: [
-      { key: "run", header: "run", path: "$label" },
-      { key: "seed", header: "seed", path: "config.seed", format: "int" },
-      { key: "engine", header: "engine", path: "env.engine" },
-      { key: "final", header: "final loss (last 100 steps)", path: "metrics.final_loss" },
-      { key: "ips", header: "images/s", path: "metrics.images_per_s" },
-      { key: "cpu", header: "CPU", path: "env.cpu" },
-    ],
-    expected: (["fp32", "bf16"] as const).flatMap((p) =>
-      [0, 1].map((seed) => ({
-        label: `fashion-mnist-small-${p}-1k-seed${seed}`,
-        where: { run: `fashion-mnist-small-${p}-1k-seed${seed}` },
-        command: `deno task pretrain --dataset fashion-mnist --config small --steps 1000 ` +
-          `--log-every 1 --samples 16 --precision ${p} --seed ${seed} ` +
-          `--run fashion-mnist-small-${p}-1k-seed${seed}`,
-      }))
-    ),
+    where: { ...FIDELITY_WHERE, run: { oneOf: BF16_RUNS.map((r) => r.label) } },
+    columns: FIDELITY_COLUMNS,
+    expected: BF16_RUNS,
     command: "deno task pretrain --precision bf16",
     findings: bf16Findings,
+  },
+  {
+    kind: "table",
+    id: "pretrain-winograd",
+    section: "pretrain",
+    title: "Winograd convolutions against direct ones: 1,000-step runs (issue 13)",
+    note: "The same run twice at one commit: oneDNN's Winograd kernels where they pay " +
+      "(forward and input gradient, lib/engine/blas/onednn.ts) and, with DP_ONEDNN_WINOGRAD=0, " +
+      "the direct kernels everywhere. images/s was measured in separate runs on a shared host.",
+    experiments: ["pretrain"],
+    where: { ...FIDELITY_WHERE, run: { oneOf: WINOGRAD_RUNS.map((r) => r.label) } },
+    columns: [
+      ...FIDELITY_COLUMNS.slice(0, 2),
+      { key: "winograd", header: "Winograd", path: "env.engine_details.winograd" },
+      ...FIDELITY_COLUMNS.slice(2),
+    ],
+    expected: WINOGRAD_RUNS,
+    command: "DP_ONEDNN_WINOGRAD=0 deno task pretrain",
+    findings: winogradFindings,
   },
   {
     kind: "table",
@@ -1084,6 +1122,30 @@ const numberWhere = (runs: readonly LoadedResult[], where: Where, path: string) 
  * Issue 13's fidelity check: each bf16 run's final loss against the fp32 seed-to-seed spread
  * (the interval between the fp32 seeds' final losses).
  */
+/**
+ * Winograd against direct at one seed: the final losses and the largest difference between the
+ * two runs' losses at any step.
+ */
+function winogradFindings(runs: readonly LoadedResult[]): string[] {
+  const byMode = (mode: string) =>
+    runs.find((r) => getPath(r.result, "env.engine_details.winograd") === mode);
+  const [wino, direct] = [byMode("auto"), byMode("off")];
+  const curve = (r: LoadedResult) =>
+    (getPath(r.result, "metrics.loss_curve.points") ?? []) as [number, number][];
+  if (!wino || !direct) return [];
+  const a = curve(wino), b = curve(direct);
+  const steps = Math.min(a.length, b.length);
+  let worst = 0;
+  for (let i = 0; i < steps; i++) worst = Math.max(worst, Math.abs(a[i][1] - b[i][1]));
+  const f7 = (r: LoadedResult) => num(r, "metrics.final_loss")?.toFixed(7);
+  return [
+    `Final loss: Winograd ${f7(wino)}, direct ${f7(direct)}.`,
+    `Largest difference between the two runs' losses at any of ${steps} steps: ${
+      worst.toExponential(1)
+    }.`,
+  ];
+}
+
 function bf16Findings(runs: readonly LoadedResult[]): string[] {
   const final = (p: string) =>
     runs.filter((r) =>
