@@ -1,6 +1,7 @@
 // Bench suite for the BLAS and fused kernels on wasm: matMul GFLOP/s through the registered
-// kernel vs raw sgemm, a 3×3 conv forward / train step with and without BLAS, and GroupNorm /
-// SiLU ns per element fused vs composed. Standalone:
+// kernel vs raw sgemm, a 3×3 conv forward / train step with and without BLAS, oneDNN's Winograd
+// against its direct convolutions per U-Net shape, and GroupNorm / SiLU ns per element fused vs
+// composed. Standalone:
 //   deno run -R -E --allow-ffi --allow-sys bench/blas.ts [--quick]
 import * as tf from "@tensorflow/tfjs";
 import { initEngine } from "../lib/engine/mod.ts";
@@ -116,27 +117,14 @@ function benchConv(r: BenchResult, n: number, reps: number, log: (s: string) => 
     ["train", () => tf.dispose(grads([x, w]))],
   ];
   // Routes: wasm (+ the project's wasm kernels), BLAS with its default threads, BLAS on one
-  // thread (better when other processes keep the cores busy), and where oneDNN's Winograd
-  // kernels take this shape, oneDNN's direct kernels beside them.
+  // thread (better when other processes keep the cores busy).
   const blas = activeBlas() ?? loadOpenBlas();
   const threads = blas?.threads ?? 1;
-  const dnn = loadOneDnn();
   const routes: [string, () => void][] = [];
   for (const [op, f] of ops) {
     routes.push([`${op}_wasm`, () => withBlas(false, f)]);
     if (!blas) continue;
     routes.push([`${op}_blas`, () => withBlas(true, f)]);
-    if (dnn && dnn.winograd !== "off") {
-      const mode = dnn.winograd;
-      routes.push([`${op}_direct`, () => {
-        dnn.winograd = "off";
-        try {
-          withBlas(true, f);
-        } finally {
-          dnn.winograd = mode;
-        }
-      }]);
-    }
     if (threads > 1) {
       routes.push([`${op}_blas1`, () => {
         blas.setThreads(1);
@@ -150,16 +138,11 @@ function benchConv(r: BenchResult, n: number, reps: number, log: (s: string) => 
   }
   const best = interleaved(routes, reps);
   for (const [name, ms] of best) r[`conv3x3_${n}_${name}_ms`] = ms;
-  const label: Record<string, string> = {
-    blas: dnn && dnn.winograd !== "off" ? "blas (oneDNN, Winograd where worth it)" : "blas",
-    blas1: "blas, 1 thread",
-    direct: "oneDNN direct only",
-  };
-  for (const route of ["wasm", "blas", "blas1", "direct"]) {
+  for (const route of ["wasm", "blas", "blas1"]) {
     if (!best.has(`fwd_${route}`)) continue;
     const [f, d, t] = ["fwd", "dx", "train"].map((op) => best.get(`${op}_${route}`)!);
     log(
-      `conv 3×3 ${n}×32×32×32→64 ${label[route] ?? route}: forward ` +
+      `conv 3×3 ${n}×32×32×32→64 ${route === "blas1" ? "blas, 1 thread" : route}: forward ` +
         `${f.toFixed(1)} ms, grad input ${d.toFixed(1)} ms, train step ${t.toFixed(1)} ms`,
     );
   }
@@ -205,21 +188,8 @@ function benchWinograd(r: BenchResult, n: number, reps: number, log: (s: string)
       }
       const best = withBlas(true, () => interleaved(routes, reps));
       const key = `conv3x3_${b}x${hw}x${hw}x${c}to${o}`;
-      const g = {
-        n: b,
-        h: hw,
-        w: hw,
-        c,
-        oh: hw,
-        ow: hw,
-        o,
-        kh: 3,
-        kw: 3,
-        sh: 1,
-        sw: 1,
-        dh: 1,
-        dw: 1,
-      };
+      const same = { h: hw, w: hw, oh: hw, ow: hw, pt: 1, pl: 1 };
+      const g = { n: b, c, o, kh: 3, kw: 3, sh: 1, sw: 1, dh: 1, dw: 1, ...same };
       const parts = ops.map(([op]) => {
         const wino = best.get(`${op}_winograd`)!, direct = best.get(`${op}_direct`)!;
         r[`${key}_${op}_winograd_ms`] = wino;
@@ -230,7 +200,7 @@ function benchWinograd(r: BenchResult, n: number, reps: number, log: (s: string)
       });
       log(
         `Winograd vs direct, ${key}: ${parts.join(", ")}; rule: ${
-          winogradWorth({ ...g, pt: 1, pl: 1 }) ? "Winograd" : "direct"
+          winogradWorth(g) ? "Winograd" : "direct"
         }`,
       );
       tf.dispose([x, w, bias, dy]);
