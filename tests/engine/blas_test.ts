@@ -204,6 +204,11 @@ Deno.test({
     assert.equal(wino.calls, 3, "the Winograd route ran");
     assert.equal(direct.calls, 0, "off means off");
     assert.equal(auto.calls, 0, "too few tiles and channels for auto");
+    // A shape the rule takes (16 · 4 · 4 = 256 tiles, 64 channels in): auto runs Winograd.
+    const wide = [input(94, [16, 16, 16, 64]), input(95, [3, 3, 64, 16], -0.2, 0.2)];
+    const before = dnn.winogradCalls;
+    await on("wasm", wide, (x, w) => tf.conv2d(x as tf.Tensor4D, w as tf.Tensor4D, 1, "same"));
+    assert.equal(dnn.winogradCalls - before, 1, "auto takes a shape its rule picks");
     assertOutputsClose(wino.out, await on("cpu", inputs, step), 1e-5, "winograd vs cpu");
     assertOutputsClose(wino.out, direct.out, 1e-5, "winograd vs direct");
     // A different algorithm, not the direct kernels again: the outputs differ in their last bits.
