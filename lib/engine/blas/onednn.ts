@@ -10,6 +10,7 @@
 // Loading (./onednn_core.ts) never throws: no library, no FFI permission or DP_ONEDNN=0 yields
 // undefined, and any geometry oneDNN refuses returns false so the caller takes the sgemm route.
 import type { ConvGeometry } from "./conv.ts";
+import { makeScratch } from "./heap.ts";
 import { processEnv } from "./openblas.ts";
 import { precision } from "./precision.ts";
 import {
@@ -251,13 +252,9 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
   // SiLU is swish with β = 1.
   const silu = core.eltwise(ELTWISE_SWISH, 1, true);
 
-  // Winograd: activations go through blocked scratch outside the wasm heap (two slots: the
-  // reordered input and the blocked output), grown as needed.
-  const scratch = [new Float32Array(0), new Float32Array(0)];
-  const scratchOf = (slot: 0 | 1, length: number) => {
-    if (scratch[slot].length < length) scratch[slot] = new Float32Array(length);
-    return scratch[slot].subarray(0, length);
-  };
+  // Winograd: activations go through blocked scratch outside the wasm heap: the reordered input
+  // and the blocked output.
+  const inScratch = makeScratch(), outScratch = makeScratch();
   /** The Winograd pass of `made`, reading `input` from NHWC and writing `output` to NHWC. */
   const wino = (
     made: Made | undefined,
@@ -323,7 +320,7 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
     bias?: Float32Array,
   ) => {
     const { input, output } = k;
-    const a = scratchOf(0, input.length), b = scratchOf(1, output.length);
+    const a = inScratch(input.length), b = outScratch(output.length);
     run(input.reorder, [[ARG_SRC, input.user, x], [ARG_DST, input.md, a]]);
     run(k.reorder, [[ARG_SRC, p.wUser, w], [ARG_DST, k.wMd, k.wBuf]]);
     const args: View[] = [
