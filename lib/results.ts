@@ -9,7 +9,9 @@ import { sequenceS } from "fp-ts/lib/Apply.js";
 import { basename, dirname, join, relative, resolve } from "node:path";
 import * as os from "node:os";
 import { writeFileAtomic } from "./io/atomic.ts";
-import { processEnv } from "./engine/blas/openblas.ts";
+import { BLAS_ENV, processEnv } from "./engine/blas/openblas.ts";
+import { ONEDNN_ENV } from "./engine/blas/onednn_core.ts";
+import { WINOGRAD_ENV } from "./engine/blas/onednn.ts";
 
 export const SCHEMA_VERSION = 1;
 /** Environment variable overriding the results directory (tests point it at a temp dir). */
@@ -291,7 +293,12 @@ export async function captureEnv(engine?: EngineRecord): Promise<RunEnv> {
  * Environment variables that choose the engine's kernels, and so a run's last bits: a run made
  * under one of them is only reproduced under it too.
  */
-export const ENGINE_ENV = ["DP_BACKEND", "DP_BLAS", "DP_ONEDNN", "DP_ONEDNN_WINOGRAD"] as const;
+export const ENGINE_ENV = [
+  "DP_BACKEND", // lib/engine/backend.ts's BACKEND_ENV (importing it would load tfjs here)
+  BLAS_ENV,
+  ONEDNN_ENV,
+  WINOGRAD_ENV,
+] as const;
 
 /**
  * The command line that reruns this process's task: `deno task <task> <its flags>`, after the
