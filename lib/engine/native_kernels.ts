@@ -31,17 +31,13 @@ const FLAGS = ["-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-trapping-ma
 // collected DynamicLibrary, and when it is libgomp's only user that unloads libgomp under its
 // parked worker threads (a segfault seen in the tests, which load several builds).
 const OPENMP = ["-fopenmp", "-Wl,-z,nodelete"];
-const ABI = 10;
+const ABI = 11;
 const COMPILE_MS = 60_000;
 
 const SYMBOLS = {
   dp_gn_abi: { parameters: [], result: "i32" },
   dp_gn_sums: {
     parameters: ["buffer", "buffer", "buffer", "buffer", "i64", "i64", "i64"],
-    result: "void",
-  },
-  dp_gn_silu_sums: {
-    parameters: ["buffer", "buffer", "buffer", "buffer", "buffer", "buffer", "i64", "i64", "i64"],
     result: "void",
   },
   dp_gn_affine: {
@@ -108,15 +104,6 @@ export interface NativeKernels {
   /** The loaded library's path (for the engine line). */
   readonly path: string;
   sums(d: Float32Array, x: Float32Array, S1: Float64Array, S2: Float64Array, c: number): void;
-  siluSums(
-    dy: Float32Array,
-    y1: Float32Array,
-    s: Float32Array,
-    x: Float32Array,
-    S1: Float64Array,
-    S2: Float64Array,
-    c: number,
-  ): void;
   affine(x: Float32Array, A: Float32Array, B: Float32Array, y: Float32Array, c: number): void;
   /** y = silu(x·A + B), σ by a vectorised exp (relative error ~1e-7, not the JS path's bits). */
   affineSilu(x: Float32Array, A: Float32Array, B: Float32Array, y: Float32Array, c: number): void;
@@ -206,8 +193,6 @@ export function loadNativeKernels(path: string): NativeKernels | undefined {
   return {
     path,
     sums: (d, x, S1, S2, c) => s.dp_gn_sums(d, x, S1, S2, ...dims(d, S1, c)),
-    siluSums: (dy, y1, sg, x, S1, S2, c) =>
-      s.dp_gn_silu_sums(dy, y1, sg, x, S1, S2, ...dims(dy, S1, c)),
     affine: (x, A, B, y, c) => s.dp_gn_affine(x, A, B, y, ...dims(x, A, c)),
     affineSilu: (x, A, B, y, c) => s.dp_gn_affine_silu(x, A, B, y, ...dims(x, A, c)),
     siluGradSums: (dy, x, A, B, dd, S1, S2, c) =>

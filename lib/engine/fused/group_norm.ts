@@ -230,8 +230,9 @@ export function groupNormBackward(
   const dd = silu ? silu.s : dy; // ∂L/∂y1 after pass 1
   const native = nativeKernels();
   // Pass 1: ∂L/∂y1 (through SiLU if any), S1 = Σ_s d and S2 = Σ_s d·x per example and channel.
-  if (native && silu) native.siluSums(dy, silu.y1, silu.s, x, S1all, S2all, c);
-  else if (native) native.sums(dy, x, S1all, S2all, c);
+  // Through SiLU only on the JS route: with the C kernels loaded, the grad kernel fuses the SiLU
+  // backward into its first pass (siluGradSums) instead.
+  if (native && !silu) native.sums(dy, x, S1all, S2all, c);
   else {
     for (let n = 0; n < nb; n++) {
       const S1 = ofExample(S1all, n, c), S2 = ofExample(S2all, n, c);

@@ -23,7 +23,7 @@
 enum { CHUNK = 512 };
 
 /** The ABI of the whole library (every C file of lib/engine/native); the loader checks it. */
-int32_t dp_gn_abi(void) { return 10; }
+int32_t dp_gn_abi(void) { return 11; }
 
 // The clamp bounds of exp_f (./exp.h), read at run time.
 float dp_exp_bounds[2] = {-87.0f, 88.0f};
@@ -41,30 +41,6 @@ CLONES static void sums1(const float* d, const float* x, double* S1, double* S2,
         const double dv = dr[j];
         a[j] += dv;
         b[j] += dv * (double)xr[j];
-      }
-    }
-    for (int64_t j = 0; j < w; j++) {
-      S1[c0 + j] = a[j];
-      S2[c0 + j] = b[j];
-    }
-  }
-}
-
-/** Through SiLU: s holds σ(y1) on entry and ∂L/∂y1 = dy·σ·(1 + y1·(1 − σ)) on exit (as float);
- * S1, S2 are the sums of dp_gn_sums over the unrounded values and x. */
-CLONES static void silu_sums1(const float* dy, const float* y1, float* s, const float* x,
-                            double* S1, double* S2, int64_t rows, int64_t c) {
-  for (int64_t c0 = 0; c0 < c; c0 += CHUNK) {
-    const int64_t w = c - c0 < CHUNK ? c - c0 : CHUNK;
-    double a[CHUNK] = {0}, b[CHUNK] = {0};
-    for (int64_t r = 0; r < rows; r++) {
-      const int64_t o = r * c + c0;
-      for (int64_t j = 0; j < w; j++) {
-        const double v = s[o + j];
-        const double dv = (double)dy[o + j] * v * (1.0 + (double)y1[o + j] * (1.0 - v));
-        s[o + j] = (float)dv;
-        a[j] += dv;
-        b[j] += dv * (double)x[o + j];
       }
     }
     for (int64_t j = 0; j < w; j++) {
@@ -150,15 +126,6 @@ void dp_gn_sums(const float* d, const float* x, double* S1, double* S2, int64_t 
   const int64_t e = rows * c;
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; i++) sums1(d + i * e, x + i * e, S1 + i * c, S2 + i * c, rows, c);
-}
-
-void dp_gn_silu_sums(const float* dy, const float* y1, float* s, const float* x, double* S1,
-                     double* S2, int64_t n, int64_t rows, int64_t c) {
-  const int64_t e = rows * c;
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; i++) {
-    silu_sums1(dy + i * e, y1 + i * e, s + i * e, x + i * e, S1 + i * c, S2 + i * c, rows, c);
-  }
 }
 
 void dp_gn_affine(const float* x, const float* A, const float* B, float* y, int64_t n,
