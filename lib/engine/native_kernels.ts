@@ -13,7 +13,7 @@ import { fileURLToPath } from "node:url";
 import { BLAS_ENV, ffiGranted, processEnv } from "./blas/openblas.ts";
 import { NATIVE_ENV, nativeCacheRoot, runCommand, type Runner, sha256Hex } from "./native_libs.ts";
 import type { adamArrays } from "./fused/optim.ts";
-import type { copyBlocks } from "./wasm_kernels/copy.ts";
+import type { copyBlocks, RowGather } from "./wasm_kernels/copy.ts";
 
 type Env = (name: string) => string | undefined;
 
@@ -31,7 +31,7 @@ const FLAGS = ["-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-trapping-ma
 // collected DynamicLibrary, and when it is libgomp's only user that unloads libgomp under its
 // parked worker threads (a segfault seen in the tests, which load several builds).
 const OPENMP = ["-fopenmp", "-Wl,-z,nodelete"];
-const ABI = 11;
+const ABI = 12;
 const COMPILE_MS = 60_000;
 
 const SYMBOLS = {
@@ -61,6 +61,10 @@ const SYMBOLS = {
   },
   dp_copy_blocks: {
     parameters: ["buffer", "i64", "i64", "i64", "i64", "i64", "i64"],
+    result: "void",
+  },
+  dp_gather_rows: {
+    parameters: ["buffer", "i64", "i64", "buffer", "buffer", "i64", "i64"],
     result: "void",
   },
   dp_adam: {
@@ -96,7 +100,7 @@ const SYMBOLS = {
 
 /** The kernels in C: GroupNorm's passes over `n` examples of rows of `c` channels, with
  * per-example coefficients and sums [n, c] (native/group_norm.c), adaLN over x [n, t, d]
- * with scale, shift [n, d] (native/layer_norm.c), strided block copies (native/copy.c), and
+ * with scale, shift [n, d] (native/layer_norm.c), strided block and row copies (native/copy.c),
  * attention's softmax along rows of n (native/softmax.c), column sums (native/reduce.c) and
  * the gradient of k×k stride-k average pooling (native/pool.c), and Adam and the EMA
  * (native/optim.c). */
@@ -135,6 +139,8 @@ export interface NativeKernels {
    * dstStride) of `heap`, the runs not overlapping.
    */
   copyBlocks(...args: Parameters<typeof copyBlocks>): void;
+  /** The rows of a transpose that keeps the last axis (wasm_kernels/copy.ts's `RowGather`). */
+  gatherRows(heap: Int32Array, src: number, dst: number, g: RowGather): void;
   /** Adam's pass (../fused/optim.ts's adamArrays, the same bits); p only with decay. */
   adam(...args: Parameters<typeof adamArrays>): void;
   /** out = rate·e + (1 − rate)·p (the same bits as the JS loop). */
@@ -207,6 +213,16 @@ export function loadNativeKernels(path: string): NativeKernels | undefined {
         BigInt(dstStride),
         BigInt(len),
         BigInt(blocks),
+      ),
+    gatherRows: (heap, src, dst, g) =>
+      s.dp_gather_rows(
+        heap,
+        BigInt(src),
+        BigInt(dst),
+        BigInt64Array.from(g.dims, BigInt),
+        BigInt64Array.from(g.strides, BigInt),
+        BigInt(g.dims.length),
+        BigInt(g.len),
       ),
     adam: (g, m, v, p, st, mOut, vOut, u) =>
       s.dp_adam(

@@ -216,6 +216,55 @@ Deno.test({
 });
 
 Deno.test({
+  name: "native kernels: Transpose by row copies equals cpu's, and hands other cases back",
+  ignore: !hasCc,
+  fn: async () => {
+    const { initEngine } = await import("../../lib/engine/mod.ts");
+    await initEngine({ backend: "wasm", announce: false });
+    const k = await prepareNativeKernels({ log: () => {} }) as NativeKernels;
+    let rows = 0;
+    const before = setNativeKernels({
+      ...k,
+      gatherRows: (...a) => (rows++, k.gatherRows(...a)),
+    });
+    // [shape, perm, whether the row route takes it]
+    const cases: [number[], number[], boolean][] = [
+      [[3, 5, 4, 8], [0, 2, 1, 3], true], // attention's head split
+      [[64, 49, 12, 16], [0, 2, 1, 3], true], // past the threading threshold
+      [[4, 3, 6, 5], [1, 0, 2, 3], true], // adaptive pooling's axis move
+      [[2, 1, 3, 4, 6], [2, 1, 0, 3, 4], true], // a size-1 axis, the last two merged
+      [[2, 3, 4, 5], [2, 0, 1, 3], true], // two outer axes merged
+      [[2, 3, 4, 5], [0, 1, 2, 3], true], // identity: one row
+      [[2, 3, 4, 5], [0, 1, 3, 2], false], // the last axis moves
+      [[5, 7, 1], [1, 0, 2], false], // a 2-D transpose behind a size-1 last axis
+      [[3, 4, 2], [1, 0, 2], false], // rows of 2 words: the built-in's loop
+    ];
+    try {
+      for (const [shape, perm, byRows] of cases) {
+        for (const dtype of ["float32", "int32"] as const) {
+          const values = Array.from({ length: shape.reduce((a, d) => a * d) }, (_, i) => i * 3 - 7);
+          const on = async (backend: string) => {
+            await tf.setBackend(backend);
+            const x = tf.tensor(values, shape, dtype);
+            const y = tf.transpose(x, perm);
+            const out = { shape: y.shape, data: Array.from(y.dataSync()), dtype: y.dtype };
+            tf.dispose([x, y]);
+            return out;
+          };
+          const want = await on("cpu");
+          const calls = rows;
+          const got = await on("wasm");
+          assert.deepEqual(got, want, `${shape} by ${perm} (${dtype})`);
+          assert.equal(rows - calls, byRows ? 1 : 0, `${shape} by ${perm}: the row route`);
+        }
+      }
+    } finally {
+      setNativeKernels(before);
+    }
+  },
+});
+
+Deno.test({
   name:
     "native kernels: GroupNorm + SiLU fused in C agrees with the JS route to 1e-6, gradients too",
   ignore: !hasCc,

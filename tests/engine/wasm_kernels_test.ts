@@ -4,6 +4,7 @@ import * as tf from "@tensorflow/tfjs";
 import { assert, assertEquals, assertThrows, closeness } from "../assert.ts";
 import { initEngine } from "../../lib/engine/mod.ts";
 import { registerWasmKernels, wasmKernelConfigs } from "../../lib/engine/wasm_kernels/mod.ts";
+import { rowGather } from "../../lib/engine/wasm_kernels/copy.ts";
 import * as R from "../../lib/random.ts";
 
 // BLAS off: these tests are about the kernels underneath it.
@@ -16,6 +17,7 @@ const KERNELS = [
   "Identity",
   "Concat",
   "SplitV",
+  "Transpose",
   "Sum",
   "AvgPoolGrad",
 ];
@@ -292,6 +294,22 @@ Deno.test("concat, split and sum kernels match cpu on every axis, with gradients
     ["all (built-in)", (x) => tf.sum(x)],
   ];
   for (const [name, op] of sums) await t.step(`sum ${name}`, () => agrees(`sum ${name}`, op, [x]));
+});
+
+Deno.test("rowGather reads a transpose that keeps the last axis as rows, merging axes", () => {
+  assertEquals(rowGather([2, 3, 4, 5], [0, 2, 1, 3]), {
+    dims: [2, 4, 3],
+    strides: [60, 5, 20],
+    len: 5,
+  });
+  assertEquals(rowGather([2, 3, 4, 5], [1, 0, 2, 3]), { dims: [3, 2], strides: [20, 60], len: 20 });
+  assertEquals(rowGather([2, 3, 4, 5], [2, 0, 1, 3]), { dims: [4, 6], strides: [5, 20], len: 5 });
+  assertEquals(rowGather([2, 3, 4, 5], [0, 1, 2, 3]), { dims: [], strides: [], len: 120 });
+  assertEquals(rowGather([2, 1, 4, 5], [1, 0, 2, 3]), { dims: [], strides: [], len: 40 });
+  assertEquals(rowGather([4, 1, 3, 5], [2, 1, 0, 3]), { dims: [3, 4], strides: [5, 15], len: 5 });
+  assertEquals(rowGather([1, 1], [1, 0]), { dims: [], strides: [], len: 1 });
+  assertEquals(rowGather([2, 3, 4, 5], [0, 1, 3, 2]), undefined);
+  assertEquals(rowGather([3, 4, 1], [1, 0, 2]), undefined);
 });
 
 Deno.test("copy and sum kernels keep int32, skip empty parts, and split evenly", async () => {

@@ -1,7 +1,9 @@
-// Concat and SplitV for wasm as block copies inside the wasm heap (`copyWithin`: a memmove, no
-// allocation). The built-in SplitV runs one strided Slice per part, ~10× slower on the channel
-// splits of U-Net skip connections (concat's gradient); the built-in Concat allocates a subarray
-// per row, slow when rows are short. 4-byte dtypes here; others go to the built-in kernels.
+// Concat, SplitV and Transpose for wasm as block copies inside the wasm heap (`copyWithin`: a
+// memmove, no allocation). The built-in SplitV runs one strided Slice per part, ~10× slower on
+// the channel splits of U-Net skip connections (concat's gradient); the built-in Concat allocates
+// a subarray per row, slow when rows are short; the built-in Transpose moves one element at a
+// time on one thread, where attention's head split and DiT's patchify move whole rows of
+// channels. 4-byte dtypes here; others go to the built-in kernels.
 import * as tf from "@tensorflow/tfjs";
 import type { WasmBackendLike } from "./delegate.ts";
 import { runBuiltin } from "./builtins.ts";
@@ -117,6 +119,68 @@ function splitVKernel(args: KernelArgs): tf.TensorInfo[] {
   });
   return outs;
 }
+
+/**
+ * A transpose that keeps the last axis in place, as whole rows: output row r, at index
+ * (i_0, ..., i_{k-1}) over `dims`, is the `len` words at Σ i_j·strides[j] of the input.
+ */
+export interface RowGather {
+  readonly dims: readonly number[];
+  readonly strides: readonly number[];
+  readonly len: number;
+}
+
+/**
+ * `shape` transposed by `perm` as a RowGather, after dropping size-1 axes and merging input axes
+ * that stay neighbours (so [0, 2, 1, 3] on [N, T, H, C] gathers N·H·T rows of C, and an identity
+ * is one row); undefined when the input's last axis (of size > 1) moves.
+ */
+export function rowGather(
+  shape: readonly number[],
+  perm: readonly number[],
+): RowGather | undefined {
+  const kept = shape.flatMap((d, a) => (d > 1 ? [a] : [])); // input axes, in input order
+  const stride = shape.map((_, a) => sizeOf(shape.slice(a + 1)));
+  const groups: number[][] = []; // output order; each a run of neighbouring kept input axes
+  for (const a of perm) {
+    if (shape[a] === 1) continue;
+    const last = groups.at(-1);
+    if (last && kept.indexOf(a) === kept.indexOf(last.at(-1)!) + 1) last.push(a);
+    else groups.push([a]);
+  }
+  const inner = groups.pop() ?? [];
+  if (inner.length && stride[inner.at(-1)!] !== 1) return undefined;
+  return {
+    dims: groups.map((g) => sizeOf(g.map((a) => shape[a]))),
+    strides: groups.map((g) => stride[g.at(-1)!]),
+    len: sizeOf(inner.map((a) => shape[a])),
+  };
+}
+
+// Below this many words a row, the built-in kernel's element loop is as fast as a memcpy a row.
+const MIN_ROW = 4;
+
+function transposeKernel(args: KernelArgs): tf.TensorInfo {
+  const { x } = args.inputs as unknown as { x: tf.TensorInfo };
+  const { perm } = args.attrs as unknown as { perm: number[] };
+  const native = nativeKernels();
+  const g = rowGather(x.shape, perm);
+  if (!native || !g || g.len < MIN_ROW || !WORD_DTYPES.includes(x.dtype)) {
+    return runBuiltin(tf.Transpose, args) as tf.TensorInfo;
+  }
+  const b = args.backend as unknown as WasmHeapBackend;
+  const out = b.makeOutput(perm.map((a) => x.shape[a]), x.dtype);
+  const heap = new Int32Array(b.wasm.HEAPU8.buffer); // after makeOutput, which may grow the heap
+  if (sizeOf(x.shape) > 0) native.gatherRows(heap, wordOffset(b, x), wordOffset(b, out), g);
+  return out;
+}
+
+/** Transpose on wasm by heap row copies, where the last axis stays and the C kernels loaded. */
+export const transposeConfig: tf.KernelConfig = {
+  kernelName: tf.Transpose,
+  backendName: "wasm",
+  kernelFunc: transposeKernel,
+};
 
 /** Concat on wasm by heap block copies. */
 export const concatConfig: tf.KernelConfig = {

@@ -1,11 +1,11 @@
 // Project kernels for the tfjs wasm backend: conv gradients as forward convs, UnsortedSegmentSum
-// (gather's gradient), a copy-free Identity, heap-copy Concat / SplitV, leading-axis Sum and
-// tiled AvgPoolGrad. The BLAS kernels (../blas) may override some later.
+// (gather's gradient), a copy-free Identity, heap-copy Concat / SplitV / Transpose, leading-axis
+// Sum and tiled AvgPoolGrad. The BLAS kernels (../blas) may override some later.
 import * as tf from "@tensorflow/tfjs";
 import { conv2DBackpropFilterConfig, conv2DBackpropInputConfig } from "./conv_backprop.ts";
 import { unsortedSegmentSumConfig } from "./segment_sum.ts";
 import { identityConfig } from "./identity.ts";
-import { concatConfig, splitVConfig } from "./copy.ts";
+import { concatConfig, splitVConfig, transposeConfig } from "./copy.ts";
 import { sumConfig } from "./reduce.ts";
 import { avgPoolGradConfig } from "./pool.ts";
 import { builtinKernel, keepBuiltin } from "./builtins.ts";
@@ -19,6 +19,7 @@ const KERNELS: readonly tf.KernelConfig[] = [
   identityConfig,
   concatConfig,
   splitVConfig,
+  transposeConfig,
   sumConfig,
   avgPoolGradConfig,
 ];
