@@ -14,12 +14,14 @@ import { BLAS_ENV, ffiGranted, processEnv } from "./blas/openblas.ts";
 import { NATIVE_ENV, nativeCacheRoot, runCommand, type Runner, sha256Hex } from "./native_libs.ts";
 import type { adamArrays } from "./fused/optim.ts";
 import type { copyBlocks, RowGather } from "./wasm_kernels/copy.ts";
+import type { BinaryLayout } from "./wasm_kernels/binary.ts";
 
 type Env = (name: string) => string | undefined;
 
 const native = (f: string) => fileURLToPath(new URL(`./native/${f}`, import.meta.url));
 const SOURCES = [
-  ...["group_norm.c", "layer_norm.c", "copy.c", "softmax.c", "reduce.c", "pool.c", "optim.c"],
+  ...["group_norm.c", "layer_norm.c", "copy.c", "binary.c", "softmax.c", "reduce.c", "pool.c"],
+  "optim.c",
 ].map(native);
 // Included by the sources: part of the cache key, not of the compile command.
 const HEADERS = ["exp.h"].map(native);
@@ -31,7 +33,7 @@ const FLAGS = ["-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-trapping-ma
 // collected DynamicLibrary, and when it is libgomp's only user that unloads libgomp under its
 // parked worker threads (a segfault seen in the tests, which load several builds).
 const OPENMP = ["-fopenmp", "-Wl,-z,nodelete"];
-const ABI = 12;
+const ABI = 13;
 const COMPILE_MS = 60_000;
 
 const SYMBOLS = {
@@ -65,6 +67,10 @@ const SYMBOLS = {
   },
   dp_gather_rows: {
     parameters: ["buffer", "i64", "i64", "buffer", "buffer", "i64", "i64"],
+    result: "void",
+  },
+  dp_binary: {
+    parameters: ["i32", "buffer", "i32", "buffer", "i32", "buffer", "i64", "i64", "i64"],
     result: "void",
   },
   dp_adam: {
@@ -101,7 +107,8 @@ const SYMBOLS = {
 /** The kernels in C: GroupNorm's passes over `n` examples of rows of `c` channels, with
  * per-example coefficients and sums [n, c] (native/group_norm.c), adaLN over x [n, t, d]
  * with scale, shift [n, d] (native/layer_norm.c), strided block and row copies (native/copy.c),
- * attention's softmax along rows of n (native/softmax.c), column sums (native/reduce.c) and
+ * Add, Sub and Multiply (native/binary.c), attention's softmax along rows of n
+ * (native/softmax.c), column sums (native/reduce.c) and
  * the gradient of k×k stride-k average pooling (native/pool.c), and Adam and the EMA
  * (native/optim.c). */
 export interface NativeKernels {
@@ -141,6 +148,8 @@ export interface NativeKernels {
   copyBlocks(...args: Parameters<typeof copyBlocks>): void;
   /** The rows of a transpose that keeps the last axis (wasm_kernels/copy.ts's `RowGather`). */
   gatherRows(heap: Int32Array, src: number, dst: number, g: RowGather): void;
+  /** out = a op b (op 0 add, 1 subtract, 2 multiply) in `layout` (wasm_kernels/binary.ts). */
+  binary(op: number, a: Float32Array, b: Float32Array, out: Float32Array, l: BinaryLayout): void;
   /** Adam's pass (../fused/optim.ts's adamArrays, the same bits); p only with decay. */
   adam(...args: Parameters<typeof adamArrays>): void;
   /** out = rate·e + (1 − rate)·p (the same bits as the JS loop). */
@@ -223,6 +232,18 @@ export function loadNativeKernels(path: string): NativeKernels | undefined {
         BigInt64Array.from(g.strides, BigInt),
         BigInt(g.dims.length),
         BigInt(g.len),
+      ),
+    binary: (op, a, b, out, l) =>
+      s.dp_binary(
+        op,
+        a,
+        l.aFull ? 1 : 0,
+        b,
+        l.bFull ? 1 : 0,
+        out,
+        BigInt(l.P),
+        BigInt(l.Q),
+        BigInt(l.R),
       ),
     adam: (g, m, v, p, st, mOut, vOut, u) =>
       s.dp_adam(

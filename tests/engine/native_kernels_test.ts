@@ -265,6 +265,73 @@ Deno.test({
 });
 
 Deno.test({
+  name: "native kernels: Add, Sub and Multiply equal the built-in kernels bit for bit",
+  ignore: !hasCc,
+  fn: async () => {
+    const { initEngine } = await import("../../lib/engine/mod.ts");
+    await initEngine({ backend: "wasm", announce: false });
+    const k = await prepareNativeKernels({ log: () => {} }) as NativeKernels;
+    let calls = 0;
+    const counted = {
+      ...k,
+      binary: (...a: Parameters<NativeKernels["binary"]>) => (calls++, k.binary(...a)),
+    };
+    // [a, b, whether the C route takes it]
+    const cases: [number[], number[], boolean][] = [
+      [[64, 28, 28, 8], [64, 28, 28, 8], true], // equal shapes, past the threading threshold
+      [[3, 5, 8], [3, 5, 8], true],
+      [[2, 7, 7, 16], [16], true], // a bias
+      [[16], [2, 7, 7, 16], true], // the repeated operand first (Sub's order)
+      [[64, 9, 9, 32], [64, 1, 1, 32], true], // an embedding per example, threaded
+      [[4, 1, 1, 32], [4, 6, 6, 32], true],
+      [[4, 9, 24], [4, 1, 24], true], // a gate over tokens
+      [[2, 3, 4, 16], [2, 1, 4, 16], true], // repeated along a middle axis
+      [[4, 9, 3], [3], false], // rows of 3
+      [[4, 9, 24], [], false], // a scalar
+      [[4, 9, 24], [4, 9, 1], false], // repeated along the last axis
+      [[4, 1, 24], [1, 9, 1], false], // both repeated
+      [[2, 3, 4, 16], [1, 3, 1, 16], false], // repeated along two separate blocks
+    ];
+    const before = setNativeKernels(undefined);
+    try {
+      await tf.setBackend("wasm");
+      for (const [sa, sb, byC] of cases) {
+        const a = tf.tensor(
+          Float32Array.from({
+            length: sa.reduce((p, d) => p * d, 1),
+          }, (_, i) => Math.sin(i * 0.37) * 3),
+          sa,
+        );
+        const b = tf.tensor(
+          Float32Array.from({
+            length: sb.reduce((p, d) => p * d, 1),
+          }, (_, i) => Math.cos(i * 0.11) + 0.5),
+          sb,
+        );
+        for (const [name, op] of [["add", tf.add], ["sub", tf.sub], ["mul", tf.mul]] as const) {
+          setNativeKernels(undefined);
+          const want = op(a, b);
+          setNativeKernels(counted);
+          const n = calls;
+          const got = op(a, b);
+          assert.deepEqual(got.shape, want.shape);
+          assert.deepEqual(got.dataSync(), want.dataSync(), `${name} ${sa} with ${sb}`);
+          assert.equal(calls - n, byC ? 1 : 0, `${name} ${sa} with ${sb}: the C route`);
+          tf.dispose([want, got]);
+        }
+        tf.dispose([a, b]);
+      }
+      setNativeKernels(counted);
+      const i = tf.add(tf.tensor1d([1, 2], "int32"), tf.tensor1d([3, 4], "int32")); // built-in
+      assert.deepEqual([i.dtype, Array.from(i.dataSync())], ["int32", [4, 6]]);
+      i.dispose();
+    } finally {
+      setNativeKernels(before);
+    }
+  },
+});
+
+Deno.test({
   name:
     "native kernels: GroupNorm + SiLU fused in C agrees with the JS route to 1e-6, gradients too",
   ignore: !hasCc,

@@ -5,6 +5,7 @@ import { assert, assertEquals, assertThrows, closeness } from "../assert.ts";
 import { initEngine } from "../../lib/engine/mod.ts";
 import { registerWasmKernels, wasmKernelConfigs } from "../../lib/engine/wasm_kernels/mod.ts";
 import { rowGather } from "../../lib/engine/wasm_kernels/copy.ts";
+import { binaryLayout } from "../../lib/engine/wasm_kernels/binary.ts";
 import * as R from "../../lib/random.ts";
 
 // BLAS off: these tests are about the kernels underneath it.
@@ -18,6 +19,9 @@ const KERNELS = [
   "Concat",
   "SplitV",
   "Transpose",
+  "Add",
+  "Sub",
+  "Multiply",
   "Sum",
   "AvgPoolGrad",
 ];
@@ -310,6 +314,43 @@ Deno.test("rowGather reads a transpose that keeps the last axis as rows, merging
   assertEquals(rowGather([1, 1], [1, 0]), { dims: [], strides: [], len: 1 });
   assertEquals(rowGather([2, 3, 4, 5], [0, 1, 3, 2]), undefined);
   assertEquals(rowGather([3, 4, 1], [1, 0, 2]), undefined);
+});
+
+Deno.test("binaryLayout reads equal shapes and one operand repeated along a block of axes", () => {
+  assertEquals(binaryLayout([4, 8, 8, 32], [4, 8, 8, 32]), {
+    P: 1,
+    Q: 4,
+    R: 2048,
+    aFull: true,
+    bFull: true,
+  });
+  assertEquals(binaryLayout([2, 3], [2, 3]), { P: 1, Q: 1, R: 6, aFull: true, bFull: true });
+  assertEquals(binaryLayout([4, 8, 8, 32], [32]), {
+    P: 1,
+    Q: 256,
+    R: 32,
+    aFull: true,
+    bFull: false,
+  });
+  assertEquals(binaryLayout([4, 1, 1, 32], [4, 8, 8, 32]), {
+    P: 4,
+    Q: 64,
+    R: 32,
+    aFull: false,
+    bFull: true,
+  });
+  assertEquals(binaryLayout([2, 3, 4, 16], [2, 1, 4, 16]), {
+    P: 2,
+    Q: 3,
+    R: 64,
+    aFull: true,
+    bFull: false,
+  });
+  assertEquals(binaryLayout([4, 9, 3], [3]), undefined); // rows too short
+  assertEquals(binaryLayout([4, 9, 24], [4, 9, 1]), undefined);
+  assertEquals(binaryLayout([4, 1, 24], [1, 9, 1]), undefined);
+  assertEquals(binaryLayout([2, 3, 4, 16], [1, 3, 1, 16]), undefined);
+  assertThrows(() => binaryLayout([2, 3], [4, 3]));
 });
 
 Deno.test("copy and sum kernels keep int32, skip empty parts, and split evenly", async () => {

@@ -1,11 +1,13 @@
 // Project kernels for the tfjs wasm backend: conv gradients as forward convs, UnsortedSegmentSum
-// (gather's gradient), a copy-free Identity, heap-copy Concat / SplitV / Transpose, leading-axis
-// Sum and tiled AvgPoolGrad. The BLAS kernels (../blas) may override some later.
+// (gather's gradient), a copy-free Identity, heap-copy Concat / SplitV / Transpose, threaded
+// Add / Sub / Multiply, leading-axis Sum and tiled AvgPoolGrad. The BLAS kernels (../blas) may
+// override some later.
 import * as tf from "@tensorflow/tfjs";
 import { conv2DBackpropFilterConfig, conv2DBackpropInputConfig } from "./conv_backprop.ts";
 import { unsortedSegmentSumConfig } from "./segment_sum.ts";
 import { identityConfig } from "./identity.ts";
 import { concatConfig, splitVConfig, transposeConfig } from "./copy.ts";
+import { addConfig, multiplyConfig, subConfig } from "./binary.ts";
 import { sumConfig } from "./reduce.ts";
 import { avgPoolGradConfig } from "./pool.ts";
 import { builtinKernel, keepBuiltin } from "./builtins.ts";
@@ -20,6 +22,9 @@ const KERNELS: readonly tf.KernelConfig[] = [
   concatConfig,
   splitVConfig,
   transposeConfig,
+  addConfig,
+  subConfig,
+  multiplyConfig,
   sumConfig,
   avgPoolGradConfig,
 ];
