@@ -3,7 +3,7 @@
 // continues with the same moments. `update` returns fresh tensors; the caller owns and disposes.
 import * as tf from "@tensorflow/tfjs";
 import type { Params, ParamShapes } from "./params.ts";
-import { adamStep, emaBlend } from "./engine/fused/optim.ts";
+import { adamStep, emaBlend, sumOfSquares } from "./engine/fused/optim.ts";
 
 /** Named tensors: gradients, updates, optimiser moments, EMA weights. */
 export type Tensors = Readonly<Record<string, tf.Tensor>>;
@@ -142,9 +142,7 @@ export function sgd(opts: SgdOptions): Optimizer {
 
 /** Global L2 norm of a set of gradients, as a number. */
 export function globalNorm(grads: Tensors): number {
-  return Math.sqrt(
-    tf.tidy(() => tf.addN(Object.values(grads).map((g) => tf.sum(tf.square(g)))).dataSync()[0]),
-  );
+  return Math.sqrt(sumOfSquares(Object.values(grads)));
 }
 
 /**

@@ -33,7 +33,7 @@ const FLAGS = ["-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-trapping-ma
 // collected DynamicLibrary, and when it is libgomp's only user that unloads libgomp under its
 // parked worker threads (a segfault seen in the tests, which load several builds).
 const OPENMP = ["-fopenmp", "-Wl,-z,nodelete"];
-const ABI = 13;
+const ABI = 14;
 const COMPILE_MS = 60_000;
 
 const SYMBOLS = {
@@ -81,6 +81,7 @@ const SYMBOLS = {
     result: "void",
   },
   dp_ema: { parameters: ["buffer", "buffer", "buffer", "i64", "f64"], result: "void" },
+  dp_sum_squares: { parameters: ["buffer", "i64"], result: "f64" },
   dp_avg_pool_grad: {
     parameters: ["buffer", "buffer", "i64", "i64", "i64", "i64", "i64", "i64", "i64"],
     result: "void",
@@ -109,8 +110,8 @@ const SYMBOLS = {
  * with scale, shift [n, d] (native/layer_norm.c), strided block and row copies (native/copy.c),
  * Add, Sub and Multiply (native/binary.c), attention's softmax along rows of n
  * (native/softmax.c), column sums (native/reduce.c) and
- * the gradient of k×k stride-k average pooling (native/pool.c), and Adam and the EMA
- * (native/optim.c). */
+ * the gradient of k×k stride-k average pooling (native/pool.c), and Adam, the EMA and the
+ * gradient norm's sums of squares (native/optim.c). */
 export interface NativeKernels {
   /** The loaded library's path (for the engine line). */
   readonly path: string;
@@ -154,6 +155,8 @@ export interface NativeKernels {
   adam(...args: Parameters<typeof adamArrays>): void;
   /** out = rate·e + (1 − rate)·p (the same bits as the JS loop). */
   ema(e: Float32Array, p: Float32Array, out: Float32Array, rate: number): void;
+  /** Σ x², in double (NaN when out of memory). */
+  sumSquares(x: Float32Array): number;
   /** dx [n, h, w, c] from dy [n, oh, ow, c] of a k×k stride-k valid average pool. */
   avgPoolGrad(
     dy: Float32Array,
@@ -262,6 +265,7 @@ export function loadNativeKernels(path: string): NativeKernels | undefined {
         st.decay,
       ),
     ema: (e, p, out, rate) => s.dp_ema(e, p, out, BigInt(out.length), rate),
+    sumSquares: (x) => s.dp_sum_squares(x, BigInt(x.length)),
     avgPoolGrad: (dy, dx, dims) => s.dp_avg_pool_grad(dy, dx, ...dims.map(BigInt) as Dims7),
     columnSums: (x, rows, inner, out) =>
       s.dp_column_sums(x, BigInt(rows), BigInt(inner), out) === 0,

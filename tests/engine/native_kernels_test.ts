@@ -332,6 +332,50 @@ Deno.test({
 });
 
 Deno.test({
+  name: "native kernels: a gradient's sum of squares matches a double sum, and keeps NaN and ∞",
+  ignore: !hasCc,
+  fn: async () => {
+    const k = await prepareNativeKernels({ log: () => {} }) as NativeKernels;
+    // One chunk, a chunk and a tail, and many chunks (threaded).
+    for (const n of [0, 7, 16_384 + 5, 1_000_003]) {
+      const x = Float32Array.from({ length: n }, (_, i) => Math.sin(i * 0.71) * 3);
+      let want = 0;
+      for (const v of x) want += v * v;
+      const got = k.sumSquares(x);
+      assert.ok(Math.abs(got - want) <= 1e-12 * want, `n = ${n}: ${got} against ${want}`);
+      if (n > 0) {
+        x[n >> 1] = NaN;
+        assert.ok(Number.isNaN(k.sumSquares(x)), `n = ${n}: NaN`);
+        x[n >> 1] = Infinity;
+        assert.equal(k.sumSquares(x), Infinity, `n = ${n}: ∞`);
+      }
+    }
+    // The global norm on wasm (C) against cpu's composed ops.
+    const { initEngine } = await import("../../lib/engine/mod.ts");
+    const { globalNorm } = await import("../../lib/optim.ts");
+    await initEngine({ backend: "wasm", announce: false });
+    const before = setNativeKernels(k);
+    try {
+      const grads = () => ({
+        w: tf.tensor(Float32Array.from({ length: 40_000 }, (_, i) => Math.cos(i * 0.3)), [
+          200,
+          200,
+        ]),
+        b: tf.tensor([3, -4, 0.5]),
+      });
+      await tf.setBackend("cpu");
+      const c = grads(), want = globalNorm(c);
+      await tf.setBackend("wasm");
+      const w = grads(), got = globalNorm(w);
+      assert.ok(Math.abs(got - want) <= 1e-6 * want, `${got} against ${want}`);
+      tf.dispose([...Object.values(c), ...Object.values(w)]);
+    } finally {
+      setNativeKernels(before);
+    }
+  },
+});
+
+Deno.test({
   name:
     "native kernels: GroupNorm + SiLU fused in C agrees with the JS route to 1e-6, gradients too",
   ignore: !hasCc,

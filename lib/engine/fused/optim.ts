@@ -1,7 +1,7 @@
 // Optimiser arithmetic fused into one pass per parameter on the wasm heap: the Adam moments and
-// update, and the EMA blend of weights; in C on OpenMP's threads where the compiled kernels
-// loaded (../native/optim.c, the same bits). Composed tfjs ops run the same maths on other
-// backends.
+// update, the EMA blend of weights, and the gradients' sum of squares; in C on OpenMP's threads
+// where the compiled kernels loaded (../native/optim.c, the same bits for Adam and the EMA).
+// Composed tfjs ops run the same maths on other backends.
 // Per parameter, composed Adam is ~10 kernels and EMA 3; a U-Net step has ~200 parameters.
 import * as tf from "@tensorflow/tfjs";
 import { asWasmBackend, f32View } from "../blas/heap.ts";
@@ -151,4 +151,19 @@ export function emaBlend(e: tf.Tensor, p: tf.Tensor, rate: number): tf.Tensor {
     return tf.engine().runKernel(EMA, { e, p }, { rate }) as tf.Tensor;
   }
   return tf.tidy(() => tf.add(tf.mul(e, rate), tf.mul(p, 1 - rate)));
+}
+
+/**
+ * Σ x² over every tensor (the squared global norm of a set of gradients). In C on the wasm
+ * heap where the compiled kernels loaded: no tensors made, summed in double; else by composed
+ * ops in float32.
+ */
+export function sumOfSquares(ts: readonly tf.Tensor[]): number {
+  const native = nativeKernels();
+  if (native && fusable(...ts)) {
+    const b = asWasmBackend(tf.backend());
+    return ts.reduce((s, t) => s + native.sumSquares(f32View(b, t)), 0);
+  }
+  if (ts.length === 0) return 0;
+  return tf.tidy(() => tf.addN(ts.map((g) => tf.sum(tf.square(g)))).dataSync()[0]);
 }
