@@ -16,6 +16,7 @@ const KERNELS = [
   "Conv2DBackpropInput",
   "UnsortedSegmentSum",
   "Identity",
+  "Cast",
   "Concat",
   "SplitV",
   "Transpose",
@@ -416,6 +417,25 @@ Deno.test("identity shares the buffer and frees it with the last reference", asy
   assertEquals(tf.memory().numTensors, before.numTensors);
   assertEquals(tf.memory().numBytes, before.numBytes);
   assertEquals(tf.memory().numDataBuffers, before.numDataBuffers);
+});
+
+Deno.test("a cast to the same dtype shares the buffer; casts to bool test ≠ 0", async () => {
+  await tf.setBackend("wasm");
+  const before = tf.memory();
+  const x = tf.tensor1d([1.5, -2.5, 0, NaN, 256]);
+  const same = tf.cast(x, "float32");
+  assertEquals(tf.memory().numDataBuffers, before.numDataBuffers + 1, "no new buffer");
+  const ints = tf.cast(x, "int32"), bools = tf.cast(x, "bool");
+  x.dispose();
+  assertEquals(Array.from(same.dataSync()), [1.5, -2.5, 0, NaN, 256]);
+  assertEquals([ints.dtype, Array.from(ints.dataSync()).slice(0, 3)], ["int32", [1, -2, 0]]);
+  // The built-in cast to bool kept the low byte (-2.5 → 254, 256 → 0).
+  assertEquals([bools.dtype, Array.from(bools.dataSync())], ["bool", [1, 1, 0, 1, 1]]);
+  const i = tf.tensor1d([0, -3, 512], "int32"), fromInts = tf.cast(i, "bool");
+  assertEquals(Array.from(fromInts.dataSync()), [0, 1, 1]);
+  tf.dispose([same, ints, bools, i, fromInts]);
+  assertEquals(tf.memory().numDataBuffers, before.numDataBuffers);
+  assertEquals(tf.memory().numBytes, before.numBytes);
 });
 
 // ─── the other ops the models train through ──────────────────────────────────────────────────────

@@ -1,11 +1,11 @@
 // Project kernels for the tfjs wasm backend: conv gradients as forward convs, UnsortedSegmentSum
-// (gather's gradient), a copy-free Identity, heap-copy Concat / SplitV / Transpose, threaded
-// Add / Sub / Multiply, leading-axis Sum and tiled AvgPoolGrad. The BLAS kernels (../blas) may
-// override some later.
+// (gather's gradient), copy-free Identity and same-dtype Cast, heap-copy Concat / SplitV /
+// Transpose, threaded Add / Sub / Multiply, leading-axis Sum and tiled AvgPoolGrad. The BLAS
+// kernels (../blas) may override some later.
 import * as tf from "@tensorflow/tfjs";
 import { conv2DBackpropFilterConfig, conv2DBackpropInputConfig } from "./conv_backprop.ts";
 import { unsortedSegmentSumConfig } from "./segment_sum.ts";
-import { identityConfig } from "./identity.ts";
+import { castConfig, identityConfig } from "./identity.ts";
 import { concatConfig, splitVConfig, transposeConfig } from "./copy.ts";
 import { addConfig, multiplyConfig, subConfig } from "./binary.ts";
 import { sumConfig } from "./reduce.ts";
@@ -19,6 +19,7 @@ const KERNELS: readonly tf.KernelConfig[] = [
   conv2DBackpropInputConfig,
   unsortedSegmentSumConfig,
   identityConfig,
+  castConfig,
   concatConfig,
   splitVConfig,
   transposeConfig,
