@@ -12,7 +12,7 @@ import {
   registerBlasKernels,
   unregisterBlasKernels,
 } from "../lib/engine/blas/mod.ts";
-import { winogradWorth } from "../lib/engine/blas/onednn.ts";
+import { type ConvPass, winogradWorth } from "../lib/engine/blas/onednn.ts";
 import {
   groupNorm,
   groupNormComposed,
@@ -151,8 +151,8 @@ function benchConv(r: BenchResult, n: number, reps: number, log: (s: string) => 
 
 /**
  * oneDNN's Winograd kernels against its direct ones on the small U-Net's 3×3 convs (batch `n`)
- * and one `adm256`-width conv: forward (with bias) and input gradient, reorders included. The
- * basis of `winogradWorth`'s rule, which the log line shows beside each ratio.
+ * and one `adm256`-width conv: forward (with bias), input gradient and weight gradient, reorders
+ * included. The basis of `winogradWorth`'s rules, which the log line shows beside each ratio.
  */
 function benchWinograd(r: BenchResult, n: number, reps: number, log: (s: string) => void) {
   const dnn = loadOneDnn();
@@ -160,8 +160,10 @@ function benchWinograd(r: BenchResult, n: number, reps: number, log: (s: string)
   const shapes: [number, number, number, number][] = [
     [n, 28, 32, 32],
     [n, 28, 64, 32],
+    [n, 28, 64, 64],
     [n, 14, 64, 64],
     [n, 14, 128, 64],
+    [n, 14, 128, 128],
     [n, 7, 128, 128],
     [n, 7, 256, 128],
     [Math.max(1, n / 16), 32, 256, 256],
@@ -173,12 +175,29 @@ function benchWinograd(r: BenchResult, n: number, reps: number, log: (s: string)
       const w = tf.randomNormal([3, 3, c, o], 0, 0.1) as tf.Tensor4D;
       const bias = tf.randomNormal([o]);
       const dy = tf.randomNormal([b, hw, hw, o]) as tf.Tensor4D;
-      const ops: [string, () => void][] = [
-        ["fwd", () => tf.dispose(tf.fused.conv2d({ x, filter: w, strides: 1, pad: "same", bias }))],
-        ["dx", () => tf.dispose(tf.conv2dTranspose(dy, w, x.shape, 1, "same"))],
+      const dwAttrs = { strides: 1, pad: "same", dataFormat: "NHWC", filterShape: [3, 3, c, o] };
+      const ops: [ConvPass, string, () => void][] = [
+        [
+          "forward",
+          "fwd",
+          () => tf.dispose(tf.fused.conv2d({ x, filter: w, strides: 1, pad: "same", bias })),
+        ],
+        ["backward-data", "dx", () => tf.dispose(tf.conv2dTranspose(dy, w, x.shape, 1, "same"))],
+        [
+          "backward-weights",
+          "dw",
+          () =>
+            tf.dispose(
+              tf.engine().runKernel(
+                tf.Conv2DBackpropFilter,
+                { x, dy },
+                dwAttrs as unknown as tf.NamedAttrMap,
+              ) as tf.Tensor,
+            ),
+        ],
       ];
       const routes: [string, () => void][] = [];
-      for (const [op, f] of ops) {
+      for (const [, op, f] of ops) {
         for (const mode of ["always", "off"] as const) {
           routes.push([`${op}_${mode === "off" ? "direct" : "winograd"}`, () => {
             dnn.winograd = mode;
@@ -190,19 +209,15 @@ function benchWinograd(r: BenchResult, n: number, reps: number, log: (s: string)
       const key = `conv3x3_${b}x${hw}x${hw}x${c}to${o}`;
       const same = { h: hw, w: hw, oh: hw, ow: hw, pt: 1, pl: 1 };
       const g = { n: b, c, o, kh: 3, kw: 3, sh: 1, sw: 1, dh: 1, dw: 1, ...same };
-      const parts = ops.map(([op]) => {
+      const parts = ops.map(([pass, op]) => {
         const wino = best.get(`${op}_winograd`)!, direct = best.get(`${op}_direct`)!;
         r[`${key}_${op}_winograd_ms`] = wino;
         r[`${key}_${op}_direct_ms`] = direct;
         return `${op} ${direct.toFixed(2)} → ${wino.toFixed(2)} ms (${
           (direct / wino).toFixed(2)
-        }×)`;
+        }×, rule: ${winogradWorth(g, pass) ? "Winograd" : "direct"})`;
       });
-      log(
-        `Winograd vs direct, ${key}: ${parts.join(", ")}; rule: ${
-          winogradWorth(g) ? "Winograd" : "direct"
-        }`,
-      );
+      log(`Winograd vs direct, ${key}: ${parts.join(", ")}`);
       tf.dispose([x, w, bias, dy]);
     }
   } finally {

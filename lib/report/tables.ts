@@ -234,8 +234,9 @@ const pretrain: ReportItem[] = [
     section: "pretrain",
     title: "Winograd convolutions against direct ones: 1,000-step runs (issue 13)",
     note: "The same run twice at one commit: oneDNN's Winograd kernels where they pay " +
-      "(forward and input gradient, lib/engine/blas/onednn.ts) and, with DP_ONEDNN_WINOGRAD=0, " +
-      "the direct kernels everywhere. images/s was measured in separate runs on a shared host.",
+      "(forward, input and weight gradients, lib/engine/blas/onednn.ts) and, with " +
+      "DP_ONEDNN_WINOGRAD=0, the direct kernels everywhere. images/s was measured in separate " +
+      "runs on a shared host.",
     experiments: ["pretrain"],
     where: { ...FIDELITY_WHERE, run: { oneOf: WINOGRAD_RUNS.map((r) => r.label) } },
     columns: [

@@ -18,6 +18,7 @@ import { openBlasCoreFor } from "../../lib/engine/blas/openblas.ts";
 import { nativeKernels, setNativeKernels } from "../../lib/engine/native_kernels.ts";
 import { decodeIsa } from "../../lib/engine/blas/onednn_core.ts";
 import { winogradFits, winogradWorth } from "../../lib/engine/blas/onednn.ts";
+import { alignedF32 } from "../../lib/engine/blas/heap.ts";
 
 await initEngine({ backend: "wasm", announce: false });
 const ignore = loadOpenBlas() === undefined; // no library or no FFI: nothing to test
@@ -136,7 +137,7 @@ Deno.test({
   },
 });
 
-Deno.test("winogradFits / winogradWorth: 3×3 stride 1, channels in 16s; worth it from 64 channels in, 256 tiles", () => {
+Deno.test("winogradFits / winogradWorth: 3×3 stride 1, channels in 16s; worth it from 64 channels in (and out, for dw), 256 tiles", () => {
   const g = {
     n: 16,
     h: 16,
@@ -164,10 +165,16 @@ Deno.test("winogradFits / winogradWorth: 3×3 stride 1, channels in 16s; worth i
   assert.ok(!winogradFits({ ...g, sh: 2, sw: 2, oh: 8, ow: 8 }));
   assert.ok(!winogradFits({ ...g, dh: 2, dw: 2 }));
   assert.ok(winogradWorth({ ...g, n: 64, h: 7, w: 7, oh: 7, ow: 7 })); // 64 · 2 · 2
+  // The weight gradient also needs 64 output channels.
+  assert.ok(winogradWorth(g, "backward-weights"));
+  assert.ok(!winogradWorth({ ...g, o: 48 }, "backward-weights") && winogradWorth({ ...g, o: 48 }));
+  assert.ok(!winogradWorth({ ...g, c: 32, o: 128 }, "backward-weights"));
+  assert.ok(!winogradWorth({ ...g, n: 15 }, "backward-weights"));
+  assert.ok(winogradWorth({ ...g, o: 48 }, "backward-data"));
 });
 
 Deno.test({
-  name: "Winograd convs (forward with bias, input gradient) match cpu and direct; the modes",
+  name: "Winograd convs (forward with bias, both gradients) match cpu and direct; the modes",
   ignore: ignore || CONV_ROUTES.length === 1,
   async fn() {
     const dnn = loadOneDnn()!;
@@ -200,8 +207,8 @@ Deno.test({
       }
     };
     const wino = await at("always"), direct = await at("off"), auto = await at("auto");
-    // Two forward passes (the output and the tape's) and one input gradient.
-    assert.equal(wino.calls, 3, "the Winograd route ran");
+    // Two forward passes (the output and the tape's), the input and the weight gradient.
+    assert.equal(wino.calls, 4, "the Winograd route ran");
     assert.equal(direct.calls, 0, "off means off");
     assert.equal(auto.calls, 0, "too few tiles and channels for auto");
     // A shape the rule takes (16 · 4 · 4 = 256 tiles, 64 channels in): auto runs Winograd.
@@ -214,6 +221,33 @@ Deno.test({
     // A different algorithm, not the direct kernels again: the outputs differ in their last bits.
     assert.ok(wino.out[0].some((v, i) => v !== direct.out[0][i]), "bit-identical to direct");
   },
+});
+
+Deno.test({
+  name: "Winograd passes at shapes that once crashed them run to the end (aligned buffers)",
+  ignore: ignore || CONV_ROUTES.length === 1,
+  async fn() {
+    const child = new URL("./winograd_child.ts", import.meta.url).pathname;
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", child],
+      stdout: "piped",
+      stderr: "piped",
+      env: { NO_COLOR: "1" },
+    }).output();
+    const text = new TextDecoder().decode(out.stdout);
+    assert.equal(out.code, 0, `${text}${new TextDecoder().decode(out.stderr)}`);
+    // Forward, input gradient and weight gradient of each of the six shapes.
+    assert.equal(text.trim().split("\n").at(-1)?.split(": ")[1], "18", text);
+  },
+});
+
+Deno.test("alignedF32: views start on 64-byte boundaries", () => {
+  for (const n of [1, 5, 16, 1000, 40_000, 300_000]) {
+    const a = alignedF32(n);
+    assert.equal(a.length, n);
+    const at = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(a)));
+    assert.equal(at % 64n, 0n, `${n} elements at ${at}`);
+  }
 });
 
 Deno.test({

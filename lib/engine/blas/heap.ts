@@ -40,12 +40,32 @@ export function sizeOf(shape: readonly number[]): number {
   return n;
 }
 
+/**
+ * A Float32Array of `n` elements that starts on a 64-byte boundary, off the wasm heap. oneDNN's
+ * Winograd kernels write their blocked buffers with aligned non-temporal stores (`vmovntps`),
+ * which fault on the 16-byte-aligned memory that small JS buffers get: the process dies with a
+ * segmentation fault. oneDNN aligns what it allocates itself; buffers handed to it must be too.
+ */
+export function alignedF32(n: number): Float32Array {
+  const buf = new Float32Array(n + ALIGN / 4);
+  let addr: bigint;
+  try {
+    addr = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buf)));
+  } catch {
+    return buf.subarray(0, n); // no FFI permission: then no oneDNN either
+  }
+  const skip = Number((BigInt(ALIGN) - (addr % BigInt(ALIGN))) % BigInt(ALIGN)) / 4;
+  return buf.subarray(skip, skip + n);
+}
+
+const ALIGN = 64;
+
 /** A growable scratch buffer off the wasm heap, reused between calls: `get(n)` returns a view of
- * `n` elements with unspecified contents. */
+ * `n` elements with unspecified contents, 64-byte aligned (`alignedF32`). */
 export function makeScratch(): (n: number) => Float32Array {
-  let buf = new Float32Array(0);
+  let buf: Float32Array = new Float32Array(0);
   return (n) => {
-    if (buf.length < n) buf = new Float32Array(Math.max(n, buf.length * 2));
+    if (buf.length < n) buf = alignedF32(Math.max(n, buf.length * 2));
     return buf.subarray(0, n);
   };
 }

@@ -5,12 +5,13 @@
 // the U-Net's 3×3 convs here, single-threaded. Weights are small, so the reorders are cheap.
 // In bf16 (./precision.ts) the same primitives read bf16 activations, weights and incoming
 // gradients (rounded into scratch per call) and write f32 outputs and weight gradients.
-// In fp32, wide 3×3 stride-1 convolutions run forward and backward-data on oneDNN's Winograd
-// F(4×4, 3×3) kernels instead (see `winogradWorth`); DP_ONEDNN_WINOGRAD=0 keeps them direct.
+// In fp32, wide 3×3 stride-1 convolutions run on oneDNN's Winograd F(4×4, 3×3) kernels instead,
+// each pass where it pays (see `winogradWorth`); DP_ONEDNN_WINOGRAD=0 keeps them direct. Their
+// buffers must be 64-byte aligned (./heap.ts `alignedF32`).
 // Loading (./onednn_core.ts) never throws: no library, no FFI permission or DP_ONEDNN=0 yields
 // undefined, and any geometry oneDNN refuses returns false so the caller takes the sgemm route.
 import type { ConvGeometry } from "./conv.ts";
-import { makeScratch } from "./heap.ts";
+import { alignedF32, makeScratch } from "./heap.ts";
 import { processEnv } from "./openblas.ts";
 import { precision } from "./precision.ts";
 import {
@@ -65,19 +66,26 @@ export function winogradFits(g: ConvGeometry): boolean {
     g.c % 16 === 0 && g.o % 16 === 0;
 }
 
+/** The three passes of a convolution: forward, input gradient, weight gradient. */
+export type ConvPass = "forward" | "backward-data" | "backward-weights";
+
 /**
- * Whether Winograd pays for `g`, reorders of the activations to and from its blocked layout
- * included (`deno task bench --suite blas` times each small-U-Net shape both ways). From 64
- * input channels it ran 1.05–1.2× faster forward and 1.2–1.6× backward-data at the small U-Net's
- * batch-64 shapes, and 2–2.4× at adm256's width; from 32 channels it gained nothing (or lost:
- * the transforms cost what the products save). Below about 256 output tiles of 4×4 per call the
- * per-call weight transform costs more than it saves.
- * Backward-weights always stays direct: oneDNN 2.6's Winograd weight gradient crashed the
- * process on several U-Net shapes at batch 1–32 (a segmentation fault, nothing to catch).
+ * Whether Winograd pays for pass `pass` of `g`, reorders of the activations to and from its
+ * blocked layout included (`deno task bench --suite blas` times each small-U-Net shape both
+ * ways). Forward and backward-data: from 64 input channels they ran 1.05–1.2× and 1.2–1.6×
+ * faster at the small U-Net's batch-64 shapes, and 2–2.4× at adm256's width; from 32 channels
+ * they gained nothing (or lost: the transforms cost what the products save). Below about 256
+ * output tiles of 4×4 per call the per-call weight transform costs more than it saves.
+ * Backward-weights needs 64 channels on both sides: at batch 64 it ran 1.1–1.5× faster from
+ * 128×64 channels, 2× at adm256's width, 1.3× at 28×28 with 64→64, but 0.9× with 32→32 and
+ * about even with 64→32 and 64→64 at 14×14 (the transforms of both activations per call).
+ * (That pass once crashed the process at batches 1–32: its kernels write with aligned
+ * non-temporal stores, and the buffers handed to it were not yet 64-byte aligned.)
  */
-export function winogradWorth(g: ConvGeometry): boolean {
+export function winogradWorth(g: ConvGeometry, pass: ConvPass = "forward"): boolean {
   const tiles = g.n * Math.ceil(g.oh / 4) * Math.ceil(g.ow / 4);
-  return winogradFits(g) && g.c >= 64 && tiles >= 256;
+  const wide = g.c >= 64 && (pass !== "backward-weights" || g.o >= 64);
+  return winogradFits(g) && wide && tiles >= 256;
 }
 
 /** oneDNN convolutions on NHWC float32 views; each returns false where oneDNN declines. */
@@ -103,7 +111,7 @@ export interface OneDnn {
   swishBackward(x: Float32Array, dy: Float32Array, dx: Float32Array): boolean;
   /** When fp32 convolutions take the Winograd kernels. */
   winograd: WinogradMode;
-  /** Convolution passes that ran on the Winograd kernels so far (forward and backward-data). */
+  /** Convolution passes that ran on the Winograd kernels so far (any of the three). */
   readonly winogradCalls: number;
 }
 
@@ -132,6 +140,12 @@ interface Wino extends Conv {
   readonly output: Side;
 }
 
+/** The Winograd weight gradient: both activations read through blocked scratch. */
+interface WinoWeights extends Conv {
+  readonly src: Side;
+  readonly diffDst: Side;
+}
+
 function bind(core: Core, winogradMode: WinogradMode): OneDnn {
   const { lib, md, anyMd, primitive, reorder, run, toBf16 } = core;
 
@@ -156,6 +170,7 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
     winoFwd?: Wino | null;
     winoFwdBias?: Wino | null;
     winoBwdData?: Wino | null;
+    winoBwdWeights?: WinoWeights | null;
   }
   const plans = new Map<string, Plan | null>();
   const params = (g: ConvGeometry) => {
@@ -247,14 +262,27 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
     const userPtr = Deno.UnsafePointer.of(user);
     const r = toUser ? reorder(wMd, userPtr) : reorder(userPtr, wMd);
     if (!r) return null;
-    return { prim: made.prim, wBuf: new Float32Array(Math.ceil(size / 4) + 16), wMd, reorder: r };
+    return { prim: made.prim, wBuf: alignedF32(Math.ceil(size / 4) + 16), wMd, reorder: r };
   };
   // SiLU is swish with β = 1.
   const silu = core.eltwise(ELTWISE_SWISH, 1, true);
 
-  // Winograd: activations go through blocked scratch outside the wasm heap: the reordered input
-  // and the blocked output.
-  const inScratch = makeScratch(), outScratch = makeScratch();
+  // Winograd: activations go through blocked scratch outside the wasm heap, two per pass (the
+  // input and the output, or both inputs of the weight gradient).
+  const scratchA = makeScratch(), scratchB = makeScratch();
+  /** One activation of Winograd pass `made` (query `query`): its blocked layout and reorder. */
+  const side = (
+    made: Made,
+    [arg, query, user]: [arg: number, query: number, user: Uint8Array],
+    toUser: boolean,
+  ): Side | undefined => {
+    const md = lib.dnnl_primitive_desc_query_md(made.pd, query, 0);
+    if (!md) return undefined;
+    const userMd = Deno.UnsafePointer.of(user);
+    const r = toUser ? reorder(md, userMd) : reorder(userMd, md);
+    const length = Math.ceil(Number(lib.dnnl_memory_desc_get_size(md)) / 4);
+    return r ? { arg, md, user, reorder: r, length } : undefined;
+  };
   /** The Winograd pass of `made`, reading `input` from NHWC and writing `output` to NHWC. */
   const wino = (
     made: Made | undefined,
@@ -262,16 +290,9 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
     input: [arg: number, query: number, user: Uint8Array],
     output: [arg: number, query: number, user: Uint8Array],
   ): Wino | null => {
-    const side = ([arg, query, user]: typeof input, toUser: boolean): Side | undefined => {
-      const md = made && lib.dnnl_primitive_desc_query_md(made.pd, query, 0);
-      if (!md) return undefined;
-      const userMd = Deno.UnsafePointer.of(user);
-      const r = toUser ? reorder(md, userMd) : reorder(userMd, md);
-      const length = Math.ceil(Number(lib.dnnl_memory_desc_get_size(md)) / 4);
-      return r ? { arg, md, user, reorder: r, length } : undefined;
-    };
-    const conv = made && withWeights(made, QUERY_WEIGHTS_MD, p.wUser, false);
-    const i = side(input, false), o = side(output, true);
+    if (!made) return null;
+    const conv = withWeights(made, QUERY_WEIGHTS_MD, p.wUser, false);
+    const i = side(made, input, false), o = side(made, output, true);
     return conv && i && o ? { ...conv, input: i, output: o } : null;
   };
   const winoForward = (g: ConvGeometry, p: Plan, bias: boolean): Wino | null => {
@@ -309,6 +330,40 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
       [ARG_DIFF_SRC, QUERY_DIFF_SRC_MD, p.diffSrc],
     );
   };
+  const winoBackwardWeights = (g: ConvGeometry, p: Plan): WinoWeights | null => {
+    const { n, c, h, w, o, oh, ow, kh, kw } = g;
+    const src = anyMd([n, c, h, w]), wts = anyMd([o, c, kh, kw]), dst = anyMd([n, o, oh, ow]);
+    const geo = params(g).geo;
+    const f = new Uint8Array(OP_BYTES), d = new Uint8Array(OP_BYTES);
+    const hint = lib.dnnl_dilated_convolution_forward_desc_init(
+        f,
+        FORWARD_TRAINING,
+        CONV_WINOGRAD,
+        src,
+        wts,
+        null as never,
+        dst,
+        ...geo,
+      ) === 0
+      ? primitive(f, null)
+      : undefined;
+    const r = hint &&
+      lib.dnnl_dilated_convolution_backward_weights_desc_init(
+        d,
+        CONV_WINOGRAD,
+        src,
+        wts,
+        null as never,
+        dst,
+        ...geo,
+      );
+    const made = hint && r === 0 ? primitive(d, hint.pd) : undefined;
+    if (!made) return null;
+    const conv = withWeights(made, QUERY_DIFF_WEIGHTS_MD, p.wUser, true);
+    const x = side(made, [ARG_SRC, QUERY_SRC_MD, p.src], false);
+    const dy = side(made, [ARG_DIFF_DST, QUERY_DIFF_DST_MD, p.diffDst], false);
+    return conv && x && dy ? { ...conv, src: x, diffDst: dy } : null;
+  };
   let winogradCalls = 0;
   /** Run Winograd pass `k` on NHWC `x` with weights `w` (HWIO) into NHWC `y`. */
   const runWino = (
@@ -320,7 +375,7 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
     bias?: Float32Array,
   ) => {
     const { input, output } = k;
-    const a = inScratch(input.length), b = outScratch(output.length);
+    const a = scratchA(input.length), b = scratchB(output.length);
     run(input.reorder, [[ARG_SRC, input.user, x], [ARG_DST, input.md, a]]);
     run(k.reorder, [[ARG_SRC, p.wUser, w], [ARG_DST, k.wMd, k.wBuf]]);
     const args: View[] = [
@@ -333,10 +388,30 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
     run(output.reorder, [[ARG_SRC, output.md, b], [ARG_DST, output.user, y]]);
     winogradCalls++;
   };
+  /** Run the Winograd weight gradient `k` of NHWC `x` and `dy` into `dw` (HWIO). */
+  const runWinoWeights = (
+    k: WinoWeights,
+    p: Plan,
+    x: Float32Array,
+    dy: Float32Array,
+    dw: Float32Array,
+  ) => {
+    const a = scratchA(k.src.length), b = scratchB(k.diffDst.length);
+    run(k.src.reorder, [[ARG_SRC, k.src.user, x], [ARG_DST, k.src.md, a]]);
+    run(k.diffDst.reorder, [[ARG_SRC, k.diffDst.user, dy], [ARG_DST, k.diffDst.md, b]]);
+    run(k.prim, [
+      [ARG_SRC, k.src.md, a],
+      [ARG_DIFF_DST, k.diffDst.md, b],
+      [ARG_DIFF_WEIGHTS, k.wMd, k.wBuf],
+    ]);
+    run(k.reorder, [[ARG_SRC, k.wMd, k.wBuf], [ARG_DST, p.wUser, dw]]);
+    winogradCalls++;
+  };
   let winograd = winogradMode;
-  /** Whether `g` takes the Winograd kernels under plan `p`. */
-  const winoFor = (g: ConvGeometry, p: Plan) =>
-    !p.bf16 && (winograd === "always" ? winogradFits(g) : winograd === "auto" && winogradWorth(g));
+  /** Whether pass `pass` of `g` takes the Winograd kernels under plan `p`. */
+  const winoFor = (g: ConvGeometry, p: Plan, pass: ConvPass) =>
+    !p.bf16 &&
+    (winograd === "always" ? winogradFits(g) : winograd === "auto" && winogradWorth(g, pass));
 
   return {
     path: core.path,
@@ -355,7 +430,7 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
     convForward(g, x, w, bias, y) {
       const p = planNow(g);
       if (!p) return false;
-      if (winoFor(g, p)) {
+      if (winoFor(g, p, "forward")) {
         const slot = bias ? "winoFwdBias" : "winoFwd";
         if (p[slot] === undefined) p[slot] = winoForward(g, p, bias !== undefined);
         const k = p[slot];
@@ -386,7 +461,7 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
     convBackpropInput(g, dy, w, dx) {
       const p = planNow(g);
       if (!p) return false;
-      if (winoFor(g, p)) {
+      if (winoFor(g, p, "backward-data")) {
         if (p.winoBwdData === undefined) p.winoBwdData = winoBackwardData(g, p);
         const k = p.winoBwdData;
         if (k) {
@@ -412,6 +487,14 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
     convBackpropFilter(g, x, dy, dw) {
       const p = planNow(g);
       if (!p) return false;
+      if (winoFor(g, p, "backward-weights")) {
+        if (p.winoBwdWeights === undefined) p.winoBwdWeights = winoBackwardWeights(g, p);
+        const k = p.winoBwdWeights;
+        if (k) {
+          runWinoWeights(k, p, x, dy, dw);
+          return true;
+        }
+      }
       if (p.bwdWeights === undefined) {
         const made = backward(g, p, true);
         p.bwdWeights = made ? withWeights(made, QUERY_DIFF_WEIGHTS_MD, p.wUser, true) : null;
