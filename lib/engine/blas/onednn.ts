@@ -335,19 +335,19 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
     const src = anyMd([n, c, h, w]), wts = anyMd([o, c, kh, kw]), dst = anyMd([n, o, oh, ow]);
     const geo = params(g).geo;
     const f = new Uint8Array(OP_BYTES), d = new Uint8Array(OP_BYTES);
-    const hint = lib.dnnl_dilated_convolution_forward_desc_init(
-        f,
-        FORWARD_TRAINING,
-        CONV_WINOGRAD,
-        src,
-        wts,
-        null as never,
-        dst,
-        ...geo,
-      ) === 0
-      ? primitive(f, null)
-      : undefined;
-    const r = hint &&
+    // The weight gradient's primitive descriptor takes the forward one as its hint.
+    const fwd = lib.dnnl_dilated_convolution_forward_desc_init(
+      f,
+      FORWARD_TRAINING,
+      CONV_WINOGRAD,
+      src,
+      wts,
+      null as never,
+      dst,
+      ...geo,
+    );
+    const hint = fwd === 0 ? primitive(f, null) : undefined;
+    const bwd = hint &&
       lib.dnnl_dilated_convolution_backward_weights_desc_init(
         d,
         CONV_WINOGRAD,
@@ -357,7 +357,7 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
         dst,
         ...geo,
       );
-    const made = hint && r === 0 ? primitive(d, hint.pd) : undefined;
+    const made = hint && bwd === 0 ? primitive(d, hint.pd) : undefined;
     if (!made) return null;
     const conv = withWeights(made, QUERY_DIFF_WEIGHTS_MD, p.wUser, true);
     const x = side(made, [ARG_SRC, QUERY_SRC_MD, p.src], false);
