@@ -76,9 +76,10 @@ export type ConvPass = "forward" | "backward-data" | "backward-weights";
  * faster at the small U-Net's batch-64 shapes, and 2–2.4× at adm256's width; from 32 channels
  * they gained nothing (or lost: the transforms cost what the products save). Below about 256
  * output tiles of 4×4 per call the per-call weight transform costs more than it saves.
- * Backward-weights needs 64 channels on both sides: at batch 64 it ran 1.1–1.5× faster from
- * 128×64 channels, 2× at adm256's width, 1.3× at 28×28 with 64→64, but 0.9× with 32→32 and
- * about even with 64→32 and 64→64 at 14×14 (the transforms of both activations per call).
+ * Backward-weights, which transforms both activations per call, needs 64 channels on both sides:
+ * in two runs at batch 64 it ran 1.03–1.10× faster with 128→64, 1.13–1.54× with 128→128 and
+ * 256→128, 1.3× with 64→64 at 28×28 (0.95–1.09× at 14×14) and 1.9–2× at adm256's width, but
+ * 0.89–0.92× with 32→32 and 1.02–1.05× with 64→32.
  * (That pass once crashed the process at batches 1–32: its kernels write with aligned
  * non-temporal stores, and the buffers handed to it were not yet 64-byte aligned.)
  */
