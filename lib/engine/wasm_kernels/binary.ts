@@ -8,8 +8,6 @@ import { runBuiltin } from "./builtins.ts";
 import type { WasmHeapBackend } from "./copy.ts";
 import { nativeKernels } from "../native_kernels.ts";
 
-type KernelArgs = Parameters<tf.KernelFunc>[0];
-
 /**
  * out [P, Q, R] = a op b, each operand whole (`full`) or [P, 1, R], repeated along Q. For equal
  * shapes both are whole and R is only the length of a row the threads share out.
