@@ -212,9 +212,10 @@ export async function initEngine(opts: EngineOptions = {}): Promise<EngineInfo> 
     if (useBlas) await prepareNativeLibs();
     const blas = useBlas ? registerBlasKernels() : undefined;
     // Without the native kernels, the wasm fallback takes every core: 1.2–1.5× the
-    // single-threaded binary on the U-Net train step here, 1.3–2.4× on its features. Only under `runMain`, which ends the pthread
-    // workers that would otherwise keep the process alive; `blas: false` (comparisons) and
-    // library callers keep the single-threaded binary unless DP_WASM_THREADS asks.
+    // single-threaded binary on the U-Net train step here, 1.3–2.4× on its features. Only under
+    // `runMain`, which ends the pthread workers that would otherwise keep the process alive;
+    // `blas: false` (comparisons) and library callers keep the single-threaded binary unless
+    // DP_WASM_THREADS asks.
     const cores = navigator.hardwareConcurrency || 1;
     const threads = asked === "auto"
       ? (useBlas && !blas && cores >= 2 && underRunMain() ? cores : undefined)

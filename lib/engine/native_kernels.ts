@@ -109,9 +109,9 @@ const SYMBOLS = {
  * per-example coefficients and sums [n, c] (native/group_norm.c), adaLN over x [n, t, d]
  * with scale, shift [n, d] (native/layer_norm.c), strided block and row copies (native/copy.c),
  * Add, Sub and Multiply (native/binary.c), attention's softmax along rows of n
- * (native/softmax.c), column sums (native/reduce.c) and
- * the gradient of k×k stride-k average pooling (native/pool.c), and Adam, the EMA and the
- * gradient norm's sums of squares (native/optim.c). */
+ * (native/softmax.c), column sums (native/reduce.c), the gradient of k×k stride-k average
+ * pooling (native/pool.c), and Adam, the EMA and the gradient norm's sums of squares
+ * (native/optim.c). */
 export interface NativeKernels {
   /** The loaded library's path (for the engine line). */
   readonly path: string;

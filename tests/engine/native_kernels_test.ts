@@ -44,6 +44,16 @@ async function withCache(f: (dir: string) => Promise<void>) {
 
 const env = (over: Record<string, string> = {}) => (k: string) => over[k] ?? Deno.env.get(k);
 
+/** The compiled kernels, from the default cache (built there on first use). */
+const compiled = async () => await prepareNativeKernels({ log: () => {} }) as NativeKernels;
+
+/** The wasm engine (tfjs loaded only by the tests that need it) and the compiled kernels. */
+async function onWasm(): Promise<NativeKernels> {
+  const { initEngine } = await import("../../lib/engine/mod.ts");
+  await initEngine({ backend: "wasm", announce: false });
+  return compiled();
+}
+
 Deno.test({
   name: "native kernels: built once into the cache, reused, a corrupt entry rebuilt",
   ignore: !hasCc,
@@ -123,7 +133,7 @@ Deno.test({
   name: "native kernels: GroupNorm stats, affine and gradients equal the JS loops bit for bit",
   ignore: !hasCc,
   fn: async () => {
-    const k = await prepareNativeKernels({ log: () => {} }) as NativeKernels;
+    const k = await compiled();
     assert.ok(k);
     for (
       const [shape, g] of [[[3, 5, 7, 12], 4], [[2, 9, 9, 300], 30], [[2, 4, 4, 6], 3]] as const
@@ -190,7 +200,7 @@ Deno.test({
   name: "native kernels: block copies (Concat, SplitV) equal the JS copies, threaded or not",
   ignore: !hasCc,
   fn: async () => {
-    const k = await prepareNativeKernels({ log: () => {} }) as NativeKernels;
+    const k = await compiled();
     assert.ok(k);
     // A U-Net skip join (rows of 32 and 64 words into rows of 96, past the threading threshold),
     // short rows, and one row.
@@ -219,9 +229,7 @@ Deno.test({
   name: "native kernels: Transpose by row copies equals cpu's, and hands other cases back",
   ignore: !hasCc,
   fn: async () => {
-    const { initEngine } = await import("../../lib/engine/mod.ts");
-    await initEngine({ backend: "wasm", announce: false });
-    const k = await prepareNativeKernels({ log: () => {} }) as NativeKernels;
+    const k = await onWasm();
     let rows = 0;
     const before = setNativeKernels({
       ...k,
@@ -268,9 +276,7 @@ Deno.test({
   name: "native kernels: Add, Sub and Multiply equal the built-in kernels bit for bit",
   ignore: !hasCc,
   fn: async () => {
-    const { initEngine } = await import("../../lib/engine/mod.ts");
-    await initEngine({ backend: "wasm", announce: false });
-    const k = await prepareNativeKernels({ log: () => {} }) as NativeKernels;
+    const k = await onWasm();
     let calls = 0;
     const counted = {
       ...k,
@@ -335,7 +341,7 @@ Deno.test({
   name: "native kernels: a gradient's sum of squares matches a double sum, and keeps NaN and ∞",
   ignore: !hasCc,
   fn: async () => {
-    const k = await prepareNativeKernels({ log: () => {} }) as NativeKernels;
+    const k = await compiled();
     // One chunk, a chunk and a tail, and many chunks (threaded).
     for (const n of [0, 7, 16_384 + 5, 1_000_003]) {
       const x = Float32Array.from({ length: n }, (_, i) => Math.sin(i * 0.71) * 3);
@@ -351,9 +357,8 @@ Deno.test({
       }
     }
     // The global norm on wasm (C) against cpu's composed ops.
-    const { initEngine } = await import("../../lib/engine/mod.ts");
+    await onWasm();
     const { globalNorm } = await import("../../lib/optim.ts");
-    await initEngine({ backend: "wasm", announce: false });
     const before = setNativeKernels(k);
     try {
       const grads = () => ({
@@ -380,10 +385,8 @@ Deno.test({
     "native kernels: GroupNorm + SiLU fused in C agrees with the JS route to 1e-6, gradients too",
   ignore: !hasCc,
   fn: async () => {
-    const { initEngine } = await import("../../lib/engine/mod.ts");
+    const k = await onWasm();
     const { groupNormScaleShift } = await import("../../lib/engine/fused/group_norm.ts");
-    await initEngine({ backend: "wasm", announce: false });
-    const k = await prepareNativeKernels({ log: () => {} }) as NativeKernels;
     const before = setNativeKernels(undefined);
     const [n, s, c, g] = [3, 6, 64, 8];
     const wave = (len: number, f: number, a: number) =>
@@ -424,7 +427,7 @@ Deno.test({
   name: "native kernels: column sums equal the JS loop bit for bit",
   ignore: !hasCc,
   fn: async () => {
-    const k = await prepareNativeKernels({ log: () => {} }) as NativeKernels;
+    const k = await compiled();
     for (const [rows, inner] of [[3136, 32], [49, 128], [7, 3], [1, 5]]) {
       const x = Float32Array.from({ length: rows * inner }, (_, i) => Math.sin(i * 0.77) * 100);
       const js = new Float32Array(inner), c = new Float32Array(inner);
@@ -439,7 +442,7 @@ Deno.test({
   name: "native kernels: AvgPoolGrad of k×k stride-k pools equals the JS loop bit for bit",
   ignore: !hasCc,
   fn: async () => {
-    const k = await prepareNativeKernels({ log: () => {} }) as NativeKernels;
+    const k = await compiled();
     // 2×2 on an even map, 3×3 (1/9 rounds) on a map with a leftover row and column.
     for (const [n, h, w, c, p] of [[3, 8, 6, 5, 2], [2, 7, 10, 4, 3]]) {
       const [oh, ow] = [Math.floor(h / p), Math.floor(w / p)];
@@ -456,7 +459,7 @@ Deno.test({
   name: "native kernels: Adam and the EMA equal the JS loops bit for bit, with and without decay",
   ignore: !hasCc,
   fn: async () => {
-    const k = await prepareNativeKernels({ log: () => {} }) as NativeKernels;
+    const k = await compiled();
     // Past the threading threshold, and a bias-sized parameter.
     for (const n of [40_000, 32]) {
       const wave = (f: number, a = 1) =>

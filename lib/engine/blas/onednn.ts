@@ -296,31 +296,44 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
     const i = side(made, input, false), o = side(made, output, true);
     return conv && i && o ? { ...conv, input: i, output: o } : null;
   };
-  const winoForward = (g: ConvGeometry, p: Plan, bias: boolean): Wino | null => {
-    const { n, c, h, w, o, oh, ow, kh, kw } = g;
+  /** Activations and weights of `g` in the layouts the Winograd kernels pick ("any"). */
+  const anyLayouts = ({ n, c, h, w, o, oh, ow, kh, kw }: ConvGeometry) => ({
+    src: anyMd([n, c, h, w]),
+    wts: anyMd([o, c, kh, kw]),
+    dst: anyMd([n, o, oh, ow]),
+  });
+  /** The Winograd forward primitive of `g`, with the plan's bias when `bias`. */
+  const winoForwardMade = (g: ConvGeometry, p: Plan, bias: boolean): Made | undefined => {
+    const { src, wts, dst } = anyLayouts(g);
     const d = new Uint8Array(OP_BYTES);
     const r = lib.dnnl_dilated_convolution_forward_desc_init(
       d,
       FORWARD_TRAINING,
       CONV_WINOGRAD,
-      anyMd([n, c, h, w]),
-      anyMd([o, c, kh, kw]),
+      src,
+      wts,
       bias ? p.bias : null as never,
-      anyMd([n, o, oh, ow]),
+      dst,
       ...params(g).geo,
     );
-    const made = r === 0 ? primitive(d, null) : undefined;
-    return wino(made, p, [ARG_SRC, QUERY_SRC_MD, p.src], [ARG_DST, QUERY_DST_MD, p.dst]);
+    return r === 0 ? primitive(d, null) : undefined;
   };
+  const winoForward = (g: ConvGeometry, p: Plan, bias: boolean): Wino | null =>
+    wino(
+      winoForwardMade(g, p, bias),
+      p,
+      [ARG_SRC, QUERY_SRC_MD, p.src],
+      [ARG_DST, QUERY_DST_MD, p.dst],
+    );
   const winoBackwardData = (g: ConvGeometry, p: Plan): Wino | null => {
-    const { n, c, h, w, o, oh, ow, kh, kw } = g;
+    const { src, wts, dst } = anyLayouts(g);
     const d = new Uint8Array(OP_BYTES);
     const r = lib.dnnl_dilated_convolution_backward_data_desc_init(
       d,
       CONV_WINOGRAD,
-      anyMd([n, c, h, w]),
-      anyMd([o, c, kh, kw]),
-      anyMd([n, o, oh, ow]),
+      src,
+      wts,
+      dst,
       ...params(g).geo,
     );
     const made = r === 0 ? primitive(d, null) : undefined;
@@ -332,22 +345,10 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
     );
   };
   const winoBackwardWeights = (g: ConvGeometry, p: Plan): WinoWeights | null => {
-    const { n, c, h, w, o, oh, ow, kh, kw } = g;
-    const src = anyMd([n, c, h, w]), wts = anyMd([o, c, kh, kw]), dst = anyMd([n, o, oh, ow]);
-    const geo = params(g).geo;
-    const f = new Uint8Array(OP_BYTES), d = new Uint8Array(OP_BYTES);
+    const { src, wts, dst } = anyLayouts(g);
     // The weight gradient's primitive descriptor takes the forward one as its hint.
-    const fwd = lib.dnnl_dilated_convolution_forward_desc_init(
-      f,
-      FORWARD_TRAINING,
-      CONV_WINOGRAD,
-      src,
-      wts,
-      null as never,
-      dst,
-      ...geo,
-    );
-    const hint = fwd === 0 ? primitive(f, null) : undefined;
+    const hint = winoForwardMade(g, p, false);
+    const d = new Uint8Array(OP_BYTES);
     const bwd = hint &&
       lib.dnnl_dilated_convolution_backward_weights_desc_init(
         d,
@@ -356,7 +357,7 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
         wts,
         null as never,
         dst,
-        ...geo,
+        ...params(g).geo,
       );
     const made = hint && bwd === 0 ? primitive(d, hint.pd) : undefined;
     if (!made) return null;
