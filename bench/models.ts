@@ -29,7 +29,7 @@ import { parseArgs } from "node:util";
 import { cpuModel } from "../lib/results.ts";
 import { fileURLToPath } from "node:url";
 import { initEngine } from "../lib/engine/mod.ts";
-import { activeBlas } from "../lib/engine/blas/mod.ts";
+import { activeBlas, THREAD_TIMEOUT, THREAD_TIMEOUT_ENV } from "../lib/engine/blas/mod.ts";
 import type { Precision } from "../lib/engine/blas/precision.ts";
 import { stopWasmThreads } from "../lib/engine/wasm_threads.ts";
 import { countFlops } from "../lib/engine/flops.ts";
@@ -376,14 +376,17 @@ async function runPeer(
  * Run bench/peer_torch.py with `args` (after --json) and parse its JSON line. libgomp's default
  * spin-waiting collapses when other processes share the two cores (a DiT step measured 4-8x
  * slower); passive waiting costs little on an idle machine. An explicit OMP_WAIT_POLICY in the
- * environment wins. Where the engine named OpenBLAS's kernel set (a CPU OpenBLAS does not know),
- * the peer's OpenBLAS (torch's matmul) gets the same set: both sides at their best.
+ * environment wins. The peer's OpenBLAS (torch's matmul) idles as the engine's does
+ * (OPENBLAS_THREAD_TIMEOUT, lib/engine/blas/openblas.ts: its feature pass ran 109-121 → 82-100
+ * ms with it), and where the engine named OpenBLAS's kernel set (a CPU OpenBLAS does not know)
+ * it gets the same set: both sides at their best.
  */
 export async function runPeerScript(
   python: string,
   args: readonly string[],
 ): Promise<Record<string, unknown>> {
   const omp = Deno.env.get("OMP_WAIT_POLICY") ?? "PASSIVE";
+  const spin = Deno.env.get(THREAD_TIMEOUT_ENV) ?? THREAD_TIMEOUT;
   const blas = activeBlas();
   const core: Record<string, string> = blas?.coreForced ? { OPENBLAS_CORETYPE: blas.core } : {};
   const script = fileURLToPath(new URL("./peer_torch.py", import.meta.url));
@@ -391,12 +394,17 @@ export async function runPeerScript(
     args: [script, "--json", ...args],
     stdout: "piped",
     stderr: "inherit",
-    env: { OMP_WAIT_POLICY: omp, ...core },
+    env: { OMP_WAIT_POLICY: omp, [THREAD_TIMEOUT_ENV]: spin, ...core },
   })
     .output();
   const line = new TextDecoder().decode(out.stdout).trim().split("\n").pop() ?? "";
   if (!out.success) throw new Error(`bench/peer_torch.py exited with ${out.code}`);
-  return { ...JSON.parse(line) as Record<string, unknown>, omp_wait_policy: omp, ...core };
+  return {
+    ...JSON.parse(line) as Record<string, unknown>,
+    omp_wait_policy: omp,
+    openblas_thread_timeout: spin,
+    ...core,
+  };
 }
 
 const r3 = (x: number) => Math.round(x * 1000) / 1000;

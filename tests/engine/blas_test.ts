@@ -559,3 +559,28 @@ Deno.test({
     tf.dispose(ts);
   },
 });
+
+Deno.test({
+  name: "OpenBLAS's workers sleep between products unless the user asks them to spin",
+  ignore: ignore || Deno.build.os !== "linux" || navigator.hardwareConcurrency < 2,
+  async fn() {
+    const idleMs = async (env: Record<string, string>) => {
+      const child = new URL("./blas_idle_child.ts", import.meta.url).pathname;
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", child],
+        stdout: "piped",
+        stderr: "piped",
+        env: { NO_COLOR: "1", ...env },
+      }).output();
+      const text = new TextDecoder().decode(out.stdout);
+      assert.equal(out.code, 0, `${text}${new TextDecoder().decode(out.stderr)}`);
+      return Number(text.trim().split(": ").at(-1));
+    };
+    // The engine's default (OPENBLAS_THREAD_TIMEOUT=4): no worker spins after the products.
+    const quiet = await idleMs({});
+    assert.ok(quiet <= 30, `workers used ${quiet} ms of CPU while idle`);
+    // The user's setting wins, and OpenBLAS's own default spins for ~0.1 s: the measure sees it.
+    const spinning = await idleMs({ OPENBLAS_THREAD_TIMEOUT: "28" });
+    assert.ok(spinning >= 50, `spinning workers used only ${spinning} ms of CPU`);
+  },
+});

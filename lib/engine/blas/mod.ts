@@ -17,7 +17,15 @@ import {
   makeFusedConv2D,
 } from "./conv.ts";
 
-export { BLAS_ENV, BLAS_THREADS_ENV, loadOpenBlas, openBlas, OPENBLAS_ENV } from "./openblas.ts";
+export {
+  BLAS_ENV,
+  BLAS_THREADS_ENV,
+  loadOpenBlas,
+  openBlas,
+  OPENBLAS_ENV,
+  THREAD_TIMEOUT,
+  THREAD_TIMEOUT_ENV,
+} from "./openblas.ts";
 export {
   loadOneDnn,
   ONEDNN_ENV,

@@ -9,6 +9,14 @@ export const BLAS_THREADS_ENV = "DP_BLAS_THREADS";
 export const BLAS_ENV = "DP_BLAS";
 /** OpenBLAS's own override of its kernel set, read once when the library loads. */
 export const CORETYPE_ENV = "OPENBLAS_CORETYPE";
+/** OpenBLAS's idle-spin time, log2 of CPU cycles (4–30), read once when the library loads. */
+export const THREAD_TIMEOUT_ENV = "OPENBLAS_THREAD_TIMEOUT";
+// After each threaded product OpenBLAS's workers spin for 2^28 cycles (~0.1 s) before they
+// sleep. The engine's next op is usually a oneDNN convolution or a C kernel on OpenMP's threads,
+// which then share the cores with a spinning worker: on 2 cores a U-Net feature pass ran 78 ms
+// a batch against 55 with 2^4, the least OpenBLAS accepts (workers sleep at once; waking them
+// costs microseconds a product). The engine sets it while loading unless the user did.
+export const THREAD_TIMEOUT = "4";
 
 // Debian's pthread build first (the one measured in engine-facts.md), then sonames for the
 // dynamic loader to resolve through its own search path (the ldconfig cache). ../native_libs.ts
@@ -114,9 +122,9 @@ function threadCount(env: (name: string) => string | undefined): number {
 
 /**
  * Set environment variable `name` to `value` while a library loads (OpenBLAS reads
- * OPENBLAS_CORETYPE, libgomp OMP_WAIT_POLICY, once as they load), so that child processes do not
- * inherit it. Returns the undo; a no-op where the user set the variable or without env
- * permission.
+ * OPENBLAS_CORETYPE and OPENBLAS_THREAD_TIMEOUT, libgomp OMP_WAIT_POLICY, once as they load), so
+ * that child processes do not inherit it. Returns the undo; a no-op where the user set the
+ * variable or without env permission.
  */
 export function envWhileLoading(
   env: (name: string) => string | undefined,
@@ -149,13 +157,15 @@ export function openBlas(
   for (const path of override ? [override, ...OPENBLAS_CANDIDATES] : OPENBLAS_CANDIDATES) {
     if (!ffiGranted(path)) continue;
     let lib: Deno.DynamicLibrary<typeof SYMBOLS>;
-    const undo = coreType ? envWhileLoading(env, CORETYPE_ENV, coreType) : () => {};
+    const undoSpin = envWhileLoading(env, THREAD_TIMEOUT_ENV, THREAD_TIMEOUT);
+    const undoCore = coreType ? envWhileLoading(env, CORETYPE_ENV, coreType) : () => {};
     try {
       lib = Deno.dlopen(path, SYMBOLS);
     } catch {
       continue;
     } finally {
-      undo();
+      undoCore();
+      undoSpin();
     }
     const s = lib.symbols;
     s.openblas_set_num_threads(threadCount(env));
