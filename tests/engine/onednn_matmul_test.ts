@@ -9,6 +9,7 @@ import {
   loadOneDnnMatMul,
   setOneDnnMatMulEnabled,
 } from "../../lib/engine/blas/onednn_matmul.ts";
+import { ONEDNN_MIN_MACS } from "../../lib/engine/blas/matmul.ts";
 import {
   fusedGeluTanh,
   geluTanhGradInto,
@@ -67,6 +68,44 @@ Deno.test({
     const dnn = loadOneDnnMatMul()!;
     const z = new Float32Array(0);
     assert.equal(dnn.matmul(0, true, true, 2, 2, 2, false, false, z, z, z), false);
+  },
+});
+
+Deno.test({
+  name: "oneDNN single products past ONEDNN_MIN_MACS: transposes, stacked batches and a bias",
+  ignore,
+  async fn() {
+    // 256·128·256 = 2^23 multiply-adds: the smallest product the route takes.
+    assert.equal(256 * 128 * 256, ONEDNN_MIN_MACS);
+    const bias = input(11, [128]);
+    const cases: [string, Input, Input, boolean, boolean][] = [
+      ["plain", input(12, [256, 256]), input(13, [256, 128]), false, false],
+      ["transposed A", input(14, [256, 256]), input(15, [256, 128]), true, false],
+      ["transposed B", input(16, [256, 256]), input(17, [128, 256]), false, true],
+      ["stacked batches", input(18, [2, 128, 256]), input(19, [256, 128]), false, false],
+    ];
+    for (const [what, a, b, ta, tb] of cases) {
+      const plain = (x: tf.Tensor, y: tf.Tensor) => tf.matMul(x, y, ta, tb);
+      const fused = (x: tf.Tensor, y: tf.Tensor, z: tf.Tensor) =>
+        tf.fused.matMul({
+          a: x,
+          b: y,
+          transposeA: ta,
+          transposeB: tb,
+          bias: z,
+          activation: "relu",
+        });
+      const withDnn = await on("wasm", [a, b, bias], fused);
+      await vsCpu(`${what}`, [a, b], plain, 1e-5);
+      await vsCpu(`${what}, bias and relu`, [a, b, bias], fused, 1e-5);
+      try {
+        setOneDnnMatMulEnabled(false); // the sgemm route computes the same
+        assertOutputsClose(withDnn, await on("wasm", [a, b, bias], fused), 1e-5, `${what} sgemm`);
+      } finally {
+        setOneDnnMatMulEnabled(true);
+      }
+    }
+    await tf.setBackend("wasm");
   },
 });
 

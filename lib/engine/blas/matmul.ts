@@ -91,9 +91,17 @@ function gemmAtPrecision(blas: Blas): Blas["sgemm"] {
   };
 }
 
+// One product of at least this many multiply-adds runs on oneDNN's matmul primitive in fp32
+// where it loads: its brgemm kernels ran the DiT's linear layers and their gradients (12544 rows
+// of 128–512) and the U-Net attention's (3136 rows) 1.2–1.6× as fast as OpenBLAS's sgemm on an
+// Intel Xeon (model 207), but a call costs ~0.09 ms more, which the m = 64 products of the time
+// embedding and the modulation layers (≤ 6.3M multiply-adds) do not repay. A fixed rule, not a
+// timing, so that a run's numbers do not depend on the host's noise.
+export const ONEDNN_MIN_MACS = 2 ** 23;
+
 /**
- * out ← op(A)·op(B) + beta·out per batch; every view on the heap, taken after the output
- * exists.
+ * out ← op(A)·op(B) (+ bias, one value per column) per batch; every view on the heap, taken
+ * after the output exists.
  */
 function runPlan(
   blas: Blas,
@@ -103,39 +111,47 @@ function runPlan(
   a: Float32Array,
   b: Float32Array,
   out: Float32Array,
-  beta = 0,
+  bias?: Float32Array,
 ): void {
   const { m, n, k, aIndex, bIndex } = p;
-  const sgemm = gemmAtPrecision(blas);
   const batches = aIndex.length;
   if (m === 0 || n === 0 || batches === 0) return;
   if (k === 0) {
-    if (beta === 0) out.fill(0);
+    if (bias) fillRows(out, bias);
+    else out.fill(0);
     return;
   }
+  const sgemm = gemmAtPrecision(blas);
   const lda = transposeA ? m : k, ldb = transposeB ? k : n;
   const aSize = m * k, bSize = k * n, oSize = m * n;
-  // One shared B and row-major A: the batches stack into one taller GEMM (linear layers on
-  // [N, T, D] activations), which keeps sgemm in its efficient regime.
+  // A bias goes in as C before a beta = 1 sgemm: a copy instead of an add pass.
+  const beta = bias ? 1 : 0;
+  // One product, or one shared B under a row-major A: the batches stack into one taller GEMM
+  // (linear layers on [N, T, D] activations), which keeps the kernels in their efficient regime.
   const sharedB = bIndex.every((v) => v === bIndex[0]);
-  const aInOrder = aIndex.every((v, i) => v === i);
-  if (!transposeA && sharedB && aInOrder && batches > 1) {
-    const bv = b.subarray(bIndex[0] * bSize);
-    sgemm(false, transposeB, batches * m, n, k, 1, a, lda, bv, ldb, beta, out, n);
+  const stacked = !transposeA && sharedB && aIndex.every((v, i) => v === i);
+  if (batches === 1 || stacked) {
+    const rows = batches * m;
+    const av = a.subarray(aIndex[0] * aSize), bv = b.subarray(bIndex[0] * bSize);
+    const dnn = precision() === "fp32" && rows * n * k >= ONEDNN_MIN_MACS
+      ? activeOneDnnMatMul()
+      : undefined;
+    if (dnn?.matmul(1, true, true, rows, n, k, transposeA, transposeB, av, bv, out, bias)) return;
+    if (bias) fillRows(out, bias);
+    sgemm(transposeA, transposeB, rows, n, k, 1, av, lda, bv, ldb, beta, out, n);
     return;
   }
   // Many small products (attention: one per image and head) go to oneDNN's batched matmul in
   // one call, which splits the batch over threads; a per-batch sgemm loop threads each small
   // product and spends most of its time handing off.
-  if (beta === 0 && batches > 1) {
-    const aBatched = aIndex.every((v, i) => v === i), bBatched = bIndex.every((v, i) => v === i);
-    const aShared = !aBatched && aIndex.every((v) => v === 0);
-    const bShared = !bBatched && bIndex.every((v) => v === 0);
-    const dnn = (aBatched || aShared) && (bBatched || bShared) ? activeOneDnnMatMul() : undefined;
-    if (
-      dnn?.matmul(batches, aBatched, bBatched, m, n, k, transposeA, transposeB, a, b, out)
-    ) return;
-  }
+  const aBatched = aIndex.every((v, i) => v === i), bBatched = bIndex.every((v, i) => v === i);
+  const aShared = !aBatched && aIndex.every((v) => v === 0);
+  const bShared = !bBatched && bIndex.every((v) => v === 0);
+  const dnn = (aBatched || aShared) && (bBatched || bShared) ? activeOneDnnMatMul() : undefined;
+  if (
+    dnn?.matmul(batches, aBatched, bBatched, m, n, k, transposeA, transposeB, a, b, out, bias)
+  ) return;
+  if (bias) fillRows(out, bias);
   for (let o = 0; o < batches; o++) {
     sgemm(
       transposeA,
@@ -239,9 +255,7 @@ export function makeFusedMatMul(blas: Blas, fallback?: tf.KernelFunc): tf.Kernel
     const ov = f32View(backend, out);
     const [av, bv] = [f32View(backend, a), f32View(backend, b)];
     if (biasOp.kind === "row") {
-      // A per-column bias goes in as C before a beta = 1 sgemm: a copy instead of an add pass.
-      fillRows(ov, biasOp.values);
-      runPlan(blas, plan, transposeA, transposeB, av, bv, ov, 1);
+      runPlan(blas, plan, transposeA, transposeB, av, bv, ov, biasOp.values);
       const rest: Epilogue = { ...epilogue, bias: NONE };
       if (!isIdentity(rest)) applyEpilogue(ov, 0, ov.length, plan.n, rest);
       return out;

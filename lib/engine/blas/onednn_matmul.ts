@@ -1,13 +1,15 @@
 // oneDNN's batched matmul primitive and its tanh-GELU eltwise (Debian libdnnl2, v2.x C API)
 // through Deno FFI, on wasm-heap views in place. The batched matmul covers every head and image
 // of an attention product in one call (oneDNN splits the batch over its threads), where a loop of
-// small cblas_sgemm calls runs each 196×196×32 product on both threads and mostly waits.
+// small cblas_sgemm calls runs each 196×196×32 product on both threads and mostly waits; it also
+// takes the large single products (./matmul.ts ONEDNN_MIN_MACS), with their bias.
 // Loading goes through ./onednn_core.ts (one libdnnl, OpenMP wait policy, thread count,
 // DP_ONEDNN=0); any geometry oneDNN refuses returns false so the caller keeps its own route.
 import { activeOneDnn } from "./onednn.ts";
 import { precision } from "./precision.ts";
 import type { Blas } from "./openblas.ts";
 import {
+  ARG_BIAS,
   ARG_DST,
   ARG_SRC,
   ARG_WEIGHTS,
@@ -18,13 +20,14 @@ import {
   loadOneDnnCore,
   OP_BYTES,
   type Ptr,
+  type View,
 } from "./onednn_core.ts";
 
 /** Batched products and tanh-GELU on float32 views; each returns false where oneDNN declines. */
 export interface OneDnnMatMul {
   /**
-   * out[b] ← op(A[b])·op(B[b]) for b < batch, A and B [batch or 1, ·, ·] (1: shared by every
-   * batch), row-major, contiguous; out [batch, m, n].
+   * out[b] ← op(A[b])·op(B[b]) (+ bias, one value per column) for b < batch, A and B
+   * [batch or 1, ·, ·] (1: shared by every batch), row-major, contiguous; out [batch, m, n].
    */
   matmul(
     batch: number,
@@ -38,6 +41,7 @@ export interface OneDnnMatMul {
     a: Float32Array,
     b: Float32Array,
     out: Float32Array,
+    bias?: Float32Array,
   ): boolean;
   /**
    * Row-major C ← alpha·op(A)·op(B) + beta·C as cblas_sgemm takes it, with A and B rounded to
@@ -56,6 +60,7 @@ function bind(core: Core): OneDnnMatMul {
     readonly a: Uint8Array;
     readonly b: Uint8Array;
     readonly c: Uint8Array;
+    readonly bias: Uint8Array | null;
     readonly prim: Ptr;
   }
   const mms = new Map<string, Mm | null>();
@@ -70,8 +75,9 @@ function bind(core: Core): OneDnnMatMul {
     ta: boolean,
     tb: boolean,
     bf16: boolean,
+    withBias: boolean,
   ): Mm | undefined => {
-    const key = `${batch},${ab},${bb},${m},${n},${k},${ta},${tb},${bf16}`;
+    const key = `${batch},${ab},${bb},${m},${n},${k},${ta},${tb},${bf16},${withBias}`;
     const known = mms.get(key);
     if (known !== undefined) return known ?? undefined;
     const build = (): Mm | undefined => {
@@ -79,11 +85,13 @@ function bind(core: Core): OneDnnMatMul {
       const a = md([ab ? batch : 1, m, k], ta ? [m * k, 1, m] : [m * k, k, 1], t);
       const b = md([bb ? batch : 1, k, n], tb ? [k * n, 1, k] : [k * n, n, 1], t);
       const c = md([batch, m, n], [m * n, n, 1]);
-      if (!a || !b || !c) return undefined;
+      const bias = withBias ? md([1, 1, n], [n, n, 1]) : null; // f32, broadcast over rows
+      if (!a || !b || !c || bias === undefined) return undefined;
       const d = new Uint8Array(OP_BYTES);
-      if (lib.dnnl_matmul_desc_init(d, a, b, null, c) !== 0) return undefined;
+      const biasPtr = bias && Deno.UnsafePointer.of(bias);
+      if (lib.dnnl_matmul_desc_init(d, a, b, biasPtr, c) !== 0) return undefined;
       const made = primitive(d, null);
-      return made ? { a, b, c, prim: made.prim } : undefined;
+      return made ? { a, b, c, bias, prim: made.prim } : undefined;
     };
     const mm = build();
     mms.set(key, mm ?? null);
@@ -93,14 +101,17 @@ function bind(core: Core): OneDnnMatMul {
   const gelu = core.eltwise(ELTWISE_GELU_TANH, 0, false);
 
   return {
-    matmul(batch, ab, bb, m, n, k, ta, tb, a, b, c) {
+    matmul(batch, ab, bb, m, n, k, ta, tb, a, b, c, bias) {
       if (batch < 1 || m < 1 || n < 1 || k < 1) return false;
+      if (bias && bias.length !== n) return false;
       const bf16 = precision() === "bf16";
-      const mm = mmOf(batch, ab, bb, m, n, k, ta, tb, bf16);
+      const mm = mmOf(batch, ab, bb, m, n, k, ta, tb, bf16, bias !== undefined);
       if (!mm) return false;
       const aIn = bf16 ? toBf16(a, 0) : a, bIn = bf16 ? toBf16(b, 1) : b;
       if (!aIn || !bIn) return false;
-      run(mm.prim, [[ARG_SRC, mm.a, aIn], [ARG_WEIGHTS, mm.b, bIn], [ARG_DST, mm.c, c]]);
+      const views: View[] = [[ARG_SRC, mm.a, aIn], [ARG_WEIGHTS, mm.b, bIn], [ARG_DST, mm.c, c]];
+      if (mm.bias && bias) views.push([ARG_BIAS, mm.bias, bias]);
+      run(mm.prim, views);
       return true;
     },
     gemmBf16(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) {
