@@ -1,7 +1,7 @@
 // Bench suite for the BLAS and fused kernels on wasm: matMul GFLOP/s through the registered
-// kernel vs raw sgemm, a 3×3 conv forward / train step with and without BLAS, oneDNN's Winograd
-// against its direct convolutions per U-Net shape, and GroupNorm / SiLU ns per element fused vs
-// composed. Standalone:
+// kernel vs raw sgemm, the models' products on OpenBLAS vs oneDNN (fp32, bf16), a 3×3 conv
+// forward / train step with and without BLAS, oneDNN's Winograd against its direct convolutions
+// per U-Net shape, and GroupNorm / SiLU ns per element fused vs composed. Standalone:
 //   deno run -R -E --allow-ffi --allow-sys bench/blas.ts [--quick]
 import * as tf from "@tensorflow/tfjs";
 import { initEngine } from "../lib/engine/mod.ts";
@@ -13,6 +13,8 @@ import {
   unregisterBlasKernels,
 } from "../lib/engine/blas/mod.ts";
 import { type ConvPass, winogradWorth } from "../lib/engine/blas/onednn.ts";
+import { loadOneDnnMatMul } from "../lib/engine/blas/onednn_matmul.ts";
+import { precision, setPrecision } from "../lib/engine/blas/precision.ts";
 import {
   groupNorm,
   groupNormComposed,
@@ -87,6 +89,58 @@ function benchMatMul(r: BenchResult, n: number, reps: number, log: (s: string) =
     log(`registered kernel / raw sgemm: ${(100 * ratio).toFixed(0)} %`);
   }
   tf.dispose([x, y]);
+}
+
+// Products of the models benched (batch 64): the DiT's linear layers over 64·196 tokens and their
+// weight gradient, U-Net attention at 7×7, a modulation layer (m = 64), and 1024³.
+const PRODUCTS: readonly (readonly [number, number, number, boolean, boolean])[] = [
+  [12544, 384, 128, false, false],
+  [12544, 128, 512, false, true],
+  [128, 384, 12544, true, false],
+  [3136, 384, 128, false, false],
+  [64, 768, 128, false, false],
+  [1024, 1024, 1024, false, false],
+];
+
+/**
+ * GFLOP/s of one product on OpenBLAS's sgemm and on oneDNN's matmul primitive in fp32 and in
+ * bf16 (inputs rounded, f32 accumulation), the routes taking turns: the basis of matmul.ts's
+ * ONEDNN_MIN_MACS, and of what bf16 can gain on this CPU.
+ */
+function benchProducts(r: BenchResult, reps: number, quick: boolean, log: (s: string) => void) {
+  const blas = loadOpenBlas(), dnn = loadOneDnnMatMul();
+  if (!blas || !dnn) return;
+  const bf16 = (f: () => void) => () => {
+    const was = precision();
+    setPrecision("bf16");
+    try {
+      f();
+    } finally {
+      setPrecision(was);
+    }
+  };
+  for (const [m0, n, k0, ta, tb] of quick ? PRODUCTS.slice(3, 5) : PRODUCTS) {
+    const m = quick ? Math.min(m0, 512) : m0, k = quick ? Math.min(k0, 512) : k0;
+    const a = Float32Array.from({ length: m * k }, (_, i) => Math.sin(i));
+    const b = Float32Array.from({ length: k * n }, (_, i) => Math.cos(i));
+    const c = new Float32Array(m * n);
+    const mm = () => dnn.matmul(1, true, true, m, n, k, ta, tb, a, b, c);
+    const routes: [string, () => void][] = [
+      ["sgemm", () => blas.sgemm(ta, tb, m, n, k, 1, a, ta ? m : k, b, tb ? k : n, 0, c, n)],
+      ["onednn_f32", mm],
+    ];
+    let bf16Runs = false; // false where this oneDNN or CPU has no bf16 matmul
+    bf16(() => bf16Runs = mm())();
+    if (bf16Runs) routes.push(["onednn_bf16", bf16(mm)]);
+    const name = `product_${m}x${n}x${k}${ta ? "_ta" : ""}${tb ? "_tb" : ""}`;
+    const line: string[] = [];
+    for (const [route, ms] of interleaved(routes, reps)) {
+      const g = (2 * m * n * k) / ms / 1e6;
+      r[`${name}_${route}_gflops`] = g;
+      line.push(`${route} ${g.toFixed(0)}`);
+    }
+    log(`product ${m}×${n}×${k}${ta ? " Aᵀ" : ""}${tb ? " Bᵀ" : ""}: GFLOP/s ${line.join(", ")}`);
+  }
 }
 
 /** Best time in ms of each route over `reps` rounds in which the routes take turns. */
@@ -309,7 +363,8 @@ async function profileConvNet(n: number, reps: number, log: (s: string) => void)
 /** The BLAS / fused-kernel bench suite. */
 export const suite = {
   name: "blas",
-  description: "matMul and 3×3 conv with/without OpenBLAS; fused GroupNorm/SiLU vs composed",
+  description:
+    "matMul, the models' products on OpenBLAS vs oneDNN (fp32, bf16), 3×3 conv with/without OpenBLAS; fused GroupNorm/SiLU vs composed",
   async run(opts: BenchOptions = {}): Promise<BenchResult> {
     const log = (s: string) => (opts.log ?? true) && console.error(s);
     await initEngine({ backend: "wasm", announce: opts.log ?? true });
@@ -317,6 +372,7 @@ export const suite = {
     const reps = opts.repeats ?? (quick ? 2 : 5);
     const r: BenchResult = { repeats: reps };
     benchMatMul(r, quick ? 256 : 1024, 2 * reps, log);
+    benchProducts(r, reps, quick, log);
     benchConv(r, quick ? 8 : 64, reps, log);
     benchWinograd(r, quick ? 16 : 64, reps, log);
     benchElementwise(r, quick ? 4 : 64, reps, log);
