@@ -30,6 +30,7 @@ import { cpuModel } from "../lib/results.ts";
 import { fileURLToPath } from "node:url";
 import { initEngine } from "../lib/engine/mod.ts";
 import { activeBlas, THREAD_TIMEOUT, THREAD_TIMEOUT_ENV } from "../lib/engine/blas/mod.ts";
+import { OPENMP_SPIN } from "../lib/engine/blas/onednn_core.ts";
 import type { Precision } from "../lib/engine/blas/precision.ts";
 import { stopWasmThreads } from "../lib/engine/wasm_threads.ts";
 import { countFlops } from "../lib/engine/flops.ts";
@@ -375,17 +376,25 @@ async function runPeer(
 /**
  * Run bench/peer_torch.py with `args` (after --json) and parse its JSON line. libgomp's default
  * spin-waiting collapses when other processes share the two cores (a DiT step measured 4-8x
- * slower); passive waiting costs little on an idle machine. An explicit OMP_WAIT_POLICY in the
- * environment wins. The peer's OpenBLAS (torch's matmul) idles as the engine's does
- * (OPENBLAS_THREAD_TIMEOUT, lib/engine/blas/openblas.ts: its feature pass ran 109-121 → 82-100
- * ms with it), and where the engine named OpenBLAS's kernel set (a CPU OpenBLAS does not know)
- * it gets the same set: both sides at their best.
+ * slower); the peer's threads wait as the engine's do, passively after a short spin (its
+ * feature pass 123 → 110 ms and train step 1050–1170 → 800–1020 ms with the spin, against
+ * passive alone). An explicit OMP_WAIT_POLICY in the environment wins. The peer's OpenBLAS
+ * (torch's matmul) idles as the engine's does (OPENBLAS_THREAD_TIMEOUT, lib/engine/blas/
+ * openblas.ts: its feature pass ran 109-121 → 82-100 ms with it), and where the engine named
+ * OpenBLAS's kernel set (a CPU OpenBLAS does not know) it gets the same set: both sides at their
+ * best.
  */
 export async function runPeerScript(
   python: string,
   args: readonly string[],
 ): Promise<Record<string, unknown>> {
-  const omp = Deno.env.get("OMP_WAIT_POLICY") ?? "PASSIVE";
+  const userPolicy = Deno.env.get("OMP_WAIT_POLICY");
+  const omp = userPolicy ?? "PASSIVE";
+  // The engine's short spin before sleeping (lib/engine/blas/onednn_core.ts openMpWaiting);
+  // under a policy of the user's own the child inherits the user's variables as they are.
+  const gomp: Record<string, string> = userPolicy === undefined
+    ? { GOMP_SPINCOUNT: Deno.env.get("GOMP_SPINCOUNT") ?? OPENMP_SPIN }
+    : {};
   const spin = Deno.env.get(THREAD_TIMEOUT_ENV) ?? THREAD_TIMEOUT;
   const blas = activeBlas();
   const core: Record<string, string> = blas?.coreForced ? { OPENBLAS_CORETYPE: blas.core } : {};
@@ -394,7 +403,7 @@ export async function runPeerScript(
     args: [script, "--json", ...args],
     stdout: "piped",
     stderr: "inherit",
-    env: { OMP_WAIT_POLICY: omp, [THREAD_TIMEOUT_ENV]: spin, ...core },
+    env: { OMP_WAIT_POLICY: omp, ...gomp, [THREAD_TIMEOUT_ENV]: spin, ...core },
   })
     .output();
   const line = new TextDecoder().decode(out.stdout).trim().split("\n").pop() ?? "";
@@ -402,6 +411,7 @@ export async function runPeerScript(
   return {
     ...JSON.parse(line) as Record<string, unknown>,
     omp_wait_policy: omp,
+    gomp_spincount: gomp.GOMP_SPINCOUNT ?? Deno.env.get("GOMP_SPINCOUNT") ?? null,
     openblas_thread_timeout: spin,
     ...core,
   };

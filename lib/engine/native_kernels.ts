@@ -11,6 +11,7 @@
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { BLAS_ENV, ffiGranted, processEnv } from "./blas/openblas.ts";
+import { openMpWaiting } from "./blas/onednn_core.ts";
 import { NATIVE_ENV, nativeCacheRoot, runCommand, type Runner, sha256Hex } from "./native_libs.ts";
 import type { adamArrays } from "./fused/optim.ts";
 import type { copyBlocks, RowGather } from "./wasm_kernels/copy.ts";
@@ -193,10 +194,13 @@ type Dims7 = [bigint, bigint, bigint, bigint, bigint, bigint, bigint];
 /** Load a built library and check its ABI; undefined when it does not load. */
 export function loadNativeKernels(path: string): NativeKernels | undefined {
   let lib: Deno.DynamicLibrary<typeof SYMBOLS>;
+  const undo = openMpWaiting(processEnv); // where this library is the first to load libgomp
   try {
     lib = Deno.dlopen(path, SYMBOLS);
   } catch {
     return undefined;
+  } finally {
+    undo();
   }
   if (lib.symbols.dp_gn_abi() !== ABI) {
     lib.close();

@@ -20,7 +20,7 @@ import {
   ONEDNN_CANDIDATES,
   ONEDNN_ENV,
   ONEDNN_LIB_ENV,
-  passiveOpenMp,
+  openMpWaiting,
 } from "./blas/onednn_core.ts";
 
 /** Environment variable: `off` (or `0`) uses only libraries installed on the system. */
@@ -594,7 +594,7 @@ export function prepareNativeLibs(opts: NativeLibsOptions = {}): Promise<NativeL
     const want: NativeLib[] = env(ONEDNN_ENV) === "0" ? ["openblas"] : ["openblas", "onednn"];
     const libs = await ensureNativeLibs(want, opts);
     const specs = opts.specs ?? nativeLibSpecs(env);
-    const undo = passiveOpenMp(env); // a cached libgomp reads its wait policy when it loads
+    const undo = openMpWaiting(env); // a cached libgomp reads its wait policy when it loads
     try {
       for (const [name, lib] of Object.entries(libs ?? {}) as [NativeLib, NativeLibPath][]) {
         if (lib.from !== "cache") continue;

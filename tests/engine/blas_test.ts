@@ -16,7 +16,7 @@ import {
 import { planMatMul } from "../../lib/engine/blas/matmul.ts";
 import { openBlasCoreFor } from "../../lib/engine/blas/openblas.ts";
 import { nativeKernels, setNativeKernels } from "../../lib/engine/native_kernels.ts";
-import { decodeIsa } from "../../lib/engine/blas/onednn_core.ts";
+import { decodeIsa, OPENMP_SPIN, openMpWaiting } from "../../lib/engine/blas/onednn_core.ts";
 import { winogradFits, winogradWorth } from "../../lib/engine/blas/onednn.ts";
 import { alignedF32 } from "../../lib/engine/blas/heap.ts";
 
@@ -583,4 +583,27 @@ Deno.test({
     const spinning = await idleMs({ OPENBLAS_THREAD_TIMEOUT: "28" });
     assert.ok(spinning >= 50, `spinning workers used only ${spinning} ms of CPU`);
   },
+});
+
+Deno.test("openMpWaiting: passive after a short spin while libgomp loads; the user's settings win", () => {
+  const names = ["OMP_WAIT_POLICY", "GOMP_SPINCOUNT"];
+  const saved = names.map((n) => Deno.env.get(n));
+  const during = (user: Record<string, string>) => {
+    names.forEach((n) => Deno.env.delete(n));
+    const undo = openMpWaiting((n) => user[n]);
+    const seen = names.map((n) => Deno.env.get(n));
+    undo();
+    assert.deepEqual(names.map((n) => Deno.env.get(n)), [undefined, undefined], "undone");
+    return seen;
+  };
+  try {
+    assert.deepEqual(during({}), ["passive", OPENMP_SPIN]);
+    // A policy of the user's own keeps libgomp's spin for it (active spins for minutes).
+    assert.deepEqual(during({ OMP_WAIT_POLICY: "active" }), [undefined, undefined]);
+    assert.deepEqual(during({ GOMP_SPINCOUNT: "5" }), ["passive", undefined]);
+  } finally {
+    names.forEach((n, i) =>
+      saved[i] === undefined ? Deno.env.delete(n) : Deno.env.set(n, saved[i]!)
+    );
+  }
 });

@@ -335,13 +335,31 @@ function threadCount(env: (name: string) => string | undefined): number {
   return Math.max(1, navigator.hardwareConcurrency || 1);
 }
 
-// OpenMP threads spin between parallel regions by default; on a 2-core machine shared with
-// OpenBLAS's pool (and often another job) that spinning steals the cores (a train step ran 1.8×
-// slower). libgomp reads the policy once, when it loads: set it around the dlopen only, so
-// child processes (the PyTorch peer of the benches) do not inherit it. Returns the undo.
-// ../native_libs.ts uses it too: a libgomp it loads from the cache must read the same policy.
-export const passiveOpenMp = (env: (name: string) => string | undefined): () => void =>
-  envWhileLoading(env, "OMP_WAIT_POLICY", "passive");
+/** libgomp's spin count before an idle thread sleeps (~0.1 ms by libgomp's reckoning). */
+export const OPENMP_SPIN = "10000";
+
+/**
+ * How OpenMP's idle threads wait, set around a dlopen of libgomp (it reads both variables once,
+ * when it loads), so that child processes (the PyTorch peer of the benches) do not inherit
+ * them; returns the undo. ../native_libs.ts uses it too: a libgomp it loads from the cache must
+ * read the same. By default libgomp's threads spin for milliseconds between parallel regions; on
+ * a 2-core machine shared with OpenBLAS's pool (and often another job) that steals the cores (a
+ * train step ran 1.8× slower). Passive threads sleep at once, but here waking one cost ~60 µs
+ * (a halted vCPU), paid by every parallel region: a 64×128×32 product took 73 µs on 2 threads
+ * against 14 on one. So they sleep after a short spin (OMP_WAIT_POLICY=passive with
+ * GOMP_SPINCOUNT=10000), which spans the gap from one kernel to the next: that product 21 µs,
+ * U-Net and DiT train steps and feature passes 5–10 % faster. A wait policy of the user's own
+ * wins, and so does their spin count.
+ */
+export function openMpWaiting(env: (name: string) => string | undefined): () => void {
+  const userPolicy = env("OMP_WAIT_POLICY") !== undefined; // read before the next line sets it
+  const undoPolicy = envWhileLoading(env, "OMP_WAIT_POLICY", "passive");
+  const undoSpin = userPolicy ? () => {} : envWhileLoading(env, "GOMP_SPINCOUNT", OPENMP_SPIN);
+  return () => {
+    undoSpin();
+    undoPolicy();
+  };
+}
 
 // omp_set_num_threads on the libgomp oneDNN links (the loader shares one instance per process);
 // a no-op where libgomp cannot be opened.
@@ -368,7 +386,7 @@ export function openOneDnnCore(
 ): Core | undefined {
   if (env(ONEDNN_ENV) === "0") return undefined;
   let core: Core | undefined;
-  const undo = passiveOpenMp(env);
+  const undo = openMpWaiting(env);
   try {
     const override = env(ONEDNN_LIB_ENV);
     for (const path of override ? [override, ...ONEDNN_CANDIDATES] : ONEDNN_CANDIDATES) {
