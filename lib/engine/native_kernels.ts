@@ -34,7 +34,7 @@ const FLAGS = ["-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-trapping-ma
 // collected DynamicLibrary, and when it is libgomp's only user that unloads libgomp under its
 // parked worker threads (a segfault seen in the tests, which load several builds).
 const OPENMP = ["-fopenmp", "-Wl,-z,nodelete"];
-const ABI = 14;
+const ABI = 15;
 const COMPILE_MS = 60_000;
 
 const SYMBOLS = {
@@ -83,6 +83,10 @@ const SYMBOLS = {
   },
   dp_ema: { parameters: ["buffer", "buffer", "buffer", "i64", "f64"], result: "void" },
   dp_sum_squares: { parameters: ["buffer", "i64"], result: "f64" },
+  dp_avg_pool: {
+    parameters: ["buffer", "buffer", "i64", "i64", "i64", "i64", "i64", "i64", "i64"],
+    result: "void",
+  },
   dp_avg_pool_grad: {
     parameters: ["buffer", "buffer", "i64", "i64", "i64", "i64", "i64", "i64", "i64"],
     result: "void",
@@ -158,6 +162,12 @@ export interface NativeKernels {
   ema(e: Float32Array, p: Float32Array, out: Float32Array, rate: number): void;
   /** Σ x², in double (NaN when out of memory). */
   sumSquares(x: Float32Array): number;
+  /** y [n, oh, ow, c]: the k×k stride-k valid average pool of x [n, h, w, c]. */
+  avgPool(
+    x: Float32Array,
+    y: Float32Array,
+    dims: readonly [number, number, number, number, number, number, number],
+  ): void;
   /** dx [n, h, w, c] from dy [n, oh, ow, c] of a k×k stride-k valid average pool. */
   avgPoolGrad(
     dy: Float32Array,
@@ -270,6 +280,7 @@ export function loadNativeKernels(path: string): NativeKernels | undefined {
       ),
     ema: (e, p, out, rate) => s.dp_ema(e, p, out, BigInt(out.length), rate),
     sumSquares: (x) => s.dp_sum_squares(x, BigInt(x.length)),
+    avgPool: (x, y, dims) => s.dp_avg_pool(x, y, ...dims.map(BigInt) as Dims7),
     avgPoolGrad: (dy, dx, dims) => s.dp_avg_pool_grad(dy, dx, ...dims.map(BigInt) as Dims7),
     columnSums: (x, rows, inner, out) =>
       s.dp_column_sums(x, BigInt(rows), BigInt(inner), out) === 0,

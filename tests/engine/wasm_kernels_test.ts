@@ -24,6 +24,7 @@ const KERNELS = [
   "Sub",
   "Multiply",
   "Sum",
+  "AvgPool",
   "AvgPoolGrad",
 ];
 

@@ -9,7 +9,7 @@ import { castConfig, identityConfig } from "./identity.ts";
 import { concatConfig, splitVConfig, transposeConfig } from "./copy.ts";
 import { addConfig, multiplyConfig, subConfig } from "./binary.ts";
 import { sumConfig } from "./reduce.ts";
-import { avgPoolGradConfig } from "./pool.ts";
+import { avgPoolConfig, avgPoolGradConfig } from "./pool.ts";
 import { builtinKernel, keepBuiltin } from "./builtins.ts";
 
 export { conv2dFilterGrad, conv2dInputGrad } from "./conv_backprop.ts";
@@ -27,6 +27,7 @@ const KERNELS: readonly tf.KernelConfig[] = [
   subConfig,
   multiplyConfig,
   sumConfig,
+  avgPoolConfig,
   avgPoolGradConfig,
 ];
 

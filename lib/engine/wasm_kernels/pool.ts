@@ -1,7 +1,7 @@
-// AvgPoolGrad for the 2×2 stride-2 unpadded pooling of U-Net downsampling: each dy value spread
-// over its window, row by row on the heap (the built-in kernel loops per window and per channel);
-// in C on OpenMP's threads where the compiled kernels loaded (the same bits). Other pool
-// geometries go to the built-in kernel.
+// AvgPool and AvgPoolGrad for the 2×2 stride-2 unpadded pooling of U-Net downsampling. The
+// gradient spreads each dy value over its window, row by row on the heap (the built-in kernel
+// loops per window and per channel); in C on OpenMP's threads where the compiled kernels loaded
+// (the same bits). Other pool geometries go to the built-in kernels.
 import * as tf from "@tensorflow/tfjs";
 import { runBuiltin } from "./builtins.ts";
 import type { WasmHeapBackend } from "./copy.ts";
@@ -38,49 +38,73 @@ export function avgPoolGradTiled(
   }
 }
 
-function avgPoolGradKernel(args: KernelArgs): tf.TensorInfo {
-  const { dy, input } = args.inputs as unknown as { dy: tf.TensorInfo; input: tf.TensorInfo };
-  const { filterSize, strides, pad, dimRoundingMode } = args.attrs as unknown as {
-    filterSize: number | [number, number];
-    strides: number | [number, number];
-    pad: "valid" | "same" | number;
-    dimRoundingMode?: "floor" | "round" | "ceil";
-  };
+type PoolAttrs = {
+  filterSize: number | [number, number];
+  strides: number | [number, number];
+  pad: "valid" | "same" | number;
+  dimRoundingMode?: "floor" | "round" | "ceil";
+};
+
+type Dims7 = readonly [number, number, number, number, number, number, number];
+
+/** [n, h, w, c, oh, ow, k] of a float32 pool of `input` when it is k×k, stride k, unpadded. */
+function tiledPool(input: tf.TensorInfo, attrs: PoolAttrs): Dims7 | undefined {
   const info = tf.backend_util.computePool2DInfo(
     input.shape as [number, number, number, number],
-    filterSize,
-    strides,
+    attrs.filterSize,
+    attrs.strides,
     1,
-    pad,
-    dimRoundingMode,
+    attrs.pad,
+    attrs.dimRoundingMode,
   );
   const k = info.filterHeight;
-  const tiled = dy.dtype === "float32" && info.filterWidth === k && info.strideHeight === k &&
-    info.strideWidth === k && info.padInfo.top === 0 && info.padInfo.left === 0 &&
-    info.padInfo.bottom === 0 && info.padInfo.right === 0;
-  if (!tiled) return runBuiltin(tf.AvgPoolGrad, args) as tf.TensorInfo;
+  const p = info.padInfo;
+  const tiled = input.dtype === "float32" && info.filterWidth === k && info.strideHeight === k &&
+    info.strideWidth === k && p.top === 0 && p.left === 0 && p.bottom === 0 && p.right === 0;
+  if (!tiled) return undefined;
+  const { batchSize, inHeight, inWidth, inChannels, outHeight, outWidth } = info;
+  return [batchSize, inHeight, inWidth, inChannels, outHeight, outWidth, k];
+}
+
+function heapView(b: WasmHeapBackend, t: tf.TensorInfo): Float32Array {
+  const offset = b.dataIdMap.get(t.dataId)!.memoryOffset;
+  return new Float32Array(b.wasm.HEAPU8.buffer, offset, t.shape.reduce((p, d) => p * d, 1));
+}
+
+function avgPoolGradKernel(args: KernelArgs): tf.TensorInfo {
+  const { dy, input } = args.inputs as unknown as { dy: tf.TensorInfo; input: tf.TensorInfo };
+  const dims = dy.dtype === "float32"
+    ? tiledPool(input, args.attrs as unknown as PoolAttrs)
+    : undefined;
+  if (!dims) return runBuiltin(tf.AvgPoolGrad, args) as tf.TensorInfo;
   const b = args.backend as unknown as WasmHeapBackend;
   const dx = b.makeOutput(input.shape.slice(), "float32");
-  const view = (t: tf.TensorInfo) =>
-    new Float32Array(
-      b.wasm.HEAPU8.buffer,
-      b.dataIdMap.get(t.dataId)!.memoryOffset,
-      t.shape.reduce((p, d) => p * d, 1),
-    );
-  const dims = [
-    info.batchSize,
-    info.inHeight,
-    info.inWidth,
-    info.inChannels,
-    info.outHeight,
-    info.outWidth,
-    k,
-  ] as const;
   const native = nativeKernels();
-  if (native) native.avgPoolGrad(view(dy), view(dx), dims);
-  else avgPoolGradTiled(view(dy), view(dx), ...dims);
+  if (native) native.avgPoolGrad(heapView(b, dy), heapView(b, dx), dims);
+  else avgPoolGradTiled(heapView(b, dy), heapView(b, dx), ...dims);
   return dx;
 }
+
+// Forward: in C where the compiled kernels loaded (the built-in runs one window at a time on one
+// thread: 2.7 ms for a feature pass's four pools); the built-in kernel otherwise.
+function avgPoolKernel(args: KernelArgs): tf.TensorInfo {
+  const { x } = args.inputs as unknown as { x: tf.TensorInfo };
+  const native = nativeKernels();
+  const dims = native && tiledPool(x, args.attrs as unknown as PoolAttrs);
+  if (!native || !dims) return runBuiltin(tf.AvgPool, args) as tf.TensorInfo;
+  const b = args.backend as unknown as WasmHeapBackend;
+  const [n, , , c, oh, ow] = dims;
+  const y = b.makeOutput([n, oh, ow, c], "float32");
+  native.avgPool(heapView(b, x), heapView(b, y), dims);
+  return y;
+}
+
+/** AvgPool on wasm: tiled pools in C, the built-in kernel otherwise. */
+export const avgPoolConfig: tf.KernelConfig = {
+  kernelName: tf.AvgPool,
+  backendName: "wasm",
+  kernelFunc: avgPoolKernel,
+};
 
 /** AvgPoolGrad on wasm: tiled pools in one pass, the built-in kernel otherwise. */
 export const avgPoolGradConfig: tf.KernelConfig = {
