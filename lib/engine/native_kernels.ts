@@ -162,7 +162,7 @@ export interface NativeKernels {
   ema(e: Float32Array, p: Float32Array, out: Float32Array, rate: number): void;
   /** Σ x², in double (NaN when out of memory). */
   sumSquares(x: Float32Array): number;
-  /** y [n, oh, ow, c]: the k×k stride-k valid average pool of x [n, h, w, c]. */
+  /** y [n, oh, ow, c]: the k×k stride-k valid average pool of x [n, h, w, c], k ≤ 3. */
   avgPool(
     x: Float32Array,
     y: Float32Array,
