@@ -462,8 +462,9 @@ Deno.test({
     const k = await onWasm();
     const before = setNativeKernels(undefined);
     try {
-      // 2×2 on an even map, 3×3 (nine taps, 1/9 rounds) with a leftover row and column.
-      for (const [n, h, w, c, p] of [[3, 8, 6, 5, 2], [2, 7, 10, 19, 3]]) {
+      // 2×2 on an even map, 3×3 (nine taps, 1/9 rounds) with a leftover row and column, and
+      // more channels than one run of the zero taps.
+      for (const [n, h, w, c, p] of [[3, 8, 6, 5, 2], [2, 7, 10, 19, 3], [1, 4, 4, 300, 2]]) {
         const [oh, ow] = [Math.floor(h / p), Math.floor(w / p)];
         const x = Float32Array.from(
           { length: n * h * w * c },

@@ -27,25 +27,32 @@ void dp_avg_pool_grad(const float* dy, float* dx, int64_t n, int64_t h, int64_t 
   }
 }
 
+enum { ZERO_RUN = 256 };
+static const float ZEROS[ZERO_RUN]; // the taps past k² read zeros, as XNNPACK's do
+
 /** y [n, oh, ow, c] ← the mean of each k×k window of x [n, h, w, c], k ≤ 3. */
 void dp_avg_pool(const float* x, float* y, int64_t n, int64_t h, int64_t w, int64_t c, int64_t oh,
                  int64_t ow, int64_t k) {
   const float scale = 1.0f / (float)(k * k);
-  const int64_t taps = k * k;
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < n * oh; row++) {
     const int64_t b = row / oh, yy = row % oh;
-    float* dst = y + row * ow * c;
-    for (int64_t x0 = 0; x0 < ow; x0++, dst += c) {
-      const float* tap[9] = {0}; // the window column by column, as XNNPACK's indirection
-      for (int64_t j = 0, t = 0; j < k; j++) {
-        for (int64_t i = 0; i < k; i++, t++) tap[t] = x + ((b * h + yy * k + i) * w + x0 * k + j) * c;
+    for (int64_t x0 = 0; x0 < ow; x0++) {
+      float* dst = y + (row * ow + x0) * c;
+      const float* t[9]; // the window column by column, as XNNPACK's indirection
+      for (int64_t j = 0, i = 0, q = 0; q < 9; q++) {
+        t[q] = j < k ? x + ((b * h + yy * k + i) * w + x0 * k + j) * c : 0;
+        if (++i == k) i = 0, j++;
       }
-      for (int64_t ch = 0; ch < c; ch++) {
-        float v[9];
-        for (int64_t t = 0; t < 9; t++) v[t] = t < taps ? tap[t][ch] : 0.0f;
-        const float s01 = v[0] + v[1], s23 = v[2] + v[3], s45 = v[4] + v[5], s67 = v[6] + v[7];
-        dst[ch] = ((s23 + s45) + ((s01 + v[8]) + s67)) * scale;
+      for (int64_t c0 = 0; c0 < c; c0 += ZERO_RUN) {
+        const int64_t wd = c - c0 < ZERO_RUN ? c - c0 : ZERO_RUN;
+        const float* u[9];
+        for (int q = 0; q < 9; q++) u[q] = t[q] ? t[q] + c0 : ZEROS;
+        for (int64_t ch = 0; ch < wd; ch++) {
+          const float s01 = u[0][ch] + u[1][ch], s23 = u[2][ch] + u[3][ch];
+          const float s45 = u[4][ch] + u[5][ch], s67 = u[6][ch] + u[7][ch];
+          dst[c0 + ch] = ((s23 + s45) + ((s01 + u[8][ch]) + s67)) * scale;
+        }
       }
     }
   }
