@@ -34,7 +34,7 @@ const FLAGS = ["-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-trapping-ma
 // collected DynamicLibrary, and when it is libgomp's only user that unloads libgomp under its
 // parked worker threads (a segfault seen in the tests, which load several builds).
 const OPENMP = ["-fopenmp", "-Wl,-z,nodelete"];
-const ABI = 15;
+const ABI = 16;
 const COMPILE_MS = 60_000;
 
 const SYMBOLS = {
@@ -83,6 +83,11 @@ const SYMBOLS = {
   },
   dp_ema: { parameters: ["buffer", "buffer", "buffer", "i64", "f64"], result: "void" },
   dp_sum_squares: { parameters: ["buffer", "i64"], result: "f64" },
+  dp_upsample2: { parameters: ["buffer", "buffer", "i64", "i64", "i64", "i64"], result: "void" },
+  dp_upsample2_grad: {
+    parameters: ["buffer", "buffer", "i64", "i64", "i64", "i64"],
+    result: "void",
+  },
   dp_avg_pool: {
     parameters: ["buffer", "buffer", "i64", "i64", "i64", "i64", "i64", "i64", "i64"],
     result: "void",
@@ -162,6 +167,18 @@ export interface NativeKernels {
   ema(e: Float32Array, p: Float32Array, out: Float32Array, rate: number): void;
   /** Σ x², in double (NaN when out of memory). */
   sumSquares(x: Float32Array): number;
+  /** y [n, 2h, 2w, c]: x [n, h, w, c] upsampled ×2, nearest. */
+  upsample2(
+    x: Float32Array,
+    y: Float32Array,
+    dims: readonly [number, number, number, number],
+  ): void;
+  /** dx [n, h, w, c]: the sum of each 2×2 block of dy [n, 2h, 2w, c] (rows, then columns). */
+  upsample2Grad(
+    dy: Float32Array,
+    dx: Float32Array,
+    dims: readonly [number, number, number, number],
+  ): void;
   /** y [n, oh, ow, c]: the k×k stride-k valid average pool of x [n, h, w, c], k ≤ 3. */
   avgPool(
     x: Float32Array,
@@ -200,6 +217,7 @@ export interface NativeKernels {
 }
 
 type Dims7 = [bigint, bigint, bigint, bigint, bigint, bigint, bigint];
+type Dims4 = [bigint, bigint, bigint, bigint];
 
 /** Load a built library and check its ABI; undefined when it does not load. */
 export function loadNativeKernels(path: string): NativeKernels | undefined {
@@ -280,6 +298,8 @@ export function loadNativeKernels(path: string): NativeKernels | undefined {
       ),
     ema: (e, p, out, rate) => s.dp_ema(e, p, out, BigInt(out.length), rate),
     sumSquares: (x) => s.dp_sum_squares(x, BigInt(x.length)),
+    upsample2: (x, y, dims) => s.dp_upsample2(x, y, ...dims.map(BigInt) as Dims4),
+    upsample2Grad: (dy, dx, dims) => s.dp_upsample2_grad(dy, dx, ...dims.map(BigInt) as Dims4),
     avgPool: (x, y, dims) => s.dp_avg_pool(x, y, ...dims.map(BigInt) as Dims7),
     avgPoolGrad: (dy, dx, dims) => s.dp_avg_pool_grad(dy, dx, ...dims.map(BigInt) as Dims7),
     columnSums: (x, rows, inner, out) =>

@@ -346,11 +346,14 @@ export function adaptiveAvgPool(x: tf.Tensor4D, k: number): tf.Tensor4D {
 }
 
 /**
- * Nearest-neighbour ×2 upsampling: [N, H, W, C] → [N, 2H, 2W, C] (PyTorch "nearest"). Built
- * from reshapes and concats: tfjs's cpu ResizeNearestNeighborGrad is wrong for batches > 1,
- * and concat's gradient (slices) is as fast as the wasm resize kernels.
+ * Nearest-neighbour ×2 upsampling: [N, H, W, C] → [N, 2H, 2W, C] (PyTorch "nearest"). One C
+ * kernel each way on wasm (lib/engine/fused/upsample.ts); elsewhere built from reshapes and
+ * concats: tfjs's cpu ResizeNearestNeighborGrad is wrong for batches > 1, and concat's gradient
+ * (slices) is as fast as the wasm resize kernels.
  */
 export function upsampleNearest2(x: tf.Tensor4D): tf.Tensor4D {
+  const y = fused.fusedUpsampleNearest2(x);
+  if (y) return y;
   return tf.tidy(() => {
     const [n, h, w, c] = x.shape;
     const cols = tf.reshape(x, [n * h, w, 1, c]);

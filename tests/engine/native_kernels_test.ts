@@ -488,6 +488,39 @@ Deno.test({
 });
 
 Deno.test({
+  name: "native kernels: nearest ×2 upsampling and its gradient equal the concat route bit for bit",
+  ignore: !hasCc,
+  fn: async () => {
+    const k = await onWasm();
+    const { upsampleNearest2 } = await import("../../lib/models/nn.ts");
+    const before = setNativeKernels(undefined);
+    const [n, h, w, c] = [3, 5, 7, 6];
+    const wave = (len: number, f: number) =>
+      Float32Array.from({ length: len }, (_, i) => Math.sin(i * f) * 100 + Math.cos(i * 7.3));
+    const x = tf.tensor4d(wave(n * h * w * c, 0.37), [n, h, w, c]);
+    const dy = tf.tensor4d(wave(n * 4 * h * w * c, 0.11), [n, 2 * h, 2 * w, c]);
+    const run = () =>
+      tf.tidy(() => {
+        const f = (t: tf.Tensor) => upsampleNearest2(t as tf.Tensor4D);
+        const y = f(x);
+        const dx = tf.grad(f)(x, dy);
+        return [y.shape, y.dataSync(), dx.shape, dx.dataSync()];
+      });
+    try {
+      const composed = run();
+      setNativeKernels(k);
+      const tensors = tf.memory().numTensors;
+      const kernels = run();
+      assert.equal(tf.memory().numTensors, tensors, "no tensors leak");
+      assert.deepEqual(kernels, composed);
+    } finally {
+      setNativeKernels(before);
+      tf.dispose([x, dy]);
+    }
+  },
+});
+
+Deno.test({
   name: "native kernels: Adam and the EMA equal the JS loops bit for bit, with and without decay",
   ignore: !hasCc,
   fn: async () => {
