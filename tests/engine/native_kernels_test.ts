@@ -19,6 +19,7 @@ import { copyBlocks } from "../../lib/engine/wasm_kernels/copy.ts";
 import { columnSums } from "../../lib/engine/wasm_kernels/reduce.ts";
 import { avgPoolGradTiled } from "../../lib/engine/wasm_kernels/pool.ts";
 import { adamArrays, emaArrays } from "../../lib/engine/fused/optim.ts";
+import { upsample2GradInto, upsample2Into } from "../../lib/engine/fused/upsample.ts";
 
 const hasCc = (await runCommand("cc", ["--version"], { timeoutMs: 10_000 })).code === 0;
 
@@ -513,6 +514,12 @@ Deno.test({
       const kernels = run();
       assert.equal(tf.memory().numTensors, tensors, "no tensors leak");
       assert.deepEqual(kernels, composed);
+      // The kernels' JS loops (where the C ones are not loaded) compute the same.
+      const dims = [n, h, w, c] as [number, number, number, number];
+      const js = new Float32Array(n * 4 * h * w * c), dxJs = new Float32Array(n * h * w * c);
+      upsample2Into(x.dataSync() as Float32Array, js, dims);
+      upsample2GradInto(dy.dataSync() as Float32Array, dxJs, dims);
+      assert.deepEqual([js, dxJs], [kernels[1], kernels[3]], "JS loops");
     } finally {
       setNativeKernels(before);
       tf.dispose([x, dy]);
