@@ -30,7 +30,8 @@ import { cpuModel } from "../lib/results.ts";
 import { fileURLToPath } from "node:url";
 import { initEngine } from "../lib/engine/mod.ts";
 import { activeBlas, THREAD_TIMEOUT, THREAD_TIMEOUT_ENV } from "../lib/engine/blas/mod.ts";
-import { OPENMP_SPIN } from "../lib/engine/blas/onednn_core.ts";
+import { openMpDefaults } from "../lib/engine/blas/onednn_core.ts";
+import { processEnv } from "../lib/engine/blas/openblas.ts";
 import type { Precision } from "../lib/engine/blas/precision.ts";
 import { stopWasmThreads } from "../lib/engine/wasm_threads.ts";
 import { countFlops } from "../lib/engine/flops.ts";
@@ -388,14 +389,10 @@ export async function runPeerScript(
   python: string,
   args: readonly string[],
 ): Promise<Record<string, unknown>> {
-  const userPolicy = Deno.env.get("OMP_WAIT_POLICY");
-  const omp = userPolicy ?? "PASSIVE";
-  // The engine's short spin before sleeping (lib/engine/blas/onednn_core.ts openMpWaiting);
-  // under a policy of the user's own the child inherits the user's variables as they are.
-  const gomp: Record<string, string> = userPolicy === undefined
-    ? { GOMP_SPINCOUNT: Deno.env.get("GOMP_SPINCOUNT") ?? OPENMP_SPIN }
-    : {};
-  const spin = Deno.env.get(THREAD_TIMEOUT_ENV) ?? THREAD_TIMEOUT;
+  // The engine's wait settings; the child inherits the user's own variables as they are.
+  const omp = openMpDefaults(processEnv);
+  const effective = (name: string) => omp[name] ?? processEnv(name) ?? null;
+  const spin = processEnv(THREAD_TIMEOUT_ENV) ?? THREAD_TIMEOUT;
   const blas = activeBlas();
   const core: Record<string, string> = blas?.coreForced ? { OPENBLAS_CORETYPE: blas.core } : {};
   const script = fileURLToPath(new URL("./peer_torch.py", import.meta.url));
@@ -403,15 +400,15 @@ export async function runPeerScript(
     args: [script, "--json", ...args],
     stdout: "piped",
     stderr: "inherit",
-    env: { OMP_WAIT_POLICY: omp, ...gomp, [THREAD_TIMEOUT_ENV]: spin, ...core },
+    env: { ...omp, [THREAD_TIMEOUT_ENV]: spin, ...core },
   })
     .output();
   const line = new TextDecoder().decode(out.stdout).trim().split("\n").pop() ?? "";
   if (!out.success) throw new Error(`bench/peer_torch.py exited with ${out.code}`);
   return {
     ...JSON.parse(line) as Record<string, unknown>,
-    omp_wait_policy: omp,
-    gomp_spincount: gomp.GOMP_SPINCOUNT ?? Deno.env.get("GOMP_SPINCOUNT") ?? null,
+    omp_wait_policy: effective("OMP_WAIT_POLICY"),
+    gomp_spincount: effective("GOMP_SPINCOUNT"),
     openblas_thread_timeout: spin,
     ...core,
   };

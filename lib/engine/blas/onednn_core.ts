@@ -339,26 +339,34 @@ function threadCount(env: (name: string) => string | undefined): number {
 export const OPENMP_SPIN = "10000";
 
 /**
- * How OpenMP's idle threads wait, set around a dlopen of libgomp (it reads both variables once,
- * when it loads), so that child processes (the PyTorch peer of the benches) do not inherit
- * them; returns the undo. ../native_libs.ts uses it too: a libgomp it loads from the cache must
- * read the same. By default libgomp's threads spin for milliseconds between parallel regions; on
+ * How OpenMP's idle threads wait: the variables to set, leaving out those the user decides. By
+ * default libgomp's threads spin for milliseconds between parallel regions; on
  * a 2-core machine shared with OpenBLAS's pool (and often another job) that steals the cores (a
  * train step ran 1.8× slower). Passive threads sleep at once, but here waking one cost ~60 µs
  * (a halted vCPU), paid by every parallel region: a 64×128×32 product took 73 µs on 2 threads
  * against 14 on one. So they sleep after a short spin (OMP_WAIT_POLICY=passive with
  * GOMP_SPINCOUNT=10000), which spans the gap from one kernel to the next: that product 21 µs,
  * U-Net and DiT train steps and feature passes 5–10 % faster. A wait policy of the user's own
- * wins, and so does their spin count.
+ * wins (with it, libgomp's own spin), and so does their spin count. The benches pass the same
+ * to the PyTorch peer.
+ */
+export function openMpDefaults(
+  env: (name: string) => string | undefined,
+): Record<string, string> {
+  if (env("OMP_WAIT_POLICY") !== undefined) return {};
+  const set: Record<string, string> = { OMP_WAIT_POLICY: "passive" };
+  if (env("GOMP_SPINCOUNT") === undefined) set.GOMP_SPINCOUNT = OPENMP_SPIN;
+  return set;
+}
+
+/**
+ * Set `openMpDefaults` around a dlopen of libgomp (it reads them once, when it loads), so that
+ * child processes do not inherit them; returns the undo. ../native_libs.ts and the C kernels'
+ * loader use it too: whichever loads libgomp first must set them.
  */
 export function openMpWaiting(env: (name: string) => string | undefined): () => void {
-  const userPolicy = env("OMP_WAIT_POLICY") !== undefined; // read before the next line sets it
-  const undoPolicy = envWhileLoading(env, "OMP_WAIT_POLICY", "passive");
-  const undoSpin = userPolicy ? () => {} : envWhileLoading(env, "GOMP_SPINCOUNT", OPENMP_SPIN);
-  return () => {
-    undoSpin();
-    undoPolicy();
-  };
+  const undos = Object.entries(openMpDefaults(env)).map(([k, v]) => envWhileLoading(env, k, v));
+  return () => undos.reverse().forEach((undo) => undo());
 }
 
 // omp_set_num_threads on the libgomp oneDNN links (the loader shares one instance per process);

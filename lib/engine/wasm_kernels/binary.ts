@@ -5,7 +5,7 @@
 // the case without the compiled kernels go to the built-in kernels.
 import * as tf from "@tensorflow/tfjs";
 import { runBuiltin } from "./builtins.ts";
-import type { WasmHeapBackend } from "./copy.ts";
+import { asWasmBackend, f32View } from "../blas/heap.ts";
 import { nativeKernels } from "../native_kernels.ts";
 
 /**
@@ -61,18 +61,12 @@ function binaryKernel(name: string, op: number): tf.KernelFunc {
       ? binaryLayout(a.shape, b.shape)
       : undefined;
     if (!native || !layout) return runBuiltin(name, args) as tf.TensorInfo;
-    const back = args.backend as unknown as WasmHeapBackend;
+    const back = asWasmBackend(args.backend);
     const out = back.makeOutput(outShape(a.shape, b.shape), "float32");
     const { P, Q, R } = layout;
     if (P * Q * R > 0) {
       // Views after makeOutput, which may grow the heap.
-      const view = (t: tf.TensorInfo) =>
-        new Float32Array(
-          back.wasm.HEAPU8.buffer,
-          back.dataIdMap.get(t.dataId)!.memoryOffset,
-          prod(t.shape),
-        );
-      native.binary(op, view(a), view(b), view(out), layout);
+      native.binary(op, f32View(back, a), f32View(back, b), f32View(back, out), layout);
     }
     return out;
   };

@@ -4,7 +4,7 @@
 // (the same bits). Other pool geometries go to the built-in kernels.
 import * as tf from "@tensorflow/tfjs";
 import { runBuiltin } from "./builtins.ts";
-import type { WasmHeapBackend } from "./copy.ts";
+import { asWasmBackend, f32View } from "../blas/heap.ts";
 import { nativeKernels } from "../native_kernels.ts";
 
 type KernelArgs = Parameters<tf.KernelFunc>[0];
@@ -66,22 +66,17 @@ function tiledPool(input: tf.TensorInfo, attrs: PoolAttrs): Dims7 | undefined {
   return [batchSize, inHeight, inWidth, inChannels, outHeight, outWidth, k];
 }
 
-function heapView(b: WasmHeapBackend, t: tf.TensorInfo): Float32Array {
-  const offset = b.dataIdMap.get(t.dataId)!.memoryOffset;
-  return new Float32Array(b.wasm.HEAPU8.buffer, offset, t.shape.reduce((p, d) => p * d, 1));
-}
-
 function avgPoolGradKernel(args: KernelArgs): tf.TensorInfo {
   const { dy, input } = args.inputs as unknown as { dy: tf.TensorInfo; input: tf.TensorInfo };
   const dims = dy.dtype === "float32"
     ? tiledPool(input, args.attrs as unknown as PoolAttrs)
     : undefined;
   if (!dims) return runBuiltin(tf.AvgPoolGrad, args) as tf.TensorInfo;
-  const b = args.backend as unknown as WasmHeapBackend;
+  const b = asWasmBackend(args.backend);
   const dx = b.makeOutput(input.shape.slice(), "float32");
   const native = nativeKernels();
-  if (native) native.avgPoolGrad(heapView(b, dy), heapView(b, dx), dims);
-  else avgPoolGradTiled(heapView(b, dy), heapView(b, dx), ...dims);
+  if (native) native.avgPoolGrad(f32View(b, dy), f32View(b, dx), dims);
+  else avgPoolGradTiled(f32View(b, dy), f32View(b, dx), ...dims);
   return dx;
 }
 
@@ -93,10 +88,10 @@ function avgPoolKernel(args: KernelArgs): tf.TensorInfo {
   const native = nativeKernels();
   const dims = native && tiledPool(x, args.attrs as unknown as PoolAttrs);
   if (!native || !dims || dims[6] > 3) return runBuiltin(tf.AvgPool, args) as tf.TensorInfo;
-  const b = args.backend as unknown as WasmHeapBackend;
+  const b = asWasmBackend(args.backend);
   const [n, , , c, oh, ow] = dims;
   const y = b.makeOutput([n, oh, ow, c], "float32");
-  native.avgPool(heapView(b, x), heapView(b, y), dims);
+  native.avgPool(f32View(b, x), f32View(b, y), dims);
   return y;
 }
 
