@@ -3,7 +3,7 @@
 // continues with the same moments. `update` returns fresh tensors; the caller owns and disposes.
 import * as tf from "@tensorflow/tfjs";
 import type { Params, ParamShapes } from "./params.ts";
-import { adamStep, emaBlend, sumOfSquares } from "./engine/fused/optim.ts";
+import { adamSteps, addPairs, emaBlends, sumOfSquares } from "./engine/fused/optim.ts";
 
 /** Named tensors: gradients, updates, optimiser moments, EMA weights. */
 export type Tensors = Readonly<Record<string, tf.Tensor>>;
@@ -68,8 +68,6 @@ export function adam(opts: AdamOptions = {}): Optimizer {
         const a = lrAt(lr, state.count);
         // Bias corrections folded into the step size (Kingma & Ba, Alg. 1, last paragraph of §2).
         const stepSize = a * Math.sqrt(1 - beta2 ** count) / (1 - beta1 ** count);
-        const updates: Record<string, tf.Tensor> = {};
-        const slots: Record<string, tf.Tensor> = {};
         const base = {
           beta1,
           beta2,
@@ -77,21 +75,26 @@ export function adam(opts: AdamOptions = {}): Optimizer {
           stepSize,
           decay: weightDecay > 0 ? a * weightDecay : 0,
         };
-        for (const [k, g] of Object.entries(grads)) {
+        const names = Object.keys(grads);
+        // m, v, u of every parameter in one kernel on wasm (composed ops elsewhere): see
+        // engine/fused/optim.ts.
+        const steps = adamSteps(names.map((k) => {
           const r = scale(k);
-          const step = r === 1 ? base : { ...base, stepSize: r * stepSize, decay: r * base.decay };
-          // m, v, u in one pass on wasm (composed ops elsewhere): see engine/fused/optim.ts.
-          const { m, v, u } = adamStep(
-            g,
-            state.slots[`m.${k}`],
-            state.slots[`v.${k}`],
-            step,
-            params[k],
-          );
-          slots[`m.${k}`] = m;
-          slots[`v.${k}`] = v;
-          updates[k] = u;
-        }
+          return {
+            g: grads[k],
+            m: state.slots[`m.${k}`],
+            v: state.slots[`v.${k}`],
+            p: params[k],
+            step: r === 1 ? base : { ...base, stepSize: r * stepSize, decay: r * base.decay },
+          };
+        }));
+        const updates: Record<string, tf.Tensor> = {};
+        const slots: Record<string, tf.Tensor> = {};
+        names.forEach((k, i) => {
+          slots[`m.${k}`] = steps[i].m;
+          slots[`v.${k}`] = steps[i].v;
+          updates[k] = steps[i].u;
+        });
         return { updates, state: { count, slots } };
       }),
   };
@@ -162,13 +165,16 @@ export function clipByGlobalNorm(
 
 /** Add updates to the parameters in place (variables keep their identity), then free them. */
 export function applyUpdates(params: Params, updates: Tensors): void {
-  for (const [k, u] of Object.entries(updates)) {
-    const p = params[k];
-    if (!p) throw new Error(`Update for unknown parameter "${k}"`);
-    // assign() inside tidy: the summed tensor is freed once the variable holds its data.
-    tf.tidy(() => p.assign(tf.add(p, u)));
-    u.dispose();
-  }
+  const names = Object.keys(updates);
+  const unknown = names.find((k) => !params[k]);
+  if (unknown !== undefined) throw new Error(`Update for unknown parameter "${unknown}"`);
+  // One kernel for all sums on wasm; assign() inside tidy: each sum is freed once its variable
+  // holds the data.
+  tf.tidy(() => {
+    const sums = addPairs(names.map((k) => params[k]), names.map((k) => updates[k]));
+    names.forEach((k, i) => params[k].assign(sums[i]));
+  });
+  for (const u of Object.values(updates)) u.dispose();
 }
 
 /** Free every tensor of an optimiser state or record. */
@@ -200,10 +206,8 @@ export function emaRateAt(rate: number, updates: number): number {
 
 /** ema ← rate·ema + (1 − rate)·params; returns the new record and frees the old one. */
 export function emaUpdate(ema: Tensors, params: Params, rate: number): Tensors {
-  const out: Record<string, tf.Tensor> = {};
-  for (const [k, e] of Object.entries(ema)) {
-    out[k] = emaBlend(e, params[k], rate);
-    e.dispose();
-  }
-  return out;
+  const names = Object.keys(ema);
+  const blended = emaBlends(names.map((k) => ema[k]), names.map((k) => params[k]), rate);
+  for (const e of Object.values(ema)) e.dispose();
+  return Object.fromEntries(names.map((k, i) => [k, blended[i]]));
 }

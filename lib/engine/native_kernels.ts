@@ -13,7 +13,7 @@ import { fileURLToPath } from "node:url";
 import { BLAS_ENV, ffiGranted, processEnv } from "./blas/openblas.ts";
 import { openMpWaiting } from "./blas/onednn_core.ts";
 import { NATIVE_ENV, nativeCacheRoot, runCommand, type Runner, sha256Hex } from "./native_libs.ts";
-import type { adamArrays } from "./fused/optim.ts";
+import type { AdamTable } from "./fused/optim.ts";
 import type { copyBlocks, RowGather } from "./wasm_kernels/copy.ts";
 import type { BinaryLayout } from "./wasm_kernels/binary.ts";
 
@@ -27,14 +27,22 @@ const SOURCES = [
 // Included by the sources: part of the cache key, not of the compile command.
 const HEADERS = ["exp.h"].map(native);
 // -fno-trapping-math lets gcc vectorise the clamps of group_norm.c's exp (no FP traps are
-// enabled; values are unchanged).
-const FLAGS = ["-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-trapping-math"];
+// enabled; values are unchanged), -fno-math-errno the square roots of optim.c's Adam (errno is
+// never read; sqrt is correctly rounded either way).
+const FLAGS = [
+  "-O3",
+  "-shared",
+  "-fPIC",
+  "-ffp-contract=off",
+  "-fno-trapping-math",
+  "-fno-math-errno",
+];
 // GroupNorm's batched passes split the examples over threads; a cc without OpenMP builds them
 // single-threaded (same results). The library is never unloaded (-z nodelete): Deno closes a
 // collected DynamicLibrary, and when it is libgomp's only user that unloads libgomp under its
 // parked worker threads (a segfault seen in the tests, which load several builds).
 const OPENMP = ["-fopenmp", "-Wl,-z,nodelete"];
-const ABI = 16;
+const ABI = 17;
 const COMPILE_MS = 60_000;
 
 const SYMBOLS = {
@@ -74,14 +82,12 @@ const SYMBOLS = {
     parameters: ["i32", "buffer", "i32", "buffer", "i32", "buffer", "i64", "i64", "i64"],
     result: "void",
   },
-  dp_adam: {
-    parameters: [
-      ...["buffer", "buffer", "buffer", "buffer", "buffer", "buffer", "buffer", "i64"],
-      ...["f64", "f64", "f64", "f64", "f64"],
-    ],
+  dp_adam_multi: {
+    parameters: ["buffer", "buffer", "buffer", "i64", "f64", "f64", "f64"],
     result: "void",
   },
-  dp_ema: { parameters: ["buffer", "buffer", "buffer", "i64", "f64"], result: "void" },
+  dp_add_multi: { parameters: ["buffer", "buffer", "i64"], result: "void" },
+  dp_ema_multi: { parameters: ["buffer", "buffer", "i64", "f64"], result: "void" },
   dp_sum_squares: { parameters: ["buffer", "i64"], result: "f64" },
   dp_upsample2: { parameters: ["buffer", "buffer", "i64", "i64", "i64", "i64"], result: "void" },
   dp_upsample2_grad: {
@@ -120,8 +126,8 @@ const SYMBOLS = {
  * with scale, shift [n, d] (native/layer_norm.c), strided block and row copies (native/copy.c),
  * Add, Sub and Multiply (native/binary.c), attention's softmax along rows of n
  * (native/softmax.c), column sums (native/reduce.c), the gradient of k×k stride-k average
- * pooling (native/pool.c), and Adam, the EMA and the gradient norm's sums of squares
- * (native/optim.c). */
+ * pooling (native/pool.c), and Adam, the parameter update, the EMA (each over all parameters in
+ * one call) and the gradient norm's sums of squares (native/optim.c). */
 export interface NativeKernels {
   /** The loaded library's path (for the engine line). */
   readonly path: string;
@@ -161,10 +167,15 @@ export interface NativeKernels {
   gatherRows(heap: Int32Array, src: number, dst: number, g: RowGather): void;
   /** out = a op b (op 0 add, 1 subtract, 2 multiply) in `layout` (wasm_kernels/binary.ts). */
   binary(op: number, a: Float32Array, b: Float32Array, out: Float32Array, l: BinaryLayout): void;
-  /** Adam's pass (../fused/optim.ts's adamArrays, the same bits); p only with decay. */
-  adam(...args: Parameters<typeof adamArrays>): void;
-  /** out = rate·e + (1 − rate)·p (the same bits as the JS loop). */
-  ema(e: Float32Array, p: Float32Array, out: Float32Array, rate: number): void;
+  /**
+   * Adam's pass (../fused/optim.ts's adamArrays, the same bits) over every tensor of `table`
+   * (../fused/optim.ts's `AdamTable`: arrays as word offsets on `heap`).
+   */
+  adamMulti(heap: Float32Array, table: AdamTable): void;
+  /** out = a + b in float for each row (a, b, out, n) of `table` (word offsets on `heap`). */
+  addMulti(heap: Float32Array, table: BigInt64Array): void;
+  /** out = rate·e + (1 − rate)·p (the JS loop's bits) for each row (e, p, out, n) of `table`. */
+  emaMulti(heap: Float32Array, table: BigInt64Array, rate: number): void;
   /** Σ x², in double (NaN when out of memory). */
   sumSquares(x: Float32Array): number;
   /** y [n, 2h, 2w, c]: x [n, h, w, c] upsampled ×2, nearest. */
@@ -280,23 +291,18 @@ export function loadNativeKernels(path: string): NativeKernels | undefined {
         BigInt(l.Q),
         BigInt(l.R),
       ),
-    adam: (g, m, v, p, st, mOut, vOut, u) =>
-      s.dp_adam(
-        g,
-        m,
-        v,
-        p ?? null,
-        mOut,
-        vOut,
-        u,
-        BigInt(g.length),
-        st.beta1,
-        st.beta2,
-        st.epsHat,
-        st.stepSize,
-        st.decay,
+    adamMulti: (heap, t) =>
+      s.dp_adam_multi(
+        heap,
+        t.rows,
+        t.coefs,
+        BigInt(t.coefs.length / 2),
+        t.beta1,
+        t.beta2,
+        t.epsHat,
       ),
-    ema: (e, p, out, rate) => s.dp_ema(e, p, out, BigInt(out.length), rate),
+    addMulti: (heap, t) => s.dp_add_multi(heap, t, BigInt(t.length / 4)),
+    emaMulti: (heap, t, rate) => s.dp_ema_multi(heap, t, BigInt(t.length / 4), rate),
     sumSquares: (x) => s.dp_sum_squares(x, BigInt(x.length)),
     upsample2: (x, y, dims) => s.dp_upsample2(x, y, ...dims.map(BigInt) as Dims4),
     upsample2Grad: (dy, dx, dims) => s.dp_upsample2_grad(dy, dx, ...dims.map(BigInt) as Dims4),

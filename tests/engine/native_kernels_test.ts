@@ -528,28 +528,58 @@ Deno.test({
 });
 
 Deno.test({
-  name: "native kernels: Adam and the EMA equal the JS loops bit for bit, with and without decay",
+  name:
+    "native kernels: Adam, the update's sum and the EMA over a list of tensors equal the JS loops bit for bit",
   ignore: !hasCc,
   fn: async () => {
     const k = await compiled();
-    // Past the threading threshold, and a bias-sized parameter.
-    for (const n of [40_000, 32]) {
-      const wave = (f: number, a = 1) =>
-        Float32Array.from({ length: n }, (_, i) => a * Math.sin(i * f));
-      const g = wave(0.3), m = wave(0.7, 0.1), p = wave(0.2);
-      const v = Float32Array.from(wave(0.9, 0.01), Math.abs);
-      for (const decay of [0, 3e-6]) {
-        const st = { beta1: 0.9, beta2: 0.999, epsHat: 1e-8 * 0.3, stepSize: 1e-4 * 0.7, decay };
-        const outs = () => [0, 1, 2].map(() => new Float32Array(n));
-        const [mj, vj, uj] = outs(), [mc, vc, uc] = outs();
-        adamArrays(g, m, v, p, st, mj, vj, uj);
-        k.adam(g, m, v, decay ? p : undefined, st, mc, vc, uc);
-        assert.deepEqual([mc, vc, uc], [mj, vj, uj], `adam n ${n} decay ${decay}`);
-      }
-      const ej = new Float32Array(n), ec = new Float32Array(n);
-      emaArrays(m, p, ej, 0.9993);
-      k.ema(m, p, ec, 0.9993);
-      assert.deepEqual(ec, ej, `ema n ${n}`);
-    }
+    // Past the threading threshold, and a bias-sized parameter; with and without decay.
+    const sizes = [40_000, 32, 1000];
+    const decays = [3e-6, 0, 0];
+    const total = sizes.reduce((a, b) => a + b, 0);
+    // Arrays g, m, v, p, m', v', u, e', sum: each a region of `total` words on one heap.
+    const heap = new Float32Array(9 * total);
+    const region = (r: number) => heap.subarray(r * total, (r + 1) * total);
+    const fill = (r: number, f: number, a: number) =>
+      region(r).forEach((_, i, x) => x[i] = a * Math.sin(i * f));
+    fill(0, 0.3, 1), fill(1, 0.7, 0.1), fill(2, 0.9, 0.01), fill(3, 0.2, 1);
+    region(2).forEach((x, i, v) => v[i] = Math.abs(x));
+    const base = { beta1: 0.9, beta2: 0.999, epsHat: 1e-8 * 0.3 };
+    const rows = new BigInt64Array(8 * sizes.length), coefs = new Float64Array(2 * sizes.length);
+    const pairs = (a: number, b: number, out: number) =>
+      BigInt64Array.from(
+        sizes.flatMap((n, i) => {
+          const at = sizes.slice(0, i).reduce((s, x) => s + x, 0);
+          return [a * total + at, b * total + at, out * total + at, n];
+        }),
+        BigInt,
+      );
+    const expected: Float32Array[] = [];
+    sizes.forEach((n, i) => {
+      const at = sizes.slice(0, i).reduce((s, x) => s + x, 0);
+      const part = (r: number) => region(r).subarray(at, at + n);
+      const st = { ...base, stepSize: 1e-4 * (i + 1), decay: decays[i] };
+      const p = decays[i] ? part(3) : undefined;
+      [0, 1, 2, p ? 3 : -1, 4, 5, 6].forEach((r, j) =>
+        rows[8 * i + j] = BigInt(r < 0 ? -1 : r * total + at)
+      );
+      rows[8 * i + 7] = BigInt(n);
+      coefs.set([st.stepSize, st.decay], 2 * i);
+      const [mj, vj, uj] = [0, 1, 2].map(() => new Float32Array(n));
+      adamArrays(part(0), part(1), part(2), p, st, mj, vj, uj);
+      const sum = Float32Array.from(part(3), (x, j) => x + uj[j]);
+      const ej = new Float32Array(n);
+      emaArrays(part(1), sum, ej, 0.9993);
+      expected.push(mj, vj, uj, sum, ej);
+    });
+    k.adamMulti(heap, { rows, coefs, ...base });
+    k.addMulti(heap, pairs(3, 6, 8));
+    k.emaMulti(heap, pairs(1, 8, 7), 0.9993);
+    sizes.forEach((n, i) => {
+      const at = sizes.slice(0, i).reduce((s, x) => s + x, 0);
+      const part = (r: number) => region(r).subarray(at, at + n);
+      const got = [part(4), part(5), part(6), part(8), part(7)];
+      assert.deepEqual(got, expected.slice(5 * i, 5 * i + 5), `tensor ${i} (n ${n})`);
+    });
   },
 });

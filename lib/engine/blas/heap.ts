@@ -33,6 +33,13 @@ export function f32View(backend: WasmBackend, t: tf.TensorInfo): Float32Array {
   return new Float32Array(backend.wasm.HEAPU8.buffer, data.memoryOffset, size);
 }
 
+/** Element offset of a 4-byte tensor on the wasm heap. */
+export function wordOffset(backend: Pick<WasmBackend, "dataIdMap">, t: tf.TensorInfo): number {
+  const data = backend.dataIdMap.get(t.dataId);
+  if (!data) throw new Error("Tensor data not found on the wasm heap in lib/engine/blas/heap.ts");
+  return data.memoryOffset / 4; // byte offsets pass 2^31 on a large heap: no signed shifts
+}
+
 /** Number of elements of a shape. */
 export function sizeOf(shape: readonly number[]): number {
   let n = 1;

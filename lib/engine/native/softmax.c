@@ -44,7 +44,7 @@ static inline float row_sum(const float* restrict x, int64_t n) {
 }
 
 // Each row in passes over p itself, which stays in L1 (a row is a few hundred floats).
-CLONES static void softmax_rows(const float* restrict s, float* restrict p, int64_t rows,
+EXP_FMA CLONES static void softmax_rows(const float* restrict s, float* restrict p, int64_t rows,
                                 int64_t n, float scale, float lo, float hi) {
   const unsigned csr = ftz_begin();
   for (int64_t r = 0; r < rows; r++) {

@@ -8,6 +8,7 @@ import * as tf from "@tensorflow/tfjs";
 import type { WasmBackendLike } from "./delegate.ts";
 import { runBuiltin } from "./builtins.ts";
 import { nativeKernels } from "../native_kernels.ts";
+import { wordOffset } from "../blas/heap.ts";
 
 /** The heap-level parts of the wasm backend these kernels use. */
 export interface WasmHeapBackend extends WasmBackendLike {
@@ -18,15 +19,6 @@ export interface WasmHeapBackend extends WasmBackendLike {
 type KernelArgs = Parameters<tf.KernelFunc>[0];
 
 const WORD_DTYPES: readonly string[] = ["float32", "int32"];
-
-/** Element offset of a 4-byte tensor in the heap. */
-function wordOffset(b: WasmHeapBackend, t: tf.TensorInfo): number {
-  const d = b.dataIdMap.get(t.dataId);
-  if (!d) {
-    throw new Error("Tensor data not found on the wasm heap in lib/engine/wasm_kernels/copy.ts");
-  }
-  return d.memoryOffset / 4; // byte offsets pass 2^31 on a large heap: no signed shifts
-}
 
 const sizeOf = (shape: readonly number[]) => shape.reduce((a, d) => a * d, 1);
 
