@@ -241,6 +241,47 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "oneDNN keeps a frozen model's blocked weights by key (direct and Winograd), never stale",
+  ignore: ignore || CONV_ROUTES.length === 1,
+  fn() {
+    const dnn = loadOneDnn()!;
+    const filled = (n: number, seed: number) => {
+      const a = alignedF32(n);
+      for (let i = 0; i < n; i++) a[i] = Math.sin(seed + i * 0.37) * 0.3;
+      return a;
+    };
+    // A direct shape (32 channels) and one the Winograd rule takes (64 in, 256 tiles).
+    for (const [n, hw, c, o] of [[2, 8, 32, 48], [16, 16, 64, 16]]) {
+      const g = {
+        ...{ n, h: hw, w: hw, c, oh: hw, ow: hw, o, kh: 3, kw: 3, sh: 1, sw: 1, dh: 1, dw: 1 },
+        ...{ pt: 1, pl: 1 },
+      };
+      const x = filled(n * hw * hw * c, 1), wA = filled(9 * c * o, 2), wB = filled(9 * c * o, 3);
+      const conv = (w: Float32Array, key?: object) => {
+        const y = alignedF32(n * hw * hw * o);
+        assert.ok(dnn.convForward(g, x, w, undefined, y, key));
+        return Array.from(y);
+      };
+      const [refA, refB] = [conv(wA), conv(wB)];
+      const before = dnn.weightCache;
+      const keyA = {}, keyB = {};
+      // Seen once: reordered as in training; seen again: kept; then read from the copy.
+      for (let i = 0; i < 3; i++) assert.deepEqual(conv(wA, keyA), refA, `A, call ${i}`);
+      const after = dnn.weightCache;
+      assert.equal(after.hits - before.hits, 1, "the third call reads the kept copy");
+      assert.equal(after.bytes - before.bytes >= 4 * 9 * c * o, true, "one copy kept");
+      // Other weights of the same geometry, under their own key: their own results.
+      for (let i = 0; i < 3; i++) assert.deepEqual(conv(wB, keyB), refB, `B, call ${i}`);
+      assert.deepEqual(conv(wA, keyA), refA, "A again after B");
+      // Without keys nothing is kept.
+      const bytes = dnn.weightCache.bytes;
+      for (let i = 0; i < 3; i++) conv(wA);
+      assert.equal(dnn.weightCache.bytes, bytes);
+    }
+  },
+});
+
 Deno.test("alignedF32: views start on 64-byte boundaries", () => {
   for (const n of [1, 5, 16, 1000, 40_000, 300_000]) {
     const a = alignedF32(n);

@@ -23,12 +23,16 @@ export function useOneDnn(on: boolean): boolean {
 
 const oneDnn = activeOneDnn;
 
-/** Forward conv on oneDNN with the epilogue: bias inside oneDNN, the rest applied after. */
+/**
+ * Forward conv on oneDNN with the epilogue: bias inside oneDNN, the rest applied after. `wKey`
+ * is the filter's dataId, under which oneDNN keeps a frozen model's reordered weights.
+ */
 function oneDnnForward(
   g: ConvGeometry,
   x: Float32Array,
   w: Float32Array,
   y: Float32Array,
+  wKey: object,
   e?: Epilogue,
 ): boolean {
   const dnn = oneDnn();
@@ -36,7 +40,7 @@ function oneDnnForward(
   const rowBias = e && e.bias.kind === "row" && e.bias.values.length === g.o
     ? e.bias.values
     : undefined;
-  if (!dnn.convForward(g, x, w, rowBias, y)) return false;
+  if (!dnn.convForward(g, x, w, rowBias, y, wKey)) return false;
   if (e) {
     const rest: Epilogue = rowBias ? { ...e, bias: NONE } : e;
     if (!isIdentity(rest)) applyEpilogue(y, 0, y.length, g.o, rest);
@@ -385,7 +389,7 @@ export function makeConv2D(blas: Blas, fallback?: tf.KernelFunc): tf.KernelFunc 
     const out = backend.makeOutput(ci.outShape, "float32");
     const g = convGeometry(ci);
     const [xv, wv, yv] = [f32View(backend, x), f32View(backend, filter), f32View(backend, out)];
-    if (!oneDnnForward(g, xv, wv, yv)) convForward(blas, g, xv, wv, yv);
+    if (!oneDnnForward(g, xv, wv, yv, filter.dataId)) convForward(blas, g, xv, wv, yv);
     return out;
   };
 }
@@ -425,7 +429,9 @@ export function makeFusedConv2D(blas: Blas, fallback?: tf.KernelFunc): tf.Kernel
       prelu: preluOp ?? NONE,
       leakyreluAlpha: attrs.leakyreluAlpha ?? 0.2,
     };
-    if (!oneDnnForward(g, xv, wv, yv, epilogue)) convForward(blas, g, xv, wv, yv, epilogue);
+    if (!oneDnnForward(g, xv, wv, yv, filter.dataId, epilogue)) {
+      convForward(blas, g, xv, wv, yv, epilogue);
+    }
     return out;
   };
 }

@@ -94,13 +94,18 @@ export interface OneDnn {
   readonly path: string;
   /** The CPU's vector ISA as oneDNN detected it. */
   readonly isa: CpuIsa;
-  /** y ← conv(x, w) (+ bias when given). */
+  /**
+   * y ← conv(x, w) (+ bias when given). `wKey`, when given, names w's contents for good (a
+   * tensor's dataId: tfjs never writes into a tensor's data): weights met a second time under
+   * the same key keep their blocked copy (`weightCache`), so a frozen model's are reordered once.
+   */
   convForward(
     g: ConvGeometry,
     x: Float32Array,
     w: Float32Array,
     bias: Float32Array | undefined,
     y: Float32Array,
+    wKey?: object,
   ): boolean;
   /** dx ← ∂conv/∂x applied to dy. */
   convBackpropInput(g: ConvGeometry, dy: Float32Array, w: Float32Array, dx: Float32Array): boolean;
@@ -112,6 +117,8 @@ export interface OneDnn {
   swishBackward(x: Float32Array, dy: Float32Array, dx: Float32Array): boolean;
   /** When fp32 convolutions take the Winograd kernels. */
   winograd: WinogradMode;
+  /** Blocked forward weights kept by `convForward`'s keys: bytes held, and reorders skipped. */
+  readonly weightCache: { readonly bytes: number; readonly hits: number };
   /** Convolution passes that ran on the Winograd kernels so far (any of the three). */
   readonly winogradCalls: number;
 }
@@ -123,7 +130,17 @@ interface Conv {
   readonly wBuf: Float32Array;
   readonly wMd: Ptr;
   readonly reorder: Ptr;
+  /** Forward weights' keys seen once, and the blocked copies of those seen again. */
+  readonly seen: WeakSet<object>;
+  readonly kept: WeakMap<object, Float32Array>;
 }
+
+/**
+ * Most bytes of blocked forward weights kept for frozen models (each a copy of a weight tensor
+ * off the wasm heap): the small U-Net's are 4 MB, adm256's to block 24 about 0.9 GB. Past it,
+ * weights are reordered per call as in training.
+ */
+export const WEIGHT_CACHE_BYTES = 512 * 2 ** 20;
 
 /** One side of a Winograd pass: its argument, blocked layout, NHWC layout and the reorder. */
 interface Side {
@@ -263,7 +280,8 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
     const userPtr = Deno.UnsafePointer.of(user);
     const r = toUser ? reorder(wMd, userPtr) : reorder(userPtr, wMd);
     if (!r) return null;
-    return { prim: made.prim, wBuf: alignedF32(Math.ceil(size / 4) + 16), wMd, reorder: r };
+    const wBuf = alignedF32(Math.ceil(size / 4) + 16);
+    return { prim: made.prim, wBuf, wMd, reorder: r, seen: new WeakSet(), kept: new WeakMap() };
   };
   // SiLU is swish with β = 1.
   const silu = core.eltwise(ELTWISE_SWISH, 1, true);
@@ -366,6 +384,27 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
     const dy = side(made, [ARG_DIFF_DST, QUERY_DIFF_DST_MD, p.diffDst], false);
     return conv && x && dy ? { ...conv, src: x, diffDst: dy } : null;
   };
+  // Weights a forward pass meets twice under one key (inference over a frozen model) keep their
+  // blocked copy; training's weights change every step and are met once, so they never are.
+  let cachedBytes = 0, cacheHits = 0;
+  /** `conv`'s blocked weights from HWIO `w`: reordered now, or kept from before under `key`. */
+  const blockedWeights = (conv: Conv, p: Plan, w: Float32Array, key?: object) => {
+    const kept = key && conv.kept.get(key);
+    if (kept) {
+      cacheHits++;
+      return kept;
+    }
+    let buf = conv.wBuf;
+    if (key && conv.seen.has(key) && cachedBytes + 4 * buf.length <= WEIGHT_CACHE_BYTES) {
+      buf = alignedF32(buf.length);
+      cachedBytes += 4 * buf.length;
+      conv.kept.set(key, buf);
+    } else if (key) {
+      conv.seen.add(key);
+    }
+    run(conv.reorder, [[ARG_SRC, p.wUser, w], [ARG_DST, conv.wMd, buf]]);
+    return buf;
+  };
   let winogradCalls = 0;
   /** Run Winograd pass `k` on NHWC `x` with weights `w` (HWIO) into NHWC `y`. */
   const runWino = (
@@ -375,14 +414,14 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
     w: Float32Array,
     y: Float32Array,
     bias?: Float32Array,
+    wKey?: object,
   ) => {
     const { input, output } = k;
     const a = scratchA(input.length), b = scratchB(output.length);
     run(input.reorder, [[ARG_SRC, input.user, x], [ARG_DST, input.md, a]]);
-    run(k.reorder, [[ARG_SRC, p.wUser, w], [ARG_DST, k.wMd, k.wBuf]]);
     const args: View[] = [
       [input.arg, input.md, a],
-      [ARG_WEIGHTS, k.wMd, k.wBuf],
+      [ARG_WEIGHTS, k.wMd, blockedWeights(k, p, w, wKey)],
       [output.arg, output.md, b],
     ];
     if (bias) args.push([ARG_BIAS, p.bias, bias]);
@@ -429,7 +468,10 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
     get winogradCalls() {
       return winogradCalls;
     },
-    convForward(g, x, w, bias, y) {
+    get weightCache() {
+      return { bytes: cachedBytes, hits: cacheHits };
+    },
+    convForward(g, x, w, bias, y, wKey) {
       const p = planNow(g);
       if (!p) return false;
       if (winoFor(g, p, "forward")) {
@@ -437,7 +479,7 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
         if (p[slot] === undefined) p[slot] = winoForward(g, p, bias !== undefined);
         const k = p[slot];
         if (k) {
-          runWino(k, p, x, w, y, bias);
+          runWino(k, p, x, w, y, bias, wKey);
           return true;
         }
       }
@@ -450,10 +492,9 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
       const conv = p[slot];
       const src = read(p, x, 0);
       if (!conv || !src) return false;
-      run(conv.reorder, [[ARG_SRC, p.wUser, w], [ARG_DST, conv.wMd, conv.wBuf]]);
       const args: View[] = [
         [ARG_SRC, p.src, src],
-        [ARG_WEIGHTS, conv.wMd, conv.wBuf],
+        [ARG_WEIGHTS, conv.wMd, blockedWeights(conv, p, w, wKey)],
         [ARG_DST, p.dst, y],
       ];
       if (bias) args.push([ARG_BIAS, p.bias, bias]);
