@@ -1,12 +1,12 @@
-// Optimiser arithmetic fused into one pass per parameter on the wasm heap, for all parameters in
+// Optimiser arithmetic fused into one pass per parameter on the wasm heap, every parameter in
 // one kernel: the Adam moments and update, the parameters plus their updates, the EMA blend of
 // weights; and the gradients' sum of squares. In C on OpenMP's threads where the compiled kernels
 // loaded (../native/optim.c, the same bits as the JS loops here). Composed tfjs ops run the same
-// maths on other backends. A U-Net step has ~200 parameters: one kernel each cost ~25 µs of
-// dispatch apiece, and composed Adam is ~10 kernels per parameter.
+// maths on other backends. A U-Net step has ~200 parameters: a kernel per parameter cost ~25 µs
+// of dispatch each (and composed Adam is ~10 kernels per parameter).
 import * as tf from "@tensorflow/tfjs";
 import { asWasmBackend, f32View, sizeOf, type WasmBackend, wordOffset } from "../blas/heap.ts";
-import { nativeKernels } from "../native_kernels.ts";
+import { type NativeKernels, nativeKernels } from "../native_kernels.ts";
 
 /** Kernel names (project-specific, registered for the wasm backend); each takes a list. */
 export const ADAM = "DpAdam";
@@ -133,20 +133,21 @@ function adamKernel(args: KernelArgs): tf.TensorInfo[] {
 function pairsKernel(
   args: KernelArgs,
   names: readonly [string, string],
-  c: (heap: Float32Array, table: BigInt64Array) => void,
+  c: (k: NativeKernels, heap: Float32Array, table: BigInt64Array) => void,
   js: (a: Float32Array, b: Float32Array, out: Float32Array) => void,
 ): tf.TensorInfo[] {
   const count = (args.attrs as unknown as { count: number }).count;
   const [a, bs] = names.map((n) => required(args.inputs, n, count));
   const b = asWasmBackend(args.backend);
   const outs = a.map((ai) => b.makeOutput(ai.shape.slice(), "float32"));
-  if (nativeKernels()) {
+  const native = nativeKernels();
+  if (native) {
     const table = new BigInt64Array(4 * count);
     for (let i = 0; i < count; i++) {
       [a[i], bs[i], outs[i]].forEach((t, j) => table[4 * i + j] = BigInt(wordOffset(b, t)));
       table[4 * i + 3] = BigInt(sizeOf(outs[i].shape));
     }
-    c(heapF32(b), table);
+    c(native, heapF32(b), table);
   } else {
     for (let i = 0; i < count; i++) js(f32View(b, a[i]), f32View(b, bs[i]), f32View(b, outs[i]));
   }
@@ -157,7 +158,7 @@ const addKernel = (args: KernelArgs) =>
   pairsKernel(
     args,
     ["a", "b"],
-    (heap, t) => nativeKernels()!.addMulti(heap, t),
+    (k, heap, t) => k.addMulti(heap, t),
     (a, b, out) => {
       for (let i = 0; i < out.length; i++) out[i] = a[i] + b[i];
     },
@@ -168,7 +169,7 @@ const emaKernel = (args: KernelArgs) => {
   return pairsKernel(
     args,
     ["e", "p"],
-    (heap, t) => nativeKernels()!.emaMulti(heap, t, rate),
+    (k, heap, t) => k.emaMulti(heap, t, rate),
     (e, p, out) => emaArrays(e, p, out, rate),
   );
 };
