@@ -42,7 +42,7 @@ const FLAGS = [
 // collected DynamicLibrary, and when it is libgomp's only user that unloads libgomp under its
 // parked worker threads (a segfault seen in the tests, which load several builds).
 const OPENMP = ["-fopenmp", "-Wl,-z,nodelete"];
-const ABI = 18;
+const ABI = 17;
 const COMPILE_MS = 60_000;
 
 const SYMBOLS = {
@@ -94,8 +94,6 @@ const SYMBOLS = {
     parameters: ["buffer", "buffer", "i64", "i64", "i64", "i64"],
     result: "void",
   },
-  dp_to_c16: { parameters: ["buffer", "buffer", "i64", "i64", "i64"], result: "void" },
-  dp_from_c16: { parameters: ["buffer", "buffer", "i64", "i64", "i64"], result: "void" },
   dp_avg_pool: {
     parameters: ["buffer", "buffer", "i64", "i64", "i64", "i64", "i64", "i64", "i64"],
     result: "void",
@@ -125,8 +123,7 @@ const SYMBOLS = {
 
 /** The kernels in C: GroupNorm's passes over `n` examples of rows of `c` channels, with
  * per-example coefficients and sums [n, c] (native/group_norm.c), adaLN over x [n, t, d]
- * with scale, shift [n, d] (native/layer_norm.c), strided block and row copies and the
- * blocked-layout moves of oneDNN activations (native/copy.c),
+ * with scale, shift [n, d] (native/layer_norm.c), strided block and row copies (native/copy.c),
  * Add, Sub and Multiply (native/binary.c), attention's softmax along rows of n
  * (native/softmax.c), column sums (native/reduce.c), the gradient of k×k stride-k average
  * pooling (native/pool.c), and Adam, the parameter update, the EMA (each over all parameters in
@@ -193,12 +190,6 @@ export interface NativeKernels {
     dx: Float32Array,
     dims: readonly [number, number, number, number],
   ): void;
-  /**
-   * Activations [n, hw, c] between NHWC and oneDNN's nChw16c blocked layout (c in 16s): `toC16`
-   * into blocks, `fromC16` back (../blas/onednn.ts's Winograd passes).
-   */
-  toC16(nhwc: Float32Array, blocked: Float32Array, dims: readonly [number, number, number]): void;
-  fromC16(blocked: Float32Array, nhwc: Float32Array, dims: readonly [number, number, number]): void;
   /** y [n, oh, ow, c]: the k×k stride-k valid average pool of x [n, h, w, c], k ≤ 3. */
   avgPool(
     x: Float32Array,
@@ -315,8 +306,6 @@ export function loadNativeKernels(path: string): NativeKernels | undefined {
     sumSquares: (x) => s.dp_sum_squares(x, BigInt(x.length)),
     upsample2: (x, y, dims) => s.dp_upsample2(x, y, ...dims.map(BigInt) as Dims4),
     upsample2Grad: (dy, dx, dims) => s.dp_upsample2_grad(dy, dx, ...dims.map(BigInt) as Dims4),
-    toC16: (x, y, [n, hw, c]) => s.dp_to_c16(x, y, BigInt(n), BigInt(hw), BigInt(c)),
-    fromC16: (x, y, [n, hw, c]) => s.dp_from_c16(x, y, BigInt(n), BigInt(hw), BigInt(c)),
     avgPool: (x, y, dims) => s.dp_avg_pool(x, y, ...dims.map(BigInt) as Dims7),
     avgPoolGrad: (dy, dx, dims) => s.dp_avg_pool_grad(dy, dx, ...dims.map(BigInt) as Dims7),
     columnSums: (x, rows, inner, out) =>

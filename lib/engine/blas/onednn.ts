@@ -14,7 +14,6 @@ import type { ConvGeometry } from "./conv.ts";
 import { alignedF32, makeScratch } from "./heap.ts";
 import { processEnv } from "./openblas.ts";
 import { precision } from "./precision.ts";
-import { type NativeKernels, nativeKernels } from "../native_kernels.ts";
 import {
   ARG_BIAS,
   ARG_DIFF_DST,
@@ -122,8 +121,6 @@ export interface OneDnn {
   readonly weightCache: { readonly bytes: number; readonly hits: number };
   /** Convolution passes that ran on the Winograd kernels so far (any of the three). */
   readonly winogradCalls: number;
-  /** Activations those passes moved to or from their blocked layout in C (not by reorders). */
-  readonly c16Moves: number;
 }
 
 /** A primitive with the weights layout it wants and the reorders to and from the user's HWIO. */
@@ -150,18 +147,10 @@ interface Side {
   readonly arg: number;
   readonly md: Ptr;
   readonly user: Uint8Array;
-  /** NHWC → blocked for an input side, blocked → NHWC for the output side (`toUser`). */
+  /** NHWC → blocked for the input side, blocked → NHWC for the output side. */
   readonly reorder: Ptr;
-  readonly toUser: boolean;
   readonly length: number;
-  /** The activation as [n, h·w, channels]. */
-  readonly dims: readonly [number, number, number];
-  /** Whether the blocked layout is nChw16c, which the C kernels move (checked on first use). */
-  c16?: boolean;
 }
-
-/** An activation of a Winograd pass: its argument, query, NHWC descriptor and [n, h·w, c]. */
-type SideSpec = [arg: number, query: number, user: Uint8Array, dims: [number, number, number]];
 
 /** A Winograd pass: what it reads (src or diff_dst) and writes (dst or diff_src). */
 interface Wino extends Conv {
@@ -303,7 +292,7 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
   /** One activation of Winograd pass `made` (query `query`): its blocked layout and reorder. */
   const side = (
     made: Made,
-    [arg, query, user, dims]: SideSpec,
+    [arg, query, user]: [arg: number, query: number, user: Uint8Array],
     toUser: boolean,
   ): Side | undefined => {
     const md = lib.dnnl_primitive_desc_query_md(made.pd, query, 0);
@@ -311,63 +300,20 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
     const userMd = Deno.UnsafePointer.of(user);
     const r = toUser ? reorder(md, userMd) : reorder(userMd, md);
     const length = Math.ceil(Number(lib.dnnl_memory_desc_get_size(md)) / 4);
-    return r ? { arg, md, user, reorder: r, toUser, length, dims } : undefined;
-  };
-  let c16Moves = 0;
-  /** NHWC `x` into input side `s`'s blocked buffer `a`. */
-  const intoBlocks = (s: Side, x: Float32Array, a: Float32Array) => {
-    const k = c16Kernels(s);
-    if (!k) return run(s.reorder, [[ARG_SRC, s.user, x], [ARG_DST, s.md, a]]);
-    k.toC16(x, a, s.dims);
-    c16Moves++;
-  };
-  /** Output side `s`'s blocked buffer `b` into NHWC `y`. */
-  const fromBlocks = (s: Side, b: Float32Array, y: Float32Array) => {
-    const k = c16Kernels(s);
-    if (!k) return run(s.reorder, [[ARG_SRC, s.md, b], [ARG_DST, s.user, y]]);
-    k.fromC16(b, y, s.dims);
-    c16Moves++;
-  };
-  /**
-   * The C kernels where they loaded and `s`'s blocked layout is nChw16c (oneDNN's reorder ran
-   * 5–10× slower than ../native/copy.c's moves), else undefined. Checked once per side: a probe
-   * moved both ways must come out the same.
-   */
-  const c16Kernels = (s: Side) => {
-    const k = nativeKernels();
-    if (!k) return undefined;
-    s.c16 ??= sameAsReorder(s, k);
-    return s.c16 ? k : undefined;
-  };
-  const sameAsReorder = (s: Side, k: NativeKernels) => {
-    const [n, hw, c] = s.dims, len = n * hw * c;
-    if (len !== s.length || c % 16 !== 0) return false; // padded, or not in 16s
-    const probe = alignedF32(len), viaDnn = alignedF32(len), viaC = alignedF32(len);
-    for (let i = 0; i < len; i++) probe[i] = i % 16777216; // exact in float32
-    if (s.toUser) {
-      run(s.reorder, [[ARG_SRC, s.md, probe], [ARG_DST, s.user, viaDnn]]);
-      k.fromC16(probe, viaC, s.dims);
-    } else {
-      run(s.reorder, [[ARG_SRC, s.user, probe], [ARG_DST, s.md, viaDnn]]);
-      k.toC16(probe, viaC, s.dims);
-    }
-    for (let i = 0; i < len; i++) if (viaDnn[i] !== viaC[i]) return false;
-    return true;
+    return r ? { arg, md, user, reorder: r, length } : undefined;
   };
   /** The Winograd pass of `made`, reading `input` from NHWC and writing `output` to NHWC. */
   const wino = (
     made: Made | undefined,
     p: Plan,
-    input: SideSpec,
-    output: SideSpec,
+    input: [arg: number, query: number, user: Uint8Array],
+    output: [arg: number, query: number, user: Uint8Array],
   ): Wino | null => {
     if (!made) return null;
     const conv = withWeights(made, QUERY_WEIGHTS_MD, p.wUser, false);
     const i = side(made, input, false), o = side(made, output, true);
     return conv && i && o ? { ...conv, input: i, output: o } : null;
   };
-  const inDims = (g: ConvGeometry): [number, number, number] => [g.n, g.h * g.w, g.c];
-  const outDims = (g: ConvGeometry): [number, number, number] => [g.n, g.oh * g.ow, g.o];
   /** Activations and weights of `g` in the layouts the Winograd kernels pick ("any"). */
   const anyLayouts = ({ n, c, h, w, o, oh, ow, kh, kw }: ConvGeometry) => ({
     src: anyMd([n, c, h, w]),
@@ -394,8 +340,8 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
     wino(
       winoForwardMade(g, p, bias),
       p,
-      [ARG_SRC, QUERY_SRC_MD, p.src, inDims(g)],
-      [ARG_DST, QUERY_DST_MD, p.dst, outDims(g)],
+      [ARG_SRC, QUERY_SRC_MD, p.src],
+      [ARG_DST, QUERY_DST_MD, p.dst],
     );
   const winoBackwardData = (g: ConvGeometry, p: Plan): Wino | null => {
     const { src, wts, dst } = anyLayouts(g);
@@ -412,8 +358,8 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
     return wino(
       made,
       p,
-      [ARG_DIFF_DST, QUERY_DIFF_DST_MD, p.diffDst, outDims(g)],
-      [ARG_DIFF_SRC, QUERY_DIFF_SRC_MD, p.diffSrc, inDims(g)],
+      [ARG_DIFF_DST, QUERY_DIFF_DST_MD, p.diffDst],
+      [ARG_DIFF_SRC, QUERY_DIFF_SRC_MD, p.diffSrc],
     );
   };
   const winoBackwardWeights = (g: ConvGeometry, p: Plan): WinoWeights | null => {
@@ -434,8 +380,8 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
     const made = hint && bwd === 0 ? primitive(d, hint.pd) : undefined;
     if (!made) return null;
     const conv = withWeights(made, QUERY_DIFF_WEIGHTS_MD, p.wUser, true);
-    const x = side(made, [ARG_SRC, QUERY_SRC_MD, p.src, inDims(g)], false);
-    const dy = side(made, [ARG_DIFF_DST, QUERY_DIFF_DST_MD, p.diffDst, outDims(g)], false);
+    const x = side(made, [ARG_SRC, QUERY_SRC_MD, p.src], false);
+    const dy = side(made, [ARG_DIFF_DST, QUERY_DIFF_DST_MD, p.diffDst], false);
     return conv && x && dy ? { ...conv, src: x, diffDst: dy } : null;
   };
   // Weights a forward pass meets twice under one key (inference over a frozen model) keep their
@@ -472,7 +418,7 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
   ) => {
     const { input, output } = k;
     const a = scratchA(input.length), b = scratchB(output.length);
-    intoBlocks(input, x, a);
+    run(input.reorder, [[ARG_SRC, input.user, x], [ARG_DST, input.md, a]]);
     const args: View[] = [
       [input.arg, input.md, a],
       [ARG_WEIGHTS, k.wMd, blockedWeights(k, p, w, wKey)],
@@ -480,7 +426,7 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
     ];
     if (bias) args.push([ARG_BIAS, p.bias, bias]);
     run(k.prim, args);
-    fromBlocks(output, b, y);
+    run(output.reorder, [[ARG_SRC, output.md, b], [ARG_DST, output.user, y]]);
     winogradCalls++;
   };
   /** Run the Winograd weight gradient `k` of NHWC `x` and `dy` into `dw` (HWIO). */
@@ -492,8 +438,8 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
     dw: Float32Array,
   ) => {
     const a = scratchA(k.src.length), b = scratchB(k.diffDst.length);
-    intoBlocks(k.src, x, a);
-    intoBlocks(k.diffDst, dy, b);
+    run(k.src.reorder, [[ARG_SRC, k.src.user, x], [ARG_DST, k.src.md, a]]);
+    run(k.diffDst.reorder, [[ARG_SRC, k.diffDst.user, dy], [ARG_DST, k.diffDst.md, b]]);
     run(k.prim, [
       [ARG_SRC, k.src.md, a],
       [ARG_DIFF_DST, k.diffDst.md, b],
@@ -521,9 +467,6 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
     },
     get winogradCalls() {
       return winogradCalls;
-    },
-    get c16Moves() {
-      return c16Moves;
     },
     get weightCache() {
       return { bytes: cachedBytes, hits: cacheHits };

@@ -64,35 +64,3 @@ void dp_upsample2_grad(const float* dy, float* dx, int64_t n, int64_t h, int64_t
     }
   }
 }
-
-// Activations between NHWC and oneDNN's 16-channel blocked layout (nChw16c, "aBcd16b": per
-// example, channel block b, position p, 16 channels) that its Winograd kernels read and write
-// (lib/engine/blas/onednn.ts): the same moves as oneDNN's reorder primitive, which ran 5–10×
-// slower here (0.14–0.5 ms per U-Net activation against 0.02–0.13), 40 ms of a train step.
-// c is a multiple of 16; `hw` positions per example.
-enum { C16 = 16 };
-
-void dp_to_c16(const float* restrict src, float* restrict dst, int64_t n, int64_t hw, int64_t c) {
-  const int64_t blocks = c / C16;
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t i = 0; i < n; i++) {
-    for (int64_t b = 0; b < blocks; b++) {
-      const float* s = src + i * hw * c + b * C16;
-      float* d = dst + (i * blocks + b) * hw * C16;
-      for (int64_t p = 0; p < hw; p++) memcpy(d + p * C16, s + p * c, C16 * sizeof(float));
-    }
-  }
-}
-
-void dp_from_c16(const float* restrict src, float* restrict dst, int64_t n, int64_t hw,
-                 int64_t c) {
-  const int64_t blocks = c / C16;
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; i++) {
-    for (int64_t p = 0; p < hw; p++) {
-      float* d = dst + (i * hw + p) * c;
-      const float* s = src + i * blocks * hw * C16 + p * C16;
-      for (int64_t b = 0; b < blocks; b++) memcpy(d + b * C16, s + b * hw * C16, C16 * sizeof(float));
-    }
-  }
-}
