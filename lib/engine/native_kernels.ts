@@ -14,6 +14,7 @@ import { BLAS_ENV, ffiGranted, processEnv } from "./blas/openblas.ts";
 import { openMpWaiting } from "./blas/onednn_core.ts";
 import { NATIVE_ENV, nativeCacheRoot, runCommand, type Runner, sha256Hex } from "./native_libs.ts";
 import type { AdamTable } from "./fused/optim.ts";
+import type { GnDims, GnFinish, GnParams, GnStats } from "./fused/group_norm.ts";
 import type { copyBlocks, RowGather } from "./wasm_kernels/copy.ts";
 import type { BinaryLayout } from "./wasm_kernels/binary.ts";
 
@@ -42,7 +43,7 @@ const FLAGS = [
 // collected DynamicLibrary, and when it is libgomp's only user that unloads libgomp under its
 // parked worker threads (a segfault seen in the tests, which load several builds).
 const OPENMP = ["-fopenmp", "-Wl,-z,nodelete"];
-const ABI = 17;
+const ABI = 18;
 const COMPILE_MS = 60_000;
 
 const SYMBOLS = {
@@ -68,6 +69,25 @@ const SYMBOLS = {
   },
   dp_gn_affine2: {
     parameters: ["buffer", "buffer", "buffer", "buffer", "buffer", "buffer", "i64", "i64", "i64"],
+    result: "void",
+  },
+  dp_gn_stats: {
+    parameters: ["buffer", "buffer", "buffer", "buffer", "i64", "i64", "i64", "f64", "f64"],
+    result: "void",
+  },
+  dp_gn_coefficients: {
+    parameters: [
+      ...["buffer", "buffer", "buffer", "buffer", "buffer", "buffer", "buffer", "buffer"],
+      ...["i64", "i64", "i64"],
+    ],
+    result: "void",
+  },
+  dp_gn_finish: {
+    parameters: [
+      ...["buffer", "buffer", "buffer", "buffer", "buffer", "buffer", "buffer", "buffer"],
+      ...["buffer", "buffer", "buffer", "buffer", "buffer", "buffer", "buffer", "buffer"],
+      ...["i64", "i64", "i64", "f64"],
+    ],
     result: "void",
   },
   dp_copy_blocks: {
@@ -158,6 +178,12 @@ export interface NativeKernels {
     out: Float32Array,
     c: number,
   ): void;
+  /** GroupNorm's group statistics from channel sums (../fused/group_norm.ts's JS bits). */
+  gnStats(sums: Float64Array, sqs: Float64Array, st: GnStats, d: GnDims, eps: number): void;
+  /** Every example's A, B [N, C] with y1 = x·A + B (the JS bits). */
+  gnCoefficients(st: GnStats, p: GnParams, A: Float32Array, B: Float32Array, d: GnDims): void;
+  /** GroupNorm's parameter gradients and dx's coefficients from the sums (the JS bits). */
+  gnFinish(f: GnFinish): void;
   /**
    * `blocks` runs of `len` words from word offset src (stride srcStride) to dst (stride
    * dstStride) of `heap`, the runs not overlapping.
@@ -246,6 +272,7 @@ export function loadNativeKernels(path: string): NativeKernels | undefined {
     return undefined;
   }
   const s = lib.symbols;
+  const gnDims = (d: GnDims) => [BigInt(d.n), BigInt(d.c), BigInt(d.g)] as const;
   // Examples n = (per-example array length) / c; rows per example = (data length) / (n·c).
   const dims = (data: Float32Array, perExample: ArrayLike<number>, c: number) => {
     const n = perExample.length / c;
@@ -259,6 +286,41 @@ export function loadNativeKernels(path: string): NativeKernels | undefined {
     siluGradSums: (dy, x, A, B, dd, S1, S2, c) =>
       s.dp_gn_silu_grad_sums(dy, x, A, B, dd, S1, S2, ...dims(dy, A, c)),
     affine2: (d, P, x, Q, R, out, c) => s.dp_gn_affine2(d, P, x, Q, R, out, ...dims(d, P, c)),
+    gnStats: (sums, sqs, st, d, eps) =>
+      s.dp_gn_stats(sums, sqs, st.mean, st.rstd, ...gnDims(d), d.s * (d.c / d.g), eps),
+    gnCoefficients: (st, p, A, B, d) =>
+      s.dp_gn_coefficients(
+        st.mean,
+        st.rstd,
+        p.gamma,
+        p.beta,
+        p.scale ?? null,
+        p.shift ?? null,
+        A,
+        B,
+        ...gnDims(d),
+      ),
+    gnFinish: (f) =>
+      s.dp_gn_finish(
+        f.S1,
+        f.S2,
+        f.st.mean,
+        f.st.rstd,
+        f.p.gamma,
+        f.p.beta,
+        f.p.scale ?? null,
+        f.dgamma,
+        f.dbeta,
+        f.dscale ?? null,
+        f.dshift ?? null,
+        f.P,
+        f.Q,
+        f.R,
+        new Float64Array(f.d.c),
+        new Float64Array(f.d.c),
+        ...gnDims(f.d),
+        f.d.s * (f.d.c / f.d.g),
+      ),
     copyBlocks: (heap, src, srcStride, dst, dstStride, len, blocks) =>
       s.dp_copy_blocks(
         heap,

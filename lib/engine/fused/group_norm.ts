@@ -63,29 +63,36 @@ export function groupNormStats(x: Float32Array, d: GnDims, eps: number): GnStats
   const mean = new Float64Array(nb * g), rstd = new Float64Array(nb * g);
   const native = nativeKernels(); // GroupNorm's passes in C where they were built, else JS
   if (native) native.sums(x, x, sums, sqs, c); // every example in one call
-  for (let n = 0; n < nb; n++) {
-    const sum = ofExample(sums, n, c), sq = ofExample(sqs, n, c);
-    if (!native) {
+  else {
+    for (let n = 0; n < nb; n++) {
+      const o = n * c;
       for (let p = 0, i = n * s * c; p < s; p++, i += c) {
         for (let ch = 0; ch < c; ch++) {
           const v = x[i + ch];
-          sum[ch] += v;
-          sq[ch] += v * v;
+          sums[o + ch] += v;
+          sqs[o + ch] += v * v;
         }
       }
     }
-    for (let gi = 0; gi < g; gi++) {
+  }
+  const st = { mean, rstd };
+  if (native) {
+    native.gnStats(sums, sqs, st, d, eps);
+    return st;
+  }
+  for (let n = 0, k = 0; n < nb; n++) {
+    for (let gi = 0; gi < g; gi++, k++) {
       let a = 0, b = 0;
-      for (let ch = gi * cpg; ch < (gi + 1) * cpg; ch++) {
-        a += sum[ch];
-        b += sq[ch];
+      for (let ch = n * c + gi * cpg, end = ch + cpg; ch < end; ch++) {
+        a += sums[ch];
+        b += sqs[ch];
       }
       const m = a / count;
-      mean[n * g + gi] = m;
-      rstd[n * g + gi] = 1 / Math.sqrt(Math.max(0, b / count - m * m) + eps);
+      mean[k] = m;
+      rstd[k] = 1 / Math.sqrt(Math.max(0, b / count - m * m) + eps);
     }
   }
-  return { mean, rstd };
+  return st;
 }
 
 /** Affine operands: γ, β [C]; scale, shift [N·C] or absent. */
@@ -96,24 +103,27 @@ export interface GnParams {
   readonly shift?: Float32Array;
 }
 
-/** A[c], B[c] of example n such that y1 = x·A + B. */
-function coefficients(
-  n: number,
-  d: GnDims,
-  st: GnStats,
-  p: GnParams,
-  A: Float32Array,
-  B: Float32Array,
-): void {
-  const { c, g } = d;
+/** A, B [N, C] such that y1 = x·A[n, c] + B[n, c] for every example n. */
+function allCoefficients(d: GnDims, st: GnStats, p: GnParams) {
+  const { n: nb, c, g } = d;
   const cpg = c / g;
-  for (let ch = 0; ch < c; ch++) {
-    const k = n * g + Math.floor(ch / cpg);
-    const mod = p.scale ? 1 + p.scale[n * c + ch] : 1;
-    const a = st.rstd[k] * p.gamma[ch];
-    A[ch] = a * mod;
-    B[ch] = (p.beta[ch] - st.mean[k] * a) * mod + (p.shift ? p.shift[n * c + ch] : 0);
+  const A = new Float32Array(nb * c), B = new Float32Array(nb * c);
+  const native = nativeKernels();
+  if (native) {
+    native.gnCoefficients(st, p, A, B, d);
+    return { A, B };
   }
+  const { gamma, beta, scale, shift } = p;
+  for (let n = 0, i = 0; n < nb; n++) {
+    for (let ch = 0; ch < c; ch++, i++) {
+      const k = n * g + Math.floor(ch / cpg);
+      const mod = scale ? 1 + scale[i] : 1;
+      const a = st.rstd[k] * gamma[ch];
+      A[i] = a * mod;
+      B[i] = (beta[ch] - st.mean[k] * a) * mod + (shift ? shift[i] : 0);
+    }
+  }
+  return { A, B };
 }
 
 // Per-channel affine maps over rows [start, end) of width c. With c a multiple of 4, four
@@ -177,14 +187,6 @@ function affine2Rows(
   }
 }
 
-/** Every example's A, B [N, C] (`coefficients`), as the C kernels take them. */
-function allCoefficients(d: GnDims, st: GnStats, p: GnParams) {
-  const { n: nb, c } = d;
-  const A = new Float32Array(nb * c), B = new Float32Array(nb * c);
-  for (let n = 0; n < nb; n++) coefficients(n, d, st, p, ofExample(A, n, c), ofExample(B, n, c));
-  return { A, B };
-}
-
 /** y1 ← GN(x)·(1 + scale) + shift, one pass over x. */
 export function groupNormAffine(
   x: Float32Array,
@@ -200,6 +202,23 @@ export function groupNormAffine(
   for (let n = 0; n < nb; n++) {
     affineRows(x, ofExample(A, n, c), ofExample(B, n, c), y, n * s * c, (n + 1) * s * c, c);
   }
+}
+
+/** What the C kernels' `gnFinish` reads (sums, stats, operands) and writes (the rest). */
+export interface GnFinish {
+  readonly S1: Float64Array;
+  readonly S2: Float64Array;
+  readonly st: GnStats;
+  readonly p: GnParams;
+  readonly d: GnDims;
+  /** Accumulated over examples, from zero. */
+  readonly dgamma: Float64Array;
+  readonly dbeta: Float64Array;
+  readonly dscale?: Float32Array;
+  readonly dshift?: Float32Array;
+  readonly P: Float32Array;
+  readonly Q: Float32Array;
+  readonly R: Float32Array;
 }
 
 /** Gradient outputs; dscale and dshift only when modulated. */
@@ -269,46 +288,54 @@ function finishBackward(
   S2all: Float64Array,
 ): void {
   const { n: nb, s, c, g } = d;
-  const cpg = c / g, count = s * cpg;
-  const { dx } = out;
-  const T = new Float64Array(c);
+  const { dx, dscale, dshift } = out;
   const Pall = new Float32Array(nb * c), Qall = new Float32Array(nb * c);
   const Rall = new Float32Array(nb * c);
   const dgamma = new Float64Array(c), dbeta = new Float64Array(c);
   const native = nativeKernels();
-  for (let n = 0; n < nb; n++) {
-    const S1 = ofExample(S1all, n, c), S2 = ofExample(S2all, n, c);
-    // Per-channel parameter gradients, then dx = P·d + Q·x + R per channel.
-    for (let ch = 0; ch < c; ch++) {
-      const k = n * g + Math.floor(ch / cpg);
-      const mod = p.scale ? 1 + p.scale[n * c + ch] : 1;
-      T[ch] = st.rstd[k] * (S2[ch] - st.mean[k] * S1[ch]);
-      dbeta[ch] += mod * S1[ch];
-      dgamma[ch] += mod * T[ch];
-      if (out.dshift) out.dshift[n * c + ch] = S1[ch];
-      if (out.dscale) out.dscale[n * c + ch] = p.gamma[ch] * T[ch] + p.beta[ch] * S1[ch];
-    }
-    const P = ofExample(Pall, n, c), Q = ofExample(Qall, n, c), R = ofExample(Rall, n, c);
-    for (let gi = 0; gi < g; gi++) {
-      let ag = 0, bg = 0;
-      for (let ch = gi * cpg; ch < (gi + 1) * cpg; ch++) {
-        const k = (p.scale ? 1 + p.scale[n * c + ch] : 1) * p.gamma[ch];
-        ag += k * S1[ch];
-        bg += k * T[ch];
+  if (native) {
+    const f = { S1: S1all, S2: S2all, st, p, dgamma, dbeta, dscale, dshift, d };
+    native.gnFinish({ ...f, P: Pall, Q: Qall, R: Rall });
+    native.affine2(dd, Pall, x, Qall, Rall, dx, c);
+  } else {
+    const cpg = c / g, count = s * cpg;
+    const { gamma, beta, scale } = p;
+    // k = (1 + scale)·γ per channel.
+    const T = new Float64Array(c), K = new Float64Array(c);
+    for (let n = 0; n < nb; n++) {
+      const o = n * c;
+      // Per-channel parameter gradients, then dx = P·d + Q·x + R per channel.
+      for (let ch = 0; ch < c; ch++) {
+        const k = n * g + Math.floor(ch / cpg);
+        const mod = scale ? 1 + scale[o + ch] : 1;
+        const S1 = S1all[o + ch];
+        T[ch] = st.rstd[k] * (S2all[o + ch] - st.mean[k] * S1);
+        K[ch] = mod * gamma[ch];
+        dbeta[ch] += mod * S1;
+        dgamma[ch] += mod * T[ch];
+        if (dshift) dshift[o + ch] = S1;
+        if (dscale) dscale[o + ch] = gamma[ch] * T[ch] + beta[ch] * S1;
       }
-      ag /= count;
-      bg /= count;
-      const r = st.rstd[n * g + gi], m = st.mean[n * g + gi];
-      for (let ch = gi * cpg; ch < (gi + 1) * cpg; ch++) {
-        const k = (p.scale ? 1 + p.scale[n * c + ch] : 1) * p.gamma[ch];
-        P[ch] = r * k;
-        Q[ch] = -r * r * bg;
-        R[ch] = r * r * bg * m - r * ag;
+      for (let gi = 0; gi < g; gi++) {
+        const c0 = gi * cpg, c1 = c0 + cpg;
+        let ag = 0, bg = 0;
+        for (let ch = c0; ch < c1; ch++) {
+          ag += K[ch] * S1all[o + ch];
+          bg += K[ch] * T[ch];
+        }
+        ag /= count;
+        bg /= count;
+        const r = st.rstd[n * g + gi], m = st.mean[n * g + gi];
+        for (let ch = c0; ch < c1; ch++) {
+          Pall[o + ch] = r * K[ch];
+          Qall[o + ch] = -r * r * bg;
+          Rall[o + ch] = r * r * bg * m - r * ag;
+        }
       }
+      const P = Pall.subarray(o, o + c), Q = Qall.subarray(o, o + c), R = Rall.subarray(o, o + c);
+      affine2Rows(dd, P, x, Q, R, dx, n * s * c, (n + 1) * s * c, c);
     }
-    if (!native) affine2Rows(dd, P, x, Q, R, dx, n * s * c, (n + 1) * s * c, c);
   }
-  if (native) native.affine2(dd, Pall, x, Qall, Rall, dx, c);
   out.dgamma.set(dgamma);
   out.dbeta.set(dbeta);
 }

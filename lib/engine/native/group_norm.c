@@ -10,6 +10,7 @@
 // examples (x as [n, rows, c], per-example coefficients and sums as [n, c]) and splits the
 // examples over OpenMP's threads (the count oneDNN set, when built with -fopenmp): each example
 // is computed alone, so any thread count gives the same bits.
+#include <math.h>
 #include <stdint.h>
 
 #include "exp.h"
@@ -23,7 +24,7 @@
 enum { CHUNK = 512 };
 
 /** The ABI of the whole library (every C file of lib/engine/native); the loader checks it. */
-int32_t dp_gn_abi(void) { return 17; }
+int32_t dp_gn_abi(void) { return 18; }
 
 // The clamp bounds of exp_f (./exp.h), read at run time.
 float dp_exp_bounds[2] = {-87.0f, 88.0f};
@@ -125,6 +126,85 @@ CLONES static void affine2_1(const float* d, const float* P, const float* x, con
     float* o = out + r * c;
     for (int64_t j = 0; j < c; j++) {
       o[j] = (float)((double)P[j] * dr[j] + (double)Q[j] * xr[j] + R[j]);
+    }
+  }
+}
+
+// The per-(example, group) bookkeeping between the passes, over [n, c] sums: in the JS loops'
+// order in double (the same bits as lib/engine/fused/group_norm.ts), where V8 took 30–150 µs
+// a call (13 ms of a U-Net train step). Groups of c/g channels; count = rows·c/g values each.
+
+/** mean, rstd [n, g] from the channel sums Σx, Σx² [n, c]. */
+void dp_gn_stats(const double* sums, const double* sqs, double* mean, double* rstd, int64_t n,
+                 int64_t c, int64_t g, double count, double eps) {
+  const int64_t cpg = c / g;
+  for (int64_t i = 0, k = 0; i < n; i++) {
+    for (int64_t gi = 0; gi < g; gi++, k++) {
+      double a = 0, b = 0;
+      for (int64_t ch = i * c + gi * cpg, end = ch + cpg; ch < end; ch++) {
+        a += sums[ch];
+        b += sqs[ch];
+      }
+      const double m = a / count, var = b / count - m * m;
+      mean[k] = m;
+      rstd[k] = 1 / sqrt((var < 0 ? 0 : var) + eps); // Math.max(0, var): NaN stays NaN
+    }
+  }
+}
+
+/** A, B [n, c] with y1 = x·A + B: A = rstd·γ·mod, B = (β − mean·rstd·γ)·mod + shift, mod =
+ * 1 + scale (scale and shift [n, c], or NULL). */
+void dp_gn_coefficients(const double* mean, const double* rstd, const float* gamma,
+                        const float* beta, const float* scale, const float* shift, float* A,
+                        float* B, int64_t n, int64_t c, int64_t g) {
+  const int64_t cpg = c / g;
+  for (int64_t i = 0, j = 0; i < n; i++) {
+    for (int64_t ch = 0; ch < c; ch++, j++) {
+      const int64_t k = i * g + ch / cpg;
+      const double mod = scale ? 1 + (double)scale[j] : 1;
+      const double a = rstd[k] * gamma[ch];
+      A[j] = (float)(a * mod);
+      B[j] = (float)((beta[ch] - mean[k] * a) * mod + (shift ? (double)shift[j] : 0));
+    }
+  }
+}
+
+/** GroupNorm's gradients from the sums S1 = Σ dd, S2 = Σ dd·x [n, c] (dd = ∂L/∂y1): dγ, dβ [c]
+ * (double, accumulated over examples in order), dscale, dshift [n, c] (or NULL), and the
+ * coefficients of dx = P·dd + Q·x + R [n, c]. T and K are scratch of c doubles. */
+void dp_gn_finish(const double* S1, const double* S2, const double* mean, const double* rstd,
+                  const float* gamma, const float* beta, const float* scale, double* dgamma,
+                  double* dbeta, float* dscale, float* dshift, float* P, float* Q, float* R,
+                  double* T, double* K, int64_t n, int64_t c, int64_t g, double count) {
+  const int64_t cpg = c / g;
+  for (int64_t i = 0; i < n; i++) {
+    const int64_t o = i * c;
+    for (int64_t ch = 0; ch < c; ch++) {
+      const int64_t k = i * g + ch / cpg;
+      const double mod = scale ? 1 + (double)scale[o + ch] : 1;
+      const double s1 = S1[o + ch];
+      T[ch] = rstd[k] * (S2[o + ch] - mean[k] * s1);
+      K[ch] = mod * gamma[ch];
+      dbeta[ch] += mod * s1;
+      dgamma[ch] += mod * T[ch];
+      if (dshift) dshift[o + ch] = (float)s1;
+      if (dscale) dscale[o + ch] = (float)(gamma[ch] * T[ch] + beta[ch] * s1);
+    }
+    for (int64_t gi = 0; gi < g; gi++) {
+      const int64_t c0 = gi * cpg, c1 = c0 + cpg;
+      double ag = 0, bg = 0;
+      for (int64_t ch = c0; ch < c1; ch++) {
+        ag += K[ch] * S1[o + ch];
+        bg += K[ch] * T[ch];
+      }
+      ag /= count;
+      bg /= count;
+      const double r = rstd[i * g + gi], m = mean[i * g + gi];
+      for (int64_t ch = c0; ch < c1; ch++) {
+        P[o + ch] = (float)(r * K[ch]);
+        Q[o + ch] = (float)(-r * r * bg);
+        R[o + ch] = (float)(r * r * bg * m - r * ag);
+      }
     }
   }
 }
