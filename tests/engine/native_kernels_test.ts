@@ -432,16 +432,22 @@ Deno.test({
 });
 
 Deno.test({
-  name: "native kernels: column sums equal the JS loop bit for bit",
+  name:
+    "native kernels: column sums equal the JS loop bit for bit, and a double sum to float precision",
   ignore: !hasCc,
   fn: async () => {
     const k = await compiled();
-    for (const [rows, inner] of [[3136, 32], [49, 128], [7, 3], [1, 5]]) {
+    // Blocks of rows (one, several, a partial last one) on one thread and on several.
+    for (const [rows, inner] of [[50176, 64], [3136, 32], [2048, 3], [49, 128], [7, 3], [1, 5]]) {
       const x = Float32Array.from({ length: rows * inner }, (_, i) => Math.sin(i * 0.77) * 100);
       const js = new Float32Array(inner), c = new Float32Array(inner);
       columnSums(x, rows, inner, js);
       assert.ok(k.columnSums(x, rows, inner, c));
       assert.deepEqual(c, js, `${rows}×${inner}`);
+      // Against one sequential double sum: blocks reorder the additions, not the precision.
+      const seq = new Float64Array(inner);
+      for (let i = 0; i < rows * inner; i++) seq[i % inner] += x[i];
+      assert.deepEqual(js, Float32Array.from(seq), `${rows}×${inner} vs one sum`);
     }
   },
 });

@@ -19,13 +19,23 @@ export type ColumnSummer = (
   out: Float32Array,
 ) => void;
 
-/** Column sums in one pass, accumulated in float64. */
+/** Rows per block of `columnSums` (../native/reduce.c's SUM_ROWS: the same bits). */
+export const SUM_ROWS = 1024;
+
+/**
+ * Column sums accumulated in float64 over blocks of SUM_ROWS rows, whose partial sums are then
+ * added in block order (the C kernel sums the blocks on several threads).
+ */
 export function columnSums(x: Float32Array, rows: number, inner: number, out: Float32Array) {
-  const acc = new Float64Array(inner);
-  for (let i = 0, o = 0; i < rows; i++, o += inner) {
-    for (let j = 0; j < inner; j++) acc[j] += x[o + j];
+  const total = new Float64Array(inner), acc = new Float64Array(inner);
+  for (let r0 = 0; r0 < rows; r0 += SUM_ROWS) {
+    acc.fill(0);
+    for (let i = r0, o = r0 * inner; i < Math.min(rows, r0 + SUM_ROWS); i++, o += inner) {
+      for (let j = 0; j < inner; j++) acc[j] += x[o + j];
+    }
+    for (let j = 0; j < inner; j++) total[j] += acc[j];
   }
-  out.set(acc);
+  out.set(total);
 }
 
 let summer: ColumnSummer = columnSums;
