@@ -136,9 +136,9 @@ interface Conv {
 }
 
 /**
- * Most bytes of blocked forward weights kept for frozen models (each a copy of a weight tensor
- * off the wasm heap): the small U-Net's are 4 MB, adm256's to block 24 about 0.9 GB. Past it,
- * weights are reordered per call as in training.
+ * Most bytes of blocked forward weights kept for frozen models (each a copy of a weight tensor,
+ * off the wasm heap; the small U-Net's take 4 MB). Past it, further weights are reordered per
+ * call as in training; copies leave the count when their tensors are collected.
  */
 export const WEIGHT_CACHE_BYTES = 512 * 2 ** 20;
 
@@ -387,6 +387,7 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
   // Weights a forward pass meets twice under one key (inference over a frozen model) keep their
   // blocked copy; training's weights change every step and are met once, so they never are.
   let cachedBytes = 0, cacheHits = 0;
+  const released = new FinalizationRegistry<number>((bytes) => cachedBytes -= bytes);
   /** `conv`'s blocked weights from HWIO `w`: reordered now, or kept from before under `key`. */
   const blockedWeights = (conv: Conv, p: Plan, w: Float32Array, key?: object) => {
     const kept = key && conv.kept.get(key);
@@ -399,6 +400,7 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
       buf = alignedF32(buf.length);
       cachedBytes += 4 * buf.length;
       conv.kept.set(key, buf);
+      released.register(key, 4 * buf.length);
     } else if (key) {
       conv.seen.add(key);
     }
