@@ -61,24 +61,22 @@ export function groupNormStats(x: Float32Array, d: GnDims, eps: number): GnStats
   const cpg = c / g, count = s * cpg;
   const sums = new Float64Array(nb * c), sqs = new Float64Array(nb * c);
   const mean = new Float64Array(nb * g), rstd = new Float64Array(nb * g);
-  const native = nativeKernels(); // GroupNorm's passes in C where they were built, else JS
-  if (native) native.sums(x, x, sums, sqs, c); // every example in one call
-  else {
-    for (let n = 0; n < nb; n++) {
-      const o = n * c;
-      for (let p = 0, i = n * s * c; p < s; p++, i += c) {
-        for (let ch = 0; ch < c; ch++) {
-          const v = x[i + ch];
-          sums[o + ch] += v;
-          sqs[o + ch] += v * v;
-        }
-      }
-    }
-  }
   const st = { mean, rstd };
+  const native = nativeKernels(); // GroupNorm's passes in C where they were built, else JS
   if (native) {
+    native.sums(x, x, sums, sqs, c); // every example in one call
     native.gnStats(sums, sqs, st, d, eps);
     return st;
+  }
+  for (let n = 0; n < nb; n++) {
+    const o = n * c;
+    for (let p = 0, i = n * s * c; p < s; p++, i += c) {
+      for (let ch = 0; ch < c; ch++) {
+        const v = x[i + ch];
+        sums[o + ch] += v;
+        sqs[o + ch] += v * v;
+      }
+    }
   }
   for (let n = 0, k = 0; n < nb; n++) {
     for (let gi = 0; gi < g; gi++, k++) {
