@@ -1,5 +1,5 @@
 import * as tf from "@tensorflow/tfjs";
-import { assert, assertClose, assertNoLeaks } from "./assert.ts";
+import { assert, assertClose, assertEquals, assertNoLeaks } from "./assert.ts";
 import { initEngine } from "../lib/engine/mod.ts";
 import {
   adam,
@@ -13,6 +13,7 @@ import {
   sgd,
 } from "../lib/optim.ts";
 import { disposeParams, toVariables } from "../lib/params.ts";
+import { nativeKernels, setNativeKernels } from "../lib/engine/native_kernels.ts";
 
 await initEngine({ backend: "wasm", announce: false });
 
@@ -183,4 +184,56 @@ Deno.test("adam() and emaUpdate() agree between the fused wasm kernels and compo
     tf.getKernel("DpAdam", "wasm") && tf.getKernel("DpEma", "wasm"),
     "fused kernels registered",
   );
+});
+
+Deno.test("adam(), applyUpdates() and emaUpdate() over several parameters: one list kernel gives each parameter's own bits, in C and in the JS loops", () => {
+  const shapes: Record<string, number[]> = { a: [3, 5], b: [40_000], c: [7] };
+  const wave = (n: number, f: number, s: number) =>
+    Array.from({ length: n }, (_, i) => s * Math.sin(i * f + n));
+  const step = (names: string[]) => {
+    const init = Object.fromEntries(names.map((k) => {
+      const n = shapes[k].reduce((x, y) => x * y, 1);
+      return [k, tf.tensor(wave(n, 0.3, 1), shapes[k])];
+    }));
+    const params = toVariables(init);
+    // A slower rate and decay for `c`: the per-parameter coefficients of the list kernel.
+    const opt = adam({ lr: 0.01, weightDecay: 0.05, lrScale: (k) => (k === "c" ? 0.5 : 1) });
+    let state = opt.init(params);
+    let ema = emaInit(params);
+    for (let t = 0; t < 3; t++) {
+      const g = Object.fromEntries(names.map((k) => {
+        const n = shapes[k].reduce((x, y) => x * y, 1);
+        return [k, tf.tensor(wave(n, 0.7 + t, 0.1), shapes[k])];
+      }));
+      const r = opt.update(g, state, params);
+      disposeTensors(g);
+      disposeTensors(state);
+      applyUpdates(params, r.updates);
+      state = r.state;
+      ema = emaUpdate(ema, params, 0.9);
+    }
+    const out = Object.fromEntries(names.map((k) => [
+      k,
+      [params[k], ema[k], state.slots[`m.${k}`], state.slots[`v.${k}`]].map((t) =>
+        Array.from(t.dataSync())
+      ),
+    ]));
+    disposeTensors(state);
+    disposeTensors(ema);
+    disposeParams(params);
+    return out;
+  };
+  const before = nativeKernels();
+  const routes = before ? [before, undefined] : [undefined]; // C where built, and the JS loops
+  try {
+    for (const k of routes) {
+      setNativeKernels(k);
+      const together = step(["a", "b", "c"]);
+      for (const name of ["a", "b", "c"]) {
+        assertEquals(together[name], step([name])[name], `${name} alone vs in the list`);
+      }
+    }
+  } finally {
+    setNativeKernels(before);
+  }
 });
