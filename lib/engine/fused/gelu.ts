@@ -5,6 +5,7 @@ import * as tf from "@tensorflow/tfjs";
 import { asWasmBackend, f32View } from "../blas/heap.ts";
 import { activeBlas } from "../blas/mod.ts";
 import { activeOneDnnEltwise, type OneDnnMatMul } from "../blas/onednn_matmul.ts";
+import { registerWasmKernels } from "./register.ts";
 
 /** Kernel names (project-specific, registered for the wasm backend). */
 export const GELU_TANH = "DpGeluTanh";
@@ -66,22 +67,14 @@ let registered = false;
 export function registerGeluKernels(): void {
   if (registered) return;
   registered = true;
-  if (!tf.getKernel(GELU_TANH, "wasm")) {
-    tf.registerKernel({ kernelName: GELU_TANH, backendName: "wasm", kernelFunc: forwardKernel });
-  }
-  if (!tf.getKernel(GELU_TANH_GRAD, "wasm")) {
-    tf.registerKernel({ kernelName: GELU_TANH_GRAD, backendName: "wasm", kernelFunc: gradKernel });
-  }
-  if (!tf.getGradient(GELU_TANH)) {
-    tf.registerGradient({
-      kernelName: GELU_TANH,
-      inputsToSave: ["x"],
-      gradFunc: (dy, saved) => ({
-        x: () =>
-          tf.engine().runKernel(GELU_TANH_GRAD, { dy: dy as tf.Tensor, x: saved[0] }) as tf.Tensor,
-      }),
-    });
-  }
+  registerWasmKernels({ [GELU_TANH]: forwardKernel, [GELU_TANH_GRAD]: gradKernel }, [{
+    kernelName: GELU_TANH,
+    inputsToSave: ["x"],
+    gradFunc: (dy, saved) => ({
+      x: () =>
+        tf.engine().runKernel(GELU_TANH_GRAD, { dy: dy as tf.Tensor, x: saved[0] }) as tf.Tensor,
+    }),
+  }]);
 }
 
 /**

@@ -16,6 +16,7 @@ import * as tf from "@tensorflow/tfjs";
 import { asWasmBackend, f32View, type WasmBackend } from "../blas/heap.ts";
 import { oneDnnSilu, wasmSigmoid, wasmSilu } from "./silu.ts";
 import { nativeKernels } from "../native_kernels.ts";
+import { registerWasmKernels } from "./register.ts";
 
 /** Kernel names (project-specific, registered for the wasm backend). */
 export const GROUP_NORM = "DpGroupNorm";
@@ -476,28 +477,17 @@ let registered = false;
 export function registerGroupNormKernels(): void {
   if (registered) return;
   registered = true;
-  for (const name of [GROUP_NORM, GROUP_NORM_MOD]) {
-    if (!tf.getKernel(name, "wasm")) {
-      tf.registerKernel({ kernelName: name, backendName: "wasm", kernelFunc: forwardKernel });
-    }
-  }
-  if (!tf.getKernel(GROUP_NORM_GRAD, "wasm")) {
-    tf.registerKernel({ kernelName: GROUP_NORM_GRAD, backendName: "wasm", kernelFunc: gradKernel });
-  }
-  if (!tf.getGradient(GROUP_NORM)) {
-    tf.registerGradient({
-      kernelName: GROUP_NORM,
-      inputsToSave: ["x", "gamma", "beta"],
-      gradFunc: gradFunc(false),
-    });
-  }
-  if (!tf.getGradient(GROUP_NORM_MOD)) {
-    tf.registerGradient({
-      kernelName: GROUP_NORM_MOD,
-      inputsToSave: ["x", "gamma", "beta", "scale", "shift"],
-      gradFunc: gradFunc(true),
-    });
-  }
+  registerWasmKernels(
+    { [GROUP_NORM]: forwardKernel, [GROUP_NORM_MOD]: forwardKernel, [GROUP_NORM_GRAD]: gradKernel },
+    [
+      { kernelName: GROUP_NORM, inputsToSave: ["x", "gamma", "beta"], gradFunc: gradFunc(false) },
+      {
+        kernelName: GROUP_NORM_MOD,
+        inputsToSave: ["x", "gamma", "beta", "scale", "shift"],
+        gradFunc: gradFunc(true),
+      },
+    ],
+  );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { asWasmBackend, f32View } from "../blas/heap.ts";
 import { nativeKernels } from "../native_kernels.ts";
+import { registerWasmKernels } from "./register.ts";
 
 /** Kernel names (project-specific, registered for the wasm backend). */
 export const LN_MODULATE = "DpLayerNormModulate";
@@ -59,9 +60,7 @@ let registered = false;
 function register(): void {
   if (registered) return;
   registered = true;
-  tf.registerKernel({ kernelName: LN_MODULATE, backendName: "wasm", kernelFunc: forwardKernel });
-  tf.registerKernel({ kernelName: LN_MODULATE_GRAD, backendName: "wasm", kernelFunc: gradKernel });
-  tf.registerGradient({
+  registerWasmKernels({ [LN_MODULATE]: forwardKernel, [LN_MODULATE_GRAD]: gradKernel }, [{
     kernelName: LN_MODULATE,
     inputsToSave: ["x", "scale"],
     gradFunc: (dy, saved, attrs) => {
@@ -75,7 +74,7 @@ function register(): void {
       ) as tf.Tensor[];
       return { x: () => g[0], scale: () => g[1], shift: () => g[2] };
     },
-  });
+  }]);
 }
 
 /**

@@ -7,6 +7,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { asWasmBackend, f32View, sizeOf, type WasmBackend, wordOffset } from "../blas/heap.ts";
 import { type NativeKernels, nativeKernels } from "../native_kernels.ts";
+import { registerWasmKernels } from "./register.ts";
 
 /** Kernel names (project-specific, registered for the wasm backend); each takes a list. */
 export const ADAM = "DpAdam";
@@ -179,15 +180,11 @@ let registered = false;
 function register(): void {
   if (registered) return;
   registered = true;
-  const kernels = [[ADAM, adamKernel], [ADD, addKernel], [EMA, emaKernel]] as const;
-  for (const [kernelName, kernelFunc] of kernels) {
-    if (tf.getKernel(kernelName, "wasm")) continue;
-    tf.registerKernel({
-      kernelName,
-      backendName: "wasm",
-      kernelFunc: kernelFunc as unknown as tf.KernelFunc,
-    });
-  }
+  registerWasmKernels({
+    [ADAM]: adamKernel as unknown as tf.KernelFunc,
+    [ADD]: addKernel as unknown as tf.KernelFunc,
+    [EMA]: emaKernel as unknown as tf.KernelFunc,
+  });
 }
 
 const fusable = (...ts: (tf.Tensor | undefined)[]) =>

@@ -5,6 +5,7 @@ import * as tf from "@tensorflow/tfjs";
 import { asWasmBackend, f32View, type WasmBackend } from "../blas/heap.ts";
 import { activeBlas } from "../blas/mod.ts";
 import { activeOneDnn, type OneDnn } from "../blas/onednn.ts";
+import { registerWasmKernels } from "./register.ts";
 
 /** Kernel names (project-specific, registered for the wasm backend). */
 export const SILU = "DpSilu";
@@ -93,22 +94,13 @@ let registered = false;
 export function registerSiluKernels(): void {
   if (registered) return;
   registered = true;
-  if (!tf.getKernel(SILU, "wasm")) {
-    tf.registerKernel({ kernelName: SILU, backendName: "wasm", kernelFunc: forwardKernel });
-  }
-  if (!tf.getKernel(SILU_GRAD, "wasm")) {
-    tf.registerKernel({ kernelName: SILU_GRAD, backendName: "wasm", kernelFunc: gradKernel });
-  }
-  if (!tf.getGradient(SILU)) {
-    tf.registerGradient({
-      kernelName: SILU,
-      inputsToSave: ["x"],
-      gradFunc: (dy, saved) => ({
-        x: () =>
-          tf.engine().runKernel(SILU_GRAD, { dy: dy as tf.Tensor, x: saved[0] }) as tf.Tensor,
-      }),
-    });
-  }
+  registerWasmKernels({ [SILU]: forwardKernel, [SILU_GRAD]: gradKernel }, [{
+    kernelName: SILU,
+    inputsToSave: ["x"],
+    gradFunc: (dy, saved) => ({
+      x: () => tf.engine().runKernel(SILU_GRAD, { dy: dy as tf.Tensor, x: saved[0] }) as tf.Tensor,
+    }),
+  }]);
 }
 
 /** SiLU from composed tfjs ops (any backend). */

@@ -6,6 +6,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { asWasmBackend, f32View } from "../blas/heap.ts";
 import { nativeKernels } from "../native_kernels.ts";
+import { registerWasmKernels } from "./register.ts";
 
 /** Kernel names (project-specific, registered for the wasm backend). */
 export const SCALED_SOFTMAX = "DpScaledSoftmax";
@@ -39,16 +40,7 @@ function fused(...ts: tf.Tensor[]): boolean {
   if (ts.some((t) => t.dtype !== "float32" || t.size === 0)) return false;
   if (!registered) {
     registered = true;
-    tf.registerKernel({
-      kernelName: SCALED_SOFTMAX,
-      backendName: "wasm",
-      kernelFunc: forwardKernel,
-    });
-    tf.registerKernel({
-      kernelName: SCALED_SOFTMAX_GRAD,
-      backendName: "wasm",
-      kernelFunc: gradKernel,
-    });
+    registerWasmKernels({ [SCALED_SOFTMAX]: forwardKernel, [SCALED_SOFTMAX_GRAD]: gradKernel });
   }
   return true;
 }

@@ -6,6 +6,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { asWasmBackend, f32View } from "../blas/heap.ts";
 import { nativeKernels } from "../native_kernels.ts";
+import { registerWasmKernels } from "./register.ts";
 
 /** Kernel names (project-specific, registered for the wasm backend). */
 export const UPSAMPLE2 = "DpUpsampleNearest2";
@@ -72,20 +73,12 @@ let registered = false;
 function register(): void {
   if (registered) return;
   registered = true;
-  if (!tf.getKernel(UPSAMPLE2, "wasm")) {
-    tf.registerKernel({ kernelName: UPSAMPLE2, backendName: "wasm", kernelFunc: forwardKernel });
-  }
-  if (!tf.getKernel(UPSAMPLE2_GRAD, "wasm")) {
-    tf.registerKernel({ kernelName: UPSAMPLE2_GRAD, backendName: "wasm", kernelFunc: gradKernel });
-  }
-  if (!tf.getGradient(UPSAMPLE2)) {
-    tf.registerGradient({
-      kernelName: UPSAMPLE2,
-      gradFunc: (dy) => ({
-        x: () => tf.engine().runKernel(UPSAMPLE2_GRAD, { dy: dy as tf.Tensor }) as tf.Tensor,
-      }),
-    });
-  }
+  registerWasmKernels({ [UPSAMPLE2]: forwardKernel, [UPSAMPLE2_GRAD]: gradKernel }, [{
+    kernelName: UPSAMPLE2,
+    gradFunc: (dy) => ({
+      x: () => tf.engine().runKernel(UPSAMPLE2_GRAD, { dy: dy as tf.Tensor }) as tf.Tensor,
+    }),
+  }]);
 }
 
 /**

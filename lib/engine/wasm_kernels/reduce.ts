@@ -6,7 +6,7 @@
 // reductions go to the built-in kernel.
 import * as tf from "@tensorflow/tfjs";
 import { runBuiltin } from "./builtins.ts";
-import type { WasmHeapBackend } from "./copy.ts";
+import { asWasmBackend, f32View } from "../blas/heap.ts";
 import { nativeKernels } from "../native_kernels.ts";
 
 type KernelArgs = Parameters<tf.KernelFunc>[0];
@@ -61,7 +61,7 @@ function sumKernel(args: KernelArgs): tf.TensorInfo {
   // Consecutive axes with something after them; innermost reductions suit the built-in kernel.
   const block = axes.length > 0 && last < rank - 1 && axes.every((a, i) => a === first + i);
   if (x.dtype !== "float32" || !block) return runBuiltin(tf.Sum, args) as tf.TensorInfo;
-  const b = args.backend as unknown as WasmHeapBackend;
+  const b = asWasmBackend(args.backend);
   const outShape = keepDims
     ? x.shape.map((d, i) => (axes.includes(i) ? 1 : d))
     : x.shape.filter((_, i) => !axes.includes(i));
@@ -69,9 +69,7 @@ function sumKernel(args: KernelArgs): tf.TensorInfo {
   const outer = prod(x.shape.slice(0, first));
   const rows = prod(x.shape.slice(first, last + 1));
   const inner = prod(x.shape.slice(last + 1));
-  const view = (t: tf.TensorInfo, n: number) =>
-    new Float32Array(b.wasm.HEAPU8.buffer, b.dataIdMap.get(t.dataId)!.memoryOffset, n);
-  const xv = view(x, outer * rows * inner), ov = view(out, outer * inner);
+  const xv = f32View(b, x), ov = f32View(b, out);
   const native = nativeKernels();
   for (let o = 0; o < outer; o++) {
     const src = xv.subarray(o * rows * inner, (o + 1) * rows * inner);
