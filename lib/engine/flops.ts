@@ -5,6 +5,7 @@
 // the work done. A gradient counts as what it runs: each convolution's backward is two more
 // convolutions (input and filter), each product's two more products.
 import * as tf from "@tensorflow/tfjs";
+import { QKV_ATTENTION, QKV_ATTENTION_GRAD } from "./fused/attention.ts";
 
 /** FLOPs per counted kernel name, and their sum. */
 export interface FlopCount {
@@ -43,6 +44,14 @@ export function kernelFlops(
       // a's last two axes are {M, K} in some order; when both equal M, so does K.
       const k = a[a.length - 2] === m ? a[a.length - 1] : a[a.length - 2];
       return 2 * prod(output) * k;
+    }
+    // Attention from qkv [N, T, 3C] to [N, T, C] (C = heads·ch): q·kᵀ and p·v per head, each
+    // 2·N·T²·C in all; backward recomputes q·kᵀ and runs four more (dp, dq, dk, dv).
+    case QKV_ATTENTION:
+      return 2 * 2 * prod(output) * output[1];
+    case QKV_ATTENTION_GRAD: {
+      const [n, t, c3] = inputs[0]!;
+      return 5 * 2 * n * t * t * (c3 / 3);
     }
     default:
       return 0;

@@ -14,6 +14,7 @@ import { BLAS_ENV, ffiGranted, processEnv } from "./blas/openblas.ts";
 import { openMpWaiting } from "./blas/onednn_core.ts";
 import { NATIVE_ENV, nativeCacheRoot, runCommand, type Runner, sha256Hex } from "./native_libs.ts";
 import type { AdamTable } from "./fused/optim.ts";
+import type { AttentionDims } from "./fused/attention.ts";
 import type { GnDims, GnFinish, GnParams, GnStats } from "./fused/group_norm.ts";
 import type { copyBlocks, RowGather } from "./wasm_kernels/copy.ts";
 import type { BinaryLayout } from "./wasm_kernels/binary.ts";
@@ -23,7 +24,7 @@ type Env = (name: string) => string | undefined;
 const native = (f: string) => fileURLToPath(new URL(`./native/${f}`, import.meta.url));
 const SOURCES = [
   ...["group_norm.c", "layer_norm.c", "copy.c", "binary.c", "softmax.c", "reduce.c", "pool.c"],
-  "optim.c",
+  ...["optim.c", "attention.c"],
 ].map(native);
 // Included by the sources: part of the cache key, not of the compile command.
 const HEADERS = ["exp.h"].map(native);
@@ -43,7 +44,7 @@ const FLAGS = [
 // collected DynamicLibrary, and when it is libgomp's only user that unloads libgomp under its
 // parked worker threads (a segfault seen in the tests, which load several builds).
 const OPENMP = ["-fopenmp", "-Wl,-z,nodelete"];
-const ABI = 18;
+const ABI = 19;
 const COMPILE_MS = 60_000;
 
 const SYMBOLS = {
@@ -53,10 +54,6 @@ const SYMBOLS = {
     result: "void",
   },
   dp_gn_affine: {
-    parameters: ["buffer", "buffer", "buffer", "buffer", "i64", "i64", "i64"],
-    result: "void",
-  },
-  dp_gn_affine_silu: {
     parameters: ["buffer", "buffer", "buffer", "buffer", "i64", "i64", "i64"],
     result: "void",
   },
@@ -73,6 +70,14 @@ const SYMBOLS = {
   },
   dp_gn_stats: {
     parameters: ["buffer", "buffer", "buffer", "buffer", "i64", "i64", "i64", "f64", "f64"],
+    result: "void",
+  },
+  dp_gn_forward: {
+    parameters: [
+      ...["buffer", "buffer", "buffer", "buffer", "buffer", "buffer"],
+      ...["buffer", "buffer", "buffer", "buffer", "buffer", "buffer"],
+      ...["i64", "i64", "i64", "i64", "f64", "i32"],
+    ],
     result: "void",
   },
   dp_gn_coefficients: {
@@ -128,6 +133,14 @@ const SYMBOLS = {
     parameters: ["buffer", "buffer", "buffer", "i64", "i64", "f32"],
     result: "void",
   },
+  dp_attention: {
+    parameters: ["buffer", "buffer", "i64", "i64", "i64", "i64", "i32", "f32"],
+    result: "i32",
+  },
+  dp_attention_grad: {
+    parameters: ["buffer", "buffer", "buffer", "i64", "i64", "i64", "i64", "i32", "f32"],
+    result: "i32",
+  },
   dp_ln_mod: {
     parameters: ["buffer", "buffer", "buffer", "buffer", "i64", "i64", "i64", "f64"],
     result: "void",
@@ -145,7 +158,7 @@ const SYMBOLS = {
  * per-example coefficients and sums [n, c] (native/group_norm.c), adaLN over x [n, t, d]
  * with scale, shift [n, d] (native/layer_norm.c), strided block and row copies (native/copy.c),
  * Add, Sub and Multiply (native/binary.c), attention's softmax along rows of n
- * (native/softmax.c), column sums (native/reduce.c), the gradient of k×k stride-k average
+ * (native/softmax.c), multi-head attention from a fused qkv (native/attention.c), column sums (native/reduce.c), the gradient of k×k stride-k average
  * pooling (native/pool.c), and Adam, the parameter update, the EMA (each over all parameters in
  * one call) and the gradient norm's sums of squares (native/optim.c). */
 export interface NativeKernels {
@@ -153,8 +166,6 @@ export interface NativeKernels {
   readonly path: string;
   sums(d: Float32Array, x: Float32Array, S1: Float64Array, S2: Float64Array, c: number): void;
   affine(x: Float32Array, A: Float32Array, B: Float32Array, y: Float32Array, c: number): void;
-  /** y = silu(x·A + B), σ by a vectorised exp (relative error ~1e-7, not the JS path's bits). */
-  affineSilu(x: Float32Array, A: Float32Array, B: Float32Array, y: Float32Array, c: number): void;
   /**
    * dd = ∂L/∂y1 through the SiLU of y1 = x·A + B (recomputed), with the sums of `sums` over dd:
    * the SiLU backward and GroupNorm's first gradient pass in one.
@@ -182,6 +193,18 @@ export interface NativeKernels {
   gnStats(sums: Float64Array, sqs: Float64Array, st: GnStats, d: GnDims, eps: number): void;
   /** Every example's A, B [N, C] with y1 = x·A + B (the JS bits). */
   gnCoefficients(st: GnStats, p: GnParams, A: Float32Array, B: Float32Array, d: GnDims): void;
+  /**
+   * y = GN(x)·(1 + scale) + shift, or silu of it: sums, statistics, coefficients and the affine
+   * pass an example at a time (the bits of those steps run separately). Returns the statistics.
+   */
+  gnForward(
+    x: Float32Array,
+    p: GnParams,
+    y: Float32Array,
+    d: GnDims,
+    eps: number,
+    silu: boolean,
+  ): GnStats;
   /** GroupNorm's parameter gradients and dx's coefficients from the sums (the JS bits). */
   gnFinish(f: GnFinish): void;
   /**
@@ -234,6 +257,19 @@ export interface NativeKernels {
   softmax(s: Float32Array, p: Float32Array, n: number, scale: number): void;
   /** ds = scale·p⊙(dp − Σ_row dp⊙p) along each row of n: softmax(scale·s)'s backward. */
   softmaxGrad(p: Float32Array, dp: Float32Array, ds: Float32Array, n: number, scale: number): void;
+  /**
+   * out [n, t, heads·ch] = softmax(scale·q·kᵀ)·v per example and head, read from qkv
+   * [n, t, 3·heads·ch] in channel order `a.legacy` (../fused/attention.ts); false when the kernel
+   * could not allocate its scratch.
+   */
+  attention(qkv: Float32Array, out: Float32Array, a: AttentionDims): boolean;
+  /** dqkv [n, t, 3·heads·ch] from qkv and dout [n, t, heads·ch]; false as for `attention`. */
+  attentionGrad(
+    qkv: Float32Array,
+    dout: Float32Array,
+    dqkv: Float32Array,
+    a: AttentionDims,
+  ): boolean;
   lnModulate(
     x: Float32Array,
     scale: Float32Array,
@@ -252,6 +288,16 @@ export interface NativeKernels {
     eps: number,
   ): boolean;
 }
+
+const attentionArgs = (a: AttentionDims) =>
+  [
+    BigInt(a.n),
+    BigInt(a.t),
+    BigInt(a.heads),
+    BigInt(a.ch),
+    a.legacy ? 1 : 0,
+    a.scale,
+  ] as const;
 
 type Dims7 = [bigint, bigint, bigint, bigint, bigint, bigint, bigint];
 type Dims4 = [bigint, bigint, bigint, bigint];
@@ -282,12 +328,36 @@ export function loadNativeKernels(path: string): NativeKernels | undefined {
     path,
     sums: (d, x, S1, S2, c) => s.dp_gn_sums(d, x, S1, S2, ...dims(d, S1, c)),
     affine: (x, A, B, y, c) => s.dp_gn_affine(x, A, B, y, ...dims(x, A, c)),
-    affineSilu: (x, A, B, y, c) => s.dp_gn_affine_silu(x, A, B, y, ...dims(x, A, c)),
     siluGradSums: (dy, x, A, B, dd, S1, S2, c) =>
       s.dp_gn_silu_grad_sums(dy, x, A, B, dd, S1, S2, ...dims(dy, A, c)),
     affine2: (d, P, x, Q, R, out, c) => s.dp_gn_affine2(d, P, x, Q, R, out, ...dims(d, P, c)),
     gnStats: (sums, sqs, st, d, eps) =>
       s.dp_gn_stats(sums, sqs, st.mean, st.rstd, ...gnDims(d), d.s * (d.c / d.g), eps),
+    gnForward: (x, p, y, d, eps, silu) => {
+      const st = { mean: new Float64Array(d.n * d.g), rstd: new Float64Array(d.n * d.g) };
+      const nc = d.n * d.c;
+      s.dp_gn_forward(
+        x,
+        p.gamma,
+        p.beta,
+        p.scale ?? null,
+        p.shift ?? null,
+        y,
+        new Float64Array(nc),
+        new Float64Array(nc),
+        st.mean,
+        st.rstd,
+        new Float32Array(nc),
+        new Float32Array(nc),
+        BigInt(d.n),
+        BigInt(d.s),
+        BigInt(d.c),
+        BigInt(d.g),
+        eps,
+        silu ? 1 : 0,
+      );
+      return st;
+    },
     gnCoefficients: (st, p, A, B, d) =>
       s.dp_gn_coefficients(
         st.mean,
@@ -375,6 +445,9 @@ export function loadNativeKernels(path: string): NativeKernels | undefined {
     softmax: (sc, p, n, scale) => s.dp_softmax(sc, p, BigInt(sc.length / n), BigInt(n), scale),
     softmaxGrad: (p, dp, ds, n, scale) =>
       s.dp_softmax_grad(p, dp, ds, BigInt(p.length / n), BigInt(n), scale),
+    attention: (qkv, out, a) => s.dp_attention(qkv, out, ...attentionArgs(a)) !== 0,
+    attentionGrad: (qkv, dout, dqkv, a) =>
+      s.dp_attention_grad(qkv, dout, dqkv, ...attentionArgs(a)) !== 0,
     lnModulate: (x, scale, shift, y, [n, t, d], eps) =>
       s.dp_ln_mod(x, scale, shift, y, BigInt(n), BigInt(t), BigInt(d), eps),
     lnModulateGrad: (dy, x, scale, g, [n, t, d], eps) =>

@@ -6,7 +6,6 @@ import * as tf from "@tensorflow/tfjs";
 import { foldName, normal, type Rng, uniform } from "../random.ts";
 import * as fused from "../engine/fused/mod.ts";
 import * as fusedLn from "../engine/fused/layer_norm.ts";
-import { scaledSoftmax, scaledSoftmaxGrad } from "../engine/fused/softmax.ts";
 import { type Params, type ParamShapes, toVariables } from "../params.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -249,64 +248,7 @@ export function timestepEmbedding(t: tf.Tensor1D, dim: number, maxPeriod = 10000
   });
 }
 
-/** Channel order of a fused qkv projection (facts.md §1). */
-export type QkvOrder = "legacy" | "new";
-
-// softmax(q·kᵀ·s)·v over [B, T, ch] with a hand-written gradient that keeps only q, k, v for the
-// backward pass and recomputes the probabilities there: they are the largest activation (B·T²
-// per block), and the wasm backend copies every tensor the tape keeps. The softmax and its
-// backward are one fused kernel each on wasm (engine/fused/softmax.ts).
-function attendWith(scale: number) {
-  const probs = (q: tf.Tensor, k: tf.Tensor) => scaledSoftmax(tf.matMul(q, k, false, true), scale);
-  return tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
-    const [q, k, v] = args as tf.Tensor[];
-    (args[3] as tf.GradSaveFunc)([q, k, v]);
-    return {
-      value: tf.tidy(() => tf.matMul(probs(q, k), v)),
-      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
-        tf.tidy(() => {
-          const [qs, ks, vs] = saved;
-          const pr = probs(qs, ks); // [B, T, T]
-          const dp = tf.matMul(dy, vs, false, true);
-          const ds = scaledSoftmaxGrad(pr, dp, scale);
-          return [
-            tf.matMul(ds, ks),
-            tf.matMul(ds, qs, true, false),
-            tf.matMul(pr, dy, true, false),
-          ];
-        }),
-    };
-  });
-}
-
-const attendCache = new Map<number, ReturnType<typeof attendWith>>();
-
-/**
- * Multi-head self-attention from a fused projection: qkv [N, T, 3C] → [N, T, C], heads H,
- * ch = C / H, softmax(q·kᵀ/√ch)·v per head, output channels head-major.
- * "legacy" (ADM's QKVAttentionLegacy): channels grouped per head as [q, k, v] (heads outermost);
- * "new" (QKVAttention, and timm's Attention in DiT/ViT): [q | k | v], each split into heads.
- * ADM scales q and k by ch^(−1/4) each, for fp16; in float32 that is the same as one 1/√ch.
- */
-export function qkvAttention(qkv: tf.Tensor3D, heads: number, order: QkvOrder): tf.Tensor3D {
-  const [n, len, width] = qkv.shape;
-  if (width % (3 * heads) !== 0) {
-    throw new Error(`nn.ts: qkv width ${width} is not divisible by 3·${heads}`);
-  }
-  const ch = width / (3 * heads);
-  let attend = attendCache.get(ch);
-  if (!attend) attendCache.set(ch, attend = attendWith(1 / Math.sqrt(ch)));
-  const run = attend;
-  return tf.tidy(() => {
-    // Rank-4 transposes only (the wasm backend's general-rank transpose is slow).
-    const [q, k, v] = order === "legacy"
-      ? tf.split(tf.transpose(tf.reshape(qkv, [n, len, heads, 3 * ch]), [0, 2, 1, 3]), 3, 3) // [N, H, T, ch] each
-      : tf.split(tf.transpose(tf.reshape(qkv, [n, len, 3 * heads, ch]), [0, 2, 1, 3]), 3, 1);
-    const flat = (x: tf.Tensor) => tf.reshape(x, [n * heads, len, ch]);
-    const a = tf.reshape(run(flat(q), flat(k), flat(v)), [n, heads, len, ch]);
-    return tf.reshape(tf.transpose(a, [0, 2, 1, 3]), [n, len, heads * ch]);
-  });
-}
+export { qkvAttention, type QkvOrder } from "../engine/fused/attention.ts";
 
 /** 2×2 average pooling, stride 2: [N, H, W, C] → [N, H/2, W/2, C]. */
 export function avgPool2(x: tf.Tensor4D): tf.Tensor4D {

@@ -3,6 +3,7 @@ import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { initEngine } from "../../lib/engine/mod.ts";
 import { countFlops, kernelFlops } from "../../lib/engine/flops.ts";
+import { QKV_ATTENTION, QKV_ATTENTION_GRAD } from "../../lib/engine/fused/attention.ts";
 import * as unet from "../../lib/models/unet.ts";
 import { rng } from "../../lib/random.ts";
 import { disposeParams } from "../../lib/params.ts";
@@ -54,6 +55,9 @@ Deno.test("flops: matMul counts 2·B·M·N·K whichever operand is transposed", 
   }
   // Square a ([K, M] with K = M) is unambiguous: K = M either way.
   assert.equal(kernelFlops("BatchMatMul", [[1, 4, 4], [1, 4, 6]], [1, 4, 6]), 2 * 4 * 6 * 4);
+  // Attention from qkv [N, T, 3C]: q·kᵀ and p·v, 2·N·T²·C each; backward five such products.
+  assert.equal(kernelFlops(QKV_ATTENTION, [[2, 5, 24]], [2, 5, 8]), 2 * 2 * 2 * 5 * 5 * 8);
+  assert.equal(kernelFlops(QKV_ATTENTION_GRAD, [[2, 5, 24], [2, 5, 8]], [2, 5, 24]), 5 * 800);
   // Uncounted kernels are 0.
   assert.equal(kernelFlops("Add", [[2, 2], [2, 2]], [2, 2]), 0);
 });
@@ -68,7 +72,15 @@ Deno.test("flops: a U-Net forward counts the same with and without BLAS kernels"
   assert.ok(withBlas.byKernel.FusedConv2D > 0 && withBlas.byKernel._FusedMatMul > 0);
   await initEngine({ backend: "wasm", blas: false, announce: false });
   try {
-    assert.deepEqual(await countFlops(run), withBlas);
+    // Without BLAS the compiled kernels are off too: attention runs as batched products.
+    const without = await countFlops(run);
+    assert.equal(without.total, withBlas.total);
+    for (const k of ["FusedConv2D", "_FusedMatMul"]) {
+      assert.equal(without.byKernel[k], withBlas.byKernel[k], k);
+    }
+    const attention = withBlas.byKernel[QKV_ATTENTION] ?? withBlas.byKernel.BatchMatMul;
+    assert.ok(attention > 0);
+    assert.equal(without.byKernel.BatchMatMul, attention);
   } finally {
     await initEngine({ backend: "wasm", announce: false });
     disposeParams(params);

@@ -202,3 +202,50 @@ Deno.test("scaledSoftmax and its gradient, fused on wasm, match composed ops on 
     assertOutputsClose(got, want, 1e-6, `scaledSoftmax ${shape}`);
   }
 });
+
+Deno.test("qkvAttention() fused on wasm matches the composed ops on cpu, values and gradients", async () => {
+  const { qkvAttention, qkvAttentionComposed, QKV_ATTENTION } = await import(
+    "../../lib/engine/fused/attention.ts"
+  );
+  const { nativeKernels } = await import("../../lib/engine/native_kernels.ts");
+  // [n, t, heads, ch]: token counts below, at and past the kernel's blocks of 8 rows and its
+  // 16-float vectors; head widths that do and do not fill whole vectors; the U-Net's and DiT's.
+  const cases = [[2, 5, 2, 3], [1, 9, 1, 20], [2, 17, 3, 16], [2, 49, 4, 32], [1, 33, 2, 64]];
+  for (const [i, [n, t, heads, ch]] of cases.entries()) {
+    for (const order of ["legacy", "new"] as const) {
+      await compare(
+        `qkvAttention [${n}, ${t}] ${heads}×${ch} ${order}`,
+        [input(300 + i, [n, t, 3 * heads * ch], -2, 2)],
+        (qkv) => qkvAttention(qkv as tf.Tensor3D, heads, order),
+        (qkv) => qkvAttentionComposed(qkv as tf.Tensor3D, heads, order),
+        1e-5,
+      );
+    }
+  }
+  // Scores far apart: e^(s − max) underflows to 0 for all but a few keys.
+  await compare(
+    "qkvAttention with a wide spread of scores",
+    [input(320, [1, 12, 2 * 3 * 8], -12, 12)],
+    (qkv) => qkvAttention(qkv as tf.Tensor3D, 2, "new"),
+    (qkv) => qkvAttentionComposed(qkv as tf.Tensor3D, 2, "new"),
+    1e-5,
+  );
+  if (nativeKernels()) { // the fused kernels ran, and leave no tensors behind
+    const qkv = tf.ones([2, 3, 12]) as tf.Tensor3D;
+    const before = tf.memory().numTensors;
+    const profile = await tf.profile(() => {
+      tf.dispose(
+        tf.grads((a: tf.Tensor) => tf.sum(qkvAttention(a as tf.Tensor3D, 2, "legacy")))([
+          qkv,
+        ]),
+      );
+      return [];
+    });
+    assert.deepEqual(
+      profile.kernels.map((k) => k.name).filter((k) => k.startsWith(QKV_ATTENTION)),
+      [QKV_ATTENTION, `${QKV_ATTENTION}Grad`],
+    );
+    assert.equal(tf.memory().numTensors, before);
+    qkv.dispose();
+  }
+});

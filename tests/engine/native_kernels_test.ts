@@ -200,6 +200,18 @@ Deno.test({
           close(c2[kind][key] ?? [], js[kind][key] ?? [], `${kind} ${key}`);
         }
       }
+      // The whole forward in one call, an example at a time: the same bits; with the SiLU, the
+      // JS route's SiLU of them to exp.h's precision.
+      const yf = new Float32Array(n), ys = new Float32Array(n);
+      const stf = k.gnForward(x, p, yf, d, 1e-5, false);
+      close(yf, js.y, "gnForward y");
+      close(stf.mean, js.mean, "gnForward mean");
+      close(stf.rstd, js.rstd, "gnForward rstd");
+      k.gnForward(x, p, ys, d, 1e-5, true);
+      js.y.forEach((v, i) => {
+        const want = v / (1 + Math.exp(-v));
+        assert.ok(Math.abs(ys[i] - want) <= 1e-6 * Math.max(1, Math.abs(want)), `silu at ${i}`);
+      });
     }
   },
 });

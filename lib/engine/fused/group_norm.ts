@@ -367,14 +367,13 @@ function forwardKernel(args: KernelArgs): tf.TensorInfo {
   const d = gnDims(x.shape, attrs.groups);
   const y1 = backend.makeOutput([...x.shape], "float32");
   const xv = f32View(backend, x);
-  const st = groupNormStats(xv, d, attrs.eps);
   const native = nativeKernels();
-  if (attrs.silu && native) {
-    // The affine map and SiLU in one C pass.
-    const { A, B } = allCoefficients(d, st, params(backend, inputs));
-    native.affineSilu(xv, A, B, f32View(backend, y1), d.c);
+  if (native) {
+    // In C an example at a time, the affine map and SiLU in one pass.
+    native.gnForward(xv, params(backend, inputs), f32View(backend, y1), d, attrs.eps, attrs.silu);
     return y1;
   }
+  const st = groupNormStats(xv, d, attrs.eps);
   groupNormAffine(xv, d, st, params(backend, inputs), f32View(backend, y1));
   if (!attrs.silu) return y1;
   const y = wasmSilu(backend, y1);

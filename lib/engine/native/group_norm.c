@@ -24,7 +24,7 @@
 enum { CHUNK = 512 };
 
 /** The ABI of the whole library (every C file of lib/engine/native); the loader checks it. */
-int32_t dp_gn_abi(void) { return 18; }
+int32_t dp_gn_abi(void) { return 19; }
 
 // The clamp bounds of exp_f (./exp.h), read at run time.
 float dp_exp_bounds[2] = {-87.0f, 88.0f};
@@ -134,21 +134,41 @@ CLONES static void affine2_1(const float* d, const float* P, const float* x, con
 // order in double (the same bits as lib/engine/fused/group_norm.ts), where V8 took 30–150 µs
 // a call (13 ms of a U-Net train step). Groups of c/g channels; count = rows·c/g values each.
 
+/** One example's mean, rstd [g] from its channel sums Σx, Σx² [c]. */
+static void stats1(const double* sums, const double* sqs, double* mean, double* rstd, int64_t c,
+                   int64_t g, double count, double eps) {
+  const int64_t cpg = c / g;
+  for (int64_t gi = 0; gi < g; gi++) {
+    double a = 0, b = 0;
+    for (int64_t ch = gi * cpg, end = ch + cpg; ch < end; ch++) {
+      a += sums[ch];
+      b += sqs[ch];
+    }
+    const double m = a / count, var = b / count - m * m;
+    mean[gi] = m;
+    rstd[gi] = 1 / sqrt((var < 0 ? 0 : var) + eps); // Math.max(0, var): NaN stays NaN
+  }
+}
+
 /** mean, rstd [n, g] from the channel sums Σx, Σx² [n, c]. */
 void dp_gn_stats(const double* sums, const double* sqs, double* mean, double* rstd, int64_t n,
                  int64_t c, int64_t g, double count, double eps) {
+  for (int64_t i = 0; i < n; i++) {
+    stats1(sums + i * c, sqs + i * c, mean + i * g, rstd + i * g, c, g, count, eps);
+  }
+}
+
+/** One example's A, B [c] from its mean, rstd [g]; scale, shift its [c] (or NULL). */
+static void coefficients1(const double* mean, const double* rstd, const float* gamma,
+                          const float* beta, const float* scale, const float* shift, float* A,
+                          float* B, int64_t c, int64_t g) {
   const int64_t cpg = c / g;
-  for (int64_t i = 0, k = 0; i < n; i++) {
-    for (int64_t gi = 0; gi < g; gi++, k++) {
-      double a = 0, b = 0;
-      for (int64_t ch = i * c + gi * cpg, end = ch + cpg; ch < end; ch++) {
-        a += sums[ch];
-        b += sqs[ch];
-      }
-      const double m = a / count, var = b / count - m * m;
-      mean[k] = m;
-      rstd[k] = 1 / sqrt((var < 0 ? 0 : var) + eps); // Math.max(0, var): NaN stays NaN
-    }
+  for (int64_t ch = 0; ch < c; ch++) {
+    const int64_t k = ch / cpg;
+    const double mod = scale ? 1 + (double)scale[ch] : 1;
+    const double a = rstd[k] * gamma[ch];
+    A[ch] = (float)(a * mod);
+    B[ch] = (float)((beta[ch] - mean[k] * a) * mod + (shift ? (double)shift[ch] : 0));
   }
 }
 
@@ -157,15 +177,9 @@ void dp_gn_stats(const double* sums, const double* sqs, double* mean, double* rs
 void dp_gn_coefficients(const double* mean, const double* rstd, const float* gamma,
                         const float* beta, const float* scale, const float* shift, float* A,
                         float* B, int64_t n, int64_t c, int64_t g) {
-  const int64_t cpg = c / g;
-  for (int64_t i = 0, j = 0; i < n; i++) {
-    for (int64_t ch = 0; ch < c; ch++, j++) {
-      const int64_t k = i * g + ch / cpg;
-      const double mod = scale ? 1 + (double)scale[j] : 1;
-      const double a = rstd[k] * gamma[ch];
-      A[j] = (float)(a * mod);
-      B[j] = (float)((beta[ch] - mean[k] * a) * mod + (shift ? (double)shift[j] : 0));
-    }
+  for (int64_t i = 0; i < n; i++) {
+    coefficients1(mean + i * g, rstd + i * g, gamma, beta, scale ? scale + i * c : NULL,
+                  shift ? shift + i * c : NULL, A + i * c, B + i * c, c, g);
   }
 }
 
@@ -226,16 +240,6 @@ void dp_gn_affine(const float* x, const float* A, const float* B, float* y, int6
   for (int64_t i = 0; i < n; i++) affine1(x + i * e, A + i * c, B + i * c, y + i * e, rows, c);
 }
 
-void dp_gn_affine_silu(const float* x, const float* A, const float* B, float* y, int64_t n,
-                       int64_t rows, int64_t c) {
-  const int64_t e = rows * c;
-  const float lo = dp_exp_bounds[0], hi = dp_exp_bounds[1];
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; i++) {
-    affine_silu1(x + i * e, A + i * c, B + i * c, y + i * e, rows, c, lo, hi);
-  }
-}
-
 void dp_gn_silu_grad_sums(const float* dy, const float* x, const float* A, const float* B,
                           float* dd, double* S1, double* S2, int64_t n, int64_t rows, int64_t c) {
   const int64_t e = rows * c;
@@ -253,5 +257,28 @@ void dp_gn_affine2(const float* d, const float* P, const float* x, const float* 
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; i++) {
     affine2_1(d + i * e, P + i * c, x + i * e, Q + i * c, R + i * c, out + i * e, rows, c);
+  }
+}
+
+/** The whole forward pass, an example at a time: sums, statistics, coefficients (the bits of
+ * dp_gn_sums, dp_gn_stats and dp_gn_coefficients) and y = x·A + B, or silu of it, while the
+ * example's rows are still in cache (the separate passes read x twice from memory). S1, S2
+ * [n, c], mean, rstd [n, g] and A, B [n, c] are scratch the caller may read after. */
+void dp_gn_forward(const float* x, const float* gamma, const float* beta, const float* scale,
+                   const float* shift, float* y, double* S1, double* S2, double* mean,
+                   double* rstd, float* A, float* B, int64_t n, int64_t rows, int64_t c,
+                   int64_t g, double eps, int32_t silu) {
+  const int64_t e = rows * c;
+  const double count = (double)rows * (double)(c / g);
+  const float lo = dp_exp_bounds[0], hi = dp_exp_bounds[1];
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; i++) {
+    const int64_t o = i * c;
+    sums1(x + i * e, x + i * e, S1 + o, S2 + o, rows, c);
+    stats1(S1 + o, S2 + o, mean + i * g, rstd + i * g, c, g, count, eps);
+    coefficients1(mean + i * g, rstd + i * g, gamma, beta, scale ? scale + o : NULL,
+                  shift ? shift + o : NULL, A + o, B + o, c, g);
+    if (silu) affine_silu1(x + i * e, A + o, B + o, y + i * e, rows, c, lo, hi);
+    else affine1(x + i * e, A + o, B + o, y + i * e, rows, c);
   }
 }
