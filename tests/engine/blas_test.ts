@@ -282,6 +282,53 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name:
+    "Winograd's inference form (no tape recording) matches the training form and keeps its weights transformed",
+  ignore: ignore || CONV_ROUTES.length === 1,
+  async fn() {
+    const dnn = loadOneDnn()!;
+    const [n, hw, c, o] = [16, 16, 64, 16]; // 256 tiles, 64 channels in: the rule takes it
+    const g = {
+      ...{ n, h: hw, w: hw, c, oh: hw, ow: hw, o, kh: 3, kw: 3, sh: 1, sw: 1, dh: 1, dw: 1 },
+      ...{ pt: 1, pl: 1 },
+    };
+    const x = alignedF32(n * hw * hw * c).map((_, i) => Math.sin(i * 0.61));
+    const w = alignedF32(9 * c * o).map((_, i) => Math.cos(i * 0.29) * 0.2);
+    const b = alignedF32(o).map((_, i) => i / o);
+    const conv = (inference: boolean, key?: object) => {
+      const y = alignedF32(n * hw * hw * o);
+      assert.ok(dnn.convForward(g, x, w, b, y, key, inference));
+      return y;
+    };
+    const training = conv(false);
+    const key = {}, before = dnn.weightCache;
+    for (let i = 0; i < 3; i++) {
+      assertOutputsClose([conv(true, key)], [training], 1e-5, `inference form, call ${i}`);
+    }
+    const after = dnn.weightCache;
+    assert.equal(after.hits - before.hits, 1, "the third call reads the kept weights");
+    // Kept in Winograd's domain: 6×6 values per 3×3 filter, where the training form keeps 3×3.
+    assert.ok(after.bytes - before.bytes >= 4 * 36 * c * o, "transformed weights kept");
+    // Through the kernels: outside a tape the inference form runs (and keeps transformed
+    // weights); under tf.grad the training form does.
+    const ts = [input(96, [n, hw, hw, c]), input(97, [3, 3, c, o], -0.2, 0.2)];
+    const grown = async (f: (x: tf.Tensor, w: tf.Tensor) => tf.Tensor | tf.Tensor[]) => {
+      const start = dnn.weightCache.bytes;
+      await on("wasm", ts, (xt, wt) => {
+        for (let i = 0; i < 2; i++) tf.dispose(f(xt, wt));
+        return f(xt, wt);
+      });
+      return dnn.weightCache.bytes - start;
+    };
+    const conv2d = (xt: tf.Tensor, wt: tf.Tensor) =>
+      tf.conv2d(xt as tf.Tensor4D, wt as tf.Tensor4D, 1, "same");
+    assert.ok(await grown(conv2d) >= 4 * 36 * c * o, "no tape: the inference form");
+    const taped = await grown((xt, wt) => tf.grads((a: tf.Tensor) => tf.sum(conv2d(a, wt)))([xt]));
+    assert.ok(taped < 4 * 36 * c * o, `under tf.grads: the training form (${taped} bytes kept)`);
+  },
+});
+
 Deno.test("alignedF32: views start on 64-byte boundaries", () => {
   for (const n of [1, 5, 16, 1000, 40_000, 300_000]) {
     const a = alignedF32(n);

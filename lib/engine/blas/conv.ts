@@ -40,13 +40,16 @@ function oneDnnForward(
   const rowBias = e && e.bias.kind === "row" && e.bias.values.length === g.o
     ? e.bias.values
     : undefined;
-  if (!dnn.convForward(g, x, w, rowBias, y, wKey)) return false;
+  if (!dnn.convForward(g, x, w, rowBias, y, wKey, !tapeRecording())) return false;
   if (e) {
     const rest: Epilogue = rowBias ? { ...e, bias: NONE } : e;
     if (!isIdentity(rest)) applyEpilogue(y, 0, y.length, g.o, rest);
   }
   return true;
 }
+
+/** Whether a gradient tape records the kernels running now (tf.grad and the like). */
+const tapeRecording = () => tf.engine().state.gradientDepth > 0;
 
 /** Plain-number geometry of one NHWC convolution. */
 export interface ConvGeometry {

@@ -29,6 +29,7 @@ import {
   type CpuIsa,
   ELTWISE_SWISH,
   F32,
+  FORWARD_INFERENCE,
   FORWARD_TRAINING,
   i64,
   loadOneDnnCore,
@@ -98,6 +99,8 @@ export interface OneDnn {
    * y ← conv(x, w) (+ bias when given). `wKey`, when given, names w's contents for good (a
    * tensor's dataId: tfjs never writes into a tensor's data): weights met a second time under
    * the same key keep their blocked copy (`weightCache`), so a frozen model's are reordered once.
+   * `inference`: no gradient will flow back through this call (no tape is recording), so the
+   * Winograd kernels may take their inference form, whose weights are kept already transformed.
    */
   convForward(
     g: ConvGeometry,
@@ -106,6 +109,7 @@ export interface OneDnn {
     bias: Float32Array | undefined,
     y: Float32Array,
     wKey?: object,
+    inference?: boolean,
   ): boolean;
   /** dx ← ∂conv/∂x applied to dy. */
   convBackpropInput(g: ConvGeometry, dy: Float32Array, w: Float32Array, dx: Float32Array): boolean;
@@ -187,6 +191,8 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
     bwdWeights?: Conv | null;
     winoFwd?: Wino | null;
     winoFwdBias?: Wino | null;
+    winoInfer?: Wino | null;
+    winoInferBias?: Wino | null;
     winoBwdData?: Wino | null;
     winoBwdWeights?: WinoWeights | null;
   }
@@ -320,13 +326,22 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
     wts: anyMd([o, c, kh, kw]),
     dst: anyMd([n, o, oh, ow]),
   });
-  /** The Winograd forward primitive of `g`, with the plan's bias when `bias`. */
-  const winoForwardMade = (g: ConvGeometry, p: Plan, bias: boolean): Made | undefined => {
+  /**
+   * The Winograd forward primitive of `g`, with the plan's bias when `bias`. For inference its
+   * weights are in oneDNN's Winograd format, transformed by their reorder: where they are kept
+   * (a frozen model's), the per-call weight transform is gone.
+   */
+  const winoForwardMade = (
+    g: ConvGeometry,
+    p: Plan,
+    bias: boolean,
+    inference = false,
+  ): Made | undefined => {
     const { src, wts, dst } = anyLayouts(g);
     const d = new Uint8Array(OP_BYTES);
     const r = lib.dnnl_dilated_convolution_forward_desc_init(
       d,
-      FORWARD_TRAINING,
+      inference ? FORWARD_INFERENCE : FORWARD_TRAINING,
       CONV_WINOGRAD,
       src,
       wts,
@@ -336,9 +351,9 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
     );
     return r === 0 ? primitive(d, null) : undefined;
   };
-  const winoForward = (g: ConvGeometry, p: Plan, bias: boolean): Wino | null =>
+  const winoForward = (g: ConvGeometry, p: Plan, bias: boolean, inference: boolean): Wino | null =>
     wino(
-      winoForwardMade(g, p, bias),
+      winoForwardMade(g, p, bias, inference),
       p,
       [ARG_SRC, QUERY_SRC_MD, p.src],
       [ARG_DST, QUERY_DST_MD, p.dst],
@@ -473,12 +488,14 @@ function bind(core: Core, winogradMode: WinogradMode): OneDnn {
     get weightCache() {
       return { bytes: cachedBytes, hits: cacheHits };
     },
-    convForward(g, x, w, bias, y, wKey) {
+    convForward(g, x, w, bias, y, wKey, inference = false) {
       const p = planNow(g);
       if (!p) return false;
       if (winoFor(g, p, "forward")) {
-        const slot = bias ? "winoFwdBias" : "winoFwd";
-        if (p[slot] === undefined) p[slot] = winoForward(g, p, bias !== undefined);
+        const slot = inference
+          ? (bias ? "winoInferBias" : "winoInfer")
+          : (bias ? "winoFwdBias" : "winoFwd");
+        if (p[slot] === undefined) p[slot] = winoForward(g, p, bias !== undefined, inference);
         const k = p[slot];
         if (k) {
           runWino(k, p, x, w, y, bias, wKey);

@@ -72,6 +72,7 @@ export const F32 = 3;
 const TAG_ANY = 1;
 /** dnnl_forward_training. */
 export const FORWARD_TRAINING = 64;
+export const FORWARD_INFERENCE = 96;
 /** dnnl_convolution_direct / dnnl_convolution_winograd. */
 export const CONV_DIRECT = 1;
 export const CONV_WINOGRAD = 2;
