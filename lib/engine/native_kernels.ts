@@ -158,9 +158,10 @@ const SYMBOLS = {
  * per-example coefficients and sums [n, c] (native/group_norm.c), adaLN over x [n, t, d]
  * with scale, shift [n, d] (native/layer_norm.c), strided block and row copies (native/copy.c),
  * Add, Sub and Multiply (native/binary.c), attention's softmax along rows of n
- * (native/softmax.c), multi-head attention from a fused qkv (native/attention.c), column sums (native/reduce.c), the gradient of k×k stride-k average
- * pooling (native/pool.c), and Adam, the parameter update, the EMA (each over all parameters in
- * one call) and the gradient norm's sums of squares (native/optim.c). */
+ * (native/softmax.c), multi-head attention from a fused qkv projection (native/attention.c),
+ * column sums (native/reduce.c), the gradient of k×k stride-k average pooling (native/pool.c),
+ * and Adam, the parameter update, the EMA (each over all parameters in one call) and the
+ * gradient norm's sums of squares (native/optim.c). */
 export interface NativeKernels {
   /** The loaded library's path (for the engine line). */
   readonly path: string;
