@@ -137,7 +137,7 @@ Deno.test({
   },
 });
 
-Deno.test("winogradFits / winogradWorth: 3×3 stride 1, channels in 16s; worth it from 64 channels in (and out, for dw), 256 tiles", () => {
+Deno.test("winogradFits / winogradWorth: 3×3 stride 1, channels in 16s; worth it from 64 channels in (and out, for dw; inference from 32), 256 tiles", () => {
   const g = {
     n: 16,
     h: 16,
@@ -171,6 +171,15 @@ Deno.test("winogradFits / winogradWorth: 3×3 stride 1, channels in 16s; worth i
   assert.ok(!winogradWorth({ ...g, c: 32, o: 128 }, "backward-weights"));
   assert.ok(!winogradWorth({ ...g, n: 15 }, "backward-weights"));
   assert.ok(winogradWorth({ ...g, o: 48 }, "backward-data"));
+  // The inference form: 32 channels or more on both sides, and 64 on one or a 28×28 map.
+  assert.ok(winogradWorth({ ...g, c: 32, o: 64 }, "inference"));
+  assert.ok(winogradWorth({ ...g, c: 64, o: 32 }, "inference"));
+  assert.ok(!winogradWorth({ ...g, c: 32, o: 32 }, "inference"));
+  const at28 = { ...g, h: 28, w: 28, oh: 28, ow: 28, c: 32, o: 32 };
+  assert.ok(winogradWorth(at28, "inference") && !winogradWorth(at28));
+  assert.ok(!winogradWorth({ ...at28, o: 16 }, "inference"));
+  assert.ok(!winogradWorth({ ...g, o: 16 }, "inference") && winogradWorth({ ...g, o: 16 }));
+  assert.ok(!winogradWorth({ ...g, n: 15 }, "inference"));
 });
 
 Deno.test({
@@ -211,8 +220,8 @@ Deno.test({
     assert.equal(wino.calls, 4, "the Winograd route ran");
     assert.equal(direct.calls, 0, "off means off");
     assert.equal(auto.calls, 0, "too few tiles and channels for auto");
-    // A shape the rule takes (16 · 4 · 4 = 256 tiles, 64 channels in): auto runs Winograd.
-    const wide = [input(94, [16, 16, 16, 64]), input(95, [3, 3, 64, 16], -0.2, 0.2)];
+    // A shape the rule takes (16 · 4 · 4 = 256 tiles, 64 channels in, 32 out): auto runs Winograd.
+    const wide = [input(94, [16, 16, 16, 64]), input(95, [3, 3, 64, 32], -0.2, 0.2)];
     const before = dnn.winogradCalls;
     await on("wasm", wide, (x, w) => tf.conv2d(x as tf.Tensor4D, w as tf.Tensor4D, 1, "same"));
     assert.equal(dnn.winogradCalls - before, 1, "auto takes a shape its rule picks");
@@ -288,7 +297,7 @@ Deno.test({
   ignore: ignore || CONV_ROUTES.length === 1,
   async fn() {
     const dnn = loadOneDnn()!;
-    const [n, hw, c, o] = [16, 16, 64, 16]; // 256 tiles, 64 channels in: the rule takes it
+    const [n, hw, c, o] = [16, 16, 64, 32]; // 256 tiles, 64 channels in, 32 out: the rule takes it
     const g = {
       ...{ n, h: hw, w: hw, c, oh: hw, ow: hw, o, kh: 3, kw: 3, sh: 1, sw: 1, dh: 1, dw: 1 },
       ...{ pt: 1, pl: 1 },
