@@ -92,10 +92,51 @@ static int scratch_alloc(Scratch* s, const Dims* d) {
   return 1;
 }
 
-/** xᵀ [ch][tp] of rows x[j·stride + c], j < t (padding columns stay zero). */
+typedef int32_t lanes __attribute__((vector_size(V * sizeof(int32_t))));
+
+// Shuffle masks of a V×V transpose in log2(V) stages: stage h pairs rows i and i + h (i & h
+// zero) and swaps their off-diagonal h-wide blocks, a ← a[k] or b[k − h], b ← a[k + h] or b[k].
+#define PICK_A(h, k) (((k) & (h)) ? V + (k) - (h) : (k))
+#define PICK_B(h, k) (((k) & (h)) ? V + (k) : (k) + (h))
+#define MASK(P, h)                                                                           \
+  (lanes) {                                                                                  \
+    P(h, 0), P(h, 1), P(h, 2), P(h, 3), P(h, 4), P(h, 5), P(h, 6), P(h, 7), P(h, 8), P(h, 9), \
+        P(h, 10), P(h, 11), P(h, 12), P(h, 13), P(h, 14), P(h, 15)                           \
+  }
+
+#define STAGE(h)                                               \
+  for (int i = 0; i < V; i++) {                                \
+    if (i & (h)) continue;                                     \
+    const vec a = r[i], b = r[i + (h)];                        \
+    r[i] = __builtin_shuffle(a, b, MASK(PICK_A, h));           \
+    r[i + (h)] = __builtin_shuffle(a, b, MASK(PICK_B, h));     \
+  }
+
+/** Rows r[0..V) transposed in place: a V×V tile in registers, 64 shuffles (one instruction
+ * each on AVX-512, the masks constant). */
+INLINE void transpose_tile(vec* r) {
+  STAGE(8)
+  STAGE(4)
+  STAGE(2)
+  STAGE(1)
+}
+
+/** xᵀ [ch][tp] of rows x[j·stride + c], j < t (padding columns stay zero): V×V tiles through
+ * registers, the ragged edges element by element (scalar, the loads strided, it cost 15–18 % of
+ * the kernels). */
 INLINE void transpose_in(const float* x, int64_t stride, const Dims* d, float* xt) {
-  for (int64_t c = 0; c < d->ch; c++)
-    for (int64_t j = 0; j < d->t; j++) xt[c * d->tp + j] = x[j * stride + c];
+  const int64_t tj = d->t / V * V, tc = d->ch / V * V;
+  for (int64_t j0 = 0; j0 < tj; j0 += V) {
+    for (int64_t c0 = 0; c0 < tc; c0 += V) {
+      vec r[V];
+      for (int i = 0; i < V; i++) r[i] = load(x + (j0 + i) * stride + c0);
+      transpose_tile(r);
+      for (int i = 0; i < V; i++) store(xt + (c0 + i) * d->tp + j0, r[i]);
+    }
+  }
+  for (int64_t c = 0; c < d->ch; c++) {
+    for (int64_t j = c < tc ? tj : 0; j < d->t; j++) xt[c * d->tp + j] = x[j * stride + c];
+  }
 }
 
 /** Rows x[j·stride + c] into [t][chp] (padding stays zero). */
@@ -182,28 +223,45 @@ INLINE void block_in(const float* x, int64_t stride, int64_t i0, const Dims* d, 
   }
 }
 
+// Horizontal folds of a vector in halves by shuffles (lane 0 ends with the result).
+#define HALF(P, h) __builtin_shuffle(P, MASK(FOLD, h))
+#define FOLD(h, k) (((k) + (h)) % V)
+
+/** The largest of x's lanes; a > b picks per lane through its all-ones mask. */
+INLINE vec vmax(vec a, vec b) {
+  const lanes m = a > b;
+  return (vec)(((lanes)a & m) | ((lanes)b & ~m));
+}
+
+INLINE float hmax(vec x) {
+  x = vmax(x, HALF(x, 8));
+  x = vmax(x, HALF(x, 4));
+  x = vmax(x, HALF(x, 2));
+  return vmax(x, HALF(x, 1))[0];
+}
+
+INLINE float hsum(vec x) {
+  x += HALF(x, 8);
+  x += HALF(x, 4);
+  x += HALF(x, 2);
+  return (x + HALF(x, 1))[0];
+}
+
 /** Scores of R rows into probabilities in place: softmax(scale·s) over j < t, zero beyond.
- * Maxima and sums run in V lanes, folded in halves at the end: gcc vectorises both, where one
- * running value is a chain of dependent scalar operations. */
+ * Maxima and sums a vector at a time, folded by shuffles at the end (rows are only a few
+ * vectors long, so what each row costs once matters). */
 INLINE void softmax_block(float* s, const Dims* d, float lo, float hi) {
   for (int r = 0; r < R; r++) {
     float* row = s + r * d->tp;
     for (int64_t j = d->t; j < d->tp; j++) row[j] = row[0];  // neutral for the maximum
-    float mx[V];
-    for (int k = 0; k < V; k++) mx[k] = row[k];
-    for (int64_t j = V; j < d->tp; j += V)
-      for (int k = 0; k < V; k++) mx[k] = row[j + k] > mx[k] ? row[j + k] : mx[k];
-    for (int w = V / 2; w > 0; w /= 2)
-      for (int k = 0; k < w; k++) mx[k] = mx[k + w] > mx[k] ? mx[k + w] : mx[k];
-    const float m = mx[0];
+    vec mx = load(row);
+    for (int64_t j = V; j < d->tp; j += V) mx = vmax(mx, load(row + j));
+    const float m = hmax(mx);
     for (int64_t j = 0; j < d->tp; j++) row[j] = exp_f(d->scale * (row[j] - m), lo, hi);
     for (int64_t j = d->t; j < d->tp; j++) row[j] = 0;
-    float sums[V] = {0};
-    for (int64_t j = 0; j < d->tp; j += V)
-      for (int k = 0; k < V; k++) sums[k] += row[j + k];
-    for (int w = V / 2; w > 0; w /= 2)
-      for (int k = 0; k < w; k++) sums[k] += sums[k + w];
-    const float inv = 1.0f / sums[0];
+    vec sums = load(row);
+    for (int64_t j = V; j < d->tp; j += V) sums += load(row + j);
+    const float inv = 1.0f / hsum(sums);
     for (int64_t j = 0; j < d->tp; j++) row[j] *= inv;
   }
 }
@@ -251,8 +309,9 @@ EXP_FMA CLONES static void backward_one(const float* qkv, const float* dout, flo
     for (int r = 0; r < R; r++) {
       const float* pr = s->p + r * d->tp;
       float* g = s->dp + r * d->tp;
-      float dot = 0;
-      for (int64_t j = 0; j < d->t; j++) dot += pr[j] * g[j];
+      vec dots = {0};
+      for (int64_t j = 0; j < d->tp; j += V) dots += load(pr + j) * load(g + j);
+      const float dot = hsum(dots);
       for (int64_t j = 0; j < d->tp; j++) g[j] = d->scale * pr[j] * (g[j] - dot);
     }
     accumulate_t(s->p, s->grads, d, s->dv);  // dv += pᵀ·dout
