@@ -27,7 +27,7 @@ const SOURCES = [
   ...["optim.c", "attention.c"],
 ].map(native);
 // Included by the sources: part of the cache key, not of the compile command.
-const HEADERS = ["exp.h"].map(native);
+const HEADERS = ["exp.h", "attention_impl.h"].map(native);
 // -fno-trapping-math lets gcc vectorise the clamps of group_norm.c's exp (no FP traps are
 // enabled; values are unchanged), -fno-math-errno the square roots of optim.c's Adam (errno is
 // never read; sqrt is correctly rounded either way).

@@ -211,15 +211,25 @@ Deno.test("qkvAttention() fused on wasm matches the composed ops on cpu, values 
   // [n, t, heads, ch]: token counts below, at and past the kernel's blocks of 8 rows and its
   // 16-float vectors; head widths that do and do not fill whole vectors; the U-Net's and DiT's.
   const cases = [[2, 5, 2, 3], [1, 9, 1, 20], [2, 17, 3, 16], [2, 49, 4, 32], [1, 33, 2, 64]];
-  for (const [i, [n, t, heads, ch]] of cases.entries()) {
-    for (const order of ["legacy", "new"] as const) {
-      await compare(
-        `qkvAttention [${n}, ${t}] ${heads}×${ch} ${order}`,
-        [input(300 + i, [n, t, 3 * heads * ch], -2, 2)],
-        (qkv) => qkvAttention(qkv as tf.Tensor3D, heads, order),
-        (qkv) => qkvAttentionComposed(qkv as tf.Tensor3D, heads, order),
-        1e-5,
-      );
+  // Each vector width the kernels are built for (native/attention_impl.h), where this CPU runs
+  // it: the widest by default, narrower ones when DP_ATTENTION_ISA caps them.
+  for (const isa of ["default", "avx2", "plain"]) {
+    if (isa === "default") Deno.env.delete("DP_ATTENTION_ISA");
+    else Deno.env.set("DP_ATTENTION_ISA", isa);
+    try {
+      for (const [i, [n, t, heads, ch]] of cases.entries()) {
+        for (const order of ["legacy", "new"] as const) {
+          await compare(
+            `qkvAttention (${isa}) [${n}, ${t}] ${heads}×${ch} ${order}`,
+            [input(300 + i, [n, t, 3 * heads * ch], -2, 2)],
+            (qkv) => qkvAttention(qkv as tf.Tensor3D, heads, order),
+            (qkv) => qkvAttentionComposed(qkv as tf.Tensor3D, heads, order),
+            1e-5,
+          );
+        }
+      }
+    } finally {
+      Deno.env.delete("DP_ATTENTION_ISA");
     }
   }
   // Scores far apart: e^(s − max) underflows to 0 for all but a few keys.

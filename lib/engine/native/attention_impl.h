@@ -1,0 +1,293 @@
+// The attention kernels of ./attention.c at one vector width, included once per ISA with V
+// (floats per vector), RW (query rows per block, at most R), SUFFIX and TARGET defined: GCC's
+// vector extensions take their width from the type, not from the target, so a 16-float vector
+// compiled for AVX2 runs 20× slower (two registers per value, spilled); each ISA gets vectors
+// of its own width instead. The products keep RW rows × two vectors of accumulators in
+// registers: enough independent multiply-adds to cover their latency, and each vector loaded
+// feeds RW of them.
+
+#define FN_(name, suffix) name##_##suffix
+#define FN__(name, suffix) FN_(name, suffix)
+#define FN(name) FN__(name, SUFFIX)
+#define INLINE static inline __attribute__((always_inline)) TARGET
+
+typedef float FN(vec) __attribute__((vector_size(V * sizeof(float))));
+typedef int32_t FN(lanes) __attribute__((vector_size(V * sizeof(int32_t))));
+
+// Constant shuffle masks of V lanes, lane k given by P(h, k).
+#if V == 16
+#define MASK(P, h)                                                                          \
+  (FN(lanes)) {                                                                             \
+    P(h, 0), P(h, 1), P(h, 2), P(h, 3), P(h, 4), P(h, 5), P(h, 6), P(h, 7), P(h, 8),         \
+        P(h, 9), P(h, 10), P(h, 11), P(h, 12), P(h, 13), P(h, 14), P(h, 15)                 \
+  }
+#elif V == 8
+#define MASK(P, h) \
+  (FN(lanes)) { P(h, 0), P(h, 1), P(h, 2), P(h, 3), P(h, 4), P(h, 5), P(h, 6), P(h, 7) }
+#else
+#define MASK(P, h) \
+  (FN(lanes)) { P(h, 0), P(h, 1), P(h, 2), P(h, 3) }
+#endif
+
+// A V×V transpose in log2(V) stages: stage h pairs rows i and i + h (i & h zero) and swaps
+// their off-diagonal h-wide blocks, a ← a[k] or b[k − h], b ← a[k + h] or b[k].
+#define PICK_A(h, k) (((k) & (h)) ? V + (k) - (h) : (k))
+#define PICK_B(h, k) (((k) & (h)) ? V + (k) : (k) + (h))
+#define STAGE(h)                                           \
+  for (int i = 0; i < V; i++) {                            \
+    if (i & (h)) continue;                                 \
+    const FN(vec) a = r[i], b = r[i + (h)];                \
+    r[i] = __builtin_shuffle(a, b, MASK(PICK_A, h));       \
+    r[i + (h)] = __builtin_shuffle(a, b, MASK(PICK_B, h)); \
+  }
+
+// Lanes h.. moved down to 0.., for folds in halves.
+#define FOLD(h, k) (((k) + (h)) % V)
+#define HALF(x, h) __builtin_shuffle(x, MASK(FOLD, h))
+
+INLINE FN(vec) FN(load)(const float* p) {
+  FN(vec) v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+
+INLINE void FN(store)(float* p, FN(vec) v) { memcpy(p, &v, sizeof v); }
+
+/** n floats from src to dst (inlined: a memcpy call per row of 32 floats costs more). */
+INLINE void FN(copy)(float* restrict dst, const float* restrict src, int64_t n) {
+  for (int64_t i = 0; i < n; i++) dst[i] = src[i];
+}
+
+/** Rows r[0..V) transposed in place: a V×V tile in registers, (V/2)·log2(V) shuffle pairs
+ * (one instruction each, the masks constant). */
+INLINE void FN(transpose_tile)(FN(vec)* r) {
+#if V == 16
+  STAGE(8)
+#endif
+#if V >= 8
+  STAGE(4)
+#endif
+  STAGE(2)
+  STAGE(1)
+}
+
+/** xᵀ [ch][tp] of rows x[j·stride + c], j < t (padding columns stay zero): V×V tiles through
+ * registers, the ragged edges element by element (scalar, the loads strided, it cost 15–18 % of
+ * the kernels). */
+INLINE void FN(transpose_in)(const float* x, int64_t stride, const Dims* d, float* xt) {
+  const int64_t tj = d->t / V * V, tc = d->ch / V * V;
+  for (int64_t j0 = 0; j0 < tj; j0 += V) {
+    for (int64_t c0 = 0; c0 < tc; c0 += V) {
+      FN(vec) r[V];
+      for (int i = 0; i < V; i++) r[i] = FN(load)(x + (j0 + i) * stride + c0);
+      FN(transpose_tile)(r);
+      for (int i = 0; i < V; i++) FN(store)(xt + (c0 + i) * d->tp + j0, r[i]);
+    }
+  }
+  for (int64_t c = 0; c < d->ch; c++) {
+    for (int64_t j = c < tc ? tj : 0; j < d->t; j++) xt[c * d->tp + j] = x[j * stride + c];
+  }
+}
+
+/** Rows x[j·stride + c] into [t][chp] (padding stays zero). */
+INLINE void FN(rows_in)(const float* x, int64_t stride, const Dims* d, float* xl) {
+  for (int64_t j = 0; j < d->t; j++) FN(copy)(xl + j * d->chp, x + j * stride, d->ch);
+}
+
+// The two products keep RW rows × two vectors of accumulators in registers (16 of AVX-512's 32;
+// GCC's vector extensions give each target_clones ISA its own width): enough independent
+// multiply-adds to cover their latency, and each vector loaded feeds RW of them.
+
+/** s[r][j] = Σ_c a[r][c]·bt[c][j] for RW rows of a (padded [RW][chp]), all tp columns. */
+INLINE void FN(times_t)(const float* a, const float* bt, const Dims* d, float* s) {
+  int64_t j = 0;
+  for (; j + 2 * V <= d->tp; j += 2 * V) {
+    FN(vec) acc0[RW] = {0}, acc1[RW] = {0};
+    for (int64_t c = 0; c < d->ch; c++) {
+      const FN(vec) b0 = FN(load)(bt + c * d->tp + j), b1 = FN(load)(bt + c * d->tp + j + V);
+      for (int r = 0; r < RW; r++) {
+        acc0[r] += a[r * d->chp + c] * b0;
+        acc1[r] += a[r * d->chp + c] * b1;
+      }
+    }
+    for (int r = 0; r < RW; r++) {
+      FN(store)(s + r * d->tp + j, acc0[r]);
+      FN(store)(s + r * d->tp + j + V, acc1[r]);
+    }
+  }
+  if (j < d->tp) {
+    FN(vec) acc[RW] = {0};
+    for (int64_t c = 0; c < d->ch; c++) {
+      const FN(vec) b = FN(load)(bt + c * d->tp + j);
+      for (int r = 0; r < RW; r++) acc[r] += a[r * d->chp + c] * b;
+    }
+    for (int r = 0; r < RW; r++) FN(store)(s + r * d->tp + j, acc[r]);
+  }
+}
+
+/** o[r][:] = Σ_j w[r][j]·bl[j][:] for RW rows of w ([RW][tp]), j < t. */
+INLINE void FN(times)(const float* w, const float* bl, const Dims* d, float* o) {
+  int64_t c = 0;
+  for (; c + 2 * V <= d->chp; c += 2 * V) {
+    FN(vec) acc0[RW] = {0}, acc1[RW] = {0};
+    for (int64_t j = 0; j < d->t; j++) {
+      const FN(vec) b0 = FN(load)(bl + j * d->chp + c), b1 = FN(load)(bl + j * d->chp + c + V);
+      for (int r = 0; r < RW; r++) {
+        acc0[r] += w[r * d->tp + j] * b0;
+        acc1[r] += w[r * d->tp + j] * b1;
+      }
+    }
+    for (int r = 0; r < RW; r++) {
+      FN(store)(o + r * d->chp + c, acc0[r]);
+      FN(store)(o + r * d->chp + c + V, acc1[r]);
+    }
+  }
+  if (c < d->chp) {
+    FN(vec) acc[RW] = {0};
+    for (int64_t j = 0; j < d->t; j++) {
+      const FN(vec) b = FN(load)(bl + j * d->chp + c);
+      for (int r = 0; r < RW; r++) acc[r] += w[r * d->tp + j] * b;
+    }
+    for (int r = 0; r < RW; r++) FN(store)(o + r * d->chp + c, acc[r]);
+  }
+}
+
+/** acc[j][:] += Σ_r w[r][j]·x[r][:] for j < t: a transposed product, accumulated. */
+INLINE void FN(accumulate_t)(const float* w, const float* x, const Dims* d, float* acc) {
+  for (int64_t c = 0; c < d->chp; c += V) {
+    FN(vec) xr[RW];
+    for (int r = 0; r < RW; r++) xr[r] = FN(load)(x + r * d->chp + c);
+    for (int64_t j = 0; j < d->t; j++) {
+      FN(vec) a = FN(load)(acc + j * d->chp + c);
+      for (int r = 0; r < RW; r++) a += w[r * d->tp + j] * xr[r];
+      FN(store)(acc + j * d->chp + c, a);
+    }
+  }
+}
+
+/** Rows i0.. of x (row stride `stride`, up to RW of them) into [RW][chp]; missing rows zero. */
+INLINE void FN(block_in)(const float* x, int64_t stride, int64_t i0, const Dims* d, float* out) {
+  for (int r = 0; r < RW; r++) {
+    if (i0 + r < d->t) FN(copy)(out + r * d->chp, x + (i0 + r) * stride, d->ch);
+    else for (int64_t c = 0; c < d->ch; c++) out[r * d->chp + c] = 0;
+  }
+}
+
+/** The larger of a and b in each lane (a > b gives an all-ones mask where it holds). */
+INLINE FN(vec) FN(vmax)(FN(vec) a, FN(vec) b) {
+  const FN(lanes) m = a > b;
+  return (FN(vec))(((FN(lanes))a & m) | ((FN(lanes))b & ~m));
+}
+
+/** The largest lane of x, folded in halves by shuffles. */
+INLINE float FN(hmax)(FN(vec) x) {
+#if V == 16
+  x = FN(vmax)(x, HALF(x, 8));
+#endif
+#if V >= 8
+  x = FN(vmax)(x, HALF(x, 4));
+#endif
+  x = FN(vmax)(x, HALF(x, 2));
+  return FN(vmax)(x, HALF(x, 1))[0];
+}
+
+/** The sum of x's lanes, folded in halves by shuffles. */
+INLINE float FN(hsum)(FN(vec) x) {
+#if V == 16
+  x += HALF(x, 8);
+#endif
+#if V >= 8
+  x += HALF(x, 4);
+#endif
+  x += HALF(x, 2);
+  return (x + HALF(x, 1))[0];
+}
+
+/** Scores of RW rows into probabilities in place: softmax(scale·s) over j < t, zero beyond.
+ * Maxima and sums a vector at a time, folded by shuffles at the end (rows are only a few
+ * vectors long, so what each row costs once matters). */
+INLINE void FN(softmax_block)(float* s, const Dims* d, float lo, float hi) {
+  for (int r = 0; r < RW; r++) {
+    float* row = s + r * d->tp;
+    for (int64_t j = d->t; j < d->tp; j++) row[j] = row[0];  // neutral for the maximum
+    FN(vec) mx = FN(load)(row);
+    for (int64_t j = V; j < d->tp; j += V) mx = FN(vmax)(mx, FN(load)(row + j));
+    const float m = FN(hmax)(mx);
+    for (int64_t j = 0; j < d->tp; j++) row[j] = exp_f(d->scale * (row[j] - m), lo, hi);
+    for (int64_t j = d->t; j < d->tp; j++) row[j] = 0;
+    FN(vec) sums = FN(load)(row);
+    for (int64_t j = V; j < d->tp; j += V) sums += FN(load)(row + j);
+    const float inv = 1.0f / FN(hsum)(sums);
+    for (int64_t j = 0; j < d->tp; j++) row[j] *= inv;
+  }
+}
+
+/** Rows i0.. of a [RW][chp] block out to x (row stride `stride`). */
+INLINE void FN(block_out)(const float* in, int64_t i0, const Dims* d, float* x, int64_t stride) {
+  for (int r = 0; r < RW && i0 + r < d->t; r++)
+    FN(copy)(x + (i0 + r) * stride, in + r * d->chp, d->ch);
+}
+
+EXP_FMA TARGET static void FN(forward_one)(const float* qkv, float* out, int64_t h,
+                                          const Dims* d, Scratch* s, float lo, float hi) {
+  const int64_t w = d->width, cout = d->heads * d->ch;
+  const float* q = qkv + part_offset(d->legacy, d->heads, d->ch, h, 0);
+  FN(transpose_in)(qkv + part_offset(d->legacy, d->heads, d->ch, h, 1), w, d, s->at);
+  FN(rows_in)(qkv + part_offset(d->legacy, d->heads, d->ch, h, 2), w, d, s->vl);
+  for (int64_t i0 = 0; i0 < d->t; i0 += RW) {
+    FN(block_in)(q, w, i0, d, s->rows);
+    FN(times_t)(s->rows, s->at, d, s->p);
+    FN(softmax_block)(s->p, d, lo, hi);
+    FN(times)(s->p, s->vl, d, s->acc);
+    FN(block_out)(s->acc, i0, d, out + h * d->ch, cout);
+  }
+}
+
+EXP_FMA TARGET static void FN(backward_one)(const float* qkv, const float* dout, float* dqkv,
+                                           int64_t h, const Dims* d, Scratch* s, float lo,
+                                           float hi) {
+  const int64_t w = d->width, cout = d->heads * d->ch;
+  const int64_t oq = part_offset(d->legacy, d->heads, d->ch, h, 0);
+  const int64_t ok = part_offset(d->legacy, d->heads, d->ch, h, 1);
+  const int64_t ov = part_offset(d->legacy, d->heads, d->ch, h, 2);
+  FN(transpose_in)(qkv + ok, w, d, s->at);  // kᵀ, for the scores
+  FN(transpose_in)(qkv + ov, w, d, s->bt);  // vᵀ, for dp = dout·vᵀ
+  FN(rows_in)(qkv + ok, w, d, s->kl);       // k, for dq = ds·k
+  memset(s->dk, 0, d->t * d->chp * sizeof(float));
+  memset(s->dv, 0, d->t * d->chp * sizeof(float));
+  for (int64_t i0 = 0; i0 < d->t; i0 += RW) {
+    FN(block_in)(qkv + oq, w, i0, d, s->rows);
+    FN(block_in)(dout + h * d->ch, cout, i0, d, s->grads);
+    FN(times_t)(s->rows, s->at, d, s->p);
+    FN(softmax_block)(s->p, d, lo, hi);
+    FN(times_t)(s->grads, s->bt, d, s->dp);
+    // ds = scale·p⊙(dp − Σ_j dp⊙p), in place of dp (zero in the padding, where p is).
+    for (int r = 0; r < RW; r++) {
+      const float* pr = s->p + r * d->tp;
+      float* g = s->dp + r * d->tp;
+      FN(vec) dots = {0};
+      for (int64_t j = 0; j < d->tp; j += V) dots += FN(load)(pr + j) * FN(load)(g + j);
+      const float dot = FN(hsum)(dots);
+      for (int64_t j = 0; j < d->tp; j++) g[j] = d->scale * pr[j] * (g[j] - dot);
+    }
+    FN(accumulate_t)(s->p, s->grads, d, s->dv);  // dv += pᵀ·dout
+    FN(accumulate_t)(s->dp, s->rows, d, s->dk);  // dk += dsᵀ·q
+    FN(times)(s->dp, s->kl, d, s->acc);          // dq = ds·k
+    FN(block_out)(s->acc, i0, d, dqkv + oq, w);
+  }
+  for (int64_t j = 0; j < d->t; j++) {
+    FN(copy)(dqkv + ok + j * w, s->dk + j * d->chp, d->ch);
+    FN(copy)(dqkv + ov + j * w, s->dv + j * d->chp, d->ch);
+  }
+}
+
+#undef FN_
+#undef FN__
+#undef FN
+#undef INLINE
+#undef MASK
+#undef PICK_A
+#undef PICK_B
+#undef STAGE
+#undef FOLD
+#undef HALF
