@@ -71,7 +71,7 @@ static int scratch_alloc(Scratch* s, const Dims* d) {
   return 1;
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if defined(__x86_64__) && defined(__GNUC__)  // GCC and clang
 #define V 16
 #define RW 8
 #define SUFFIX avx512
@@ -110,7 +110,7 @@ typedef void Backward(const float*, const float*, float*, int64_t, const Dims*, 
 /** The widest kernels this CPU runs, or narrower ones where DP_ATTENTION_ISA says "avx2" or
  * "plain" (for the tests, which check every width on a CPU that runs them all). */
 static void pick(Forward** f, Backward** b) {
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if defined(__x86_64__) && defined(__GNUC__)
   const char* cap = getenv("DP_ATTENTION_ISA");
   const int plain = cap && !strcmp(cap, "plain");
   const int upto_avx2 = plain || (cap && !strcmp(cap, "avx2"));

@@ -14,36 +14,39 @@
 typedef float FN(vec) __attribute__((vector_size(V * sizeof(float))));
 typedef int32_t FN(lanes) __attribute__((vector_size(V * sizeof(int32_t))));
 
-// Constant shuffle masks of V lanes, lane k given by P(h, k).
+// Shuffles with constant lane lists: lane k of the result is lane P(h, k) of a's and b's lanes
+// one after the other (GCC's __builtin_shuffle takes the list as a vector, clang's
+// __builtin_shufflevector as arguments).
 #if V == 16
-#define MASK(P, h)                                                                          \
-  (FN(lanes)) {                                                                             \
-    P(h, 0), P(h, 1), P(h, 2), P(h, 3), P(h, 4), P(h, 5), P(h, 6), P(h, 7), P(h, 8),         \
-        P(h, 9), P(h, 10), P(h, 11), P(h, 12), P(h, 13), P(h, 14), P(h, 15)                 \
-  }
+#define LIST(P, h)                                                                         \
+  P(h, 0), P(h, 1), P(h, 2), P(h, 3), P(h, 4), P(h, 5), P(h, 6), P(h, 7), P(h, 8), P(h, 9), \
+      P(h, 10), P(h, 11), P(h, 12), P(h, 13), P(h, 14), P(h, 15)
 #elif V == 8
-#define MASK(P, h) \
-  (FN(lanes)) { P(h, 0), P(h, 1), P(h, 2), P(h, 3), P(h, 4), P(h, 5), P(h, 6), P(h, 7) }
+#define LIST(P, h) P(h, 0), P(h, 1), P(h, 2), P(h, 3), P(h, 4), P(h, 5), P(h, 6), P(h, 7)
 #else
-#define MASK(P, h) \
-  (FN(lanes)) { P(h, 0), P(h, 1), P(h, 2), P(h, 3) }
+#define LIST(P, h) P(h, 0), P(h, 1), P(h, 2), P(h, 3)
+#endif
+#if defined(__clang__)
+#define SHUFFLE(a, b, P, h) __builtin_shufflevector(a, b, LIST(P, h))
+#else
+#define SHUFFLE(a, b, P, h) __builtin_shuffle(a, b, (FN(lanes)){LIST(P, h)})
 #endif
 
 // A V×V transpose in log2(V) stages: stage h pairs rows i and i + h (i & h zero) and swaps
 // their off-diagonal h-wide blocks, a ← a[k] or b[k − h], b ← a[k + h] or b[k].
 #define PICK_A(h, k) (((k) & (h)) ? V + (k) - (h) : (k))
 #define PICK_B(h, k) (((k) & (h)) ? V + (k) : (k) + (h))
-#define STAGE(h)                                           \
-  for (int i = 0; i < V; i++) {                            \
-    if (i & (h)) continue;                                 \
-    const FN(vec) a = r[i], b = r[i + (h)];                \
-    r[i] = __builtin_shuffle(a, b, MASK(PICK_A, h));       \
-    r[i + (h)] = __builtin_shuffle(a, b, MASK(PICK_B, h)); \
+#define STAGE(h)                                     \
+  for (int i = 0; i < V; i++) {                      \
+    if (i & (h)) continue;                           \
+    const FN(vec) a = r[i], b = r[i + (h)];          \
+    r[i] = SHUFFLE(a, b, PICK_A, h);                 \
+    r[i + (h)] = SHUFFLE(a, b, PICK_B, h);           \
   }
 
 // Lanes h.. moved down to 0.., for folds in halves.
 #define FOLD(h, k) (((k) + (h)) % V)
-#define HALF(x, h) __builtin_shuffle(x, MASK(FOLD, h))
+#define HALF(x, h) SHUFFLE(x, x, FOLD, h)
 
 INLINE FN(vec) FN(load)(const float* p) {
   FN(vec) v;
@@ -72,8 +75,8 @@ INLINE void FN(transpose_tile)(FN(vec)* r) {
 }
 
 /** xᵀ [ch][tp] of rows x[j·stride + c], j < t (padding columns stay zero): V×V tiles through
- * registers, the ragged edges element by element (scalar, the loads strided, it cost 15–18 % of
- * the kernels). */
+ * registers (element by element, it cost 15–18 % of the kernels), the ragged edges element by
+ * element. */
 INLINE void FN(transpose_in)(const float* x, int64_t stride, const Dims* d, float* xt) {
   const int64_t tj = d->t / V * V, tc = d->ch / V * V;
   for (int64_t j0 = 0; j0 < tj; j0 += V) {
@@ -285,7 +288,8 @@ EXP_FMA TARGET static void FN(backward_one)(const float* qkv, const float* dout,
 #undef FN__
 #undef FN
 #undef INLINE
-#undef MASK
+#undef LIST
+#undef SHUFFLE
 #undef PICK_A
 #undef PICK_B
 #undef STAGE
