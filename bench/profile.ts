@@ -36,6 +36,8 @@ const CATEGORIES: readonly { name: string; ours: RegExp; torch: RegExp }[] = [
   { name: "adam + ema", ours: /^Dp(Adam|Ema)$/, torch: /^aten::_foreach_|^Optimizer/ },
   { name: "silu", ours: /^DpSilu/, torch: /silu/ },
   { name: "softmax", ours: /Softmax/, torch: /softmax/ },
+  // Ours is one kernel each way; PyTorch's attention stays in its bmm, softmax and copy rows.
+  { name: "attention (fused)", ours: /^DpQkvAttention/, torch: /(?!)/ },
   {
     name: "copies, reshapes, concat",
     ours: /^(Reshape|Transpose|Concat|Slice|SplitV|Cast|Identity|Pad|Tile)$/,
