@@ -15,7 +15,7 @@ import { openMpWaiting } from "./blas/onednn_core.ts";
 import { NATIVE_ENV, nativeCacheRoot, runCommand, type Runner, sha256Hex } from "./native_libs.ts";
 import type { AdamTable } from "./fused/optim.ts";
 import type { AttentionDims } from "./fused/attention.ts";
-import type { GnDims, GnFinish, GnParams, GnStats } from "./fused/group_norm.ts";
+import type { GnDims, GnFinish, GnGrads, GnParams, GnStats } from "./fused/group_norm.ts";
 import type { copyBlocks, RowGather } from "./wasm_kernels/copy.ts";
 import type { BinaryLayout } from "./wasm_kernels/binary.ts";
 
@@ -44,7 +44,7 @@ const FLAGS = [
 // collected DynamicLibrary, and when it is libgomp's only user that unloads libgomp under its
 // parked worker threads (a segfault seen in the tests, which load several builds).
 const OPENMP = ["-fopenmp", "-Wl,-z,nodelete"];
-const ABI = 19;
+const ABI = 20;
 const COMPILE_MS = 60_000;
 
 const SYMBOLS = {
@@ -79,6 +79,14 @@ const SYMBOLS = {
       ...["i64", "i64", "i64", "i64", "f64", "i32"],
     ],
     result: "void",
+  },
+  dp_gn_backward: {
+    parameters: [
+      ...["buffer", "buffer", "buffer", "buffer", "buffer", "buffer"],
+      ...["buffer", "buffer", "buffer", "buffer", "buffer"],
+      ...["i64", "i64", "i64", "i64", "f64", "i32"],
+    ],
+    result: "i32",
   },
   dp_gn_coefficients: {
     parameters: [
@@ -208,6 +216,20 @@ export interface NativeKernels {
   ): GnStats;
   /** GroupNorm's parameter gradients and dx's coefficients from the sums (the JS bits). */
   gnFinish(f: GnFinish): void;
+  /**
+   * GroupNorm's whole backward from dy = ∂L/∂y (through the SiLU when `silu`), an example at a
+   * time: the bits of the separate passes (statistics, `siluGradSums` or `sums`, `gnFinish`,
+   * `affine2`). False when its scratch could not be allocated (nothing written).
+   */
+  gnBackward(
+    dy: Float32Array,
+    x: Float32Array,
+    p: GnParams,
+    out: GnGrads,
+    d: GnDims,
+    eps: number,
+    silu: boolean,
+  ): boolean;
   /**
    * `blocks` runs of `len` words from word offset src (stride srcStride) to dst (stride
    * dstStride) of `heap`, the runs not overlapping.
@@ -392,6 +414,33 @@ export function loadNativeKernels(path: string): NativeKernels | undefined {
         ...gnDims(f.d),
         f.d.s * (f.d.c / f.d.g),
       ),
+    gnBackward: (dy, x, p, out, d, eps, silu) => {
+      const dgamma = new Float64Array(d.c), dbeta = new Float64Array(d.c);
+      const ok = s.dp_gn_backward(
+        dy,
+        x,
+        p.gamma,
+        p.beta,
+        p.scale ?? null,
+        p.shift ?? null,
+        out.dx,
+        dgamma,
+        dbeta,
+        out.dscale ?? null,
+        out.dshift ?? null,
+        BigInt(d.n),
+        BigInt(d.s),
+        BigInt(d.c),
+        BigInt(d.g),
+        eps,
+        silu ? 1 : 0,
+      ) !== 0;
+      if (ok) {
+        out.dgamma.set(dgamma);
+        out.dbeta.set(dbeta);
+      }
+      return ok;
+    },
     copyBlocks: (heap, src, srcStride, dst, dstStride, len, blocks) =>
       s.dp_copy_blocks(
         heap,

@@ -200,6 +200,36 @@ Deno.test({
           close(c2[kind][key] ?? [], js[kind][key] ?? [], `${kind} ${key}`);
         }
       }
+      // The whole backward in one call, an example at a time: plain, the JS loops' bits; through
+      // the SiLU, the bits of the C passes run one after another over the batch.
+      const outputs = () => ({
+        dx: new Float32Array(n),
+        dgamma: new Float32Array(c),
+        dbeta: new Float32Array(c),
+        dscale: modulated ? new Float32Array(shape[0] * c) : undefined,
+        dshift: modulated ? new Float32Array(shape[0] * c) : undefined,
+      });
+      const keys = ["dx", "dgamma", "dbeta", "dscale", "dshift"] as const;
+      const plain = outputs();
+      assert.ok(k.gnBackward(dy, x, p, plain, d, 1e-5, false));
+      for (const key of keys) close(plain[key] ?? [], js.plain[key] ?? [], `gnBackward ${key}`);
+      const silu = outputs(), passes = outputs();
+      assert.ok(k.gnBackward(dy, x, p, silu, d, 1e-5, true));
+      const S = () => new Float64Array(shape[0] * c);
+      const [sx, sq, S1, S2] = [S(), S(), S(), S()];
+      const st = { mean: new Float64Array(shape[0] * g), rstd: new Float64Array(shape[0] * g) };
+      k.sums(x, x, sx, sq, c);
+      k.gnStats(sx, sq, st, d, 1e-5);
+      const [A, B, P, Q, R] = [0, 1, 2, 3, 4].map(() => new Float32Array(shape[0] * c));
+      k.gnCoefficients(st, p, A, B, d);
+      k.siluGradSums(dy, x, A, B, passes.dx, S1, S2, c);
+      const [dgamma, dbeta] = [new Float64Array(c), new Float64Array(c)];
+      const { dscale, dshift } = passes;
+      k.gnFinish({ S1, S2, st, p, d, dgamma, dbeta, dscale, dshift, P, Q, R });
+      k.affine2(passes.dx, P, x, Q, R, passes.dx, c);
+      passes.dgamma.set(dgamma);
+      passes.dbeta.set(dbeta);
+      for (const key of keys) close(silu[key] ?? [], passes[key] ?? [], `gnBackward silu ${key}`);
       // The whole forward in one call, an example at a time: the same bits; with the SiLU, the
       // JS route's SiLU of them to exp.h's precision.
       const yf = new Float32Array(n), ys = new Float32Array(n);

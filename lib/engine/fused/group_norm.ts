@@ -397,8 +397,15 @@ function gradKernel(args: KernelArgs): tf.TensorInfo[] {
     outs.push(backend.makeOutput([...scale.shape], "float32"));
     outs.push(backend.makeOutput([...shift.shape], "float32"));
   }
-  const st = groupNormStats(f32View(backend, x), d, attrs.eps);
   const native = nativeKernels();
+  if (native) {
+    // In C an example at a time; the separate passes below if its scratch is not to be had.
+    const v = outs.map((o) => f32View(backend, o));
+    const grads = { dx: v[0], dgamma: v[1], dbeta: v[2], dscale: v[3], dshift: v[4] };
+    const [dyv, xv, p] = [f32View(backend, dy), f32View(backend, x), params(backend, inputs)];
+    if (native.gnBackward(dyv, xv, p, grads, d, attrs.eps, attrs.silu)) return outs;
+  }
+  const st = groupNormStats(f32View(backend, x), d, attrs.eps);
   if (attrs.silu && native) {
     // y1 recomputed, SiLU's backward and the gradient sums in one C pass writing ∂L/∂y1 into
     // dx's buffer, which the last pass then overwrites with dx in place.

@@ -12,6 +12,7 @@
 // is computed alone, so any thread count gives the same bits.
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "exp.h"
 
@@ -24,7 +25,7 @@
 enum { CHUNK = 512 };
 
 /** The ABI of the whole library (every C file of lib/engine/native); the loader checks it. */
-int32_t dp_gn_abi(void) { return 19; }
+int32_t dp_gn_abi(void) { return 20; }
 
 // The clamp bounds of exp_f (./exp.h), read at run time.
 float dp_exp_bounds[2] = {-87.0f, 88.0f};
@@ -183,6 +184,52 @@ void dp_gn_coefficients(const double* mean, const double* rstd, const float* gam
   }
 }
 
+/** One example's share of the gradients from its sums S1 = Σ dd, S2 = Σ dd·x [c] (dd = ∂L/∂y1),
+ * with its mean, rstd [g] and scale [c] (or NULL): T = rstd·(S2 − mean·S1) and K = mod·γ [c]
+ * (kept for `accumulate1`), dscale, dshift [c] (or NULL), and the coefficients of
+ * dx = P·dd + Q·x + R [c]. */
+static void finish1(const double* S1, const double* S2, const double* mean, const double* rstd,
+                    const float* gamma, const float* beta, const float* scale, float* dscale,
+                    float* dshift, float* P, float* Q, float* R, double* T, double* K, int64_t c,
+                    int64_t g, double count) {
+  const int64_t cpg = c / g;
+  for (int64_t ch = 0; ch < c; ch++) {
+    const int64_t k = ch / cpg;
+    const double mod = scale ? 1 + (double)scale[ch] : 1;
+    const double s1 = S1[ch];
+    T[ch] = rstd[k] * (S2[ch] - mean[k] * s1);
+    K[ch] = mod * gamma[ch];
+    if (dshift) dshift[ch] = (float)s1;
+    if (dscale) dscale[ch] = (float)(gamma[ch] * T[ch] + beta[ch] * s1);
+  }
+  for (int64_t gi = 0; gi < g; gi++) {
+    const int64_t c0 = gi * cpg, c1 = c0 + cpg;
+    double ag = 0, bg = 0;
+    for (int64_t ch = c0; ch < c1; ch++) {
+      ag += K[ch] * S1[ch];
+      bg += K[ch] * T[ch];
+    }
+    ag /= count;
+    bg /= count;
+    const double r = rstd[gi], m = mean[gi];
+    for (int64_t ch = c0; ch < c1; ch++) {
+      P[ch] = (float)(r * K[ch]);
+      Q[ch] = (float)(-r * r * bg);
+      R[ch] = (float)(r * r * bg * m - r * ag);
+    }
+  }
+}
+
+/** dβ += mod·S1, dγ += mod·T for one example (the caller goes through examples in order). */
+static void accumulate1(const double* S1, const double* T, const float* scale, double* dgamma,
+                        double* dbeta, int64_t c) {
+  for (int64_t ch = 0; ch < c; ch++) {
+    const double mod = scale ? 1 + (double)scale[ch] : 1;
+    dbeta[ch] += mod * S1[ch];
+    dgamma[ch] += mod * T[ch];
+  }
+}
+
 /** GroupNorm's gradients from the sums S1 = Σ dd, S2 = Σ dd·x [n, c] (dd = ∂L/∂y1): dγ, dβ [c]
  * (double, accumulated over examples in order), dscale, dshift [n, c] (or NULL), and the
  * coefficients of dx = P·dd + Q·x + R [n, c]. T and K are scratch of c doubles. */
@@ -190,36 +237,13 @@ void dp_gn_finish(const double* S1, const double* S2, const double* mean, const 
                   const float* gamma, const float* beta, const float* scale, double* dgamma,
                   double* dbeta, float* dscale, float* dshift, float* P, float* Q, float* R,
                   double* T, double* K, int64_t n, int64_t c, int64_t g, double count) {
-  const int64_t cpg = c / g;
   for (int64_t i = 0; i < n; i++) {
     const int64_t o = i * c;
-    for (int64_t ch = 0; ch < c; ch++) {
-      const int64_t k = i * g + ch / cpg;
-      const double mod = scale ? 1 + (double)scale[o + ch] : 1;
-      const double s1 = S1[o + ch];
-      T[ch] = rstd[k] * (S2[o + ch] - mean[k] * s1);
-      K[ch] = mod * gamma[ch];
-      dbeta[ch] += mod * s1;
-      dgamma[ch] += mod * T[ch];
-      if (dshift) dshift[o + ch] = (float)s1;
-      if (dscale) dscale[o + ch] = (float)(gamma[ch] * T[ch] + beta[ch] * s1);
-    }
-    for (int64_t gi = 0; gi < g; gi++) {
-      const int64_t c0 = gi * cpg, c1 = c0 + cpg;
-      double ag = 0, bg = 0;
-      for (int64_t ch = c0; ch < c1; ch++) {
-        ag += K[ch] * S1[o + ch];
-        bg += K[ch] * T[ch];
-      }
-      ag /= count;
-      bg /= count;
-      const double r = rstd[i * g + gi], m = mean[i * g + gi];
-      for (int64_t ch = c0; ch < c1; ch++) {
-        P[o + ch] = (float)(r * K[ch]);
-        Q[o + ch] = (float)(-r * r * bg);
-        R[o + ch] = (float)(r * r * bg * m - r * ag);
-      }
-    }
+    const float* sc = scale ? scale + o : NULL;
+    finish1(S1 + o, S2 + o, mean + i * g, rstd + i * g, gamma, beta, sc,
+            dscale ? dscale + o : NULL, dshift ? dshift + o : NULL, P + o, Q + o, R + o, T, K, c,
+            g, count);
+    accumulate1(S1 + o, T, sc, dgamma, dbeta, c);
   }
 }
 
@@ -281,4 +305,55 @@ void dp_gn_forward(const float* x, const float* gamma, const float* beta, const 
     if (silu) affine_silu1(x + i * e, A + o, B + o, y + i * e, rows, c, lo, hi);
     else affine1(x + i * e, A + o, B + o, y + i * e, rows, c);
   }
+}
+
+/** The whole backward pass an example at a time, the bits of the separate passes (statistics
+ * of x, SiLU's backward with the sums or the plain sums, dp_gn_finish, dp_gn_affine2): each
+ * example's x and ∂L/∂y1 are read from memory once and then from cache, where the separate
+ * passes read x three times and ∂L/∂y1 twice from memory. dy is ∂L/∂y (after the SiLU when
+ * `silu`, which then holds ∂L/∂y1 in dx before the last step overwrites it in place); dγ, dβ
+ * [c] accumulate in double over examples in order, from the caller's zeros. Returns 0 when
+ * its scratch cannot be allocated (nothing written). */
+int32_t dp_gn_backward(const float* dy, const float* x, const float* gamma, const float* beta,
+                       const float* scale, const float* shift, float* dx, double* dgamma,
+                       double* dbeta, float* dscale, float* dshift, int64_t n, int64_t rows,
+                       int64_t c, int64_t g, double eps, int32_t silu) {
+  const int64_t e = rows * c, nc = n * c, ng = n * g;
+  const double count = (double)rows * (double)(c / g);
+  // S1, S2, T, K [n, c] and mean, rstd [n, g] in double; A, B, P, Q, R [n, c] in float.
+  double* dbl = malloc((size_t)(4 * nc + 2 * ng) * sizeof(double));
+  float* flt = malloc((size_t)(5 * nc) * sizeof(float));
+  if (!dbl || !flt) {
+    free(dbl);
+    free(flt);
+    return 0;
+  }
+  double *S1 = dbl, *S2 = S1 + nc, *T = S2 + nc, *K = T + nc, *mean = K + nc, *rstd = mean + ng;
+  float *A = flt, *B = A + nc, *P = B + nc, *Q = P + nc, *R = Q + nc;
+  const float lo = dp_exp_bounds[0], hi = dp_exp_bounds[1];
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; i++) {
+    const int64_t o = i * c;
+    const float* xi = x + i * e;
+    const float* sc = scale ? scale + o : NULL;
+    sums1(xi, xi, S1 + o, S2 + o, rows, c);  // Σx, Σx², then the gradient's sums in their place
+    stats1(S1 + o, S2 + o, mean + i * g, rstd + i * g, c, g, count, eps);
+    if (silu) {
+      coefficients1(mean + i * g, rstd + i * g, gamma, beta, sc, shift ? shift + o : NULL, A + o,
+                    B + o, c, g);
+      silu_grad_sums1(dy + i * e, xi, A + o, B + o, dx + i * e, S1 + o, S2 + o, rows, c, lo, hi);
+    } else {
+      sums1(dy + i * e, xi, S1 + o, S2 + o, rows, c);
+    }
+    finish1(S1 + o, S2 + o, mean + i * g, rstd + i * g, gamma, beta, sc,
+            dscale ? dscale + o : NULL, dshift ? dshift + o : NULL, P + o, Q + o, R + o, T + o,
+            K + o, c, g, count);
+    affine2_1(silu ? dx + i * e : dy + i * e, P + o, xi, Q + o, R + o, dx + i * e, rows, c);
+  }
+  for (int64_t i = 0; i < n; i++) {
+    accumulate1(S1 + i * c, T + i * c, scale ? scale + i * c : NULL, dgamma, dbeta, c);
+  }
+  free(dbl);
+  free(flt);
+  return 1;
 }
