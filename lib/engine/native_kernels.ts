@@ -342,6 +342,9 @@ export function loadNativeKernels(path: string): NativeKernels | undefined {
   }
   const s = lib.symbols;
   const gnDims = (d: GnDims) => [BigInt(d.n), BigInt(d.c), BigInt(d.g)] as const;
+  // The one-call passes also take the rows per example: n, rows, c, g.
+  const gnShape = (d: GnDims) => [BigInt(d.n), BigInt(d.s), BigInt(d.c), BigInt(d.g)] as const;
+  const gnOperands = (p: GnParams) => [p.gamma, p.beta, p.scale ?? null, p.shift ?? null] as const;
   // Examples n = (per-example array length) / c; rows per example = (data length) / (n·c).
   const dims = (data: Float32Array, perExample: ArrayLike<number>, c: number) => {
     const n = perExample.length / c;
@@ -361,10 +364,7 @@ export function loadNativeKernels(path: string): NativeKernels | undefined {
       const nc = d.n * d.c;
       s.dp_gn_forward(
         x,
-        p.gamma,
-        p.beta,
-        p.scale ?? null,
-        p.shift ?? null,
+        ...gnOperands(p),
         y,
         new Float64Array(nc),
         new Float64Array(nc),
@@ -372,10 +372,7 @@ export function loadNativeKernels(path: string): NativeKernels | undefined {
         st.rstd,
         new Float32Array(nc),
         new Float32Array(nc),
-        BigInt(d.n),
-        BigInt(d.s),
-        BigInt(d.c),
-        BigInt(d.g),
+        ...gnShape(d),
         eps,
         silu ? 1 : 0,
       );
@@ -385,10 +382,7 @@ export function loadNativeKernels(path: string): NativeKernels | undefined {
       s.dp_gn_coefficients(
         st.mean,
         st.rstd,
-        p.gamma,
-        p.beta,
-        p.scale ?? null,
-        p.shift ?? null,
+        ...gnOperands(p),
         A,
         B,
         ...gnDims(d),
@@ -419,19 +413,13 @@ export function loadNativeKernels(path: string): NativeKernels | undefined {
       const ok = s.dp_gn_backward(
         dy,
         x,
-        p.gamma,
-        p.beta,
-        p.scale ?? null,
-        p.shift ?? null,
+        ...gnOperands(p),
         out.dx,
         dgamma,
         dbeta,
         out.dscale ?? null,
         out.dshift ?? null,
-        BigInt(d.n),
-        BigInt(d.s),
-        BigInt(d.c),
-        BigInt(d.g),
+        ...gnShape(d),
         eps,
         silu ? 1 : 0,
       ) !== 0;

@@ -48,7 +48,10 @@ function oneDnnForward(
   return true;
 }
 
-/** Whether a gradient tape records the kernels running now (tf.grad and the like). */
+/**
+ * Whether a gradient tape records the kernel running now (tf.grad and the like). Not
+ * `engine.isTapeOn()`: that also asks for kernel depth 0, so it reads false inside any kernel.
+ */
 const tapeRecording = () => tf.engine().state.gradientDepth > 0;
 
 /** Plain-number geometry of one NHWC convolution. */

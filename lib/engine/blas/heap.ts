@@ -26,11 +26,7 @@ export function asWasmBackend(backend: unknown): WasmBackend {
 
 /** Float32 view of a tensor's data on the wasm heap (valid until the next allocation). */
 export function f32View(backend: WasmBackend, t: tf.TensorInfo): Float32Array {
-  const data = backend.dataIdMap.get(t.dataId);
-  if (!data) throw new Error("Tensor data not found on the wasm heap in lib/engine/blas/heap.ts");
-  let size = 1;
-  for (const d of t.shape) size *= d;
-  return new Float32Array(backend.wasm.HEAPU8.buffer, data.memoryOffset, size);
+  return new Float32Array(backend.wasm.HEAPU8.buffer, 4 * wordOffset(backend, t), sizeOf(t.shape));
 }
 
 /** Element offset of a 4-byte tensor on the wasm heap. */

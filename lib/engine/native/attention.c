@@ -132,9 +132,11 @@ static Dims dims_of(int64_t t, int64_t heads, int64_t ch, int32_t legacy, float 
   return d;
 }
 
-/** out [n, t, heads·ch] from qkv [n, t, 3·heads·ch]; 0 when scratch could not be allocated. */
-int32_t dp_attention(const float* qkv, float* out, int64_t n, int64_t t, int64_t heads,
-                     int64_t ch, int32_t legacy, float scale) {
+/** Every (example, head) task of one call: forward when dout is NULL (`to` is out [n, t,
+ * heads·ch]), else backward (`to` is dqkv [n, t, 3·heads·ch]); 0 when a thread's scratch could
+ * not be allocated. */
+static int32_t run(const float* qkv, const float* dout, float* to, int64_t n, int64_t t,
+                   int64_t heads, int64_t ch, int32_t legacy, float scale) {
   const Dims d = dims_of(t, heads, ch, legacy, scale);
   const float lo = dp_exp_bounds[0], hi = dp_exp_bounds[1];
   Forward* forward_one;
@@ -149,8 +151,12 @@ int32_t dp_attention(const float* qkv, float* out, int64_t n, int64_t t, int64_t
     const unsigned csr = ftz_begin();
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < n * heads; task++) {
+      if (!ok) continue;
       const int64_t e = task / heads, h = task % heads;
-      if (ok) forward_one(qkv + e * t * d.width, out + e * t * heads * ch, h, &d, &s, lo, hi);
+      const float* x = qkv + e * t * d.width;
+      const int64_t o = e * t * heads * ch;  // example e's rows of out and dout
+      if (dout) backward_one(x, dout + o, to + e * t * d.width, h, &d, &s, lo, hi);
+      else forward_one(x, to + o, h, &d, &s, lo, hi);
     }
     ftz_end(csr);
     free(s.all);
@@ -158,31 +164,14 @@ int32_t dp_attention(const float* qkv, float* out, int64_t n, int64_t t, int64_t
   return !failed;
 }
 
+/** out [n, t, heads·ch] from qkv [n, t, 3·heads·ch]; 0 when scratch could not be allocated. */
+int32_t dp_attention(const float* qkv, float* out, int64_t n, int64_t t, int64_t heads,
+                     int64_t ch, int32_t legacy, float scale) {
+  return run(qkv, NULL, out, n, t, heads, ch, legacy, scale);
+}
+
 /** dqkv [n, t, 3·heads·ch] from qkv and dout [n, t, heads·ch]; 0 when scratch failed. */
 int32_t dp_attention_grad(const float* qkv, const float* dout, float* dqkv, int64_t n, int64_t t,
                           int64_t heads, int64_t ch, int32_t legacy, float scale) {
-  const Dims d = dims_of(t, heads, ch, legacy, scale);
-  const float lo = dp_exp_bounds[0], hi = dp_exp_bounds[1];
-  Forward* forward_one;
-  Backward* backward_one;
-  pick(&forward_one, &backward_one);
-  int failed = 0;
-#pragma omp parallel reduction(| : failed)
-  {
-    Scratch s;
-    const int ok = scratch_alloc(&s, &d);
-    failed = !ok;
-    const unsigned csr = ftz_begin();
-#pragma omp for schedule(static)
-    for (int64_t task = 0; task < n * heads; task++) {
-      const int64_t e = task / heads, h = task % heads;
-      if (ok) {
-        backward_one(qkv + e * t * d.width, dout + e * t * heads * ch, dqkv + e * t * d.width, h,
-                     &d, &s, lo, hi);
-      }
-    }
-    ftz_end(csr);
-    free(s.all);
-  }
-  return !failed;
+  return run(qkv, dout, dqkv, n, t, heads, ch, legacy, scale);
 }

@@ -2,9 +2,7 @@
 // (floats per vector), RW (query rows per block, at most R), SUFFIX and TARGET defined: GCC's
 // vector extensions take their width from the type, not from the target, so a 16-float vector
 // compiled for AVX2 runs 20× slower (two registers per value, spilled); each ISA gets vectors
-// of its own width instead. The products keep RW rows × two vectors of accumulators in
-// registers: enough independent multiply-adds to cover their latency, and each vector loaded
-// feeds RW of them.
+// of its own width instead.
 
 #define FN_(name, suffix) name##_##suffix
 #define FN__(name, suffix) FN_(name, suffix)
@@ -97,62 +95,45 @@ INLINE void FN(rows_in)(const float* x, int64_t stride, const Dims* d, float* xl
   for (int64_t j = 0; j < d->t; j++) FN(copy)(xl + j * d->chp, x + j * stride, d->ch);
 }
 
-// The two products keep RW rows × two vectors of accumulators in registers (16 of AVX-512's 32;
-// GCC's vector extensions give each target_clones ISA its own width): enough independent
-// multiply-adds to cover their latency, and each vector loaded feeds RW of them.
-
-/** s[r][j] = Σ_c a[r][c]·bt[c][j] for RW rows of a (padded [RW][chp]), all tp columns. */
-INLINE void FN(times_t)(const float* a, const float* bt, const Dims* d, float* s) {
+/** o[r][:] = Σ_i a[r][i]·b[i][:] over i < k for RW rows of a (`as` apart), b and o rows of
+ * `cols` floats (a multiple of V). RW rows × two vectors of accumulators stay in registers (16
+ * of AVX-512's 32): enough independent multiply-adds to cover their latency, and each vector
+ * loaded feeds RW of them. */
+INLINE void FN(product)(const float* a, int64_t as, const float* b, int64_t k, int64_t cols,
+                        float* o) {
   int64_t j = 0;
-  for (; j + 2 * V <= d->tp; j += 2 * V) {
+  for (; j + 2 * V <= cols; j += 2 * V) {
     FN(vec) acc0[RW] = {0}, acc1[RW] = {0};
-    for (int64_t c = 0; c < d->ch; c++) {
-      const FN(vec) b0 = FN(load)(bt + c * d->tp + j), b1 = FN(load)(bt + c * d->tp + j + V);
+    for (int64_t i = 0; i < k; i++) {
+      const FN(vec) b0 = FN(load)(b + i * cols + j), b1 = FN(load)(b + i * cols + j + V);
       for (int r = 0; r < RW; r++) {
-        acc0[r] += a[r * d->chp + c] * b0;
-        acc1[r] += a[r * d->chp + c] * b1;
+        acc0[r] += a[r * as + i] * b0;
+        acc1[r] += a[r * as + i] * b1;
       }
     }
     for (int r = 0; r < RW; r++) {
-      FN(store)(s + r * d->tp + j, acc0[r]);
-      FN(store)(s + r * d->tp + j + V, acc1[r]);
+      FN(store)(o + r * cols + j, acc0[r]);
+      FN(store)(o + r * cols + j + V, acc1[r]);
     }
   }
-  if (j < d->tp) {
+  if (j < cols) {
     FN(vec) acc[RW] = {0};
-    for (int64_t c = 0; c < d->ch; c++) {
-      const FN(vec) b = FN(load)(bt + c * d->tp + j);
-      for (int r = 0; r < RW; r++) acc[r] += a[r * d->chp + c] * b;
+    for (int64_t i = 0; i < k; i++) {
+      const FN(vec) bv = FN(load)(b + i * cols + j);
+      for (int r = 0; r < RW; r++) acc[r] += a[r * as + i] * bv;
     }
-    for (int r = 0; r < RW; r++) FN(store)(s + r * d->tp + j, acc[r]);
+    for (int r = 0; r < RW; r++) FN(store)(o + r * cols + j, acc[r]);
   }
+}
+
+/** s[r][j] = Σ_c a[r][c]·bt[c][j] for RW rows of a ([RW][chp]), all tp columns. */
+INLINE void FN(times_t)(const float* a, const float* bt, const Dims* d, float* s) {
+  FN(product)(a, d->chp, bt, d->ch, d->tp, s);
 }
 
 /** o[r][:] = Σ_j w[r][j]·bl[j][:] for RW rows of w ([RW][tp]), j < t. */
 INLINE void FN(times)(const float* w, const float* bl, const Dims* d, float* o) {
-  int64_t c = 0;
-  for (; c + 2 * V <= d->chp; c += 2 * V) {
-    FN(vec) acc0[RW] = {0}, acc1[RW] = {0};
-    for (int64_t j = 0; j < d->t; j++) {
-      const FN(vec) b0 = FN(load)(bl + j * d->chp + c), b1 = FN(load)(bl + j * d->chp + c + V);
-      for (int r = 0; r < RW; r++) {
-        acc0[r] += w[r * d->tp + j] * b0;
-        acc1[r] += w[r * d->tp + j] * b1;
-      }
-    }
-    for (int r = 0; r < RW; r++) {
-      FN(store)(o + r * d->chp + c, acc0[r]);
-      FN(store)(o + r * d->chp + c + V, acc1[r]);
-    }
-  }
-  if (c < d->chp) {
-    FN(vec) acc[RW] = {0};
-    for (int64_t j = 0; j < d->t; j++) {
-      const FN(vec) b = FN(load)(bl + j * d->chp + c);
-      for (int r = 0; r < RW; r++) acc[r] += w[r * d->tp + j] * b;
-    }
-    for (int r = 0; r < RW; r++) FN(store)(o + r * d->chp + c, acc[r]);
-  }
+  FN(product)(w, d->tp, bl, d->t, d->chp, o);
 }
 
 /** acc[j][:] += Σ_r w[r][j]·x[r][:] for j < t: a transposed product, accumulated. */
