@@ -12,7 +12,9 @@
 // `ratio_vs_torch_by_engine`, and the round-by-round ratios of the first engine to the peer run
 // after it to `ratio_paired_rounds`; achieved GFLOP/s use the FLOPs per image of each
 // workload's products and convolutions, counted once (lib/engine/flops.ts; the same on every
-// engine). The BLAS engine runs in fp32 and, where the CPU has bf16 instructions, in bf16
+// engine), and `peak_gflop_s` holds the CPU's own ceiling (lib/engine/native/peak.c: its fp32 FMA
+// and bf16 dot with nothing else running), which the table's "% peak" divides by. The BLAS
+// engine runs in fp32 and, where the CPU has bf16 instructions, in bf16
 // (products in bf16 with f32 accumulation, lib/engine/blas/precision.ts); PyTorch runs fp32, the
 // reference of every ratio. One table sums it up on stderr.
 //
@@ -35,6 +37,7 @@ import { processEnv } from "../lib/engine/blas/openblas.ts";
 import type { Precision } from "../lib/engine/blas/precision.ts";
 import { stopWasmThreads } from "../lib/engine/wasm_threads.ts";
 import { countFlops } from "../lib/engine/flops.ts";
+import { prepareNativeKernels } from "../lib/engine/native_kernels.ts";
 import * as unet from "../lib/models/unet.ts";
 import * as dit from "../lib/models/dit.ts";
 import { namedSchedule } from "../lib/diffusion/schedule.ts";
@@ -442,21 +445,63 @@ function summarisePeer(runs: readonly Record<string, unknown>[]): PeerSummary {
   return { ...first, runs: runs.length, ...rows } as unknown as PeerSummary;
 }
 
-/** The summary table: workload × engine × precision, img/s, GFLOP/s, and × PyTorch's median. */
+/** The CPU's arithmetic ceiling, GFLOP/s on one thread and on all (null: no bf16 dot). */
+type Peak = Record<Precision, { one_thread: number; all_threads: number } | null> & {
+  threads: number;
+};
+
+/**
+ * The CPU's fp32 FMA and bf16 dot peaks (lib/engine/native/peak.c), measured before any worker
+ * runs; undefined without the C kernels (DP_NATIVE=off, no cc).
+ */
+async function measurePeak(threads: number, log: (s: string) => void): Promise<Peak | undefined> {
+  const k = await prepareNativeKernels({ log: () => {} });
+  if (!k) return undefined;
+  const one = (kind: Precision) => {
+    const single = k.peak(kind, 0.3, 1);
+    return single === undefined
+      ? null
+      : { one_thread: r3(single), all_threads: r3(k.peak(kind, 0.3, threads)!) };
+  };
+  const peak: Peak = { fp32: one("fp32"), bf16: one("bf16"), threads };
+  const f0 = (x: number) => x.toFixed(0);
+  const say = (p: Peak[Precision]) =>
+    p ? `${f0(p.one_thread)} GFLOP/s a thread, ${f0(p.all_threads)} on ${threads}` : "none";
+  log(
+    `models: arithmetic peak: fp32 multiply-add ${say(peak.fp32)}; bf16 dot ${say(peak.bf16)}` +
+      (peak.bf16 && peak.fp32
+        ? ` (${(peak.bf16.all_threads / peak.fp32.all_threads).toFixed(2)}× fp32)`
+        : ""),
+  );
+  return peak;
+}
+
+/**
+ * The summary table: workload × engine × precision, img/s, GFLOP/s, its share of the CPU's peak
+ * in that precision, and × PyTorch's median.
+ */
 function table(
   engines: Record<string, Record<string, unknown>>,
   peer: PeerSummary | undefined,
   gflops: (w: Workload, imgS?: number) => number | undefined,
+  peak: Peak | undefined,
 ): string {
-  const head = ["workload", "engine", "precision", "batch", "img/s", "GFLOP/s", "× PyTorch"];
+  const head = [
+    ...["workload", "engine", "precision", "batch", "img/s", "GFLOP/s", "% peak"],
+    "× PyTorch",
+  ];
   const rows: string[][] = [];
   const f1 = (x?: number) => (x === undefined ? "–" : x.toFixed(1));
+  const share = (p: Precision, g?: number) => {
+    const top = peak?.[p]?.all_threads;
+    return top && g !== undefined ? `${(100 * g / top).toFixed(0)}%` : "–";
+  };
   for (const w of WORKLOADS) {
     for (const [engine, byW] of Object.entries(engines)) {
       const m = byW[w] as Partial<Measurement>;
       const p = precisionOf(engine);
       if (!m.img_s) {
-        rows.push([w, engine, p, "–", "failed", "–", "–"]);
+        rows.push([w, engine, p, "–", "failed", "–", "–", "–"]);
         continue;
       }
       const ratio = peer ? `${(m.img_s / peer[w].img_s).toFixed(2)}×` : "–";
@@ -464,7 +509,8 @@ function table(
       const label = each
         ? `${engine} (median of ${each.length}: ${f1(Math.min(...each))}–${f1(Math.max(...each))})`
         : engine;
-      rows.push([w, label, p, String(m.batch), f1(m.img_s), f1(gflops(w, m.img_s)), ratio]);
+      const g = gflops(w, m.img_s);
+      rows.push([w, label, p, String(m.batch), f1(m.img_s), f1(g), share(p, g), ratio]);
     }
     if (peer) {
       const p = peer[w],
@@ -476,6 +522,7 @@ function table(
         String(p.batch),
         f1(p.img_s),
         f1(gflops(w, p.img_s)),
+        share("fp32", gflops(w, p.img_s)),
         "1.00×",
       ]);
     }
@@ -508,6 +555,7 @@ export const suite = {
         params.dit_small.toLocaleString("en")
       } params; features at b${FEATURE_BLOCK}`,
     );
+    const peak = await measurePeak(navigator.hardwareConcurrency, log);
 
     // BLAS first: it is fast and finds the batch that fits; the BLAS-off run starts from there.
     const used: Record<Workload, number> = {
@@ -644,6 +692,7 @@ export const suite = {
       loss:
         "mse(eps) + L_vb (learnSigma hybrid, mean stop-gradient), linear T=1000, uniform t; Adam 1e-4, EMA 0.999",
       params,
+      ...(peak ? { peak_gflop_s: peak } : {}),
       gflop_per_img: Object.fromEntries(
         Object.entries(flopPerImg).map(([w, f]) => [w, r3(f / 1e9)]),
       ),
@@ -694,7 +743,7 @@ export const suite = {
         log(`models: PyTorch peer failed: ${e}`);
       }
     }
-    log(table(engines, peer, gflops));
+    log(table(engines, peer, gflops, peak));
     return result;
   },
 };

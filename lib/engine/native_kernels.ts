@@ -24,7 +24,7 @@ type Env = (name: string) => string | undefined;
 const native = (f: string) => fileURLToPath(new URL(`./native/${f}`, import.meta.url));
 const SOURCES = [
   ...["group_norm.c", "layer_norm.c", "copy.c", "binary.c", "softmax.c", "reduce.c", "pool.c"],
-  ...["optim.c", "attention.c"],
+  ...["optim.c", "attention.c", "peak.c"],
 ].map(native);
 // Included by the sources: part of the cache key, not of the compile command.
 const HEADERS = ["exp.h", "attention_impl.h"].map(native);
@@ -44,7 +44,7 @@ const FLAGS = [
 // collected DynamicLibrary, and when it is libgomp's only user that unloads libgomp under its
 // parked worker threads (a segfault seen in the tests, which load several builds).
 const OPENMP = ["-fopenmp", "-Wl,-z,nodelete"];
-const ABI = 20;
+const ABI = 21;
 const COMPILE_MS = 60_000;
 
 const SYMBOLS = {
@@ -160,6 +160,7 @@ const SYMBOLS = {
     ],
     result: "i32",
   },
+  dp_peak: { parameters: ["i32", "f64", "i32"], result: "f64" },
 } as const;
 
 /** The kernels in C: GroupNorm's passes over `n` examples of rows of `c` channels, with
@@ -168,8 +169,9 @@ const SYMBOLS = {
  * Add, Sub and Multiply (native/binary.c), attention's softmax along rows of n
  * (native/softmax.c), multi-head attention from a fused qkv projection (native/attention.c),
  * column sums (native/reduce.c), the gradient of k×k stride-k average pooling (native/pool.c),
- * and Adam, the parameter update, the EMA (each over all parameters in one call) and the
- * gradient norm's sums of squares (native/optim.c). */
+ * Adam, the parameter update, the EMA (each over all parameters in one call) and the
+ * gradient norm's sums of squares (native/optim.c), and the CPU's arithmetic peak
+ * (native/peak.c). */
 export interface NativeKernels {
   /** The loaded library's path (for the engine line). */
   readonly path: string;
@@ -310,6 +312,12 @@ export interface NativeKernels {
     dims: readonly [number, number, number],
     eps: number,
   ): boolean;
+  /**
+   * GFLOP/s of the CPU's widest fp32 multiply-add ("fp32") or AVX512_BF16 dot product ("bf16")
+   * with nothing else running, summed over `threads` threads that each run `seconds`;
+   * undefined when the CPU lacks the instruction.
+   */
+  peak(kind: "fp32" | "bf16", seconds: number, threads: number): number | undefined;
 }
 
 const attentionArgs = (a: AttentionDims) =>
@@ -501,6 +509,10 @@ export function loadNativeKernels(path: string): NativeKernels | undefined {
         BigInt(d),
         eps,
       ) === 0,
+    peak: (kind, seconds, threads) => {
+      const gflops = s.dp_peak(kind === "fp32" ? 0 : 1, seconds, threads);
+      return gflops < 0 ? undefined : gflops;
+    },
   };
 }
 

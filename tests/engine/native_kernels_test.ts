@@ -638,3 +638,22 @@ Deno.test({
     });
   },
 });
+
+Deno.test({
+  name:
+    "native kernels: the arithmetic peak is positive, within what a core can issue, and bf16's only where the CPU has it",
+  ignore: !hasCc,
+  fn: async () => {
+    const k = await compiled();
+    const fp32 = k.peak("fp32", 0.02, 1)!, bf16 = k.peak("bf16", 0.02, 1);
+    // A core issues at most two 16-lane FMAs a cycle (64 flops) or two bf16 dots (128), and no
+    // core runs at 6 GHz: a chain the compiler folded away would exceed these.
+    assert.ok(fp32 > 0.1 && fp32 < 64 * 6, `fp32 ${fp32} GFLOP/s`);
+    if (bf16 !== undefined) assert.ok(bf16 > 0.1 && bf16 < 128 * 6, `bf16 ${bf16} GFLOP/s`);
+    const cpuinfo = await Deno.readTextFile("/proc/cpuinfo").catch(() => undefined);
+    if (cpuinfo !== undefined && Deno.build.arch === "x86_64") {
+      assert.equal(bf16 !== undefined, /\bavx512_bf16\b/.test(cpuinfo), "bf16 where cpuinfo says");
+    }
+    assert.ok(k.peak("fp32", 0.02, 2)! > 0.1, "on two threads");
+  },
+});
