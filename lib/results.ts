@@ -298,6 +298,14 @@ export const ENGINE_ENV = [
   BLAS_ENV,
   ONEDNN_ENV,
   WINOGRAD_ENV,
+  // Instruction-set caps, which a bench may set to stand in for an older CPU: oneDNN's (both
+  // spellings), OpenBLAS's kernel set, the attention kernels' width (lib/engine/native/
+  // attention.c) and PyTorch's own vector kernels (the bench's peer).
+  "ONEDNN_MAX_CPU_ISA",
+  "DNNL_MAX_CPU_ISA",
+  "OPENBLAS_CORETYPE",
+  "DP_ATTENTION_ISA",
+  "ATEN_CPU_CAPABILITY",
 ] as const;
 
 /**

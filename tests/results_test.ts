@@ -157,4 +157,10 @@ Deno.test("commandLine() quotes flags and leads with the engine variables that a
     commandLine("pretrain", ["--seed", "0"], env),
     "DP_ONEDNN_WINOGRAD=0 deno task pretrain --seed 0",
   );
+  // An instruction-set cap is part of how a bench was run.
+  const capped = (k: string) => ({ ONEDNN_MAX_CPU_ISA: "AVX2", OPENBLAS_CORETYPE: "Haswell" })[k];
+  assert.equal(
+    commandLine("bench", ["--suite", "models"], capped),
+    "ONEDNN_MAX_CPU_ISA=AVX2 OPENBLAS_CORETYPE=Haswell deno task bench --suite models",
+  );
 });

@@ -1300,6 +1300,7 @@ const bench: TableDef[] = [
       { key: "workload", header: "workload", path: "{2}" },
       { key: "batch", header: "batch", path: "@.batch", format: "int" },
       { key: "img_s", header: "img/s", path: "@.img_s" },
+      { key: "gflop_s", header: "GFLOP/s", path: "@.gflop_s" },
       { key: "median", header: "median s", path: "@.median_s" },
       { key: "repeats", header: "repeats", path: "@.repeats", format: "int" },
       { key: "heap", header: "heap MB", path: "@.heap_mb", format: "int" },
@@ -1321,6 +1322,23 @@ const bench: TableDef[] = [
       { key: "img_s", header: "img/s", path: "@.img_s" },
       { key: "median", header: "median s", path: "@.median_s" },
       { key: "repeats", header: "repeats", path: "@.repeats", format: "int" },
+    ],
+  }),
+  benchTable({
+    id: "bench-models-peak",
+    title: "Models: the CPU's arithmetic peak",
+    note: "GFLOP/s of the CPU's widest fp32 multiply-add and of its bf16 dot product " +
+      "(AVX512_BF16) with nothing else running (lib/engine/native/peak.c), measured before the " +
+      "bench's workloads; GFLOP/s above divided by these say how much of the machine a run used.",
+    where: suite("models"),
+    each: "metrics.peak_gflop_s.*",
+    rowsWhere: { "@.one_thread": { present: true } },
+    columns: [
+      { key: "precision", header: "precision", path: "{1}" },
+      { key: "one", header: "GFLOP/s, one thread", path: "@.one_thread" },
+      { key: "all", header: "GFLOP/s, all threads", path: "@.all_threads" },
+      { key: "threads", header: "threads", path: "metrics.peak_gflop_s.threads", format: "int" },
+      { key: "cpu", header: "CPU", path: "env.cpu" },
     ],
   }),
   benchTable({
