@@ -10,9 +10,9 @@
 // its median is its figure (both spreads are kept: this host's speed drifts by tens of percent
 // over minutes). Ratios project / PyTorch go to `ratio_vs_torch` (best engine) and
 // `ratio_vs_torch_by_engine`, and the round-by-round ratios of the first engine to the peer run
-// after it to `ratio_paired_rounds`; achieved GFLOP/s use the FLOPs per image of each
-// workload's products and convolutions, counted once (lib/engine/flops.ts; the same on every
-// engine), and `peak_gflop_s` holds the CPU's own ceiling (lib/engine/native/peak.c: its fp32 FMA
+// after it to `ratio_paired_rounds` (a line after the table too); achieved GFLOP/s use the
+// FLOPs per image of each workload's products and convolutions, counted once
+// (lib/engine/flops.ts; the same on every engine), and `peak_gflop_s` holds the CPU's own ceiling (lib/engine/native/peak.c: its fp32 FMA
 // and bf16 dot with nothing else running), which the table's "% peak" divides by. The BLAS
 // engine runs in fp32 and, where the CPU has bf16 instructions, in bf16
 // (products in bf16 with f32 accumulation, lib/engine/blas/precision.ts); PyTorch runs fp32, the
@@ -744,6 +744,25 @@ export const suite = {
       }
     }
     log(table(engines, peer, gflops, peak));
+    const paired = result.ratio_paired_rounds as
+      | { engine: string } & Partial<Record<Workload, { median: number; each: number[] }>>
+      | undefined;
+    if (paired) {
+      // The ratios above divide medians taken over different minutes; each round's pair shares
+      // its minutes, so drift of the host's speed cancels there.
+      const say = (w: Workload) => {
+        const p = paired[w];
+        return p
+          ? `${w} ${p.median.toFixed(2)}× (${Math.min(...p.each).toFixed(2)}–${
+            Math.max(...p.each).toFixed(2)
+          })`
+          : undefined;
+      };
+      log(
+        `paired rounds, ${paired.engine} over the PyTorch run after it, median (range): ` +
+          WORKLOADS.map(say).filter((x) => x).join(", "),
+      );
+    }
     return result;
   },
 };
