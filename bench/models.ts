@@ -3,20 +3,20 @@
 //   dit_train      the same step for the `small` DiT,
 //   unet_features  feature extraction: q_sample + the U-Net up to its middle block, no gradient,
 // on each engine available here (wasm+kernels+blas, wasm+kernels with BLAS off, and
-// wasm+threads+kernels, tfjs's threaded binary with a thread per core), and on
-// PyTorch through bench/peer_torch.py (same architectures, same step, 2 threads) when a python3
-// with torch is found. The peer runs `peerRuns` times and its median is the reference; the first
-// engine (native libraries) runs as often, each of its runs followed by one of the peer's, and
-// its median is its figure (both spreads are kept: this host's speed drifts by tens of percent
-// over minutes). Ratios project / PyTorch go to `ratio_vs_torch` (best engine) and
-// `ratio_vs_torch_by_engine`, and the round-by-round ratios of the first engine to the peer run
-// after it to `ratio_paired_rounds` (a line after the table too); achieved GFLOP/s use the
-// FLOPs per image of each workload's products and convolutions, counted once
-// (lib/engine/flops.ts; the same on every engine), and `peak_gflop_s` holds the CPU's own ceiling (lib/engine/native/peak.c: its fp32 FMA
-// and bf16 dot with nothing else running), which the table's "% peak" divides by. The BLAS
-// engine runs in fp32 and, where the CPU has bf16 instructions, in bf16
-// (products in bf16 with f32 accumulation, lib/engine/blas/precision.ts); PyTorch runs fp32, the
-// reference of every ratio. One table sums it up on stderr.
+// wasm+threads+kernels, tfjs's threaded binary with a thread per core), and on PyTorch through
+// bench/peer_torch.py (same architectures, same step, 2 threads) when a python3 with torch is
+// found. The peer runs `peerRuns` times and its median is the reference; the first engine (native
+// libraries) runs as often, each of its runs followed by one of the peer's, and its median is its
+// figure (both spreads are kept: this host's speed drifts by tens of percent over minutes). Ratios
+// project / PyTorch go to `ratio_vs_torch` (best engine) and `ratio_vs_torch_by_engine`, and the
+// round-by-round ratios of the first engine to the peer run after it to `ratio_paired_rounds` (a
+// line after the table too); achieved GFLOP/s use the FLOPs per image of each workload's products
+// and convolutions, counted once (lib/engine/flops.ts; the same on every engine), and
+// `peak_gflop_s` holds the CPU's own ceiling (lib/engine/native/peak.c: its fp32 FMA and bf16 dot
+// with nothing else running), which the table's "% peak" divides by. The BLAS engine runs in fp32
+// and, where the CPU has bf16 instructions, in bf16 (products in bf16 with f32 accumulation,
+// lib/engine/blas/precision.ts); PyTorch runs fp32, the reference of every ratio. One table sums it
+// up on stderr.
 //
 // Each (engine, workload) runs in its own Deno process: the wasm heap never shrinks and a batch
 // that does not fit aborts the wasm module, so a fresh process per measurement keeps one from

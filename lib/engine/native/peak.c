@@ -1,13 +1,14 @@
-// The CPU's arithmetic ceiling, for the benches (bench/models.ts): how many GFLOP/s its widest
-// fp32 FMA and its bf16 dot product (vdpbf16ps, AVX512_BF16) reach when nothing but them runs.
-// Achieved GFLOP/s mean little across CPUs without it, and the bf16 figure says what bf16 can
-// gain at all: on the Xeon (model 207, AMX hidden) of these notes vdpbf16ps peaks at half the fp32
-// FMA rate (about 99 against 205 GFLOP/s a core), so no bf16 kernel built on it can beat fp32 there.
+// The CPU's arithmetic ceiling, for the benches (bench/models.ts): how many GFLOP/s its widest fp32
+// FMA and its bf16 dot product (vdpbf16ps, AVX512_BF16) reach when nothing but them runs. Achieved
+// GFLOP/s mean little across CPUs without it, and the bf16 figure says what bf16 can gain at all:
+// on the Xeon (model 207, AMX hidden) of these notes vdpbf16ps peaks at half the fp32 FMA rate
+// (about 99 against 205 GFLOP/s a core), so no bf16 kernel built on it can beat fp32 there.
 //
 // Each thread runs 12 independent accumulator chains (more than a core's latency × throughput
-// needs, and with the two constants within AVX2's 16 registers) in chunks until `seconds` have passed on its clock; the result is the threads' rates
-// summed. a·m + c with m < 1 (not 1, which a compiler may fold away) stays near c / (1 − m), finite
-// and normal; the bf16 chains add 2 a step and stall at 2^24.
+// needs, and with the two constants within AVX2's 16 registers) in chunks until `seconds` have
+// passed on its clock; the result is the threads' rates summed. a·m + c with m < 1 (not 1, which a
+// compiler may fold away) stays near c / (1 − m), finite and normal; the bf16 chains add 2 a step
+// and stall at 2^24.
 #include <stdint.h>
 #include <time.h>
 
