@@ -445,8 +445,11 @@ function summarisePeer(runs: readonly Record<string, unknown>[]): PeerSummary {
   return { ...first, runs: runs.length, ...rows } as unknown as PeerSummary;
 }
 
-/** The CPU's arithmetic ceiling, GFLOP/s on one thread and on all (null: no bf16 dot). */
-type Peak = Record<Precision, { one_thread: number; all_threads: number } | null> & {
+/**
+ * The CPU's arithmetic ceiling, GFLOP/s on one thread and on all (null: no bf16 dot; all_threads
+ * null: the C kernels were built without OpenMP).
+ */
+type Peak = Record<Precision, { one_thread: number; all_threads: number | null } | null> & {
   threads: number;
 };
 
@@ -459,19 +462,23 @@ async function measurePeak(threads: number, log: (s: string) => void): Promise<P
   if (!k) return undefined;
   const one = (kind: Precision) => {
     const single = k.peak(kind, 0.3, 1);
-    return single === undefined
-      ? null
-      : { one_thread: r3(single), all_threads: r3(k.peak(kind, 0.3, threads)!) };
+    if (single === undefined) return null;
+    const all = k.peak(kind, 0.3, threads);
+    return { one_thread: r3(single), all_threads: all === undefined ? null : r3(all) };
   };
   const peak: Peak = { fp32: one("fp32"), bf16: one("bf16"), threads };
-  const f0 = (x: number) => x.toFixed(0);
   const say = (p: Peak[Precision]) =>
-    p ? `${f0(p.one_thread)} GFLOP/s a thread, ${f0(p.all_threads)} on ${threads}` : "none";
+    p
+      ? `${p.one_thread.toFixed(0)} GFLOP/s a thread` +
+        (p.all_threads === null ? "" : `, ${p.all_threads.toFixed(0)} on ${threads}`)
+      : "none";
+  const ratio = peak.bf16 && peak.fp32
+    ? ` (${(peak.bf16.one_thread / peak.fp32.one_thread).toFixed(2)}× fp32)`
+    : "";
   log(
-    `models: arithmetic peak: fp32 multiply-add ${say(peak.fp32)}; bf16 dot ${say(peak.bf16)}` +
-      (peak.bf16 && peak.fp32
-        ? ` (${(peak.bf16.all_threads / peak.fp32.all_threads).toFixed(2)}× fp32)`
-        : ""),
+    `models: arithmetic peak: fp32 multiply-add ${say(peak.fp32)}; bf16 dot ${
+      say(peak.bf16)
+    }${ratio}`,
   );
   return peak;
 }

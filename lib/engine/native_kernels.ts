@@ -315,7 +315,7 @@ export interface NativeKernels {
   /**
    * GFLOP/s of the CPU's widest fp32 multiply-add ("fp32") or AVX512_BF16 dot product ("bf16")
    * with nothing else running, summed over `threads` threads that each run `seconds`;
-   * undefined when the CPU lacks the instruction.
+   * undefined when the CPU lacks the instruction (or, for several threads, the build OpenMP).
    */
   peak(kind: "fp32" | "bf16", seconds: number, threads: number): number | undefined;
 }

@@ -97,11 +97,15 @@ static Chains chains_for(int32_t kind) {
 
 /**
  * GFLOP/s of `kind` (0: fp32 multiply-add at the widest vector width, 1: AVX512_BF16 dot) on
- * `threads` threads (≤ 1: this one), each running for `seconds`; -1 when the CPU lacks `kind`.
+ * `threads` threads (≤ 1: this one), each running for `seconds`; -1 when the CPU lacks `kind`,
+ * -2 when asked for threads in a build without OpenMP.
  */
 double dp_peak(int32_t kind, double seconds, int32_t threads) {
   const Chains run = chains_for(kind);
   if (!run) return -1;
+#ifndef _OPENMP
+  if (threads > 1) return -2;
+#endif
   double total = 0;
 #pragma omp parallel num_threads(threads > 1 ? threads : 1) reduction(+ : total)
   total += run(seconds);
