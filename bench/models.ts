@@ -707,6 +707,7 @@ export const suite = {
     };
 
     let peer: PeerSummary | undefined;
+    let pairedLine: string | undefined; // printed after the table
     if (python && peerError !== undefined) result.torch = { error: String(peerError) };
     if (python && peerRuns.length > 0) {
       try {
@@ -737,39 +738,32 @@ export const suite = {
         // Round by round, the first engine's run over the peer run that followed it: drift
         // between rounds cancels out of each pair.
         const first = Object.keys(runs)[0];
-        const paired: Record<string, unknown> = { engine: first };
+        const paired: Record<string, unknown> = { engine: first }, pairedSays: string[] = [];
         for (const w of WORKLOADS) {
           const ratios = (runs[first][w] ?? []).flatMap((m, r) =>
             "img_s" in m && peerRuns[r] ? [m.img_s / (peerRuns[r][w] as PeerRow).img_s] : []
           );
-          if (ratios.length > 1) paired[w] = { median: r3(median(ratios)), each: ratios.map(r3) };
+          if (ratios.length > 1) {
+            const each = ratios.map(r3), mid = r3(median(ratios));
+            paired[w] = { median: mid, each };
+            const [lo, hi] = [Math.min(...each), Math.max(...each)].map((x) => x.toFixed(2));
+            pairedSays.push(`${w} ${mid.toFixed(2)}× (${lo}–${hi})`);
+          }
         }
-        if (Object.keys(paired).length > 1) result.ratio_paired_rounds = paired;
+        if (pairedSays.length > 0) {
+          result.ratio_paired_rounds = paired;
+          // The table's ratios divide medians taken over different minutes; each round's pair
+          // shares its minutes, so drift of the host's speed cancels there.
+          pairedLine = `paired rounds, ${first} over the PyTorch run after it, median (range): ` +
+            pairedSays.join(", ");
+        }
       } catch (e) {
         result.torch = { error: String(e) };
         log(`models: PyTorch peer failed: ${e}`);
       }
     }
     log(table(engines, peer, gflops, peak));
-    const paired = result.ratio_paired_rounds as
-      | { engine: string } & Partial<Record<Workload, { median: number; each: number[] }>>
-      | undefined;
-    if (paired) {
-      // The ratios above divide medians taken over different minutes; each round's pair shares
-      // its minutes, so drift of the host's speed cancels there.
-      const say = (w: Workload) => {
-        const p = paired[w];
-        return p
-          ? `${w} ${p.median.toFixed(2)}× (${Math.min(...p.each).toFixed(2)}–${
-            Math.max(...p.each).toFixed(2)
-          })`
-          : undefined;
-      };
-      log(
-        `paired rounds, ${paired.engine} over the PyTorch run after it, median (range): ` +
-          WORKLOADS.map(say).filter((x) => x).join(", "),
-      );
-    }
+    if (pairedLine) log(pairedLine);
     return result;
   },
 };

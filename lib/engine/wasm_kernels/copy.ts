@@ -8,7 +8,7 @@ import * as tf from "@tensorflow/tfjs";
 import type { WasmBackendLike } from "./delegate.ts";
 import { runBuiltin } from "./builtins.ts";
 import { nativeKernels } from "../native_kernels.ts";
-import { wordOffset } from "../blas/heap.ts";
+import { sizeOf, wordOffset } from "../blas/heap.ts";
 
 /** The heap-level parts of the wasm backend these kernels use. */
 export interface WasmHeapBackend extends WasmBackendLike {
@@ -19,8 +19,6 @@ export interface WasmHeapBackend extends WasmBackendLike {
 type KernelArgs = Parameters<tf.KernelFunc>[0];
 
 const WORD_DTYPES: readonly string[] = ["float32", "int32"];
-
-const sizeOf = (shape: readonly number[]) => shape.reduce((a, d) => a * d, 1);
 
 /**
  * Copy `blocks` runs of `len` words from src (stride `srcStride`) to dst (stride `dstStride`),

@@ -6,7 +6,7 @@
 // reductions go to the built-in kernel.
 import * as tf from "@tensorflow/tfjs";
 import { runBuiltin } from "./builtins.ts";
-import { asWasmBackend, f32View } from "../blas/heap.ts";
+import { asWasmBackend, f32View, sizeOf } from "../blas/heap.ts";
 import { nativeKernels } from "../native_kernels.ts";
 
 type KernelArgs = Parameters<tf.KernelFunc>[0];
@@ -47,8 +47,6 @@ export function setColumnSummer(f?: ColumnSummer): ColumnSummer {
   return previous;
 }
 
-const prod = (xs: readonly number[]) => xs.reduce((p, d) => p * d, 1);
-
 function sumKernel(args: KernelArgs): tf.TensorInfo {
   const { x } = args.inputs as unknown as { x: tf.TensorInfo };
   const { axis, keepDims } = args.attrs as unknown as {
@@ -66,9 +64,9 @@ function sumKernel(args: KernelArgs): tf.TensorInfo {
     ? x.shape.map((d, i) => (axes.includes(i) ? 1 : d))
     : x.shape.filter((_, i) => !axes.includes(i));
   const out = b.makeOutput(outShape, "float32");
-  const outer = prod(x.shape.slice(0, first));
-  const rows = prod(x.shape.slice(first, last + 1));
-  const inner = prod(x.shape.slice(last + 1));
+  const outer = sizeOf(x.shape.slice(0, first));
+  const rows = sizeOf(x.shape.slice(first, last + 1));
+  const inner = sizeOf(x.shape.slice(last + 1));
   const xv = f32View(b, x), ov = f32View(b, out);
   const native = nativeKernels();
   for (let o = 0; o < outer; o++) {
