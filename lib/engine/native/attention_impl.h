@@ -42,6 +42,9 @@ typedef int32_t FN(lanes) __attribute__((vector_size(V * sizeof(int32_t))));
     r[i + (h)] = SHUFFLE(a, b, PICK_B, h);           \
   }
 
+// Lane k's own index, for masks.
+#define IOTA(h, k) (k)
+
 // Lanes h.. moved down to 0.., for folds in halves.
 #define FOLD(h, k) (((k) + (h)) % V)
 #define HALF(x, h) SHUFFLE(x, x, FOLD, h)
@@ -54,9 +57,12 @@ INLINE FN(vec) FN(load)(const float* p) {
 
 INLINE void FN(store)(float* p, FN(vec) v) { memcpy(p, &v, sizeof v); }
 
-/** n floats from src to dst (inlined: a memcpy call per row of 32 floats costs more). */
+/** n floats from src to dst, a vector at a time (a memcpy call per row of 32 floats cost 11 %
+ * of the kernels; gcc turned the plain loop into one, see KERNEL). */
 INLINE void FN(copy)(float* restrict dst, const float* restrict src, int64_t n) {
-  for (int64_t i = 0; i < n; i++) dst[i] = src[i];
+  int64_t i = 0;
+  for (; i + V <= n; i += V) FN(store)(dst + i, FN(load)(src + i));
+  for (; i < n; i++) dst[i] = src[i];
 }
 
 /** Rows r[0..V) transposed in place: a V×V tile in registers, (V/2)·log2(V) shuffle pairs
@@ -126,9 +132,9 @@ INLINE void FN(product)(const float* a, int64_t as, const float* b, int64_t k, i
   }
 }
 
-/** s[r][j] = Σ_c a[r][c]·bt[c][j] for RW rows of a ([RW][chp]), all tp columns. */
-INLINE void FN(times_t)(const float* a, const float* bt, const Dims* d, float* s) {
-  FN(product)(a, d->chp, bt, d->ch, d->tp, s);
+/** s[r][j] = Σ_c a[r][c]·bt[c][j] for RW rows of a (`as` apart), all tp columns. */
+INLINE void FN(times_t)(const float* a, int64_t as, const float* bt, const Dims* d, float* s) {
+  FN(product)(a, as, bt, d->ch, d->tp, s);
 }
 
 /** o[r][:] = Σ_j w[r][j]·bl[j][:] for RW rows of w ([RW][tp]), j < t. */
@@ -136,15 +142,22 @@ INLINE void FN(times)(const float* w, const float* bl, const Dims* d, float* o) 
   FN(product)(w, d->tp, bl, d->t, d->chp, o);
 }
 
-/** acc[j][:] += Σ_r w[r][j]·x[r][:] for j < t: a transposed product, accumulated. */
-INLINE void FN(accumulate_t)(const float* w, const float* x, const Dims* d, float* acc) {
-  for (int64_t c = 0; c < d->chp; c += V) {
+/** acc[j][:] += Σ_r w[r][j]·x[r][:] for j < t, x's rows `xs` apart: a transposed product,
+ * accumulated. Even and odd rows in two chains: one chain of RW multiply-adds a row of acc was
+ * latency-bound. */
+INLINE void FN(accumulate_t)(const float* w, const float* x, int64_t xs, const Dims* d,
+                             float* acc) {
+  const int64_t t = d->t, tp = d->tp, chp = d->chp;
+  for (int64_t c = 0; c < chp; c += V) {
     FN(vec) xr[RW];
-    for (int r = 0; r < RW; r++) xr[r] = FN(load)(x + r * d->chp + c);
-    for (int64_t j = 0; j < d->t; j++) {
-      FN(vec) a = FN(load)(acc + j * d->chp + c);
-      for (int r = 0; r < RW; r++) a += w[r * d->tp + j] * xr[r];
-      FN(store)(acc + j * d->chp + c, a);
+    for (int r = 0; r < RW; r++) xr[r] = FN(load)(x + r * xs + c);
+    for (int64_t j = 0; j < t; j++) {
+      FN(vec) even = FN(load)(acc + j * chp + c), odd = {0};
+      for (int r = 0; r < RW; r += 2) {
+        even += w[r * tp + j] * xr[r];
+        odd += w[(r + 1) * tp + j] * xr[r + 1];
+      }
+      FN(store)(acc + j * chp + c, even + odd);
     }
   }
 }
@@ -157,10 +170,41 @@ INLINE void FN(block_in)(const float* x, int64_t stride, int64_t i0, const Dims*
   }
 }
 
-/** The larger of a and b in each lane (a > b gives an all-ones mask where it holds). */
-INLINE FN(vec) FN(vmax)(FN(vec) a, FN(vec) b) {
-  const FN(lanes) m = a > b;
+/** Rows i0.. of x (row stride `stride`) as RW rows of chp floats, *as apart: read in place where
+ * all RW rows exist and ch fills whole vectors, else copied into buf by block_in. */
+INLINE const float* FN(block_view)(const float* x, int64_t stride, int64_t i0, const Dims* d,
+                                   float* buf, int64_t* as) {
+  if (i0 + RW <= d->t && d->ch == d->chp) {
+    *as = stride;
+    return x + i0 * stride;
+  }
+  FN(block_in)(x, stride, i0, d, buf);
+  *as = d->chp;
+  return buf;
+}
+
+/** a where mask m is set (all ones), else b; comparisons of vectors give such masks. */
+INLINE FN(vec) FN(select)(FN(lanes) m, FN(vec) a, FN(vec) b) {
   return (FN(vec))(((FN(lanes))a & m) | ((FN(lanes))b & ~m));
+}
+
+/** The larger of a and b in each lane. */
+INLINE FN(vec) FN(vmax)(FN(vec) a, FN(vec) b) { return FN(select)(a > b, a, b); }
+
+/** exp.h's exp_f on every lane, step for step. */
+INLINE FN(vec) FN(vexp)(FN(vec) x, float lo, float hi) {
+  const FN(vec) zero = {0};
+  x = FN(select)(x < lo, zero + lo, FN(select)(x > hi, zero + hi, x));
+  FN(vec) k, r, p;
+  EXP_STEPS(x, k, r, p);
+  const FN(lanes) bits = (__builtin_convertvector(k, FN(lanes)) + 127) << 23;
+  return p * (FN(vec))bits;
+}
+
+/** Lanes j.. of a row that lie before column t (the rest are padding). */
+INLINE FN(lanes) FN(valid)(int64_t j, const Dims* d) {
+  const FN(lanes) iota = {LIST(IOTA, 0)};
+  return iota + (int32_t)j < (int32_t)d->t;
 }
 
 /** The largest lane of x, folded in halves by shuffles. */
@@ -188,21 +232,28 @@ INLINE float FN(hsum)(FN(vec) x) {
 }
 
 /** Scores of RW rows into probabilities in place: softmax(scale·s) over j < t, zero beyond.
- * Maxima and sums a vector at a time, folded by shuffles at the end (rows are only a few
- * vectors long, so what each row costs once matters). */
-INLINE void FN(softmax_block)(float* s, const Dims* d, float lo, float hi) {
+ * Whole vectors only, the padding masked in registers: scalar stores into the padding followed
+ * by vector loads of the same row stalled on store forwarding (a sixth of the forward). */
+KERNEL static __attribute__((noinline)) TARGET void FN(softmax_block)(float* s, const Dims* d,
+                                                                      float lo, float hi) {
+  const FN(vec) zero = {0};
   for (int r = 0; r < RW; r++) {
     float* row = s + r * d->tp;
-    for (int64_t j = d->t; j < d->tp; j++) row[j] = row[0];  // neutral for the maximum
-    FN(vec) mx = FN(load)(row);
-    for (int64_t j = V; j < d->tp; j += V) mx = FN(vmax)(mx, FN(load)(row + j));
+    const FN(vec) first = zero + row[0];  // neutral for the maximum
+    FN(vec) mx = first;
+    for (int64_t j = 0; j < d->tp; j += V) {
+      mx = FN(vmax)(mx, FN(select)(FN(valid)(j, d), FN(load)(row + j), first));
+    }
     const float m = FN(hmax)(mx);
-    for (int64_t j = 0; j < d->tp; j++) row[j] = exp_f(d->scale * (row[j] - m), lo, hi);
-    for (int64_t j = d->t; j < d->tp; j++) row[j] = 0;
-    FN(vec) sums = FN(load)(row);
-    for (int64_t j = V; j < d->tp; j += V) sums += FN(load)(row + j);
+    FN(vec) sums = zero;
+    for (int64_t j = 0; j < d->tp; j += V) {
+      const FN(vec) e = FN(vexp)(d->scale * (FN(load)(row + j) - m), lo, hi);
+      const FN(vec) p = FN(select)(FN(valid)(j, d), e, zero);
+      FN(store)(row + j, p);
+      sums += p;
+    }
     const float inv = 1.0f / FN(hsum)(sums);
-    for (int64_t j = 0; j < d->tp; j++) row[j] *= inv;
+    for (int64_t j = 0; j < d->tp; j += V) FN(store)(row + j, FN(load)(row + j) * inv);
   }
 }
 
@@ -212,24 +263,25 @@ INLINE void FN(block_out)(const float* in, int64_t i0, const Dims* d, float* x, 
     FN(copy)(x + (i0 + r) * stride, in + r * d->chp, d->ch);
 }
 
-EXP_FMA TARGET static void FN(forward_one)(const float* qkv, float* out, int64_t h,
-                                          const Dims* d, Scratch* s, float lo, float hi) {
+KERNEL TARGET static void FN(forward_one)(const float* qkv, float* out, int64_t h, const Dims* d,
+                                         Scratch* s, float lo, float hi) {
   const int64_t w = d->width, cout = d->heads * d->ch;
   const float* q = qkv + part_offset(d->legacy, d->heads, d->ch, h, 0);
   FN(transpose_in)(qkv + part_offset(d->legacy, d->heads, d->ch, h, 1), w, d, s->at);
   FN(rows_in)(qkv + part_offset(d->legacy, d->heads, d->ch, h, 2), w, d, s->vl);
   for (int64_t i0 = 0; i0 < d->t; i0 += RW) {
-    FN(block_in)(q, w, i0, d, s->rows);
-    FN(times_t)(s->rows, s->at, d, s->p);
+    int64_t qs;
+    const float* qb = FN(block_view)(q, w, i0, d, s->rows, &qs);
+    FN(times_t)(qb, qs, s->at, d, s->p);
     FN(softmax_block)(s->p, d, lo, hi);
     FN(times)(s->p, s->vl, d, s->acc);
     FN(block_out)(s->acc, i0, d, out + h * d->ch, cout);
   }
 }
 
-EXP_FMA TARGET static void FN(backward_one)(const float* qkv, const float* dout, float* dqkv,
-                                           int64_t h, const Dims* d, Scratch* s, float lo,
-                                           float hi) {
+KERNEL TARGET static void FN(backward_one)(const float* qkv, const float* dout, float* dqkv,
+                                          int64_t h, const Dims* d, Scratch* s, float lo,
+                                          float hi) {
   const int64_t w = d->width, cout = d->heads * d->ch;
   const int64_t oq = part_offset(d->legacy, d->heads, d->ch, h, 0);
   const int64_t ok = part_offset(d->legacy, d->heads, d->ch, h, 1);
@@ -240,11 +292,12 @@ EXP_FMA TARGET static void FN(backward_one)(const float* qkv, const float* dout,
   memset(s->dk, 0, d->t * d->chp * sizeof(float));
   memset(s->dv, 0, d->t * d->chp * sizeof(float));
   for (int64_t i0 = 0; i0 < d->t; i0 += RW) {
-    FN(block_in)(qkv + oq, w, i0, d, s->rows);
-    FN(block_in)(dout + h * d->ch, cout, i0, d, s->grads);
-    FN(times_t)(s->rows, s->at, d, s->p);
+    int64_t qs, gs;
+    const float* qb = FN(block_view)(qkv + oq, w, i0, d, s->rows, &qs);
+    const float* gb = FN(block_view)(dout + h * d->ch, cout, i0, d, s->grads, &gs);
+    FN(times_t)(qb, qs, s->at, d, s->p);
     FN(softmax_block)(s->p, d, lo, hi);
-    FN(times_t)(s->grads, s->bt, d, s->dp);
+    FN(times_t)(gb, gs, s->bt, d, s->dp);
     // ds = scale·p⊙(dp − Σ_j dp⊙p), in place of dp (zero in the padding, where p is).
     for (int r = 0; r < RW; r++) {
       const float* pr = s->p + r * d->tp;
@@ -254,8 +307,8 @@ EXP_FMA TARGET static void FN(backward_one)(const float* qkv, const float* dout,
       const float dot = FN(hsum)(dots);
       for (int64_t j = 0; j < d->tp; j++) g[j] = d->scale * pr[j] * (g[j] - dot);
     }
-    FN(accumulate_t)(s->p, s->grads, d, s->dv);  // dv += pᵀ·dout
-    FN(accumulate_t)(s->dp, s->rows, d, s->dk);  // dk += dsᵀ·q
+    FN(accumulate_t)(s->p, gb, gs, d, s->dv);  // dv += pᵀ·dout
+    FN(accumulate_t)(s->dp, qb, qs, d, s->dk);  // dk += dsᵀ·q
     FN(times)(s->dp, s->kl, d, s->acc);          // dq = ds·k
     FN(block_out)(s->acc, i0, d, dqkv + oq, w);
   }
@@ -275,4 +328,5 @@ EXP_FMA TARGET static void FN(backward_one)(const float* qkv, const float* dout,
 #undef PICK_B
 #undef STAGE
 #undef FOLD
+#undef IOTA
 #undef HALF

@@ -52,18 +52,26 @@ static inline void ftz_end(unsigned old) {
 #define EXP_FMA
 #endif
 
+// exp_f's steps after the clamp, for floats and for GCC's vectors of floats alike (attention's
+// kernels take them a vector at a time): k = round(x/ln2) and p = e^r for r = x − k·ln2; the
+// caller puts k + 127 into the exponent bits of the result's scale.
+#define EXP_STEPS(x, k, r, p)                                   \
+  do {                                                          \
+    k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; \
+    r = x - k * 0.693359375f;                                   \
+    r = r - k * -2.12194440e-4f;                                \
+    p = 1.9875691500e-4f * r + 1.3981999507e-3f;                \
+    p = p * r + 8.3334519073e-3f;                               \
+    p = p * r + 4.1665795894e-2f;                               \
+    p = p * r + 1.6666665459e-1f;                               \
+    p = p * r + 5.0000001201e-1f;                               \
+    p = p * r * r + r + 1.0f;                                   \
+  } while (0)
+
 static inline float exp_f(float x, float lo, float hi) {
   x = x < lo ? lo : (x > hi ? hi : x);
-  const float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = x - k * 0.693359375f;
-  r = r - k * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
+  float k, r, p;
+  EXP_STEPS(x, k, r, p);
   const int32_t bits = ((int32_t)k + 127) << 23;
   float scale;
   memcpy(&scale, &bits, sizeof scale);
