@@ -5,7 +5,7 @@
 // 2.5 ms per attention block of a U-Net feature step (batch 64, 49 tokens), mostly in copies;
 // this took 1.2 ms, and backward it saves the split's concat and three transposes as well. With
 // the softmax kept in registers and the row copies inline, the kernel alone takes 0.7 ms forward
-// and 1.4 backward at that shape on 2 threads (1.0 and 1.8–2.0 before; a C harness, Xeon 207).
+// and 1.3 backward at that shape on 2 threads (1.0 and 1.8–2.0 before; a C harness, Xeon 207).
 //
 // One (example, head) pair per OpenMP task, in blocks of query rows: scores against kᵀ (kept in
 // thread scratch, ch × tp, columns padded to 16), their softmax in place, then p·v. Backward

@@ -143,12 +143,31 @@ INLINE void FN(times)(const float* w, const float* bl, const Dims* d, float* o) 
 }
 
 /** acc[j][:] += Σ_r w[r][j]·x[r][:] for j < t, x's rows `xs` apart: a transposed product,
- * accumulated. Even and odd rows in two chains: one chain of RW multiply-adds a row of acc was
- * latency-bound. */
+ * accumulated. Two vectors of columns at a time, so that each w[r][j] loaded feeds both; even
+ * and odd rows in separate chains (one chain of RW multiply-adds a row was latency-bound). */
 INLINE void FN(accumulate_t)(const float* w, const float* x, int64_t xs, const Dims* d,
                              float* acc) {
   const int64_t t = d->t, tp = d->tp, chp = d->chp;
-  for (int64_t c = 0; c < chp; c += V) {
+  int64_t c = 0;
+  for (; c + 2 * V <= chp; c += 2 * V) {
+    FN(vec) x0[RW], x1[RW];
+    for (int r = 0; r < RW; r++) {
+      x0[r] = FN(load)(x + r * xs + c);
+      x1[r] = FN(load)(x + r * xs + c + V);
+    }
+    for (int64_t j = 0; j < t; j++) {
+      float* a = acc + j * chp + c;
+      FN(vec) even0 = FN(load)(a), even1 = FN(load)(a + V), odd0 = {0}, odd1 = {0};
+      for (int r = 0; r < RW; r += 2) {
+        const float we = w[r * tp + j], wo = w[(r + 1) * tp + j];
+        even0 += we * x0[r], even1 += we * x1[r];
+        odd0 += wo * x0[r + 1], odd1 += wo * x1[r + 1];
+      }
+      FN(store)(a, even0 + odd0);
+      FN(store)(a + V, even1 + odd1);
+    }
+  }
+  if (c < chp) {  // one vector of columns left
     FN(vec) xr[RW];
     for (int r = 0; r < RW; r++) xr[r] = FN(load)(x + r * xs + c);
     for (int64_t j = 0; j < t; j++) {
