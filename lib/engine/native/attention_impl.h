@@ -252,7 +252,9 @@ INLINE float FN(hsum)(FN(vec) x) {
 
 /** Scores of RW rows into probabilities in place: softmax(scale·s) over j < t, zero beyond.
  * Whole vectors only, the padding masked in registers: scalar stores into the padding followed
- * by vector loads of the same row stalled on store forwarding (a sixth of the forward). */
+ * by vector loads of the same row stalled on store forwarding (a sixth of the forward). Out of
+ * line: inlined, exp's constants held registers through the products and one of their
+ * accumulators spilled to the stack. */
 KERNEL static __attribute__((noinline)) TARGET void FN(softmax_block)(float* s, const Dims* d,
                                                                       float lo, float hi) {
   const FN(vec) zero = {0};

@@ -1,5 +1,5 @@
-// exp and the logistic function in float for the C kernels (group_norm.c, softmax.c), inlined
-// into their loops so those vectorise (libm's expf is a scalar call per element).
+// exp and the logistic function in float for the C kernels (group_norm.c, softmax.c, attention.c),
+// inlined into their loops so those vectorise (libm's expf is a scalar call per element).
 //
 // e^x, relative error about 1e-7 on [lo, hi] = [-87, 88] (x clamped there): x = k·ln2 + r with
 // |r| <= ln2/2 (Cody–Waite, ln2 in two parts), Cephes' degree-5 polynomial for e^r, and 2^k put
