@@ -3,11 +3,18 @@
 // in float in the tree of tfjs's wasm kernel (XNNPACK's 9-tap average pool: the window column
 // by column, padded with zeros to nine taps, summed pairwise), then scales by 1/k²: the same bits
 // as the built-in kernel, so results do not move with the route. The gradient spreads each dy
-// value times 1/k² over its window, in double as the JS loop there (the same bits).
+// value times 1/k² over its window, in double as the JS loop there (the same bits). Both are
+// built per ISA (target clones): for plain x86-64 the gradient's double products ran 1.3× slower.
 #include <stdint.h>
 #include <string.h>
 
-void dp_avg_pool_grad(const float* dy, float* dx, int64_t n, int64_t h, int64_t w, int64_t c,
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define CLONES
+#endif
+
+CLONES void dp_avg_pool_grad(const float* dy, float* dx, int64_t n, int64_t h, int64_t w, int64_t c,
                       int64_t oh, int64_t ow, int64_t k) {
   const double scale = 1.0 / (double)(k * k);
   memset(dx, 0, sizeof(float) * (size_t)(n * h * w * c)); // rows and columns past k·OH, k·OW
@@ -31,7 +38,7 @@ enum { ZERO_RUN = 256 };
 static const float ZEROS[ZERO_RUN]; // the taps past k² read zeros, as XNNPACK's do
 
 /** y [n, oh, ow, c] ← the mean of each k×k window of x [n, h, w, c], k ≤ 3. */
-void dp_avg_pool(const float* x, float* y, int64_t n, int64_t h, int64_t w, int64_t c, int64_t oh,
+CLONES void dp_avg_pool(const float* x, float* y, int64_t n, int64_t h, int64_t w, int64_t c, int64_t oh,
                  int64_t ow, int64_t k) {
   const float scale = 1.0f / (float)(k * k);
 #pragma omp parallel for schedule(static)
