@@ -150,7 +150,8 @@ Deno.test("adaLN fused in C on wasm matches the composed LayerNorm·(1 + scale) 
     const xhat = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, 1e-6)));
     return tf.add(tf.mul(xhat, tf.add(tf.expandDims(sc, 1), 1)), tf.expandDims(sh, 1));
   };
-  for (const [i, [n, t, d]] of [[2, 5, 8], [3, 16, 48], [1, 1, 7]].entries()) {
+  // Widths below, at and past the kernels' 16 float lanes, with and without a ragged end.
+  for (const [i, [n, t, d]] of [[2, 5, 8], [3, 16, 48], [1, 1, 7], [2, 9, 130]].entries()) {
     await compare(
       `adaLN [${n}, ${t}, ${d}]`,
       [input(30 + i, [n, t, d], -2, 3), input(40 + i, [n, d]), input(50 + i, [n, d])],
