@@ -161,6 +161,24 @@ function bf16Unavailable(layers: readonly string[]): string | undefined {
   return undefined;
 }
 
+/**
+ * The line for bf16 on a CPU without AMX whose bf16 dot product (avx512_bf16's `vdpbf16ps`)
+ * peaks below its fp32 multiply-add, both measured on one thread: there oneDNN's bf16 products
+ * run on that dot, slower than fp32 (on the Xeon of REPORT.md the dot peaks at 0.48–0.52× and
+ * every bf16 train step ran slower than fp32). Undefined where bf16 is as fast or faster.
+ */
+export function bf16SlowerLine(fp32Gflops: number, bf16Gflops: number): string | undefined {
+  if (!(bf16Gflops < fp32Gflops)) return undefined;
+  const ratio = (bf16Gflops / fp32Gflops).toFixed(2);
+  const rates = `${bf16Gflops.toFixed(0)} against ${fp32Gflops.toFixed(0)} GFLOP/s a thread`;
+  return `engine: --precision bf16: without AMX, this CPU's bf16 dot product peaks at ${ratio}× ` +
+    `its fp32 multiply-add (${rates}, measured now): bf16 products are likely slower than fp32 ` +
+    "here; running bf16 as asked";
+}
+
+// Whether the bf16 line above was considered already (once per process).
+let bf16PeaksChecked = false;
+
 // The compiled kernels, prepared once per process (null: tried, unavailable).
 let compiled: Awaited<ReturnType<typeof prepareNativeKernels>> | null | undefined;
 
@@ -244,6 +262,12 @@ export async function initEngine(opts: EngineOptions = {}): Promise<EngineInfo> 
     const why = bf16Unavailable(layers);
     if (why) console.error(`engine: --precision bf16: ${why}; running fp32`);
     else precision = "bf16";
+  }
+  if (precision === "bf16" && !loadOneDnn()?.isa.amx && compiled && !bf16PeaksChecked) {
+    bf16PeaksChecked = true;
+    const fp32 = compiled.peak("fp32", 0.05, 1), bf16 = compiled.peak("bf16", 0.05, 1);
+    const line = fp32 && bf16 ? bf16SlowerLine(fp32, bf16) : undefined;
+    if (line) console.error(line);
   }
   setPrecision(precision);
   if (precision === "bf16") layers.push("bf16");

@@ -7,6 +7,8 @@
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { initEngine } from "../../lib/engine/mod.ts";
+import { bf16SlowerLine } from "../../lib/engine/backend.ts";
+import { nativeKernels } from "../../lib/engine/native_kernels.ts";
 import { loadOneDnn } from "../../lib/engine/blas/mod.ts";
 import { precision, setPrecision } from "../../lib/engine/blas/precision.ts";
 import { input } from "./compare.ts";
@@ -191,5 +193,41 @@ Deno.test({
       assert.equal(e.precision, "fp32");
       assert.equal(precision(), "fp32");
     }
+  },
+});
+
+Deno.test("bf16SlowerLine names the measured ratio where the bf16 dot is slower, else nothing", () => {
+  const line = bf16SlowerLine(400, 200);
+  assert.ok(line);
+  assert.match(line, /peaks at 0\.50× its fp32 multiply-add \(200 against 400 GFLOP\/s/);
+  assert.match(line, /running bf16 as asked$/);
+  assert.equal(bf16SlowerLine(200, 400), undefined);
+  assert.equal(bf16SlowerLine(300, 300), undefined);
+  assert.equal(bf16SlowerLine(Number.NaN, 100), undefined);
+});
+
+Deno.test({
+  name: "initEngine: bf16 without AMX says once per process when its dot peaks below fp32",
+  ignore: ignore || !!dnn?.isa.amx || !nativeKernels(),
+  async fn() {
+    // This process's own measurement, longer than initEngine's: the child must print the line
+    // where the bf16 dot is clearly slower and stay quiet where it is clearly faster.
+    const k = nativeKernels()!;
+    const fp32 = k.peak("fp32", 0.3, 1)!, bf16 = k.peak("bf16", 0.3, 1)!;
+    const mod = new URL("../../lib/engine/mod.ts", import.meta.url).href;
+    const code = `const { initEngine } = await import(${JSON.stringify(mod)});
+for (let i = 0; i < 2; i++) await initEngine({ backend: "wasm", precision: "bf16", announce: false });`;
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["eval", code],
+      env: { NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const err = new TextDecoder().decode(out.stderr).trim().split("\n");
+    assert.equal(out.code, 0, err.join("\n"));
+    const lines = err.filter((l) => l.includes("bf16 dot product peaks"));
+    assert.ok(lines.length <= 1, err.join("\n"));
+    if (bf16 < 0.8 * fp32) assert.equal(lines.length, 1, err.join("\n"));
+    if (bf16 > 1.2 * fp32) assert.equal(lines.length, 0, err.join("\n"));
   },
 });
