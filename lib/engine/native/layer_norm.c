@@ -4,7 +4,7 @@
 // [n, t, d], scale and shift [n, d]. Float arithmetic, as PyTorch's LayerNorm does, in vectors:
 // the row sums in LANES partial sums added up in double, the per-channel sums of the backward
 // (over every token of an example) in double. With the arithmetic in double gcc left the
-// backward's main loop scalar: forward and backward ran 1.8× and 2.5× slower.
+// backward's main loop scalar: forward and backward ran 1.8× and 2× slower.
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>

@@ -14,8 +14,8 @@
 #define CLONES
 #endif
 
-CLONES void dp_avg_pool_grad(const float* dy, float* dx, int64_t n, int64_t h, int64_t w, int64_t c,
-                      int64_t oh, int64_t ow, int64_t k) {
+CLONES void dp_avg_pool_grad(const float* dy, float* dx, int64_t n, int64_t h, int64_t w,
+                             int64_t c, int64_t oh, int64_t ow, int64_t k) {
   const double scale = 1.0 / (double)(k * k);
   memset(dx, 0, sizeof(float) * (size_t)(n * h * w * c)); // rows and columns past k·OH, k·OW
 #pragma omp parallel for schedule(static)
@@ -38,8 +38,8 @@ enum { ZERO_RUN = 256 };
 static const float ZEROS[ZERO_RUN]; // the taps past k² read zeros, as XNNPACK's do
 
 /** y [n, oh, ow, c] ← the mean of each k×k window of x [n, h, w, c], k ≤ 3. */
-CLONES void dp_avg_pool(const float* x, float* y, int64_t n, int64_t h, int64_t w, int64_t c, int64_t oh,
-                 int64_t ow, int64_t k) {
+CLONES void dp_avg_pool(const float* x, float* y, int64_t n, int64_t h, int64_t w, int64_t c,
+                        int64_t oh, int64_t ow, int64_t k) {
   const float scale = 1.0f / (float)(k * k);
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < n * oh; row++) {
