@@ -44,7 +44,7 @@ const FLAGS = [
 // collected DynamicLibrary, and when it is libgomp's only user that unloads libgomp under its
 // parked worker threads (a segfault seen in the tests, which load several builds).
 const OPENMP = ["-fopenmp", "-Wl,-z,nodelete"];
-const ABI = 21;
+const ABI = 22;
 const COMPILE_MS = 60_000;
 
 const SYMBOLS = {
@@ -115,6 +115,14 @@ const SYMBOLS = {
     parameters: ["i32", "buffer", "i32", "buffer", "i32", "buffer", "i64", "i64", "i64"],
     result: "void",
   },
+  dp_gated_residual: {
+    parameters: ["buffer", "buffer", "buffer", "buffer", "i64", "i64", "i64"],
+    result: "void",
+  },
+  dp_gate_grad: {
+    parameters: ["buffer", "buffer", "buffer", "i64", "i64", "i64"],
+    result: "void",
+  },
   dp_adam_multi: {
     parameters: ["buffer", "buffer", "buffer", "i64", "f64", "f64", "f64"],
     result: "void",
@@ -166,8 +174,8 @@ const SYMBOLS = {
 /** The kernels in C: GroupNorm's passes over `n` examples of rows of `c` channels, with
  * per-example coefficients and sums [n, c] (native/group_norm.c), adaLN over x [n, t, d]
  * with scale, shift [n, d] (native/layer_norm.c), strided block and row copies (native/copy.c),
- * Add, Sub and Multiply (native/binary.c), attention's softmax along rows of n
- * (native/softmax.c), multi-head attention from a fused qkv projection (native/attention.c),
+ * Add, Sub, Multiply and DiT's gated residual (native/binary.c), attention's softmax along rows
+ * of n (native/softmax.c), multi-head attention from a fused qkv projection (native/attention.c),
  * column sums (native/reduce.c), the gradient of k×k stride-k average pooling (native/pool.c),
  * Adam, the parameter update, the EMA (each over all parameters in one call) and the
  * gradient norm's sums of squares (native/optim.c), and the CPU's arithmetic peak
@@ -241,6 +249,22 @@ export interface NativeKernels {
   gatherRows(heap: Int32Array, src: number, dst: number, g: RowGather): void;
   /** out = a op b (op 0 add, 1 subtract, 2 multiply) in `layout` (wasm_kernels/binary.ts). */
   binary(op: number, a: Float32Array, b: Float32Array, out: Float32Array, l: BinaryLayout): void;
+  /** out [P, Q, R] = x + g·h, g [P, 1, R] repeated along Q (DiT's gated residual; the bits of
+   * a Multiply and an Add). */
+  gatedResidual(
+    x: Float32Array,
+    g: Float32Array,
+    h: Float32Array,
+    out: Float32Array,
+    dims: readonly [number, number, number],
+  ): void;
+  /** dg [P, R] = Σ_q dy[p, q, :]·h[p, q, :], the gate's gradient. */
+  gateGrad(
+    dy: Float32Array,
+    h: Float32Array,
+    dg: Float32Array,
+    dims: readonly [number, number, number],
+  ): void;
   /**
    * Adam's pass (../fused/optim.ts's adamArrays, the same bits) over every tensor of `table`
    * (../fused/optim.ts's `AdamTable`: arrays as word offsets on `heap`).
@@ -457,6 +481,9 @@ export function loadNativeKernels(path: string): NativeKernels | undefined {
         BigInt(g.dims.length),
         BigInt(g.len),
       ),
+    gatedResidual: (x, g, h, out, [P, Q, R]) =>
+      s.dp_gated_residual(x, g, h, out, BigInt(P), BigInt(Q), BigInt(R)),
+    gateGrad: (dy, h, dg, [P, Q, R]) => s.dp_gate_grad(dy, h, dg, BigInt(P), BigInt(Q), BigInt(R)),
     binary: (op, a, b, out, l) =>
       s.dp_binary(
         op,

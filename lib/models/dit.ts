@@ -26,6 +26,7 @@ import * as vit from "./vit.ts";
 import type { BlockInfo, Denoiser } from "./denoiser.ts";
 import { countParams, type Params, type ParamShapes } from "../params.ts";
 import {
+  gatedResidual,
   geluTanh,
   initSpecs,
   layerNormModulate,
@@ -357,7 +358,7 @@ function blockBody(
   const w = (name: string) => param(p, `${k}.${name}`);
   const mod = linear(sc, w("adaLN_modulation.1.weight"), w("adaLN_modulation.1.bias")); // [N, 6D]
   const [shiftMsa, scaleMsa, gateMsa, shiftMlp, scaleMlp, gateMlp] = tf.split(mod, 6, 1);
-  const gate = (g: tf.Tensor) => tf.reshape(g, [n, 1, d]);
+  const gate = (g: tf.Tensor) => tf.reshape(g, [n, 1, d]) as tf.Tensor3D;
 
   let h = layerNormModulate(x, shiftMsa, scaleMsa);
   const qkv = linear(h, w("attn.qkv.weight"), w("attn.qkv.bias")) as tf.Tensor3D; // [N, T, 3D]
@@ -366,12 +367,12 @@ function blockBody(
     w("attn.proj.weight"),
     w("attn.proj.bias"),
   ) as tf.Tensor3D;
-  x = tf.add(x, tf.mul(gate(gateMsa), h)); // [N, T, D]
+  x = gatedResidual(x, gate(gateMsa), h); // [N, T, D]
 
   h = layerNormModulate(x, shiftMlp, scaleMlp);
   h = geluTanh(linear(h, w("mlp.fc1.weight"), w("mlp.fc1.bias"))) as tf.Tensor3D; // [N, T, mlp]
   h = linear(h, w("mlp.fc2.weight"), w("mlp.fc2.bias")) as tf.Tensor3D;
-  return tf.reshape(tf.add(x, tf.mul(gate(gateMlp), h)), [n, len, d]);
+  return tf.reshape(gatedResidual(x, gate(gateMlp), h), [n, len, d]);
 }
 
 /**

@@ -6,6 +6,7 @@ import * as tf from "@tensorflow/tfjs";
 import { foldName, normal, type Rng, uniform } from "../random.ts";
 import * as fused from "../engine/fused/mod.ts";
 import * as fusedLn from "../engine/fused/layer_norm.ts";
+import { gatedResidualFused } from "../engine/fused/gated.ts";
 import { type Params, type ParamShapes, toVariables } from "../params.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -170,6 +171,14 @@ export function layerNormModulate(
   let op = lnModulateCache.get(eps);
   if (!op) lnModulateCache.set(eps, op = lnModulateWith(eps));
   return op(x, shift, scale) as tf.Tensor3D;
+}
+
+/**
+ * DiT's gated residual x + gate·h: x, h [N, T, D], gate [N, 1, D]. One kernel each way on wasm
+ * with the compiled kernels (the same forward bits as the two ops), else tf ops.
+ */
+export function gatedResidual(x: tf.Tensor3D, gate: tf.Tensor3D, h: tf.Tensor3D): tf.Tensor3D {
+  return gatedResidualFused(x, gate, h) ?? tf.add(x, tf.mul(gate, h));
 }
 
 const GELU_C = Math.sqrt(2 / Math.PI), GELU_A = 0.044715;

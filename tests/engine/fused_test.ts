@@ -173,6 +173,51 @@ Deno.test("adaLN fused in C on wasm matches the composed LayerNorm·(1 + scale) 
   }
 });
 
+Deno.test("DiT's gated residual fused on wasm: the ops' bits forward, their gradients", async () => {
+  const { nativeKernels } = await import("../../lib/engine/native_kernels.ts");
+  const { GATED_RESIDUAL, GATE_GRAD } = await import("../../lib/engine/fused/gated.ts");
+  const { gatedResidual } = await import("../../lib/models/nn.ts");
+  const composed = (x: tf.Tensor, g: tf.Tensor, h: tf.Tensor) => tf.add(x, tf.mul(g, h));
+  // Widths below and past the kernel's chunk of 256 gate columns; one token; the DiT's shape.
+  for (const [i, [n, t, d]] of [[2, 5, 8], [1, 3, 300], [3, 1, 16], [2, 49, 128]].entries()) {
+    const inputs = [input(60 + i, [n, t, d]), input(70 + i, [n, 1, d]), input(80 + i, [n, t, d])];
+    await compare(
+      `gated residual [${n}, ${t}, ${d}]`,
+      inputs,
+      (x, g, h) => gatedResidual(x as tf.Tensor3D, g as tf.Tensor3D, h as tf.Tensor3D),
+      composed,
+    );
+    // Forward, against the two ops on wasm itself: the same roundings, so the same bits.
+    const [a, b] = tf.tidy(() => {
+      const [x, g, h] = inputs.map((v) =>
+        tf.tensor3d(v.values, v.shape as [number, number, number])
+      );
+      return [gatedResidual(x, g, h).dataSync(), composed(x, g, h).dataSync()];
+    });
+    assert.deepEqual(a, b, `gated residual [${n}, ${t}, ${d}] bits`);
+  }
+  assert.throws(
+    () => gatedResidual(tf.zeros([2, 3, 4]), tf.zeros([2, 3, 4]), tf.zeros([2, 3, 4])),
+    /gate \[2,3,4\] be \[2, 1, 4\]/,
+  );
+  if (nativeKernels()) { // both kernels ran, and leave no tensors behind
+    const x = tf.ones([2, 3, 4]) as tf.Tensor3D, g = tf.ones([2, 1, 4]) as tf.Tensor3D;
+    const before = tf.memory().numTensors;
+    const profile = await tf.profile(() => {
+      tf.dispose(
+        tf.grads((a: tf.Tensor, b: tf.Tensor) =>
+          tf.sum(gatedResidual(a as tf.Tensor3D, b as tf.Tensor3D, a as tf.Tensor3D))
+        )([x, g]),
+      );
+      return [];
+    });
+    const names = profile.kernels.map((k) => k.name);
+    assert.ok(names.includes(GATED_RESIDUAL) && names.includes(GATE_GRAD), names.join(" "));
+    assert.equal(tf.memory().numTensors, before);
+    tf.dispose([x, g]);
+  }
+});
+
 Deno.test("scaledSoftmax and its gradient, fused on wasm, match composed ops on cpu", async () => {
   const { scaledSoftmax, scaledSoftmaxGrad } = await import("../../lib/engine/fused/softmax.ts");
   // Rows shorter and longer than the kernel's 16 lanes, and one large spread of scores (exp's

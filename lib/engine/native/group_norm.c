@@ -25,7 +25,7 @@
 enum { CHUNK = 512 };
 
 /** The ABI of the whole library (every C file of lib/engine/native); the loader checks it. */
-int32_t dp_gn_abi(void) { return 21; }
+int32_t dp_gn_abi(void) { return 22; }
 
 // The clamp bounds of exp_f (./exp.h), read at run time.
 float dp_exp_bounds[2] = {-87.0f, 88.0f};
