@@ -49,7 +49,8 @@ function register(): void {
       const [gate, h] = saved;
       const g = dy as tf.Tensor;
       return {
-        x: () => g,
+        // A handle of its own on dy's data, as tfjs's Add gradient returns (no copy).
+        x: () => tf.reshape(g, g.shape),
         gate: () => tf.engine().runKernel(GATE_GRAD, { dy: g, h }) as tf.Tensor,
         h: () => tf.mul(gate, g),
       };
