@@ -9,7 +9,7 @@ import { sequenceS } from "fp-ts/lib/Apply.js";
 import { basename, dirname, join, relative, resolve } from "node:path";
 import * as os from "node:os";
 import { writeFileAtomic } from "./io/atomic.ts";
-import { BLAS_ENV, processEnv } from "./engine/blas/openblas.ts";
+import { BLAS_ENV, CORETYPE_ENV, processEnv } from "./engine/blas/openblas.ts";
 import { ONEDNN_ENV } from "./engine/blas/onednn_core.ts";
 import { WINOGRAD_ENV } from "./engine/blas/onednn.ts";
 
@@ -303,7 +303,7 @@ export const ENGINE_ENV = [
   // attention.c) and PyTorch's own vector kernels (the bench's peer).
   "ONEDNN_MAX_CPU_ISA",
   "DNNL_MAX_CPU_ISA",
-  "OPENBLAS_CORETYPE",
+  CORETYPE_ENV,
   "DP_ATTENTION_ISA",
   "ATEN_CPU_CAPABILITY",
 ] as const;

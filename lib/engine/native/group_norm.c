@@ -185,9 +185,9 @@ void dp_gn_coefficients(const double* mean, const double* rstd, const float* gam
 }
 
 /** One example's share of the gradients from its sums S1 = Σ dd, S2 = Σ dd·x [c] (dd = ∂L/∂y1),
- * with its mean, rstd [g] and scale [c] (or NULL): T = rstd·(S2 − mean·S1) and K = mod·γ [c]
- * (kept for `accumulate1`), dscale, dshift [c] (or NULL), and the coefficients of
- * dx = P·dd + Q·x + R [c]. */
+ * with its mean, rstd [g] and scale [c] (or NULL): T = rstd·(S2 − mean·S1) [c] (kept for
+ * `accumulate1`), dscale, dshift [c] (or NULL), and the coefficients of dx = P·dd + Q·x + R [c].
+ * K [c] is scratch (mod·γ). */
 static void finish1(const double* S1, const double* S2, const double* mean, const double* rstd,
                     const float* gamma, const float* beta, const float* scale, float* dscale,
                     float* dshift, float* P, float* Q, float* R, double* T, double* K, int64_t c,
